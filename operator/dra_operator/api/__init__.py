@@ -1,0 +1,1 @@
+"""The resource API of dra-operator: pydantic models of resource.dra-operator.io/v1 and their CRDs."""

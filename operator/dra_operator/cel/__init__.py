@@ -1,0 +1,1 @@
+"""The DRA CEL environment: device selectors compiled once and evaluated against devices."""

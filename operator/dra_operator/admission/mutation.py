@@ -1,0 +1,230 @@
+"""The admission mutation as a pure function: move our claim references off a Pod (or a workload's Pod template).
+
+Given a Pod, or a Job / CronJob / Deployment / StatefulSet / DaemonSet / ReplicaSet whose Pod template carries
+`spec.resourceClaims`, `mutate` returns a changed deep copy where:
+
+- the claim references that belong to this operator are removed from `spec.resourceClaims` and from every
+  container's (and init container's) `resources.claims`, and recorded in the annotation
+  `resource.dra-operator.io/claims` (a JSON `ClaimsManifest`), so neither a cluster without DRA (which drops those
+  fields) nor a cluster with built-in DRA (whose scheduler would wait for claims it cannot see) acts on them;
+- the scheduling gate `resource.dra-operator.io/allocation` holds the Pod until the operator has allocated its
+  claims (templates get it too, so their Pods are born gated; never on a Pod whose nodeName is already set, which
+  the API server forbids);
+- the label `resource.dra-operator.io/managed=true` lets the operator watch only such Pods;
+- every container that uses one of the moved claims gets env vars read through the downward API from annotations
+  the operator writes at allocation time: `DRA_<CLAIM>_DEVICES` (one per claim it uses: comma-separated
+  `<driver>/<pool>/<device>`) and `NVIDIA_VISIBLE_DEVICES` (the UUIDs of the NVML GPUs of all its claims, `void`
+  when none). Keys are per claim (and requests) and per container, so a container only sees its own claims' devices.
+
+Which references are ours is decided by the caller (the `ours` predicate), because it needs the cluster:
+see dra_operator.admission.ownership for the rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dra_operator.admission import names
+
+ONE_OF_MESSAGE = "must specify one of: resourceClaimName, resourceClaimTemplateName"
+
+#: Where each supported kind keeps its Pod template (an empty path: the object is the Pod itself).
+TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
+    "Pod": (),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+}
+
+Reference = dict[str, Any]
+Ours = Callable[[Reference], bool]
+
+
+class AdmissionRejected(ValueError):
+    """The object is invalid in a way the API server would reject too; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """The result of `mutate`: the new object and what was moved."""
+
+    obj: dict[str, Any]
+    moved: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.moved)
+
+
+def template_of(obj: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+    """The Pod (template) inside `obj` of this kind, or None when the kind is not supported or the path is missing."""
+    if kind not in TEMPLATE_PATHS:
+        return None
+    node: Any = obj
+    for key in TEMPLATE_PATHS[kind]:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, dict) else None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def claim_references(obj: Mapping[str, Any], kind: str) -> list[Reference]:
+    """The Pod (template)'s `spec.resourceClaims`, validated as the API server would: exactly one of the two names."""
+    template = template_of(obj, kind)
+    if template is None:
+        return []
+    spec = template.get("spec")
+    refs = _as_list(spec.get("resourceClaims")) if isinstance(spec, Mapping) else []
+    prefix = ".".join(TEMPLATE_PATHS[kind] + ("spec", "resourceClaims"))
+    for index, ref in enumerate(refs):
+        if not isinstance(ref, Mapping):
+            raise AdmissionRejected(f"{prefix}[{index}]: must be an object")
+        has_claim = bool(ref.get("resourceClaimName"))
+        has_template = bool(ref.get("resourceClaimTemplateName"))
+        if has_claim == has_template:
+            raise AdmissionRejected(f"{prefix}[{index}]: {ONE_OF_MESSAGE}")
+        if not ref.get("name"):
+            raise AdmissionRejected(f"{prefix}[{index}].name: Required value")
+    return [dict(ref) for ref in refs]
+
+
+def read_manifest(annotations: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ClaimsManifest stored on a Pod (template), or an empty one.
+
+    Shape (JSON): {"resourceClaims": [pod claim refs], "containers": {name: [{"name", "request"?}]},
+    "initContainers": {...}, "devices": {annotation key: {"format": "devices"|"nvidia",
+    "claims": [{"name": claim, "requests": [..] | null}]}}}
+    """
+    raw = (annotations or {}).get(names.CLAIMS_ANNOTATION)
+    try:
+        manifest = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        manifest = {}
+    if not isinstance(manifest, dict):
+        manifest = {}
+    manifest.setdefault("resourceClaims", [])
+    manifest.setdefault("containers", {})
+    manifest.setdefault("initContainers", {})
+    manifest.setdefault("devices", {})
+    return manifest
+
+
+def _claim_requests(refs: list[Reference]) -> dict[str, list[str] | None]:
+    """Group a container's claim references by claim: None = the whole claim, else the requests it names."""
+    grouped: dict[str, list[str] | None] = {}
+    for ref in refs:
+        claim, request = ref["name"], ref.get("request")
+        if claim in grouped and grouped[claim] is None:
+            continue
+        if not request:
+            grouped[claim] = None
+        else:
+            grouped.setdefault(claim, [])
+            requests = grouped[claim]
+            if requests is not None and request not in requests:
+                requests.append(request)
+    return grouped
+
+
+def _set_env(container: dict[str, Any], env: list[dict[str, Any]]) -> None:
+    ours = {item["name"] for item in env}
+    kept = [item for item in _as_list(container.get("env")) if item.get("name") not in ours]
+    container["env"] = kept + env
+
+
+def _field_ref(annotation: str) -> dict[str, Any]:
+    return {"fieldRef": {"apiVersion": "v1", "fieldPath": f"metadata.annotations['{annotation}']"}}
+
+
+def mutate(obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True) -> Mutation:
+    """Move this operator's claim references off the Pod (template) in `obj`; see the module docstring.
+
+    Raises AdmissionRejected for a reference with neither or both claim names. Returns the unchanged copy
+    (`changed` False) when no reference is ours.
+    """
+    new: dict[str, Any] = copy.deepcopy(dict(obj))
+    refs = claim_references(new, kind)
+    template = template_of(new, kind)
+    if template is None or not refs:
+        return Mutation(obj=new)
+    moved = [ref for ref in refs if ours(ref)]
+    kept = [ref for ref in refs if not ours(ref)]
+    if not moved:
+        return Mutation(obj=new, kept=tuple(ref["name"] for ref in kept))
+    moved_names = {ref["name"] for ref in moved}
+
+    spec: dict[str, Any] = template["spec"]
+    if kept:
+        spec["resourceClaims"] = kept
+    else:
+        spec.pop("resourceClaims", None)
+
+    metadata: dict[str, Any] = template.setdefault("metadata", {})
+    if not isinstance(metadata, dict):
+        metadata = template["metadata"] = {}
+    annotations: dict[str, Any] = metadata.setdefault("annotations", {}) or {}
+    metadata["annotations"] = annotations
+    manifest = read_manifest(annotations)
+    by_name = {ref["name"]: ref for ref in manifest["resourceClaims"]}
+    by_name.update({ref["name"]: ref for ref in moved})
+    manifest["resourceClaims"] = list(by_name.values())
+
+    for list_key in ("initContainers", "containers"):
+        for container in _as_list(spec.get(list_key)):
+            if not isinstance(container, dict):
+                continue
+            resources = container.get("resources")
+            container_refs = _as_list(resources.get("claims")) if isinstance(resources, dict) else []
+            mine = [r for r in container_refs if isinstance(r, dict) and r.get("name") in moved_names]
+            if not mine or not isinstance(resources, dict):
+                continue
+            rest = [r for r in container_refs if r not in mine]
+            if rest:
+                resources["claims"] = rest
+            else:
+                resources.pop("claims", None)
+            cname = str(container.get("name", ""))
+            recorded = manifest[list_key].setdefault(cname, [])
+            recorded.extend(dict(r) for r in mine if r not in recorded)
+            grouped = _claim_requests(recorded)
+            env: list[dict[str, Any]] = []
+            for claim, requests in grouped.items():
+                key = names.devices_annotation(claim, requests)
+                manifest["devices"][key] = {
+                    "format": "devices",
+                    "claims": [{"name": claim, "requests": requests}],
+                }
+                env.append({"name": names.env_name(claim), "valueFrom": _field_ref(key)})
+            nvidia_key = names.nvidia_annotation(cname)
+            manifest["devices"][nvidia_key] = {
+                "format": "nvidia",
+                "claims": [{"name": c, "requests": r} for c, r in grouped.items()],
+            }
+            env.append({"name": names.NVIDIA_ENV, "valueFrom": _field_ref(nvidia_key)})
+            _set_env(container, env)
+
+    annotations[names.CLAIMS_ANNOTATION] = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    labels = metadata.get("labels")
+    if not isinstance(labels, dict):
+        labels = metadata["labels"] = {}
+    labels[names.MANAGED_LABEL] = names.MANAGED_VALUE
+    if not spec.get("nodeName"):
+        gates = _as_list(spec.get("schedulingGates"))
+        if not any(isinstance(g, dict) and g.get("name") == names.SCHEDULING_GATE for g in gates):
+            spec["schedulingGates"] = [*gates, {"name": names.SCHEDULING_GATE}]
+    return Mutation(
+        obj=new,
+        moved=tuple(ref["name"] for ref in moved),
+        kept=tuple(ref["name"] for ref in kept),
+    )

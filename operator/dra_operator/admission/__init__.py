@@ -1,1 +1,1 @@
-"""Admission: the pure Pod/Pod-template mutation and the names (annotations, gate, label) it shares with the operator."""
+"""Admission: the pure Pod (template) mutation and the names it shares with the operator."""

@@ -1,20 +1,22 @@
-"""The admission mutation as a pure function: move our claim references off a Pod (or a workload's Pod template).
+"""The admission mutation as a pure function: move our claim references off a Pod or a Pod template.
 
 Given a Pod, or a Job / CronJob / Deployment / StatefulSet / DaemonSet / ReplicaSet whose Pod template carries
 `spec.resourceClaims`, `mutate` returns a changed deep copy where:
 
 - the claim references that belong to this operator are removed from `spec.resourceClaims` and from every
   container's (and init container's) `resources.claims`, and recorded in the annotation
-  `resource.dra-operator.io/claims` (a JSON `ClaimsManifest`), so neither a cluster without DRA (which drops those
-  fields) nor a cluster with built-in DRA (whose scheduler would wait for claims it cannot see) acts on them;
-- the scheduling gate `resource.dra-operator.io/allocation` holds the Pod until the operator has allocated its
-  claims (templates get it too, so their Pods are born gated; never on a Pod whose nodeName is already set, which
-  the API server forbids);
+  `resource.dra-operator.io/claims` (a JSON manifest, see `read_manifest`), so neither a cluster without DRA
+  (which drops those fields) nor a cluster with built-in DRA (whose scheduler would wait for claims it cannot
+  see) acts on them;
+- the scheduling gate `resource.dra-operator.io/allocation` holds the Pod until the operator has allocated
+  its claims (templates get it too, so their Pods are born gated; never on a Pod whose nodeName is already
+  set, which the API server forbids);
 - the label `resource.dra-operator.io/managed=true` lets the operator watch only such Pods;
-- every container that uses one of the moved claims gets env vars read through the downward API from annotations
-  the operator writes at allocation time: `DRA_<CLAIM>_DEVICES` (one per claim it uses: comma-separated
-  `<driver>/<pool>/<device>`) and `NVIDIA_VISIBLE_DEVICES` (the UUIDs of the NVML GPUs of all its claims, `void`
-  when none). Keys are per claim (and requests) and per container, so a container only sees its own claims' devices.
+- every container that uses one of the moved claims gets env vars read through the downward API from
+  annotations the operator writes at allocation time: `DRA_<CLAIM>_DEVICES` (one per claim it uses:
+  comma-separated `<driver>/<pool>/<device>`) and `NVIDIA_VISIBLE_DEVICES` (the UUIDs of the NVML GPUs of all
+  its claims, `void` when none). Keys are per claim (and requests) and per container, so a container only sees
+  its own claims' devices.
 
 Which references are ours is decided by the caller (the `ours` predicate), because it needs the cluster:
 see dra_operator.admission.ownership for the rule.
@@ -66,7 +68,7 @@ class Mutation:
 
 
 def template_of(obj: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
-    """The Pod (template) inside `obj` of this kind, or None when the kind is not supported or the path is missing."""
+    """The Pod (template) inside `obj` of this kind; None for an unsupported kind or a missing path."""
     if kind not in TEMPLATE_PATHS:
         return None
     node: Any = obj
@@ -80,7 +82,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def claim_references(obj: Mapping[str, Any], kind: str) -> list[Reference]:
-    """The Pod (template)'s `spec.resourceClaims`, validated as the API server would: exactly one of the two names."""
+    """The Pod (template)'s `spec.resourceClaims`, validated like the API server does it."""
     template = template_of(obj, kind)
     if template is None:
         return []

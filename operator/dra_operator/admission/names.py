@@ -1,4 +1,4 @@
-"""The names the webhook writes on Pods and the operator reads back: annotations, scheduling gate, label, env."""
+"""Names the webhook writes on Pods and the operator reads back: annotations, scheduling gate, label, env."""
 
 from __future__ import annotations
 

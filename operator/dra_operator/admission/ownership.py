@@ -6,9 +6,9 @@ The rule, deterministic and evaluated per reference at admission time:
 2. Otherwise the reference names a ResourceClaim (`resourceClaimName`) or a ResourceClaimTemplate
    (`resourceClaimTemplateName`) in the Pod's namespace, and it is ours unless the name exists **only** in the
    built-in group:
-   - our kind (`resource.dra-operator.io/v1`) exists with that name       -> ours (even if a built-in one exists too);
-   - only the built-in kind (`resource.k8s.io/v1`) exists with that name  -> built-in, left untouched;
-   - neither exists yet                                                    -> ours: the Pod stays gated with a
+   - our kind (`resource.dra-operator.io/v1`) exists with that name  -> ours (even if a built-in one exists);
+   - only the built-in kind (`resource.k8s.io/v1`) exists with it    -> built-in, left untouched;
+   - neither exists yet                                              -> ours: the Pod stays gated with a
      ClaimNotFound / TemplateNotFound event until our object appears. Installing this operator is the
      cluster admin's statement that unresolved names are meant for it; a Pod meant for built-in DRA is created
      after its built-in claim or template.

@@ -1,0 +1,121 @@
+"""A pinned helm binary for the chart tests: built once from Go modules, cached under ~/.cache/dra-operator/.
+
+Why built: no registry this project may use ships a real helm binary (PyPI's "helm*" packages are unrelated
+or wrappers that download at run time), while the Go module proxy serves helm's source and helm's go.mod has
+no replace directives, so `go install helm.sh/helm/v3/cmd/helm@<version>` works without a clone.
+Set DRA_OPERATOR_HELM to an existing helm to skip the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HELM_MODULE = "helm.sh/helm/v3"
+HELM_VERSION = "v3.22.0"
+# helm v3.22.0 links client-go v0.37.0. Its Makefile stamps that version in as the default
+# .Capabilities.KubeVersion; without the stamp `helm template` claims Kubernetes 1.20 and our chart's
+# kubeVersion constraint (>= 1.30) would refuse to render.
+HELM_KUBE_MAJOR = "1"
+HELM_KUBE_MINOR = "37"
+
+
+def cache_root() -> Path:
+    """The cache shared with the control-plane binaries: $DRA_OPERATOR_CACHE or $XDG_CACHE_HOME/dra-operator."""
+    explicit = os.environ.get("DRA_OPERATOR_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dra-operator"
+
+
+def helm_path(version: str = HELM_VERSION) -> Path:
+    return cache_root() / f"helm-{version}" / "helm"
+
+
+def _ldflags(version: str) -> str:
+    flags = [
+        "-s",
+        "-w",
+        f"-X {HELM_MODULE}/internal/version.version={version}",
+        f"-X {HELM_MODULE}/internal/version.gitTreeState=clean",
+    ]
+    for pkg in ("pkg/lint/rules", "pkg/chartutil"):
+        flags.append(f"-X {HELM_MODULE}/{pkg}.k8sVersionMajor={HELM_KUBE_MAJOR}")
+        flags.append(f"-X {HELM_MODULE}/{pkg}.k8sVersionMinor={HELM_KUBE_MINOR}")
+    return " ".join(flags)
+
+
+def build_command(version: str = HELM_VERSION) -> list[str]:
+    return ["go", "install", "-trimpath", "-ldflags", _ldflags(version), f"{HELM_MODULE}/cmd/helm@{version}"]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # Parallel test processes may all ask for helm at once: one builds, the others wait for it.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _works(binary: Path) -> bool:
+    if not binary.is_file():
+        return False
+    result = subprocess.run([str(binary), "version", "--short"], capture_output=True, text=True, check=False)
+    return result.returncode == 0
+
+
+def ensure_helm(version: str = HELM_VERSION, *, log: Callable[[str], None] | None = None) -> Path:
+    """Return a working helm, building it with `go install` into the cache the first time (a few minutes)."""
+    override = os.environ.get("DRA_OPERATOR_HELM")
+    if override:
+        return Path(override)
+    target = helm_path(version)
+    if _works(target):
+        return target
+    with _locked(target.parent / ".lock"):
+        if _works(target):  # built by another process while we waited
+            return target
+        if shutil.which("go") is None:
+            raise RuntimeError(f"helm {version} is not cached at {target} and building it needs Go (not on PATH)")
+        env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
+            env["GOBIN"] = gobin
+            if log:
+                log(f"building helm {version} from Go modules into {target} (once; a few minutes)")
+            result = subprocess.run(
+                build_command(version), env=env, cwd=gobin, capture_output=True, text=True, check=False
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"building helm {version} failed:\n{result.stderr[-4000:]}")
+            os.replace(Path(gobin) / "helm", target)  # atomic: a reader never sees half a binary
+        if log:
+            log(f"built helm {version} in {time.monotonic() - started:.0f}s")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dra_operator.tools.helm", description=__doc__)
+    parser.add_argument("--version", default=HELM_VERSION, help="helm release to build (default %(default)s)")
+    args = parser.parse_args(argv)
+    path = ensure_helm(args.version, log=lambda line: print(line, file=sys.stderr))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,7 +30,7 @@ HELM_KUBE_MINOR = "37"
 
 
 def cache_root() -> Path:
-    """The cache shared with the control-plane binaries: $DRA_OPERATOR_CACHE or $XDG_CACHE_HOME/dra-operator."""
+    """Shared with the control-plane binaries: $DRA_OPERATOR_CACHE, else $XDG_CACHE_HOME/dra-operator."""
     explicit = os.environ.get("DRA_OPERATOR_CACHE")
     if explicit:
         return Path(explicit)
@@ -90,7 +90,7 @@ def ensure_helm(version: str = HELM_VERSION, *, log: Callable[[str], None] | Non
         if _works(target):  # built by another process while we waited
             return target
         if shutil.which("go") is None:
-            raise RuntimeError(f"helm {version} is not cached at {target} and building it needs Go (not on PATH)")
+            raise RuntimeError(f"helm {version} is not cached at {target}; building it needs Go on PATH")
         env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
         started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=target.parent) as gobin:

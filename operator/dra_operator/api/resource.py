@@ -1,0 +1,886 @@
+"""Pydantic models of the four DRA kinds of resource.dra-operator.io/v1, mirroring resource.k8s.io/v1.
+
+Python names are snake_case, Kubernetes JSON names camelCase (alias generator). Spec types forbid unknown
+fields, as the apiserver does, so a mis-indented manifest is an error rather than a silently empty selector.
+Validation runs once, at load time; the allocator only reads attributes. `crd_rules` on a class are the CEL
+rules the CRD generator puts into `x-kubernetes-validations`; the class's Python validators enforce the same.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from dra_operator.api.formats import (
+    CEL_EXPRESSION_MAX,
+    STRING_ATTRIBUTE_MAX,
+    VERSION_ATTRIBUTE_MAX,
+    DNSLabel,
+    DNSSubdomain,
+    DriverName,
+    FullyQualifiedName,
+    PoolName,
+    QualifiedName,
+    QuantityValue,
+    RequestReference,
+)
+
+GROUP = "resource.dra-operator.io"
+VERSION = "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
+UPSTREAM_API_VERSION = "resource.k8s.io/v1"
+API_VERSIONS = (API_VERSION, UPSTREAM_API_VERSION)
+
+# Limits of resource.k8s.io/v1 (k8s.io/api resource/v1 types.go constants).
+REQUESTS_MAX = 32
+SELECTORS_MAX = 32
+SUBREQUESTS_MAX = 8
+CONSTRAINTS_MAX = 32
+CONFIG_MAX = 32
+TOLERATIONS_MAX = 16
+RESULTS_MAX = 32
+ALLOCATION_CONFIG_MAX = 64
+RESERVED_FOR_MAX = 256
+DEVICES_PER_SLICE_MAX = 128
+# From 1.35 a slice whose devices use taints or counters holds at most 64 devices.
+DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS_MAX = 64
+ATTRIBUTES_AND_CAPACITY_MAX = 32
+DEVICE_TAINTS_MAX = 16
+BINDING_CONDITIONS_MAX = 4
+COUNTER_SETS_MAX = 8
+COUNTERS_PER_SET_MAX = 32
+CONSUMES_COUNTERS_MAX = 2
+OPAQUE_PARAMETERS_MAX = 10 * 1024
+TERMS_MAX = 32
+VALUES_MAX = 256
+
+AllocationMode = Literal["ExactCount", "All"]
+EXACT_COUNT: AllocationMode = "ExactCount"
+ALL: AllocationMode = "All"
+
+CrdRule = tuple[str, str]
+"""A CEL rule for `x-kubernetes-validations` and its message."""
+
+
+class KubeModel(BaseModel):
+    """Base of the spec and status types: camelCase JSON, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        validate_default=False,
+    )
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Kubernetes JSON form: camelCase, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _exactly_one(owner: str, fields: dict[str, bool]) -> None:
+    given = [name for name, present in fields.items() if present]
+    if len(given) != 1:
+        names = ", ".join(fields)
+        if not given:
+            raise ValueError(f"{owner}: exactly one of {names} must be set, none is")
+        raise ValueError(f"{owner}: exactly one of {names} must be set, not {' and '.join(given)}")
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+class OwnerReference(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    controller: bool | None = None
+    block_owner_deletion: bool | None = None
+
+
+class ObjectMeta(BaseModel):
+    """metav1.ObjectMeta; fields the operator does not read pass through unchanged (extra allowed)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str | None = None
+    generate_name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    owner_references: list[OwnerReference] | None = None
+    finalizers: list[str] | None = None
+
+
+class ClaimTemplateMeta(KubeModel):
+    """The metadata a ResourceClaimTemplate may give its claims: labels and annotations only."""
+
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+# ------------------------------------------------------------------------------------- core/v1 mirrors
+
+
+class NodeSelectorRequirement(KubeModel):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: Annotated[list[str], Field(max_length=VALUES_MAX)] | None = None
+
+
+class NodeSelectorTerm(KubeModel):
+    match_expressions: Annotated[list[NodeSelectorRequirement], Field(max_length=TERMS_MAX)] | None = None
+    match_fields: Annotated[list[NodeSelectorRequirement], Field(max_length=TERMS_MAX)] | None = None
+
+
+class NodeSelector(KubeModel):
+    node_selector_terms: Annotated[list[NodeSelectorTerm], Field(max_length=TERMS_MAX)]
+
+
+class Condition(KubeModel):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+# ------------------------------------------------------------------------------------- selectors, config
+
+
+class CELDeviceSelector(KubeModel):
+    expression: Annotated[str, Field(min_length=1, max_length=CEL_EXPRESSION_MAX)]
+
+
+class DeviceSelector(KubeModel):
+    cel: CELDeviceSelector
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explain_misindented_expression(cls, data: Any) -> Any:
+        # The upstream docs once showed `- cel:` with `expression:` at the same indentation, which YAML
+        # reads as {cel: null, expression: ...}. Kubernetes rejects it; say what to fix, not only "unknown".
+        if isinstance(data, dict) and "expression" in data and not data.get("cel"):
+            raise ValueError(
+                "`expression` must be nested under `cel` (found `cel` without a value and `expression` "
+                "beside it; indent `expression:` below `- cel:`)"
+            )
+        return data
+
+
+class OpaqueDeviceConfiguration(KubeModel):
+    driver: DriverName
+    # runtime.RawExtension: any JSON object, passed to the driver unchanged.
+    parameters: dict[str, Any]
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        if len(json.dumps(value, separators=(",", ":"))) > OPAQUE_PARAMETERS_MAX:
+            raise ValueError(f"parameters must be no more than {OPAQUE_PARAMETERS_MAX} bytes")
+        return value
+
+
+class DeviceClassConfiguration(KubeModel):
+    opaque: OpaqueDeviceConfiguration | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (("has(self.opaque)", "opaque is required"),)
+
+    @model_validator(mode="after")
+    def _one_config(self) -> DeviceClassConfiguration:
+        _exactly_one("config", {"opaque": self.opaque is not None})
+        return self
+
+
+class DeviceClaimConfiguration(KubeModel):
+    requests: Annotated[list[RequestReference], Field(max_length=REQUESTS_MAX)] | None = None
+    opaque: OpaqueDeviceConfiguration | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (("has(self.opaque)", "opaque is required"),)
+
+    @model_validator(mode="after")
+    def _one_config(self) -> DeviceClaimConfiguration:
+        _exactly_one("config", {"opaque": self.opaque is not None})
+        return self
+
+
+# ------------------------------------------------------------------------------------------ DeviceClass
+
+
+class DeviceClassSpec(KubeModel):
+    selectors: Annotated[list[DeviceSelector], Field(max_length=SELECTORS_MAX)] | None = None
+    config: Annotated[list[DeviceClassConfiguration], Field(max_length=CONFIG_MAX)] | None = None
+    extended_resource_name: Annotated[str, Field(max_length=253)] | None = None
+
+
+# ------------------------------------------------------------------------------------------ claim spec
+
+
+class DeviceToleration(KubeModel):
+    key: Annotated[str, Field(max_length=316)] | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: Annotated[str, Field(max_length=63)] | None = None
+    effect: Literal["NoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty for Exists",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> DeviceToleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not have a value")
+        return self
+
+
+class CapacityRequirements(KubeModel):
+    requests: Annotated[dict[QualifiedName, QuantityValue], Field(max_length=32)] | None = None
+
+
+def _check_count(mode: AllocationMode, count: int | None) -> int | None:
+    """Kubernetes' defaulting and validation of count: 1 by default for ExactCount, > 0, and unset for All."""
+    if mode == EXACT_COUNT:
+        if count is None:
+            return 1
+        if count <= 0:
+            raise ValueError(f"count must be greater than 0 for allocationMode ExactCount, got {count}")
+        return count
+    if count is not None:
+        raise ValueError("count must not be set when allocationMode is All")
+    return None
+
+
+class _DeviceSelection(KubeModel):
+    """The fields that ExactDeviceRequest and DeviceSubRequest share: which devices, and how many."""
+
+    device_class_name: DNSSubdomain
+    selectors: Annotated[list[DeviceSelector], Field(max_length=SELECTORS_MAX)] | None = None
+    allocation_mode: AllocationMode = EXACT_COUNT
+    count: Annotated[int, Field(gt=0)] | None = None
+    tolerations: Annotated[list[DeviceToleration], Field(max_length=TOLERATIONS_MAX)] | None = None
+    capacity: CapacityRequirements | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "!has(self.count) || !has(self.allocationMode) || self.allocationMode == 'ExactCount'",
+            "count must not be set when allocationMode is All",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _default_count(self) -> _DeviceSelection:
+        self.count = _check_count(self.allocation_mode, self.count)
+        return self
+
+
+class ExactDeviceRequest(_DeviceSelection):
+    admin_access: bool | None = None
+
+
+class DeviceSubRequest(_DeviceSelection):
+    name: DNSLabel
+
+
+class DeviceRequest(KubeModel):
+    name: DNSLabel
+    exactly: ExactDeviceRequest | None = None
+    first_available: (
+        Annotated[list[DeviceSubRequest], Field(min_length=1, max_length=SUBREQUESTS_MAX)] | None
+    ) = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "has(self.exactly) != has(self.firstAvailable)",
+            "exactly one of exactly or firstAvailable must be set",
+        ),
+        (
+            "!has(self.firstAvailable)"
+            " || self.firstAvailable.all(a, self.firstAvailable.exists_one(b, b.name == a.name))",
+            "subrequest names must be unique",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DeviceRequest:
+        _exactly_one(
+            f"request {self.name!r}",
+            {"exactly": self.exactly is not None, "firstAvailable": self.first_available is not None},
+        )
+        if self.first_available is not None:
+            _no_duplicates("subrequest", [sub.name for sub in self.first_available])
+        return self
+
+    @property
+    def subrequest_names(self) -> list[str]:
+        return [sub.name for sub in self.first_available or ()]
+
+
+class DeviceConstraint(KubeModel):
+    requests: Annotated[list[RequestReference], Field(max_length=REQUESTS_MAX)] | None = None
+    match_attribute: FullyQualifiedName | None = None
+    distinct_attribute: FullyQualifiedName | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "has(self.matchAttribute) != has(self.distinctAttribute)",
+            "exactly one of matchAttribute or distinctAttribute must be set",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DeviceConstraint:
+        _exactly_one(
+            "constraint",
+            {
+                "matchAttribute": self.match_attribute is not None,
+                "distinctAttribute": self.distinct_attribute is not None,
+            },
+        )
+        return self
+
+
+def _no_duplicates(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} name {name!r}")
+        seen.add(name)
+
+
+class DeviceClaim(KubeModel):
+    requests: Annotated[list[DeviceRequest], Field(max_length=REQUESTS_MAX)] | None = None
+    constraints: Annotated[list[DeviceConstraint], Field(max_length=CONSTRAINTS_MAX)] | None = None
+    config: Annotated[list[DeviceClaimConfiguration], Field(max_length=CONFIG_MAX)] | None = None
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> DeviceClaim:
+        requests = self.requests or []
+        _no_duplicates("request", [r.name for r in requests])
+        known: set[str] = set()
+        for request in requests:
+            known.add(request.name)
+            known.update(f"{request.name}/{sub}" for sub in request.subrequest_names)
+        references: list[tuple[str, int, list[str]]] = [
+            ("constraints", i, c.requests or []) for i, c in enumerate(self.constraints or [])
+        ]
+        references += [("config", i, c.requests or []) for i, c in enumerate(self.config or [])]
+        for kind, index, refs in references:
+            for ref in refs:
+                if ref not in known:
+                    raise ValueError(
+                        f"{kind}[{index}].requests: {ref!r} is not the name of a request "
+                        "(or request/subrequest) in this claim"
+                    )
+        return self
+
+
+class ResourceClaimSpec(KubeModel):
+    devices: DeviceClaim = Field(default_factory=DeviceClaim)
+
+
+# ---------------------------------------------------------------------------------------- claim status
+
+
+class DeviceRequestAllocationResult(KubeModel):
+    request: RequestReference
+    driver: DriverName
+    pool: PoolName
+    device: DNSLabel
+    admin_access: bool | None = None
+    tolerations: Annotated[list[DeviceToleration], Field(max_length=TOLERATIONS_MAX)] | None = None
+    binding_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    binding_failure_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    share_id: str | None = Field(default=None, alias="shareID")
+    consumed_capacity: Annotated[dict[QualifiedName, QuantityValue], Field(max_length=32)] | None = None
+
+
+class DeviceAllocationConfiguration(KubeModel):
+    source: Literal["FromClass", "FromClaim"]
+    requests: Annotated[list[RequestReference], Field(max_length=REQUESTS_MAX)] | None = None
+    opaque: OpaqueDeviceConfiguration | None = None
+
+
+class DeviceAllocationResult(KubeModel):
+    results: Annotated[list[DeviceRequestAllocationResult], Field(max_length=RESULTS_MAX)] | None = None
+    config: Annotated[list[DeviceAllocationConfiguration], Field(max_length=ALLOCATION_CONFIG_MAX)] | None = (
+        None
+    )
+
+
+class AllocationResult(KubeModel):
+    devices: DeviceAllocationResult = Field(default_factory=DeviceAllocationResult)
+    # None means the devices are reachable from every node.
+    node_selector: NodeSelector | None = None
+    allocation_timestamp: str | None = None
+
+
+class ResourceClaimConsumerReference(KubeModel):
+    api_group: str | None = None
+    resource: Annotated[str, Field(min_length=1, max_length=253)]
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    uid: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class NetworkDeviceData(KubeModel):
+    interface_name: Annotated[str, Field(max_length=256)] | None = None
+    ips: Annotated[list[str], Field(max_length=16)] | None = None
+    hardware_address: Annotated[str, Field(max_length=128)] | None = None
+
+
+class AllocatedDeviceStatus(KubeModel):
+    driver: DriverName
+    pool: PoolName
+    device: DNSLabel
+    share_id: str | None = Field(default=None, alias="shareID")
+    conditions: Annotated[list[Condition], Field(max_length=8)] | None = None
+    data: dict[str, Any] | None = None
+    network_data: NetworkDeviceData | None = None
+
+
+class ResourceClaimStatus(KubeModel):
+    allocation: AllocationResult | None = None
+    reserved_for: (
+        Annotated[list[ResourceClaimConsumerReference], Field(max_length=RESERVED_FOR_MAX)] | None
+    ) = None
+    devices: list[AllocatedDeviceStatus] | None = None
+    # --- Not in upstream resource.k8s.io/v1: written by dra-operator for `kubectl get` and `describe`.
+    # A CRD printer column is a JSONPath, so the operator keeps the computed STATE column here
+    # ("pending", "allocated", "allocated,reserved", with "deleted," first while deleting) ...
+    state: Annotated[str, Field(max_length=64)] | None = None
+    # ... the node the allocation is bound to (None while pending or when the devices are on every node) ...
+    node_name: Annotated[str, Field(max_length=253)] | None = None
+    # ... and claim-level conditions (upstream only has per-device ones).
+    conditions: Annotated[list[Condition], Field(max_length=16)] | None = None
+
+    @model_validator(mode="after")
+    def _unique_consumers(self) -> ResourceClaimStatus:
+        if self.reserved_for:
+            _no_duplicates("reservedFor uid", [ref.uid for ref in self.reserved_for])
+            if self.allocation is None:
+                raise ValueError("reservedFor may only be set while the claim is allocated")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ slices
+
+
+class DeviceAttribute(KubeModel):
+    """Exactly one of int, bool, string or version (a semantic version 2.0.0)."""
+
+    int_value: int | None = Field(default=None, alias="int")
+    bool_value: bool | None = Field(default=None, alias="bool")
+    string: Annotated[str, Field(max_length=STRING_ATTRIBUTE_MAX)] | None = None
+    version: Annotated[str, Field(max_length=VERSION_ATTRIBUTE_MAX)] | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "(has(self.int) ? 1 : 0) + (has(self.bool) ? 1 : 0) + (has(self.string) ? 1 : 0)"
+            " + (has(self.version) ? 1 : 0) == 1",
+            "exactly one of int, bool, string or version must be set",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_type(self) -> DeviceAttribute:
+        _exactly_one(
+            "attribute",
+            {
+                "int": self.int_value is not None,
+                "bool": self.bool_value is not None,
+                "string": self.string is not None,
+                "version": self.version is not None,
+            },
+        )
+        if self.version is not None:
+            from dra_operator.api.semver import Semver
+
+            try:
+                Semver.parse(self.version)
+            except ValueError as err:
+                raise ValueError(f"version must be a semantic version 2.0.0: {err}") from None
+        return self
+
+    @field_validator("int_value", mode="before")
+    @classmethod
+    def _int_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("int must be an integer, not a boolean")
+        return value
+
+    @property
+    def value(self) -> int | bool | str:
+        """The attribute's value (a version stays a string; the CEL layer turns it into a semver)."""
+        for candidate in (self.int_value, self.bool_value, self.string, self.version):
+            if candidate is not None:
+                return candidate
+        raise AssertionError("validated attribute has no value")
+
+
+class CapacityRequestPolicyRange(KubeModel):
+    min: QuantityValue
+    max: QuantityValue | None = None
+    step: QuantityValue | None = None
+
+
+class CapacityRequestPolicy(KubeModel):
+    default: QuantityValue | None = None
+    valid_values: Annotated[list[QuantityValue], Field(max_length=10)] | None = None
+    valid_range: CapacityRequestPolicyRange | None = None
+
+
+class DeviceCapacity(KubeModel):
+    value: QuantityValue
+    request_policy: CapacityRequestPolicy | None = None
+
+
+class Counter(KubeModel):
+    value: QuantityValue
+
+
+class CounterSet(KubeModel):
+    name: DNSLabel
+    counters: Annotated[dict[DNSLabel, Counter], Field(min_length=1, max_length=COUNTERS_PER_SET_MAX)]
+
+
+class DeviceCounterConsumption(KubeModel):
+    counter_set: DNSLabel
+    counters: Annotated[dict[DNSLabel, Counter], Field(min_length=1, max_length=COUNTERS_PER_SET_MAX)]
+
+
+class DeviceTaint(KubeModel):
+    key: Annotated[str, Field(min_length=1, max_length=316)]
+    value: Annotated[str, Field(max_length=63)] | None = None
+    effect: Literal["NoSchedule", "NoExecute", "None"]
+    time_added: str | None = None
+
+
+def _node_scope(
+    owner: str, node_name: str | None, node_selector: Any, all_nodes: bool | None
+) -> dict[str, bool]:
+    return {
+        "nodeName": bool(node_name),
+        "nodeSelector": node_selector is not None,
+        "allNodes": bool(all_nodes),
+    }
+
+
+class Device(KubeModel):
+    name: DNSLabel
+    attributes: dict[QualifiedName, DeviceAttribute] | None = None
+    capacity: dict[QualifiedName, DeviceCapacity] | None = None
+    consumes_counters: (
+        Annotated[list[DeviceCounterConsumption], Field(max_length=CONSUMES_COUNTERS_MAX)] | None
+    ) = None
+    node_name: DNSSubdomain | None = None
+    node_selector: NodeSelector | None = None
+    all_nodes: bool | None = None
+    taints: Annotated[list[DeviceTaint], Field(max_length=DEVICE_TAINTS_MAX)] | None = None
+    binds_to_node: bool | None = None
+    binding_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    binding_failure_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    allow_multiple_allocations: bool | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "(has(self.attributes) ? size(self.attributes) : 0)"
+            f" + (has(self.capacity) ? size(self.capacity) : 0) <= {ATTRIBUTES_AND_CAPACITY_MAX}",
+            f"attributes and capacity together must have at most {ATTRIBUTES_AND_CAPACITY_MAX} entries",
+        ),
+        (
+            "(has(self.nodeName) ? 1 : 0) + (has(self.nodeSelector) ? 1 : 0)"
+            " + (has(self.allNodes) && self.allNodes ? 1 : 0) <= 1",
+            "at most one of nodeName, nodeSelector or allNodes may be set on a device",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _limits(self) -> Device:
+        entries = len(self.attributes or ()) + len(self.capacity or ())
+        if entries > ATTRIBUTES_AND_CAPACITY_MAX:
+            raise ValueError(
+                f"device {self.name!r}: attributes and capacity together must have at most "
+                f"{ATTRIBUTES_AND_CAPACITY_MAX} entries, got {entries}"
+            )
+        scope = _node_scope(self.name, self.node_name, self.node_selector, self.all_nodes)
+        if sum(scope.values()) > 1:
+            given = " and ".join(name for name, present in scope.items() if present)
+            raise ValueError(
+                f"device {self.name!r}: at most one of nodeName, nodeSelector or allNodes, not {given}"
+            )
+        return self
+
+    @property
+    def has_node_scope(self) -> bool:
+        return bool(self.node_name) or self.node_selector is not None or bool(self.all_nodes)
+
+
+class ResourcePool(KubeModel):
+    name: PoolName
+    generation: Annotated[int, Field(ge=0)] = 0
+    resource_slice_count: Annotated[int, Field(gt=0)] = 1
+
+
+class ResourceSliceSpec(KubeModel):
+    driver: DriverName
+    pool: ResourcePool
+    node_name: DNSSubdomain | None = None
+    node_selector: NodeSelector | None = None
+    all_nodes: bool | None = None
+    per_device_node_selection: bool | None = None
+    devices: Annotated[list[Device], Field(max_length=DEVICES_PER_SLICE_MAX)] | None = None
+    shared_counters: Annotated[list[CounterSet], Field(max_length=COUNTER_SETS_MAX)] | None = None
+
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "(has(self.nodeName) ? 1 : 0) + (has(self.nodeSelector) ? 1 : 0)"
+            " + (has(self.allNodes) && self.allNodes ? 1 : 0)"
+            " + (has(self.perDeviceNodeSelection) && self.perDeviceNodeSelection ? 1 : 0) == 1",
+            "exactly one of nodeName, nodeSelector, allNodes or perDeviceNodeSelection must be set",
+        ),
+        (
+            "!has(self.nodeSelector) || size(self.nodeSelector.nodeSelectorTerms) == 1",
+            "nodeSelector must have exactly one term",
+        ),
+        (
+            "!has(self.sharedCounters) || !has(self.devices) || size(self.devices) == 0",
+            "sharedCounters and devices cannot be in the same slice",
+        ),
+        (
+            "(has(self.perDeviceNodeSelection) && self.perDeviceNodeSelection) || !has(self.devices)"
+            " || self.devices.all(d, !has(d.nodeName) && !has(d.nodeSelector) && !has(d.allNodes))",
+            "nodeName, nodeSelector and allNodes on a device need perDeviceNodeSelection: true",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _scope_and_limits(self) -> ResourceSliceSpec:
+        scope = _node_scope("slice", self.node_name, self.node_selector, self.all_nodes)
+        scope["perDeviceNodeSelection"] = bool(self.per_device_node_selection)
+        _exactly_one("slice", scope)
+        if self.node_selector is not None and len(self.node_selector.node_selector_terms) != 1:
+            raise ValueError("nodeSelector must have exactly one term")
+        devices = self.devices or []
+        _no_duplicates("device", [d.name for d in devices])
+        if self.per_device_node_selection:
+            for device in devices:
+                if not device.has_node_scope:
+                    raise ValueError(
+                        f"device {device.name!r}: with perDeviceNodeSelection one of nodeName, "
+                        "nodeSelector or allNodes must be set"
+                    )
+        else:
+            for device in devices:
+                if device.has_node_scope:
+                    raise ValueError(
+                        f"device {device.name!r}: nodeName, nodeSelector and allNodes on a device need "
+                        "perDeviceNodeSelection: true"
+                    )
+        if any(d.taints or d.consumes_counters for d in devices) and (
+            len(devices) > DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS_MAX
+        ):
+            raise ValueError(
+                f"a slice whose devices use taints or counters may have at most "
+                f"{DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS_MAX} devices, got {len(devices)}"
+            )
+        if self.shared_counters and devices:
+            raise ValueError("sharedCounters and devices cannot be in the same slice")
+        if self.shared_counters:
+            _no_duplicates("counter set", [c.name for c in self.shared_counters])
+        return self
+
+
+# --------------------------------------------------------------------------------------- the four kinds
+
+
+def _check_api_version(value: str) -> str:
+    if value not in API_VERSIONS:
+        raise ValueError(f"apiVersion must be {API_VERSION} or {UPSTREAM_API_VERSION}, got {value!r}")
+    return value
+
+
+class _TopLevel(KubeModel):
+    api_version: str = API_VERSION
+    # Narrowed to one kind by each subclass; declared here so that dumps read apiVersion, kind, metadata.
+    kind: str
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+
+    @field_validator("api_version")
+    @classmethod
+    def _known_version(cls, value: str) -> str:
+        return _check_api_version(value)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name or ""
+
+    @property
+    def namespace(self) -> str | None:
+        return self.metadata.namespace
+
+
+class DeviceClass(_TopLevel):
+    kind: Literal["DeviceClass"] = "DeviceClass"
+    spec: DeviceClassSpec = Field(default_factory=DeviceClassSpec)
+
+
+class ResourceClaim(_TopLevel):
+    kind: Literal["ResourceClaim"] = "ResourceClaim"
+    spec: ResourceClaimSpec
+    status: ResourceClaimStatus | None = None
+
+
+class ResourceClaimTemplateSpec(KubeModel):
+    metadata: ClaimTemplateMeta | None = None
+    spec: ResourceClaimSpec
+
+
+class ResourceClaimTemplate(_TopLevel):
+    kind: Literal["ResourceClaimTemplate"] = "ResourceClaimTemplate"
+    spec: ResourceClaimTemplateSpec
+
+
+class ResourceSlice(_TopLevel):
+    kind: Literal["ResourceSlice"] = "ResourceSlice"
+    spec: ResourceSliceSpec
+
+
+DraObject = DeviceClass | ResourceClaim | ResourceClaimTemplate | ResourceSlice
+KINDS: dict[
+    str, type[DeviceClass] | type[ResourceClaim] | type[ResourceClaimTemplate] | type[ResourceSlice]
+] = {
+    "DeviceClass": DeviceClass,
+    "ResourceClaim": ResourceClaim,
+    "ResourceClaimTemplate": ResourceClaimTemplate,
+    "ResourceSlice": ResourceSlice,
+}
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+class InvalidObject(ValueError):
+    """An object that does not validate; the message names source, kind, name and each failing field path."""
+
+    def __init__(
+        self,
+        problems: list[tuple[str, str]],
+        *,
+        kind: str | None = None,
+        name: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.problems = problems
+        self.kind = kind
+        self.name = name
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = [
+            part for part in (self.source, self.kind and f"{self.kind} {self.name or '<unnamed>'}") if part
+        ]
+        head = ": ".join(where) if where else "invalid object"
+        lines = [f"{path}: {message}" if path else message for path, message in self.problems]
+        if len(lines) == 1:
+            return f"{head}: {lines[0]}"
+        return head + ":\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location as a Kubernetes field path: spec.devices.requests[0].exactly."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part).startswith(("function-", "[key]")):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def problems_of(error: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) for each error, without pydantic's "Value error, " prefix."""
+    problems = []
+    for item in error.errors(include_url=False):
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        problems.append((format_location(tuple(item["loc"])), message))
+    return problems
+
+
+def _display_name(obj: dict[str, Any]) -> str | None:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    name = meta.get("name") or meta.get("generateName")
+    if not isinstance(name, str):
+        return None
+    namespace = meta.get("namespace")
+    return f"{namespace}/{name}" if isinstance(namespace, str) and namespace else name
+
+
+def is_dra_object(obj: Any) -> bool:
+    """Whether `obj` is a dict for one of the four kinds, in either API group."""
+    return isinstance(obj, dict) and obj.get("apiVersion") in API_VERSIONS and obj.get("kind") in KINDS
+
+
+def load_object(obj: Any, *, source: str | None = None) -> DraObject:
+    """Validate one Kubernetes object dict of the four kinds (either apiVersion) into its model."""
+    if not isinstance(obj, dict):
+        raise InvalidObject([("", f"expected an object, got {type(obj).__name__}")], source=source)
+    kind = obj.get("kind")
+    name = _display_name(obj)
+    if kind not in KINDS:
+        raise InvalidObject(
+            [("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")],
+            kind=str(kind),
+            name=name,
+            source=source,
+        )
+    if obj.get("apiVersion") not in API_VERSIONS:
+        raise InvalidObject(
+            [
+                (
+                    "apiVersion",
+                    f"must be {API_VERSION} or {UPSTREAM_API_VERSION}, got {obj.get('apiVersion')!r}",
+                )
+            ],
+            kind=kind,
+            name=name,
+            source=source,
+        )
+    try:
+        return KINDS[kind].model_validate(obj)
+    except ValidationError as err:
+        raise InvalidObject(problems_of(err), kind=kind, name=name, source=source) from None
+
+
+def dump_object(obj: KubeModel) -> dict[str, Any]:
+    """The Kubernetes JSON form of a model."""
+    return obj.to_dict()

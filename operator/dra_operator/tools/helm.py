@@ -16,9 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_VERSION = "v3.22.0"
@@ -106,6 +109,58 @@ def ensure_helm(version: str = HELM_VERSION, *, log: Callable[[str], None] | Non
         if log:
             log(f"built helm {version} in {time.monotonic() - started:.0f}s")
     return target
+
+
+def chart_dir() -> Path:
+    """charts/dra-operator of this checkout (the chart is not part of the installed package)."""
+    return Path(__file__).resolve().parents[3] / "charts" / "dra-operator"
+
+
+def template(
+    *,
+    release: str = "dra-operator",
+    namespace: str = "dra-system",
+    values_files: Sequence[Path] = (),
+    values: Mapping[str, Any] | None = None,
+    set_values: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    chart: Path | None = None,
+    helm: Path | None = None,
+) -> list[dict[str, Any]]:
+    """`helm template` the chart with --include-crds and return its objects; raises HelmError on failure.
+
+    `values` is one more values document (after `values_files`, so it wins); `set_values` go to --set-string.
+    """
+    args = ["template", release, str(chart or chart_dir()), "--namespace", namespace, "--include-crds"]
+    with tempfile.TemporaryDirectory() as scratch:
+        for path in values_files:
+            args += ["--values", str(path)]
+        if values is not None:
+            values_path = Path(scratch) / "values.yaml"
+            values_path.write_text(yaml.safe_dump(dict(values)))
+            args += ["--values", str(values_path)]
+        for key, value in (set_values or {}).items():
+            args += ["--set-string", f"{key}={value}"]
+        text = run_helm([*args, *extra_args], helm=helm)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+class HelmError(RuntimeError):
+    """helm exited non-zero; the message carries its stderr."""
+
+
+def run_helm(args: Sequence[str], *, helm: Path | None = None, env: Mapping[str, str] | None = None) -> str:
+    binary = helm or ensure_helm()
+    result = subprocess.run(
+        [str(binary), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=None if env is None else dict(env),
+    )
+    if result.returncode != 0:
+        raise HelmError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr.strip()}")
+    return result.stdout
 
 
 def main(argv: list[str] | None = None) -> int:

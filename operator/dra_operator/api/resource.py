@@ -75,6 +75,11 @@ class KubeModel(BaseModel):
         validate_default=False,
     )
     crd_rules: ClassVar[tuple[CrdRule, ...]] = ()
+    # Lists that Kubernetes treats as maps (`x-kubernetes-list-type: map`): Python field name -> JSON key
+    # fields. The apiserver then rejects duplicate keys itself. Lists not named here are atomic.
+    crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Fields required in Python whose absence the CRD reports through a friendlier `crd_rules` message.
+    crd_not_required: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """The Kubernetes JSON form: camelCase, unset fields left out."""
@@ -169,7 +174,14 @@ class CELDeviceSelector(KubeModel):
 class DeviceSelector(KubeModel):
     cel: CELDeviceSelector
 
-    crd_rules: ClassVar[tuple[CrdRule, ...]] = ()
+    # The apiserver prunes `cel: null` and reports `expression` as an unknown field; this rule adds the hint.
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "has(self.cel)",
+            "cel is required: `expression` must be nested under `cel` (indent it below `- cel:`)",
+        ),
+    )
+    crd_not_required: ClassVar[frozenset[str]] = frozenset({"cel"})
 
     @model_validator(mode="before")
     @classmethod
@@ -315,12 +327,8 @@ class DeviceRequest(KubeModel):
             "has(self.exactly) != has(self.firstAvailable)",
             "exactly one of exactly or firstAvailable must be set",
         ),
-        (
-            "!has(self.firstAvailable)"
-            " || self.firstAvailable.all(a, self.firstAvailable.exists_one(b, b.name == a.name))",
-            "subrequest names must be unique",
-        ),
     )
+    crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {"first_available": ("name",)}
 
     @model_validator(mode="after")
     def _one_kind(self) -> DeviceRequest:
@@ -373,6 +381,17 @@ class DeviceClaim(KubeModel):
     requests: Annotated[list[DeviceRequest], Field(max_length=REQUESTS_MAX)] | None = None
     constraints: Annotated[list[DeviceConstraint], Field(max_length=CONSTRAINTS_MAX)] | None = None
     config: Annotated[list[DeviceClaimConfiguration], Field(max_length=CONFIG_MAX)] | None = None
+
+    crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {"requests": ("name",)}
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = tuple(
+        (
+            f"!has(self.{field}) || self.{field}.all(c, !has(c.requests) || c.requests.all(r,"
+            " has(self.requests) && self.requests.exists(q, r == q.name || (has(q.firstAvailable)"
+            " && q.firstAvailable.exists(s, r == q.name + '/' + s.name)))))",
+            f"{field}: each entry of requests must name a request (or request/subrequest) of this claim",
+        )
+        for field in ("constraints", "config")
+    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> DeviceClaim:
@@ -464,7 +483,8 @@ class ResourceClaimStatus(KubeModel):
     reserved_for: (
         Annotated[list[ResourceClaimConsumerReference], Field(max_length=RESERVED_FOR_MAX)] | None
     ) = None
-    devices: list[AllocatedDeviceStatus] | None = None
+    # One entry per allocated device, so bounded by the number of results.
+    devices: Annotated[list[AllocatedDeviceStatus], Field(max_length=RESULTS_MAX)] | None = None
     # --- Not in upstream resource.k8s.io/v1: written by dra-operator for `kubectl get` and `describe`.
     # A CRD printer column is a JSONPath, so the operator keeps the computed STATE column here
     # ("pending", "allocated", "allocated,reserved", with "deleted," first while deleting) ...
@@ -473,6 +493,17 @@ class ResourceClaimStatus(KubeModel):
     node_name: Annotated[str, Field(max_length=253)] | None = None
     # ... and claim-level conditions (upstream only has per-device ones).
     conditions: Annotated[list[Condition], Field(max_length=16)] | None = None
+
+    crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "reserved_for": ("uid",),
+        "conditions": ("type",),
+    }
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "!has(self.reservedFor) || size(self.reservedFor) == 0 || has(self.allocation)",
+            "reservedFor may only be set while the claim is allocated",
+        ),
+    )
 
     @model_validator(mode="after")
     def _unique_consumers(self) -> ResourceClaimStatus:
@@ -588,8 +619,12 @@ def _node_scope(
 
 class Device(KubeModel):
     name: DNSLabel
-    attributes: dict[QualifiedName, DeviceAttribute] | None = None
-    capacity: dict[QualifiedName, DeviceCapacity] | None = None
+    attributes: (
+        Annotated[dict[QualifiedName, DeviceAttribute], Field(max_length=ATTRIBUTES_AND_CAPACITY_MAX)] | None
+    ) = None
+    capacity: (
+        Annotated[dict[QualifiedName, DeviceCapacity], Field(max_length=ATTRIBUTES_AND_CAPACITY_MAX)] | None
+    ) = None
     consumes_counters: (
         Annotated[list[DeviceCounterConsumption], Field(max_length=CONSUMES_COUNTERS_MAX)] | None
     ) = None
@@ -652,6 +687,10 @@ class ResourceSliceSpec(KubeModel):
     devices: Annotated[list[Device], Field(max_length=DEVICES_PER_SLICE_MAX)] | None = None
     shared_counters: Annotated[list[CounterSet], Field(max_length=COUNTER_SETS_MAX)] | None = None
 
+    crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "devices": ("name",),
+        "shared_counters": ("name",),
+    }
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
         (
             "(has(self.nodeName) ? 1 : 0) + (has(self.nodeSelector) ? 1 : 0)"

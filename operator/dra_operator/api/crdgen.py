@@ -1,0 +1,332 @@
+"""CustomResourceDefinitions for the four kinds, generated from the pydantic models; `dra-operator crds`.
+
+The schema is structural OpenAPI v3 built by walking the models (not pydantic's JSON schema): every node
+typed, no $ref, quantities as `x-kubernetes-int-or-string` with a pattern, limits as maxItems / maxLength /
+maxProperties, the models' `crd_rules` as `x-kubernetes-validations`, and list-map keys where Kubernetes has
+them. Generation is pure (`generate()` returns dicts); only `main` reads or writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from dra_operator.api.formats import Format
+from dra_operator.api.resource import (
+    GROUP,
+    VERSION,
+    DeviceClass,
+    KubeModel,
+    ResourceClaim,
+    ResourceClaimTemplate,
+    ResourceSlice,
+)
+
+CATEGORY = "dra"
+DEFAULT_DIR = Path("crds")
+
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+class _Kind:
+    """What the CRD says about one kind beyond its schema."""
+
+    def __init__(
+        self,
+        model: type[KubeModel],
+        plural: str,
+        short_names: list[str],
+        scope: Literal["Cluster", "Namespaced"],
+        columns: list[dict[str, str]],
+        status: bool = False,
+    ) -> None:
+        self.model = model
+        self.kind = model.__name__
+        self.plural = plural
+        self.short_names = short_names
+        self.scope = scope
+        self.columns = columns
+        self.status = status
+
+
+# Short names carry a `dra` prefix: the built-in resource.k8s.io kinds have the same plural names, so on a
+# cluster with built-in DRA `kubectl get deviceclasses` means theirs; ours are then reached by the full name
+# (`deviceclasses.resource.dra-operator.io`) or by the short names below.
+KINDS: tuple[_Kind, ...] = (
+    _Kind(DeviceClass, "deviceclasses", ["dradc"], "Cluster", [_AGE]),
+    _Kind(
+        ResourceClaim,
+        "resourceclaims",
+        ["drarc"],
+        "Namespaced",
+        [
+            {"name": "State", "type": "string", "jsonPath": ".status.state"},
+            {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
+            _AGE,
+        ],
+        status=True,
+    ),
+    _Kind(ResourceClaimTemplate, "resourceclaimtemplates", ["drarct"], "Namespaced", [_AGE]),
+    _Kind(
+        ResourceSlice,
+        "resourceslices",
+        ["drars"],
+        "Cluster",
+        [
+            {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName"},
+            {"name": "Driver", "type": "string", "jsonPath": ".spec.driver"},
+            {"name": "Pool", "type": "string", "jsonPath": ".spec.pool.name"},
+            _AGE,
+        ],
+    ),
+)
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+def _flatten(tp: Any, meta: list[Any]) -> tuple[Any, list[Any]]:
+    """Strip Optional and Annotated from `tp`, collecting Annotated metadata (FieldInfo contents included)."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            base, *extra = get_args(tp)
+            for item in extra:
+                if isinstance(item, FieldInfo):
+                    meta.extend(item.metadata)
+                else:
+                    meta.append(item)
+            tp = base
+        elif origin in (Union, types.UnionType):
+            members = [arg for arg in get_args(tp) if arg is not type(None)]
+            if len(members) != 1:
+                raise TypeError(f"cannot express the union {tp!r} in a structural schema")
+            tp = members[0]
+        else:
+            return tp, meta
+
+
+def _apply_limits(schema: dict[str, Any], meta: Iterable[Any], kind: str) -> None:
+    for item in meta:
+        if isinstance(item, annotated_types.MaxLen):
+            key = {"string": "maxLength", "array": "maxItems", "object": "maxProperties"}[kind]
+            schema[key] = item.max_length
+        elif isinstance(item, annotated_types.MinLen) and item.min_length > 0:
+            key = {"string": "minLength", "array": "minItems", "object": "minProperties"}[kind]
+            schema[key] = item.min_length
+        elif isinstance(item, annotated_types.Gt) and kind == "integer":
+            schema["minimum"] = int(item.gt) + 1  # type: ignore[call-overload]
+        elif isinstance(item, annotated_types.Ge) and kind == "integer":
+            schema["minimum"] = int(item.ge)  # type: ignore[call-overload]
+        elif isinstance(item, Format) and kind == "string":
+            if item.pattern is not None:
+                schema["pattern"] = item.pattern
+            if item.max_length is not None:
+                schema.setdefault("maxLength", item.max_length)
+
+
+def schema_of(annotation: Any, meta: list[Any] | None = None) -> dict[str, Any]:
+    """The structural schema of one Python type as the models use them."""
+    tp, meta = _flatten(annotation, list(meta or []))
+    formats = [item for item in meta if isinstance(item, Format)]
+    if any(f.int_or_string for f in formats):
+        schema: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+        pattern = next((f.pattern for f in formats if f.pattern), None)
+        if pattern:
+            schema["pattern"] = pattern
+        return schema
+    origin = get_origin(tp)
+    if origin is Literal:
+        values = list(get_args(tp))
+        return {"type": "string", "enum": values}
+    if tp is str:
+        schema = {"type": "string"}
+        _apply_limits(schema, meta, "string")
+        return schema
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        schema = {"type": "integer", "format": "int64"}
+        _apply_limits(schema, meta, "integer")
+        return schema
+    if origin is list:
+        (item,) = get_args(tp)
+        schema = {"type": "array", "items": schema_of(item)}
+        _apply_limits(schema, meta, "array")
+        return schema
+    if origin is dict:
+        _, value = get_args(tp)
+        if value is Any:
+            return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        schema = {"type": "object", "additionalProperties": schema_of(value)}
+        _apply_limits(schema, meta, "object")
+        return schema
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return model_schema(tp)
+    raise TypeError(f"no structural schema for {tp!r}")
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """An object schema: properties by JSON name, required fields, defaults, list types and CEL rules."""
+    list_keys: dict[str, tuple[str, ...]] = getattr(model, "crd_list_map_keys", {})
+    not_required: frozenset[str] = getattr(model, "crd_not_required", frozenset())
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, field in model.model_fields.items():
+        json_name = field.alias or name
+        prop = schema_of(field.annotation, list(field.metadata))
+        if prop.get("type") == "array":
+            keys = list_keys.get(name)
+            if keys:
+                prop["x-kubernetes-list-type"] = "map"
+                prop["x-kubernetes-list-map-keys"] = list(keys)
+            else:
+                prop["x-kubernetes-list-type"] = "atomic"
+        default = field.default
+        if isinstance(default, str | int | bool) and not field.is_required():
+            prop["default"] = default
+        properties[json_name] = prop
+        if field.is_required() and name not in not_required:
+            required.append(json_name)
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    rules = getattr(model, "crd_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [{"rule": rule, "message": message} for rule, message in rules]
+    return schema
+
+
+def kind_schema(model: type[KubeModel]) -> dict[str, Any]:
+    """The top-level schema: apiVersion, kind and metadata are the apiserver's; spec and status are ours."""
+    properties: dict[str, Any] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+    }
+    required: list[str] = []
+    for name in ("spec", "status"):
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        properties[name] = schema_of(field.annotation, list(field.metadata))
+        if field.is_required():
+            required.append(name)
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+# --------------------------------------------------------------------------------------------------- CRDs
+
+
+def crd_for(kind: _Kind) -> dict[str, Any]:
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": kind_schema(kind.model)},
+        "additionalPrinterColumns": kind.columns,
+    }
+    if kind.status:
+        version["subresources"] = {"status": {}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{kind.plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.kind.lower(),
+                "shortNames": kind.short_names,
+                "categories": [CATEGORY],
+            },
+            "scope": kind.scope,
+            "versions": [version],
+        },
+    }
+
+
+def generate() -> dict[str, dict[str, Any]]:
+    """File name -> CRD, for every kind."""
+    return {f"{GROUP}_{kind.plural}.yaml": crd_for(kind) for kind in KINDS}
+
+
+_HEADER = "# Generated by `dra-operator crds --write crds/` from dra_operator/api/resource.py. Do not edit.\n"
+
+
+def render(crd: dict[str, Any]) -> str:
+    return _HEADER + yaml.safe_dump(crd, sort_keys=False, width=1000, default_flow_style=False)
+
+
+def rendered() -> dict[str, str]:
+    """File name -> file text, exactly as `--write` writes it."""
+    return {name: render(crd) for name, crd in generate().items()}
+
+
+def stale_files(directory: Path) -> list[str]:
+    """Names of files in `directory` that differ from the generated output, are missing, or are left over."""
+    expected = rendered()
+    problems = [
+        name
+        for name, text in expected.items()
+        if not (directory / name).is_file() or (directory / name).read_text() != text
+    ]
+    if directory.is_dir():
+        problems += sorted(p.name for p in directory.glob("*.yaml") if p.name not in expected)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", metavar="DIR", type=Path, help="write one file per CRD into DIR")
+    mode.add_argument(
+        "--check",
+        metavar="DIR",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_DIR,
+        help=f"exit 1 if the files in DIR (default {DEFAULT_DIR}/) differ from the generated CRDs",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.write is not None:
+        directory: Path = args.write
+        directory.mkdir(parents=True, exist_ok=True)
+        expected = rendered()
+        for leftover in directory.glob(f"{GROUP}_*.yaml"):
+            if leftover.name not in expected:
+                leftover.unlink()
+        for name, text in expected.items():
+            (directory / name).write_text(text)
+        print(f"wrote {len(expected)} CRDs to {directory}/")
+        return 0
+    if args.check is not None:
+        stale = stale_files(args.check)
+        if stale:
+            print(
+                f"{args.check}/ is stale ({', '.join(stale)}): run `dra-operator crds --write {args.check}`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.check}/ is up to date")
+        return 0
+    sys.stdout.write("---\n".join(rendered().values()))
+    return 0

@@ -1,0 +1,375 @@
+"""The CRDs in crds/: in sync with the models, structural, and with CEL rules that agree with the models."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import celpy
+import pytest
+import yaml
+from celpy import json_to_cel  # type: ignore[attr-defined]
+
+from dra_operator.api import crdgen
+from dra_operator.api.resource import API_VERSION, GROUP, InvalidObject, load_object
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+def test_crds_directory_is_in_sync_with_the_models() -> None:
+    stale = crdgen.stale_files(CRDS)
+    assert stale == [], f"crds/ is stale ({stale}): run `dra-operator crds --write crds/`"
+
+
+def test_check_command_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = _parser()
+    assert crdgen.main(parser.parse_args(["--write", str(tmp_path)])) == 0
+    assert crdgen.main(parser.parse_args(["--check", str(tmp_path)])) == 0
+    victim = next(tmp_path.glob("*.yaml"))
+    victim.write_text(victim.read_text() + "# edited\n")
+    (tmp_path / "extra.yaml").write_text("{}\n")
+    assert crdgen.main(parser.parse_args(["--check", str(tmp_path)])) == 1
+    err = capsys.readouterr().err
+    assert victim.name in err and "extra.yaml" in err
+
+
+def _parser() -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    crdgen.add_arguments(parser)
+    return parser
+
+
+def _crds() -> dict[str, dict[str, Any]]:
+    return {crd["spec"]["names"]["kind"]: crd for crd in crdgen.generate().values()}
+
+
+@pytest.mark.parametrize(
+    ("kind", "scope", "plural", "status", "columns"),
+    [
+        ("DeviceClass", "Cluster", "deviceclasses", False, ["Age"]),
+        ("ResourceClaim", "Namespaced", "resourceclaims", True, ["State", "Node", "Age"]),
+        ("ResourceClaimTemplate", "Namespaced", "resourceclaimtemplates", False, ["Age"]),
+        ("ResourceSlice", "Cluster", "resourceslices", False, ["Node", "Driver", "Pool", "Age"]),
+    ],
+)
+def test_crd_names_scope_status_and_columns(
+    kind: str, scope: str, plural: str, status: bool, columns: list[str]
+) -> None:
+    crd = _crds()[kind]
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{plural}.{GROUP}"
+    assert spec["scope"] == scope
+    assert spec["names"]["plural"] == plural
+    assert spec["names"]["categories"] == ["dra"]
+    [version] = spec["versions"]
+    assert ("status" in version.get("subresources", {})) is status
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == columns
+
+
+def test_short_names_do_not_shadow_builtin_resource_names() -> None:
+    builtin = {"deviceclass", "deviceclasses", "resourceclaim", "resourceclaims", "resourceclaimtemplate"}
+    builtin |= {"resourceclaimtemplates", "resourceslice", "resourceslices"}
+    short = [name for crd in _crds().values() for name in crd["spec"]["names"]["shortNames"]]
+    assert len(short) == len(set(short)) == 4
+    assert not builtin & set(short)
+    assert all(name.startswith("dra") for name in short)
+
+
+def test_printer_columns_point_at_fields_the_schema_has() -> None:
+    for crd in _crds().values():
+        [version] = crd["spec"]["versions"]
+        schema = version["schema"]["openAPIV3Schema"]
+        for column in version["additionalPrinterColumns"]:
+            if column["jsonPath"] == ".metadata.creationTimestamp":
+                continue
+            node = schema
+            for part in column["jsonPath"].strip(".").split("."):
+                node = node["properties"][part]
+            assert node["type"] == "string", column
+
+
+def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for name, child in schema.get("properties", {}).items():
+        yield from _nodes(child, f"{path}.{name}")
+    if "items" in schema:
+        yield from _nodes(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _nodes(schema["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize("kind", ["DeviceClass", "ResourceClaim", "ResourceClaimTemplate", "ResourceSlice"])
+def test_schema_is_structural(kind: str) -> None:
+    [version] = _crds()[kind]["spec"]["versions"]
+    for path, node in _nodes(version["schema"]["openAPIV3Schema"]):
+        assert not {"$ref", "anyOf", "oneOf", "allOf", "not"} & node.keys(), path
+        assert (
+            "type" in node
+            or node.get("x-kubernetes-int-or-string")
+            or node.get("x-kubernetes-preserve-unknown-fields")
+        ), f"{path} has no type"
+        if node.get("type") == "array":
+            assert node.get("maxItems"), f"{path}: arrays carry maxItems (bounds CEL cost and object size)"
+            assert node["x-kubernetes-list-type"] in ("atomic", "map"), path
+            for key in node.get("x-kubernetes-list-map-keys", []):
+                assert key in node["items"].get("required", []), (
+                    f"{path}: list-map key {key} must be required"
+                )
+        if node.get("x-kubernetes-int-or-string"):
+            assert "pattern" in node, path
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "facts"),
+    [
+        ("ResourceClaim", ".spec.devices.requests", {"maxItems": 32, "x-kubernetes-list-map-keys": ["name"]}),
+        ("ResourceClaim", ".spec.devices.requests[].firstAvailable", {"maxItems": 8, "minItems": 1}),
+        ("ResourceClaim", ".spec.devices.requests[].exactly.selectors", {"maxItems": 32}),
+        (
+            "ResourceClaim",
+            ".spec.devices.requests[].exactly.selectors[].cel.expression",
+            {"maxLength": 10240},
+        ),
+        ("ResourceClaim", ".spec.devices.requests[].exactly.count", {"minimum": 1}),
+        ("ResourceClaim", ".spec.devices.requests[].exactly.allocationMode", {"default": "ExactCount"}),
+        ("ResourceClaim", ".spec.devices.constraints", {"maxItems": 32}),
+        ("ResourceClaim", ".status.reservedFor", {"maxItems": 256, "x-kubernetes-list-map-keys": ["uid"]}),
+        ("ResourceSlice", ".spec.devices", {"maxItems": 128, "x-kubernetes-list-map-keys": ["name"]}),
+        ("ResourceSlice", ".spec.devices[].attributes", {"maxProperties": 32}),
+        ("ResourceSlice", ".spec.devices[].attributes{}.string", {"maxLength": 64}),
+        (
+            "ResourceSlice",
+            ".spec.devices[].name",
+            {"maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        ),
+        ("ResourceSlice", ".spec.devices[].capacity{}.value", {"x-kubernetes-int-or-string": True}),
+        ("DeviceClass", ".spec.selectors", {"maxItems": 32}),
+    ],
+)
+def test_schema_carries_the_limits(kind: str, path: str, facts: dict[str, Any]) -> None:
+    [version] = _crds()[kind]["spec"]["versions"]
+    nodes = dict(_nodes(version["schema"]["openAPIV3Schema"]))
+    assert facts.items() <= nodes[path].items(), nodes[path]
+
+
+def test_status_fields_for_printer_columns_exist_in_the_model() -> None:
+    [version] = _crds()["ResourceClaim"]["spec"]["versions"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert {"allocation", "reservedFor", "devices", "state", "nodeName"} <= status.keys()
+
+
+def test_written_files_parse_as_the_generated_dicts() -> None:
+    for name, crd in crdgen.generate().items():
+        assert yaml.safe_load((CRDS / name).read_text()) == crd
+
+
+# ---------------------------------------------------------------------- CEL rules vs. Python validators
+
+_ENV = celpy.Environment()
+
+
+def _apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    if isinstance(value, dict) and "properties" in schema:
+        for name, child in schema["properties"].items():
+            if name not in value and "default" in child:
+                value[name] = child["default"]
+            if name in value:
+                _apply_defaults(child, value[name])
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            _apply_defaults(schema["items"], item)
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for item in value.values():
+            _apply_defaults(schema["additionalProperties"], item)
+    return value
+
+
+def _rule_failures(schema: dict[str, Any], value: Any) -> list[str]:
+    """Evaluate every x-kubernetes-validations rule where the object has a value, like the apiserver does."""
+    failures: list[str] = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        program = _ENV.program(_ENV.compile(rule["rule"]))
+        if not program.evaluate({"self": json_to_cel(value)}):
+            failures.append(rule["message"])
+    if isinstance(value, dict):
+        for name, child in schema.get("properties", {}).items():
+            if name in value:
+                failures += _rule_failures(child, value[name])
+        if isinstance(schema.get("additionalProperties"), dict):
+            for item in value.values():
+                failures += _rule_failures(schema["additionalProperties"], item)
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            failures += _rule_failures(schema["items"], item)
+    return failures
+
+
+def _claim(devices: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "ResourceClaim",
+        "metadata": {"name": "c"},
+        "spec": {"devices": devices},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def _slice(**spec: Any) -> dict[str, Any]:
+    base = {"driver": "d.io", "pool": {"name": "p", "generation": 1, "resourceSliceCount": 1}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ResourceSlice",
+        "metadata": {"name": "s"},
+        "spec": base | spec,
+    }
+
+
+_EXACT = {"name": "a", "exactly": {"deviceClassName": "c"}}
+_FIRST = {"name": "b", "firstAvailable": [{"name": "x", "deviceClassName": "c"}]}
+_DEVICE = {"name": "d"}
+
+RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("good claim", _claim({"requests": [_EXACT, _FIRST]}), None),
+    ("neither", _claim({"requests": [{"name": "a"}]}), "exactly one of exactly or firstAvailable"),
+    (
+        "both",
+        _claim({"requests": [{**_EXACT, **_FIRST, "name": "a"}]}),
+        "exactly one of exactly or firstAvailable",
+    ),
+    (
+        "All with count",
+        _claim(
+            {
+                "requests": [
+                    {"name": "a", "exactly": {"deviceClassName": "c", "allocationMode": "All", "count": 1}}
+                ]
+            }
+        ),
+        "count must not be set when allocationMode is All",
+    ),
+    (
+        "selector pruned to {}",
+        _claim({"requests": [{"name": "a", "exactly": {"deviceClassName": "c", "selectors": [{}]}}]}),
+        "`expression` must be nested under `cel`",
+    ),
+    (
+        "constraint both",
+        _claim(
+            {
+                "requests": [_EXACT],
+                "constraints": [{"matchAttribute": "d.io/a", "distinctAttribute": "d.io/b"}],
+            }
+        ),
+        "exactly one of matchAttribute or distinctAttribute",
+    ),
+    (
+        "constraint neither",
+        _claim({"requests": [_EXACT], "constraints": [{}]}),
+        "exactly one of matchAttribute",
+    ),
+    (
+        "constraint refs",
+        _claim(
+            {
+                "requests": [_EXACT, _FIRST],
+                "constraints": [{"requests": ["a", "b/x"], "matchAttribute": "d.io/n"}],
+            }
+        ),
+        None,
+    ),
+    (
+        "constraint unknown ref",
+        _claim(
+            {"requests": [_EXACT, _FIRST], "constraints": [{"requests": ["b/y"], "matchAttribute": "d.io/n"}]}
+        ),
+        "constraints: each entry of requests must name a request",
+    ),
+    (
+        "config unknown ref",
+        _claim(
+            {
+                "requests": [_EXACT],
+                "config": [{"requests": ["z"], "opaque": {"driver": "d.io", "parameters": {}}}],
+            }
+        ),
+        "config: each entry of requests must name a request",
+    ),
+    (
+        "reserved while unallocated",
+        _claim({"requests": [_EXACT]}, {"reservedFor": [{"resource": "pods", "name": "p", "uid": "u"}]}),
+        "reservedFor may only be set while the claim is allocated",
+    ),
+    ("good slice", _slice(nodeName="n", devices=[_DEVICE]), None),
+    ("slice no scope", _slice(devices=[_DEVICE]), "exactly one of nodeName, nodeSelector, allNodes"),
+    ("slice allNodes false", _slice(allNodes=False), "exactly one of nodeName"),
+    ("slice two scopes", _slice(nodeName="n", allNodes=True), "exactly one of nodeName"),
+    (
+        "slice two terms",
+        _slice(nodeSelector={"nodeSelectorTerms": [{}, {}]}),
+        "nodeSelector must have exactly one term",
+    ),
+    (
+        "device scope without per-device",
+        _slice(nodeName="n", devices=[{"name": "d", "nodeName": "n"}]),
+        "need perDeviceNodeSelection",
+    ),
+    ("per-device", _slice(perDeviceNodeSelection=True, devices=[{"name": "d", "allNodes": True}]), None),
+    (
+        "device two scopes",
+        _slice(perDeviceNodeSelection=True, devices=[{"name": "d", "allNodes": True, "nodeName": "n"}]),
+        "at most one of nodeName, nodeSelector or allNodes",
+    ),
+    (
+        "counters beside devices",
+        _slice(
+            allNodes=True,
+            devices=[_DEVICE],
+            sharedCounters=[{"name": "s", "counters": {"c": {"value": "1"}}}],
+        ),
+        "sharedCounters and devices cannot be in the same slice",
+    ),
+    (
+        "attribute two types",
+        _slice(nodeName="n", devices=[{"name": "d", "attributes": {"a": {"int": 1, "bool": True}}}]),
+        "exactly one of int, bool, string or version",
+    ),
+    (
+        "attribute no type",
+        _slice(nodeName="n", devices=[{"name": "d", "attributes": {"a": {}}}]),
+        "exactly one of int, bool, string or version",
+    ),
+    (
+        "33 attributes and capacities",
+        _slice(
+            nodeName="n",
+            devices=[
+                {
+                    "name": "d",
+                    "attributes": {f"a{i}": {"int": i} for i in range(17)},
+                    "capacity": {f"c{i}": {"value": "1"} for i in range(16)},
+                }
+            ],
+        ),
+        "attributes and capacity together must have at most 32",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obj", "expected"), [c[1:] for c in RULE_CASES], ids=[c[0] for c in RULE_CASES])
+def test_crd_rules_agree_with_the_models(obj: dict[str, Any], expected: str | None) -> None:
+    [version] = _crds()[obj["kind"]]["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    failures = _rule_failures(schema, _apply_defaults(schema, copy.deepcopy(obj)))
+    if expected is None:
+        assert failures == []
+        load_object(obj)
+    else:
+        assert any(expected in failure for failure in failures), failures
+        with pytest.raises(InvalidObject):
+            load_object(obj)

@@ -1,0 +1,264 @@
+"""`dra-operator agent`: the command line and the publish loop of the node agent.
+
+    dra-operator agent --node NAME [--backend nvml|simulated] [--inventory FILE] [--driver NAME] [--print]
+                       [--kubeconfig FILE] [--interval SECONDS] [--on-unhealthy withdraw|taint]
+
+The node name defaults to $NODE_NAME (the chart sets it from the downward API, spec.nodeName). `--print`
+writes the ResourceSlices as YAML to stdout and exits without contacting an API server. Otherwise the agent
+publishes, then re-reads the devices every --interval seconds (and at once after an NVML critical-Xid event)
+and writes only what changed. Logs are structured (JSON lines on stderr). Problems that stop the agent (no
+NVML, no GPU, a bad inventory file, no node name) are one line on stderr and a non-zero exit, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+import yaml
+from pydantic import ValidationError
+
+from dra_operator.agent.health import DeviceHealth, HealthEvent, Policy
+from dra_operator.agent.inventory import Inventory
+from dra_operator.agent.nvml import NvmlBackend, NvmlUnavailable
+from dra_operator.agent.simulated import InventoryFileError, SimulatedBackend
+
+if TYPE_CHECKING:  # the client is imported only when publishing, so --print never needs it
+    from kubernetes_asyncio.client import ApiClient
+
+    from dra_operator.agent.publisher import SlicePublisher
+
+DEFAULT_DRIVER = "gpu.nvidia.com"
+NODE_ENV = "NODE_NAME"
+INVENTORY_ENV = "DRA_AGENT_INVENTORY"
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 1
+
+log = structlog.get_logger("dra_operator.agent")
+
+
+class Backend(Protocol):
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def read_pools(self) -> list[Inventory]: ...
+
+
+class AgentError(Exception):
+    """Stops the agent with a one-line message and an exit status (2: wrong usage, 1: cannot run here)."""
+
+    def __init__(self, message: str, status: int = EXIT_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node", default=os.environ.get(NODE_ENV), help=f"this node's name (default: ${NODE_ENV})"
+    )
+    parser.add_argument(
+        "--backend", choices=("nvml", "simulated"), default="nvml", help="where devices come from"
+    )
+    parser.add_argument(
+        "--inventory",
+        default=os.environ.get(INVENTORY_ENV),
+        metavar="FILE",
+        help=f"YAML inventory for --backend simulated (default: ${INVENTORY_ENV})",
+    )
+    parser.add_argument(
+        "--driver",
+        default=DEFAULT_DRIVER,
+        help=f"driver of the published devices (default {DEFAULT_DRIVER}; simulated pools may set their own)",
+    )
+    parser.add_argument(
+        "--print", action="store_true", dest="print_only", help="print the slices as YAML and exit"
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG / ~/.kube)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=60.0, metavar="SECONDS", help="re-read period (default 60)"
+    )
+    parser.add_argument(
+        "--on-unhealthy",
+        choices=("withdraw", "taint"),
+        default="withdraw",
+        help="after a critical Xid: drop the device (default) or keep it with a NoSchedule taint",
+    )
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def configure_logging(level: str) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def make_backend(args: argparse.Namespace, node: str) -> Backend:
+    if args.backend == "simulated":
+        if not args.inventory:
+            raise AgentError(f"--backend simulated needs --inventory FILE (or ${INVENTORY_ENV})", EXIT_USAGE)
+        return SimulatedBackend(args.inventory, node, args.driver)
+    return NvmlBackend(args.driver)
+
+
+def read_checked(backend: Backend, backend_name: str) -> list[Inventory]:
+    """Read once for start-up / --print: an NVML node without a single GPU is an error there."""
+    pools = backend.read_pools()
+    if backend_name == "nvml" and not any(p.devices for p in pools):
+        skipped = [reason for p in pools for _, reason in p.skipped]
+        detail = f" ({len(skipped)} failed: {skipped[0]})" if skipped else ""
+        raise AgentError("NVML found no usable NVIDIA GPU on this node" + detail)
+    return pools
+
+
+def render_slices(
+    node: str, pools: Sequence[Inventory], health: dict[str, DeviceHealth] | None = None
+) -> str:
+    from dra_operator.agent.slices import build_slice, slice_dict
+
+    documents = []
+    for pool in pools:
+        shown = health[pool.driver].apply(pool) if health and pool.driver in health else pool
+        if shown.devices:
+            documents.append(slice_dict(build_slice(node, shown)))
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+class Agent:
+    """The publish loop: read, apply health marks, sync; then wait for the interval, an event or a stop."""
+
+    def __init__(self, backend: Backend, node: str, publisher: SlicePublisher, *, driver: str, policy: Policy,
+                 interval: float) -> None:  # fmt: skip
+        self.backend = backend
+        self.node = node
+        self.publisher = publisher
+        self.interval = interval
+        self.policy: Policy = policy
+        self.health: dict[str, DeviceHealth] = {driver: DeviceHealth(driver, policy)}
+        self.pools: list[Inventory] = []
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+
+    def on_health_event(self, event: HealthEvent) -> None:
+        """Called in the event loop (the watcher thread hands over with call_soon_threadsafe)."""
+        for pool in self.pools:
+            health = self.health.setdefault(pool.driver, DeviceHealth(pool.driver, self.policy))
+            marked = health.record(event, pool)
+            if marked:
+                log.warning("devices marked unhealthy", devices=marked, policy=self.policy, kind=event.kind,
+                            xid=event.xid)  # fmt: skip
+                self.wake.set()
+
+    async def run_once(self) -> None:
+        try:
+            self.pools = await asyncio.to_thread(self.backend.read_pools)
+        except (InventoryFileError, NvmlUnavailable) as error:
+            # Keep publishing what was read last: a typo in a file must not withdraw every device.
+            log.error("reading devices failed; keeping the last inventory", error=str(error))
+        for pool in self.pools:
+            for where, reason in pool.skipped:
+                log.warning("device left out", driver=pool.driver, device=where, reason=reason)
+        shown = [self.health[p.driver].apply(p) if p.driver in self.health else p for p in self.pools]
+        await self.publisher.sync(shown)
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                await self.run_once()
+            except ValidationError as error:
+                log.error("inventory breaks a ResourceSlice limit; not published", error=str(error))
+            except Exception as error:  # the API server may be away for a while; retry on the next pass
+                log.error("publishing failed; retrying", error=f"{type(error).__name__}: {error}")
+            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
+            await asyncio.wait(waiters, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+
+async def _api_client(kubeconfig: str | None) -> ApiClient:
+    from kubernetes_asyncio import client, config
+
+    if kubeconfig:
+        return await config.new_client_from_config(config_file=kubeconfig)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return client.ApiClient(configuration)
+    return await config.new_client_from_config()
+
+
+async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
+    from dra_operator.agent.nvml import XidWatcher
+    from dra_operator.agent.publisher import SlicePublisher
+
+    api = await _api_client(args.kubeconfig)
+    async with api:
+        agent = Agent(backend, node, SlicePublisher(api, node), driver=args.driver, policy=args.on_unhealthy,
+                      interval=args.interval)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, agent.stopping.set)
+        watcher = None
+        if args.backend == "nvml":
+
+            def hand_over(event: HealthEvent) -> None:  # runs in the watcher's thread
+                loop.call_soon_threadsafe(agent.on_health_event, event)
+
+            watcher = XidWatcher(hand_over)
+            monitored = await asyncio.to_thread(watcher.start)
+            log.info("watching critical Xid events", gpus=monitored)
+        log.info("agent started", node=node, backend=args.backend, interval=args.interval)
+        try:
+            await agent.run()
+        finally:
+            if watcher is not None:
+                await asyncio.to_thread(watcher.stop)
+        log.info("agent stopped", node=node, writes=dict(agent.publisher.writes))
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    backend: Backend | None = None
+    try:
+        if not args.node:
+            raise AgentError(f"no node name: pass --node NAME or set ${NODE_ENV}", EXIT_USAGE)
+        if args.interval <= 0:
+            raise AgentError("--interval must be positive", EXIT_USAGE)
+        backend = make_backend(args, args.node)
+        backend.open()
+        if args.print_only:
+            sys.stdout.write(render_slices(args.node, read_checked(backend, args.backend)))
+            return 0
+        read_checked(backend, args.backend)
+        return asyncio.run(serve(args, backend, args.node))
+    except (AgentError, NvmlUnavailable, InventoryFileError) as error:
+        print(f"dra-operator agent: {error}", file=sys.stderr)
+        return error.status if isinstance(error, AgentError) else EXIT_UNAVAILABLE
+    except ValidationError as error:
+        print(
+            f"dra-operator agent: the devices do not fit a ResourceSlice: {error}".replace("\n", " "),
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    finally:
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                backend.close()

@@ -1,0 +1,222 @@
+"""The generated CRDs on a real apiserver: accepted (CEL cost in budget), good objects in, bad ones out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+import pytest
+import yaml
+
+from dra_operator.api import crdgen
+from dra_operator.api.resource import API_VERSION, GROUP, UPSTREAM_API_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = REPO / "tests" / "fixtures" / "seed"
+
+Kubectl = Callable[..., CompletedProcess[str]]
+
+
+@pytest.fixture
+def crds(kubectl: Kubectl) -> None:
+    """Apply crds/ (idempotent) and wait until every CRD is Established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    for crd in crdgen.generate().values():
+        kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+
+
+def _dry_run(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> CompletedProcess[str]:
+    return kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+        "-f",
+        "-",
+        input=json.dumps(obj),
+        check=False,
+    )
+
+
+def _claim(requests: list[dict[str, Any]], **devices: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ResourceClaim",
+        "metadata": {"name": "c"},
+        "spec": {"devices": {"requests": requests, **devices}},
+    }
+
+
+def _seed(name: str, folder: Path = SEED) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((folder / name).read_text())
+    obj["apiVersion"] = API_VERSION
+    return obj
+
+
+_SLICE_SPEC = {
+    "driver": "driver.example.com",
+    "pool": {"name": "node-1", "generation": 0, "resourceSliceCount": 1},
+}
+
+GOOD: list[tuple[str, dict[str, Any]]] = [
+    ("seed device class", _seed("deviceclass.yaml")),
+    ("seed claim (indentation fixed)", _seed("resourceclaim.yaml")),
+    ("seed claim template", _seed("resourceclaimtemplate.yaml")),
+    (
+        "firstAvailable with constraint",
+        _claim(
+            [
+                {"name": "a", "exactly": {"deviceClassName": "c", "count": 2}},
+                {"name": "b", "firstAvailable": [{"name": "x", "deviceClassName": "c"}]},
+            ],
+            constraints=[{"requests": ["a", "b/x"], "matchAttribute": "driver.example.com/numa"}],
+        ),
+    ),
+    (
+        "node-local slice",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ResourceSlice",
+            "metadata": {"name": "s"},
+            "spec": {
+                **_SLICE_SPEC,
+                "nodeName": "node-1",
+                "devices": [
+                    {
+                        "name": "gpu-0",
+                        "attributes": {"type": {"string": "gpu"}, "driverVersion": {"version": "1.2.3"}},
+                        "capacity": {"memory": {"value": "64Gi"}},
+                    }
+                ],
+            },
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("obj", [g[1] for g in GOOD], ids=[g[0] for g in GOOD])
+def test_good_objects_are_accepted(crds: None, kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
+    result = _dry_run(kubectl, namespace, obj)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert stored["kind"] == obj["kind"]
+    if obj["kind"] == "ResourceClaim":
+        # The CRD's defaulting matches Kubernetes': allocationMode ExactCount unless set.
+        for request in stored["spec"]["devices"]["requests"]:
+            if "exactly" in request:
+                assert request["exactly"]["allocationMode"] in ("ExactCount", "All")
+
+
+def _original_claim() -> dict[str, Any]:
+    obj = _seed("resourceclaim.yaml", SEED / "upstream")
+    assert (
+        (SEED / "upstream" / "resourceclaim.yaml")
+        .read_text()
+        .startswith(f"apiVersion: {UPSTREAM_API_VERSION}")
+    )
+    return obj
+
+
+BAD: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "count 0",
+        _claim([{"name": "a", "exactly": {"deviceClassName": "c", "count": 0}}]),
+        ["spec.devices.requests[0].exactly.count", "greater than or equal to 1"],
+    ),
+    (
+        "both exactly and firstAvailable",
+        _claim(
+            [
+                {
+                    "name": "a",
+                    "exactly": {"deviceClassName": "c"},
+                    "firstAvailable": [{"name": "x", "deviceClassName": "c"}],
+                }
+            ]
+        ),
+        ["exactly one of exactly or firstAvailable must be set"],
+    ),
+    (
+        "neither exactly nor firstAvailable",
+        _claim([{"name": "a"}]),
+        ["exactly one of exactly or firstAvailable must be set"],
+    ),
+    (
+        "duplicate request names",
+        _claim(
+            [
+                {"name": "a", "exactly": {"deviceClassName": "c"}},
+                {"name": "a", "exactly": {"deviceClassName": "d"}},
+            ]
+        ),
+        ["spec.devices.requests[1]", "Duplicate value"],
+    ),
+    (
+        "All with count",
+        _claim([{"name": "a", "exactly": {"deviceClassName": "c", "allocationMode": "All", "count": 2}}]),
+        ["count must not be set when allocationMode is All"],
+    ),
+    (
+        "constraint names an unknown request",
+        _claim(
+            [{"name": "a", "exactly": {"deviceClassName": "c"}}],
+            constraints=[{"requests": ["zz"], "matchAttribute": "driver.example.com/numa"}],
+        ),
+        ["each entry of requests must name a request"],
+    ),
+    ("the seed claim as written", _original_claim(), ["`expression` must be nested under `cel`"]),
+    (
+        "slice with two node scopes",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ResourceSlice",
+            "metadata": {"name": "s"},
+            "spec": {**_SLICE_SPEC, "nodeName": "node-1", "allNodes": True},
+        },
+        ["exactly one of nodeName, nodeSelector, allNodes or perDeviceNodeSelection must be set"],
+    ),
+    (
+        "attribute with two types",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ResourceSlice",
+            "metadata": {"name": "s"},
+            "spec": {
+                **_SLICE_SPEC,
+                "allNodes": True,
+                "devices": [{"name": "d", "attributes": {"a": {"int": 1, "string": "x"}}}],
+            },
+        },
+        ["exactly one of int, bool, string or version must be set"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("obj", "expected"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_objects_are_rejected_with_clear_messages(
+    crds: None, kubectl: Kubectl, namespace: str, obj: dict[str, Any], expected: list[str]
+) -> None:
+    result = _dry_run(kubectl, namespace, obj)
+    assert result.returncode != 0, f"accepted: {result.stdout}"
+    for part in expected:
+        assert part in result.stderr, result.stderr
+
+
+def test_kubectl_names_columns_and_category(crds: None, kubectl: Kubectl, namespace: str) -> None:
+    claim = _seed("resourceclaim.yaml")
+    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(claim))
+    status = {"status": {"allocation": {"devices": {}}, "state": "allocated", "nodeName": "node-1"}}
+    kubectl(
+        "patch", "-n", namespace, f"resourceclaims.{GROUP}", claim["metadata"]["name"],
+        "--subresource=status", "--type=merge", "-p", json.dumps(status),
+    )  # fmt: skip
+    table = kubectl("get", "-n", namespace, "drarc").stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATE", "NODE", "AGE"]
+    assert table[1].split()[:3] == ["example-resource-claim", "allocated", "node-1"]
+    listed = kubectl("get", "dra", "-n", namespace, "-o", "name").stdout.split()
+    assert f"resourceclaim.{GROUP}/example-resource-claim" in listed

@@ -1,0 +1,423 @@
+"""The Helm chart lints and renders for every value set, and what it renders keeps the chart's promises.
+
+Value sets: the defaults plus every charts/dra-operator/ci/*-values.yaml. The expectations are derived from
+the values themselves (deep-merged like helm does), not written out, so a new value set needs no new code.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dra_operator.agent.simulated import parse_inventory
+from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
+
+CHART = chart_dir()
+VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
+    path.name.removesuffix("-values.yaml"): [path] for path in sorted((CHART / "ci").glob("*-values.yaml"))
+}
+NAMESPACE = "gpu-system"
+RELEASE = "rel"
+NAMESPACED_KINDS = {
+    "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap",
+    "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor",
+}  # fmt: skip
+CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of values: maps merge key by key, anything else replaces."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def effective_values(files: list[Path]) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    for path in files:
+        values = merge(values, yaml.safe_load(path.read_text()))
+    return values
+
+
+class Rendered:
+    """The objects of one `helm template`, with lookups the checks need."""
+
+    def __init__(self, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+        self.objects = objects
+        self.values = values
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, component: str | None = None) -> dict[str, Any]:
+        found = [
+            o
+            for o in self.of_kind(kind)
+            if component is None or o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        ]
+        assert len(found) == 1, f"expected one {kind} ({component}), found {len(found)}"
+        return found[0]
+
+    def maybe(self, kind: str, component: str) -> dict[str, Any] | None:
+        label = "app.kubernetes.io/component"
+        found = [o for o in self.of_kind(kind) if o["metadata"]["labels"].get(label) == component]
+        return found[0] if found else None
+
+    def workloads(self) -> Iterator[dict[str, Any]]:
+        yield from self.of_kind("Deployment")
+        yield from self.of_kind("DaemonSet")
+
+
+def args_of(container: dict[str, Any]) -> dict[str, list[str]]:
+    """`--flag=value` and bare `--flag` arguments as {flag: [values]} (a bare flag maps to [""])."""
+    parsed: dict[str, list[str]] = {}
+    for arg in container.get("args", []):
+        if arg.startswith("--"):
+            flag, _, value = arg.partition("=")
+            parsed.setdefault(flag, []).append(value)
+    return parsed
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return ensure_helm()
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def rendered(request: pytest.FixtureRequest, helm: Path) -> Rendered:
+    files = VALUE_SETS[request.param]
+    objects = template(release=RELEASE, namespace=NAMESPACE, values_files=files, helm=helm)
+    return Rendered(objects, effective_values(files))
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_lint_strict(helm: Path, name: str) -> None:
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    for path in VALUE_SETS[name]:
+        args += ["--values", str(path)]
+    output = run_helm(args, helm=helm)
+    assert "0 chart(s) failed" in output
+
+
+def test_objects_are_well_formed_and_placed(rendered: Rendered) -> None:
+    names: set[tuple[str, str]] = set()
+    for obj in rendered.objects:
+        kind, meta = obj["kind"], obj["metadata"]
+        assert (kind, meta["name"]) not in names, f"duplicate {kind} {meta['name']}"
+        names.add((kind, meta["name"]))
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]) and len(meta["name"]) <= 253
+        if kind in NAMESPACED_KINDS:
+            assert meta.get("namespace") == NAMESPACE, f"{kind} {meta['name']} outside the release namespace"
+        else:
+            assert kind in CLUSTER_KINDS, f"unexpected kind {kind}"
+            assert "namespace" not in meta
+        if kind != "CustomResourceDefinition":
+            assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
+            assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_crds_are_the_repository_crds(rendered: Rendered) -> None:
+    shipped = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in (CHART / "crds").glob("*.yaml")}
+    assert len(shipped) == 4
+    assert {o["metadata"]["name"] for o in rendered.of_kind("CustomResourceDefinition")} == shipped
+
+
+# --- RBAC -----------------------------------------------------------------------------------------
+
+
+def rules_of(rendered: Rendered, subject: str) -> list[tuple[dict[str, Any], str | None]]:
+    """Every rule granted to ServiceAccount `subject`: (rule, namespace or None for cluster-wide)."""
+    granted = []
+    for binding in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == subject and s["namespace"] == NAMESPACE
+                   for s in binding["subjects"]):  # fmt: skip
+            continue
+        role_kind = binding["roleRef"]["kind"]
+        role_name = binding["roleRef"]["name"]
+        role = next(r for r in rendered.of_kind(role_kind) if r["metadata"]["name"] == role_name)
+        scope = None if binding["kind"] == "ClusterRoleBinding" else binding["metadata"]["namespace"]
+        granted += [(rule, scope) for rule in role["rules"]]
+    return granted
+
+
+def allowed(
+    rules: list[tuple[dict[str, Any], str | None]], group: str, resource: str, verb: str,
+    *, namespace: str | None = None, name: str | None = None,
+) -> bool:  # fmt: skip
+    """RBAC's evaluation (without wildcards, which the chart must never use)."""
+    for rule, scope in rules:
+        if scope is not None and scope != namespace:
+            continue
+        if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+            names = rule.get("resourceNames")
+            if not names or (name is not None and name in names):
+                return True
+    return False
+
+
+def test_rbac_names_every_group_resource_and_verb(rendered: Rendered) -> None:
+    for role in rendered.of_kind("ClusterRole") + rendered.of_kind("Role"):
+        assert role["rules"], f"{role['metadata']['name']} has no rules"
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert rule.get(field), f"{role['metadata']['name']}: a rule without {field}"
+                assert not any("*" in item for item in rule[field]), f"wildcard in {role['metadata']['name']}"
+            assert "nonResourceURLs" not in rule
+            if "resourceNames" in rule:  # create, list and watch cannot be limited by name: never pretend
+                assert not {"create", "list", "watch", "deletecollection"} & set(rule["verbs"])
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def operator_sa(rendered: Rendered) -> str:
+    deployment = rendered.one("Deployment", "operator")
+    return str(deployment["spec"]["template"]["spec"]["serviceAccountName"])
+
+
+# (group, resource, verb) the operator needs everywhere, from DESIGN.md's flow.
+OPERATOR_NEEDS = [
+    ("resource.dra-operator.io", "deviceclasses", "watch"),
+    ("resource.dra-operator.io", "resourceslices", "list"),
+    ("resource.dra-operator.io", "resourceclaimtemplates", "get"),
+    ("resource.dra-operator.io", "resourceclaims", "create"),
+    ("resource.dra-operator.io", "resourceclaims", "delete"),
+    ("resource.dra-operator.io", "resourceclaims/status", "update"),
+    ("", "pods", "watch"),
+    ("", "pods", "patch"),
+    ("", "nodes", "list"),
+    ("", "events", "create"),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"),
+]
+# What neither component may do: the least-privilege half.
+NOBODY_MAY = [
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
+    ("", "pods", "delete"),
+    ("", "pods", "create"),
+    ("", "nodes", "patch"),
+    ("resource.dra-operator.io", "deviceclasses", "create"),
+    ("rbac.authorization.k8s.io", "clusterroles", "create"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create"),
+]
+
+
+@pytest.mark.parametrize(("group", "resource", "verb"), OPERATOR_NEEDS)
+def test_operator_may_what_the_flow_needs(rendered: Rendered, group: str, resource: str, verb: str) -> None:
+    assert allowed(rules_of(rendered, operator_sa(rendered)), group, resource, verb)
+
+
+def test_operator_named_permissions(rendered: Rendered) -> None:
+    rules = rules_of(rendered, operator_sa(rendered))
+    deployment = rendered.one("Deployment", "operator")
+    args = args_of(deployment["spec"]["template"]["spec"]["containers"][0])
+    config = args["--webhook-configuration"][0]
+    group = "admissionregistration.k8s.io"
+    assert allowed(rules, group, "mutatingwebhookconfigurations", "update", name=config)
+    assert not allowed(rules, group, "mutatingwebhookconfigurations", "update", name="someone-elses")
+    if rendered.values["operator"]["leaderElection"]["enabled"]:
+        lease = args["--lease-name"][0]
+        coordination = "coordination.k8s.io"
+        assert allowed(rules, coordination, "leases", "update", namespace=NAMESPACE, name=lease)
+        assert not allowed(rules, coordination, "leases", "update", namespace=NAMESPACE, name="other")
+        assert not allowed(rules, coordination, "leases", "update", namespace="kube-system", name=lease)
+    else:
+        assert "--leader-election" not in args
+        assert not allowed(rules, "coordination.k8s.io", "leases", "create", namespace=NAMESPACE)
+    if not rendered.values["webhook"]["certManager"]["enabled"]:
+        secret = args["--webhook-cert-secret"][0]
+        assert allowed(rules, "", "secrets", "get", namespace=NAMESPACE, name=secret)
+        assert not allowed(rules, "", "secrets", "get", namespace=NAMESPACE, name="other")
+    else:
+        assert not allowed(rules, "", "secrets", "get", namespace=NAMESPACE, name="anything")
+
+
+@pytest.mark.parametrize(("group", "resource", "verb"), NOBODY_MAY)
+def test_nobody_may(rendered: Rendered, group: str, resource: str, verb: str) -> None:
+    for workload in rendered.workloads():
+        sa = workload["spec"]["template"]["spec"]["serviceAccountName"]
+        assert not allowed(rules_of(rendered, sa), group, resource, verb, namespace=NAMESPACE)
+
+
+def test_agent_may_publish_its_slices_and_nothing_of_the_operator(rendered: Rendered) -> None:
+    agent = rendered.maybe("DaemonSet", "agent")
+    if not rendered.values["agent"]["enabled"]:
+        assert agent is None
+        return
+    assert agent is not None
+    rules = rules_of(rendered, agent["spec"]["template"]["spec"]["serviceAccountName"])
+    for verb in ("list", "create", "update", "delete"):
+        assert allowed(rules, "resource.dra-operator.io", "resourceslices", verb)
+    assert allowed(rules, "", "nodes", "get")
+    assert not allowed(rules, "resource.dra-operator.io", "resourceclaims", "get")
+    assert not allowed(rules, "", "pods", "get")
+
+
+def test_workloads_run_as_their_own_bound_service_accounts(rendered: Rendered) -> None:
+    accounts = {o["metadata"]["name"] for o in rendered.of_kind("ServiceAccount")}
+    for workload in rendered.workloads():
+        component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        sa = workload["spec"]["template"]["spec"]["serviceAccountName"]
+        if rendered.values[component]["serviceAccount"]["create"]:
+            assert sa in accounts
+        else:
+            assert sa == rendered.values[component]["serviceAccount"]["name"]
+        assert rules_of(rendered, sa), f"{component}'s ServiceAccount {sa} is bound to nothing"
+    assert len({w["spec"]["template"]["spec"]["serviceAccountName"] for w in rendered.workloads()}) == len(
+        list(rendered.workloads())
+    ), "the operator and the agent must not share a ServiceAccount"
+
+
+# --- Pods -----------------------------------------------------------------------------------------
+
+
+def test_restricted_security_contexts(rendered: Rendered) -> None:
+    for workload in rendered.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert not sc.get("privileged")
+            assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+        for volume in pod.get("volumes", []):
+            if "hostPath" in volume:  # only the documented NVML exception, read-only, one file
+                assert rendered.values["agent"]["nvml"]["driverLibraryPath"]
+                assert volume["hostPath"]["type"] == "File"
+                all_mounts = [m for c in pod["containers"] for m in c["volumeMounts"]]
+                mounts = [m for m in all_mounts if m["name"] == volume["name"]]
+                assert mounts and all(m["readOnly"] for m in mounts)
+
+
+def test_images_and_pull_settings(rendered: Rendered) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    image = rendered.values["image"]
+    expected = f"{image['repository']}:{image['tag'] or chart['appVersion']}"
+    for workload in rendered.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        assert [c["image"] for c in pod["containers"]] == [expected]
+        assert pod["containers"][0]["imagePullPolicy"] == image["pullPolicy"]
+        assert pod.get("imagePullSecrets", []) == rendered.values["imagePullSecrets"]
+
+
+def test_operator_deployment(rendered: Rendered) -> None:
+    values = rendered.values["operator"]
+    deployment = rendered.one("Deployment", "operator")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    args = args_of(container)
+    assert container["args"][0] == "run"
+    assert spec["replicas"] == values["replicas"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert ("--leader-election" in args) == values["leaderElection"]["enabled"]
+    assert args.get("--namespace", []) == values["watchNamespaces"]
+    assert args["--metrics-port"] == [str(values["metrics"]["port"])]
+    assert args["--webhook-port"] == [str(values["webhook"]["port"])]
+    assert set(args["--webhook-exclude-namespace"]) == {NAMESPACE, *values["webhook"]["excludeNamespaces"]}
+    assert args["--webhook-failure-policy"] == [rendered.values["webhook"]["failurePolicy"]]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"webhook": values["webhook"]["port"], "metrics": values["metrics"]["port"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ports
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts  # the root filesystem is read-only
+
+
+def test_webhook_service_and_certificate(rendered: Rendered) -> None:
+    deployment = rendered.one("Deployment", "operator")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = args_of(container)
+    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
+    service_name, _, service_namespace = args["--webhook-service"][0].partition(".")
+    assert service_namespace == NAMESPACE
+    service = services[service_name]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["webhook"]
+    certificates = rendered.of_kind("Certificate")
+    if not rendered.values["webhook"]["certManager"]["enabled"]:
+        assert not certificates and not rendered.of_kind("Issuer")
+        assert "--webhook-cert-dir" not in args
+        return
+    (certificate,) = certificates
+    assert f"{service_name}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == args["--webhook-cert-dir"][0])
+    assert volumes[mount["name"]]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    issuer = rendered.values["webhook"]["certManager"]["issuerRef"]
+    if issuer:
+        assert certificate["spec"]["issuerRef"] == issuer and not rendered.of_kind("Issuer")
+    else:
+        (own,) = rendered.of_kind("Issuer")
+        assert certificate["spec"]["issuerRef"]["name"] == own["metadata"]["name"]
+
+
+def test_metrics_service_monitor_and_disruption_budget(rendered: Rendered) -> None:
+    deployment = rendered.one("Deployment", "operator")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    metrics = [s for s in rendered.of_kind("Service") if s["spec"]["ports"][0]["name"] == "metrics"]
+    assert len(metrics) == int(rendered.values["metrics"]["service"]["enabled"])
+    for service in metrics:
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    monitors = rendered.of_kind("ServiceMonitor")
+    assert len(monitors) == int(rendered.values["metrics"]["serviceMonitor"]["enabled"])
+    for monitor in monitors:
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics[0]["metadata"]["labels"].items()
+        wanted = rendered.values["metrics"]["serviceMonitor"]["labels"]
+        assert monitor["metadata"]["labels"].items() >= wanted.items()
+    budgets = rendered.of_kind("PodDisruptionBudget")
+    assert len(budgets) == int(rendered.values["operator"]["podDisruptionBudget"]["enabled"])
+    for budget in budgets:
+        assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_agent_daemonset(rendered: Rendered) -> None:
+    values = rendered.values["agent"]
+    agent = rendered.maybe("DaemonSet", "agent")
+    if not values["enabled"]:
+        assert agent is None and not rendered.of_kind("ConfigMap")
+        return
+    assert agent is not None
+    pod = agent["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = args_of(container)
+    assert container["args"][0] == "agent"
+    assert args["--backend"] == [values["backend"]]
+    default_driver = "driver.example.com" if values["backend"] == "simulated" else "gpu.nvidia.com"
+    assert args["--driver"] == [values["driver"] or default_driver]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert pod.get("nodeSelector", {}) == values["nodeSelector"]
+    assert pod.get("tolerations", []) == values["tolerations"]
+    assert pod.get("runtimeClassName", "") == values["runtimeClassName"]
+    if values["backend"] == "nvml":
+        assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == values["nvml"]["visibleDevices"]
+        assert "--inventory" not in args and not rendered.of_kind("ConfigMap")
+        return
+    (config_map,) = rendered.of_kind("ConfigMap")
+    inventory_path = Path(args["--inventory"][0])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == inventory_path.parent)
+    assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    text = config_map["data"][inventory_path.name]
+    assert yaml.safe_load(text) == values["simulated"]["inventory"]
+    parsed = parse_inventory(text, str(inventory_path))  # the agent's own parser accepts what the chart ships
+    assert parsed.pools

@@ -1,0 +1,709 @@
+"""The allocation search: one Pod's claims in, an allocation on one node or an explanation out.
+
+Per node this is Kubernetes' structured allocator (1.36): a depth-first search with backtracking over the
+claims (Pod order), their requests (spec order) and each device needed, trying devices in pool order; the
+first complete solution wins. A selector that fails on a device the search touches, an All request that sees
+an incomplete or invalid pool, or more than 32 devices per claim make the whole attempt fail (Kubernetes
+returns an error and the scheduler gives up on the Pod for this round, whatever other nodes offer).
+
+Nodes are tried in name order and the first node with a solution is chosen. Two things keep this fast without
+changing any outcome:
+- A subtree that failed for one device is not searched again for an equivalent device (same selector outcomes
+  for every request of the Pod, same constrained attribute values, same in-use state): by symmetry it fails
+  too.
+- When no selector of the Pod can fail on any device and no request uses allocationMode All, no node can raise
+  an error, so the scan stops at the first node that fits and skips nodes that cannot fit (too few free
+  candidates), starting at a per-signature frontier behind which every node is full. Otherwise every candidate
+  node is searched, as kube-scheduler filters every node of a small cluster, so that an error anywhere fails
+  the Pod as it would there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from dra_operator.allocation.constraints import Constraint, lookup_attribute, typed_value
+from dra_operator.allocation.explain import (
+    ClaimNotOnNode,
+    ClassNotFound,
+    ConstraintBlocksAll,
+    ConstraintUnsatisfiable,
+    DeviceNames,
+    DevicesContended,
+    Explanation,
+    FatalReason,
+    InvalidPools,
+    NoCombination,
+    NodeFailure,
+    NodeReason,
+    PoolNotReady,
+    RequestUnsatisfiable,
+    SelectorError,
+    TooManyDevices,
+)
+from dra_operator.allocation.nodes import NODE_NAME_FIELD, Node, selector_matches
+from dra_operator.allocation.selectors import SelectorFailure
+from dra_operator.allocation.snapshot import ClaimKey, RequestSignature, Snapshot, claim_key, toleration_key
+from dra_operator.api.resource import (
+    ALL,
+    AllocationResult,
+    DeviceAllocationConfiguration,
+    DeviceAllocationResult,
+    DeviceClass,
+    DeviceRequestAllocationResult,
+    DeviceSubRequest,
+    DeviceToleration,
+    ExactDeviceRequest,
+    NodeSelector,
+    NodeSelectorRequirement,
+    NodeSelectorTerm,
+    ResourceClaim,
+)
+
+RESULTS_MAX = 32
+"""At most this many devices per claim (AllocationResultsMaxSize)."""
+
+DETAILED_NODES = 20
+"""Nodes diagnosed in detail in an explanation; the rest are counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The node for the Pod and, per newly allocated claim, the result for its `status.allocation`."""
+
+    node_name: str | None
+    results: dict[ClaimKey, AllocationResult]
+    reused: tuple[ClaimKey, ...] = ()
+
+    def commit(self, snapshot: Snapshot) -> None:
+        """Record the new allocations in the snapshot (after they were written), so the next Pod sees them."""
+        for key, result in self.results.items():
+            snapshot.record_allocation(key, result)
+
+
+@dataclass(frozen=True, slots=True)
+class Unallocatable:
+    explanation: Explanation
+
+
+Outcome = Allocation | Unallocatable
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+@dataclass(slots=True)
+class _Alt:
+    """A request with `exactly`, or one subrequest of `firstAvailable`."""
+
+    request: str
+    subrequest: str
+    signature: RequestSignature
+    device_class: DeviceClass
+    all_mode: bool
+    count: int
+    admin: bool
+    tolerations: list[DeviceToleration] | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.request}/{self.subrequest}" if self.subrequest else self.request
+
+
+@dataclass(slots=True)
+class _Request:
+    name: str
+    alts: list[_Alt]
+    first_available: bool
+
+
+@dataclass(slots=True)
+class _Claim:
+    key: ClaimKey
+    label: str
+    claim: ResourceClaim
+    requests: list[_Request]
+
+
+class _Fatal(Exception):
+    def __init__(self, reason: FatalReason) -> None:
+        super().__init__(reason.render())
+        self.reason = reason
+
+
+class _MaxSize(Exception):
+    """More than RESULTS_MAX devices for a claim: backtrack further (another subrequest may need fewer)."""
+
+
+def _claim_label(claim: ResourceClaim) -> str:
+    namespace = claim.metadata.namespace
+    return f"{namespace}/{claim.name}" if namespace else claim.name
+
+
+def _plan(snapshot: Snapshot, claim: ResourceClaim) -> _Claim | ClassNotFound:
+    label = _claim_label(claim)
+    requests: list[_Request] = []
+    for request in claim.spec.devices.requests or ():
+        alts: list[_Alt] = []
+        subs: list[tuple[str, ExactDeviceRequest | DeviceSubRequest]]
+        if request.exactly is not None:
+            subs = [("", request.exactly)]
+        else:
+            subs = [(sub.name, sub) for sub in request.first_available or ()]
+        for sub_name, spec in subs:
+            class_name = spec.device_class_name
+            device_class = snapshot.classes.get(class_name)
+            if device_class is None:
+                return ClassNotFound(
+                    label, f"{request.name}/{sub_name}" if sub_name else request.name, class_name
+                )
+            selectors = spec.selectors or ()
+            tolerations = spec.tolerations
+            signature = RequestSignature(
+                class_name=class_name,
+                class_expressions=tuple(s.cel.expression for s in device_class.spec.selectors or ()),
+                request_expressions=tuple(s.cel.expression for s in selectors),
+                tolerations=toleration_key(tolerations),
+            )
+            all_mode = spec.allocation_mode == ALL
+            alts.append(
+                _Alt(
+                    request=request.name,
+                    subrequest=sub_name,
+                    signature=signature,
+                    device_class=device_class,
+                    all_mode=all_mode,
+                    count=0 if all_mode else spec.count or 1,
+                    admin=isinstance(spec, ExactDeviceRequest) and bool(spec.admin_access),
+                    tolerations=list(tolerations) if tolerations else None,
+                )
+            )
+        requests.append(_Request(request.name, alts, request.first_available is not None))
+    return _Claim(claim_key(claim), label, claim, requests)
+
+
+# ------------------------------------------------------------------------------------------- one node
+
+
+class _NodeSearch:
+    """Kubernetes' per-node allocation for the Pod's unallocated claims."""
+
+    def __init__(self, snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> None:
+        self.snapshot = snapshot
+        self.node = node
+        self.claims = claims
+        self.records = snapshot.records
+        self.in_use = snapshot._in_use
+        self.view = snapshot.view(node)
+        # id index -> claim indices that are allocating the device in this attempt
+        self.allocating: dict[int, list[int]] = {}
+        self.results: list[list[tuple[_Alt, int]]] = [[] for _ in claims]
+        self.constraints: list[list[Constraint]] = [
+            [Constraint(spec) for spec in c.claim.spec.devices.constraints or ()] for c in claims
+        ]
+        self.all_devices: dict[tuple[int, int, int], list[int]] = {}
+        self.selected: dict[tuple[int, int], int] = {}
+        self._keys: dict[int, Hashable] = {}
+        self._attr_names = sorted({k.attribute for cs in self.constraints for k in cs})
+        self._alts = [alt for c in claims for r in c.requests for alt in r.alts]
+
+    # -- setup: what Kubernetes checks before searching (validateDeviceRequest)
+
+    def _num(self, ci: int, ri: int, si: int, alt: _Alt) -> int:
+        return len(self.all_devices[(ci, ri, si)]) if alt.all_mode else alt.count
+
+    def _prepare(self) -> None:
+        for ci, claim in enumerate(self.claims):
+            minimum = 0
+            for ri, request in enumerate(claim.requests):
+                fewest: int | None = None
+                for si, alt in enumerate(request.alts):
+                    if alt.all_mode:
+                        self.all_devices[(ci, ri, si)] = self._all_devices(claim, alt)
+                    num = self._num(ci, ri, si, alt)
+                    fewest = num if fewest is None else min(fewest, num)
+                minimum += fewest or 0
+            if minimum > RESULTS_MAX:
+                raise _Fatal(TooManyDevices(claim.label, minimum, RESULTS_MAX, self.node.name))
+
+    def _all_devices(self, claim: _Claim, alt: _Alt) -> list[int]:
+        found: list[int] = []
+        for pool in self.view.pools:
+            if pool.incomplete or pool.invalid is not None:
+                raise _Fatal(PoolNotReady(claim.label, alt.name, pool.label, pool.invalid, self.node.name))
+            for index in pool.devices:
+                verdict = self.snapshot.verdict(alt.signature, index)
+                if isinstance(verdict, SelectorFailure):
+                    raise _Fatal(self._selector_error(claim, alt, verdict))
+                record = self.records[index]
+                if verdict and (not record.per_device or record.on_node(self.node)):
+                    found.append(index)
+        return found
+
+    def _selector_error(self, claim: _Claim, alt: _Alt, failure: SelectorFailure) -> SelectorError:
+        source = (
+            f"class {alt.device_class.name}"
+            if failure.expression in alt.signature.class_expressions
+            else "claim"
+        )
+        return SelectorError(claim.label, alt.name, failure, source, self.node.name)
+
+    # -- the search
+
+    def run(self) -> bool:
+        self._prepare()
+        return self._step(0, 0, 0, 0, False)
+
+    def _busy(self, id_index: int) -> bool:
+        return self.in_use[id_index] > 0 or bool(self.allocating.get(id_index))
+
+    def _step(self, ci: int, ri: int, si: int, di: int, fixed_sub: bool) -> bool:
+        claims = self.claims
+        if ci >= len(claims):
+            return True
+        claim = claims[ci]
+        if ri >= len(claim.requests):
+            try:
+                return self._step(ci + 1, 0, 0, 0, False)
+            except _MaxSize:
+                return False
+        request = claim.requests[ri]
+        if request.first_available and not fixed_sub:
+            all_exceeded = True
+            for sub_index in range(len(request.alts)):
+                try:
+                    done = self._step(ci, ri, sub_index, di, True)
+                except _MaxSize:
+                    continue
+                all_exceeded = False
+                if done:
+                    self.selected[(ci, ri)] = sub_index
+                    return True
+            if all_exceeded:
+                raise _MaxSize
+            return False
+
+        alt = request.alts[si]
+        if alt.all_mode and not self.all_devices[(ci, ri, si)]:
+            return False
+        num = self._num(ci, ri, si, alt)
+        if di >= num:
+            return self._step(ci, ri + 1, 0, 0, False)
+        if len(self.results[ci]) + num - di > RESULTS_MAX:
+            raise _MaxSize
+
+        if alt.all_mode:
+            index = self.all_devices[(ci, ri, si)][di]
+            if not self._add(ci, alt, index, must=True):
+                return False
+            try:
+                done = self._step(ci, ri, si, di + 1, fixed_sub)
+            except _MaxSize:
+                self._undo(ci, alt, index)
+                raise
+            if not done:
+                self._undo(ci, alt, index)
+            return done
+
+        records = self.records
+        in_use = self.in_use
+        failed: set[Hashable] | None = None
+        for index in self.snapshot.candidates(alt.signature, self.node):
+            id_index = records[index].id_index
+            if alt.admin:
+                if ci in self.allocating.get(id_index, ()):
+                    continue
+            elif in_use[id_index] or self.allocating.get(id_index):
+                continue
+            verdict = self.snapshot.verdict(alt.signature, index)
+            if verdict is not True:
+                assert isinstance(verdict, SelectorFailure)
+                raise _Fatal(self._selector_error(claim, alt, verdict))
+            if failed is not None and self._key(index) in failed:
+                continue
+            if not self._add(ci, alt, index, must=False):
+                continue
+            try:
+                done = self._step(ci, ri, si, di + 1, fixed_sub)
+            except _MaxSize:
+                self._undo(ci, alt, index)
+                raise
+            if done:
+                return True
+            self._undo(ci, alt, index)
+            if failed is None:
+                failed = set()
+            failed.add(self._key(index))
+        return False
+
+    def _add(self, ci: int, alt: _Alt, index: int, must: bool) -> bool:
+        record = self.records[index]
+        id_index = record.id_index
+        if alt.admin:
+            if ci in self.allocating.get(id_index, ()):
+                return False
+        elif self._busy(id_index):
+            return False
+        if record.taints and alt.signature.blocked_by_taint(record.taints):
+            return False
+        constraints = self.constraints[ci]
+        driver = record.id[0]
+        for position, constraint in enumerate(constraints):
+            if not constraint.add(alt.request, alt.subrequest, driver, record.attributes):
+                if must:
+                    raise _Fatal(
+                        ConstraintBlocksAll(
+                            self.claims[ci].label,
+                            alt.name,
+                            record.label,
+                            constraint.describe(),
+                            self.node.name,
+                        )
+                    )
+                for earlier in constraints[:position]:
+                    earlier.remove(alt.request, alt.subrequest)
+                return False
+        self.allocating.setdefault(id_index, []).append(ci)
+        self.results[ci].append((alt, index))
+        return True
+
+    def _undo(self, ci: int, alt: _Alt, index: int) -> None:
+        for constraint in self.constraints[ci]:
+            constraint.remove(alt.request, alt.subrequest)
+        record = self.records[index]
+        self.allocating[record.id_index].remove(ci)
+        self.results[ci].pop()
+
+    def _key(self, index: int) -> Hashable:
+        """Devices with equal keys are interchangeable for this Pod's search (see the module docstring)."""
+        found = self._keys.get(index)
+        if found is None:
+            record = self.records[index]
+            outcomes: list[object] = []
+            for alt in self._alts:
+                verdict = self.snapshot.verdict(alt.signature, index)
+                if isinstance(verdict, SelectorFailure):
+                    outcomes = [("unique", index)]
+                    break
+                outcomes.append(
+                    (verdict, bool(record.taints) and alt.signature.blocked_by_taint(record.taints))
+                )
+            on_node = not record.per_device or record.on_node(self.node)
+            attributes = tuple(
+                typed_value(lookup_attribute(record.attributes, record.id[0], name))
+                for name in self._attr_names
+            )
+            found = (tuple(outcomes), on_node, attributes)
+            self._keys[index] = found
+        id_index = self.records[index].id_index
+        return (found, self.in_use[id_index] > 0, tuple(self.allocating.get(id_index, ())))
+
+    # -- results
+
+    def allocation_results(self) -> list[AllocationResult]:
+        out: list[AllocationResult] = []
+        for ci, claim in enumerate(self.claims):
+            results = [
+                DeviceRequestAllocationResult(
+                    request=alt.name,
+                    driver=self.records[index].id[0],
+                    pool=self.records[index].id[1],
+                    device=self.records[index].id[2],
+                    admin_access=True if alt.admin else None,
+                    tolerations=alt.tolerations,
+                )
+                for alt, index in self.results[ci]
+            ]
+            config = self._config(ci, claim)
+            out.append(
+                AllocationResult(
+                    devices=DeviceAllocationResult(results=results, config=config or None),
+                    node_selector=self._node_selector(ci),
+                )
+            )
+        return out
+
+    def _chosen_alts(self, ci: int, claim: _Claim) -> list[_Alt]:
+        return [r.alts[self.selected.get((ci, ri), 0)] for ri, r in enumerate(claim.requests)]
+
+    def _config(self, ci: int, claim: _Claim) -> list[DeviceAllocationConfiguration]:
+        """Class configs first (once per class, naming the requests that use it), then the claim's own."""
+        config: list[DeviceAllocationConfiguration] = []
+        by_class: dict[str, list[DeviceAllocationConfiguration]] = {}
+        chosen = self._chosen_alts(ci, claim)
+        for alt in chosen:
+            entries = by_class.get(alt.device_class.name)
+            if entries is not None:
+                for entry in entries:
+                    entry.requests = [*(entry.requests or []), alt.name]
+                continue
+            entries = [
+                DeviceAllocationConfiguration(source="FromClass", requests=[alt.name], opaque=item.opaque)
+                for item in alt.device_class.spec.config or ()
+            ]
+            by_class[alt.device_class.name] = entries
+            config.extend(entries)
+        names = {alt.request for alt in chosen} | {alt.name for alt in chosen}
+        for item in claim.claim.spec.devices.config or ():
+            if not item.requests or any(name in names for name in item.requests):
+                config.append(
+                    DeviceAllocationConfiguration(
+                        source="FromClaim", requests=item.requests, opaque=item.opaque
+                    )
+                )
+        return config
+
+    def _node_selector(self, ci: int) -> NodeSelector | None:
+        """As Kubernetes builds it: a node-local device pins the claim to that node; slice node selectors are
+        merged into one term; devices available on all nodes add nothing."""
+        expressions: list[NodeSelectorRequirement] = []
+        fields: list[NodeSelectorRequirement] = []
+        for _, index in self.results[ci]:
+            record = self.records[index]
+            node_name = record.node_name()
+            if not node_name and record.device.binds_to_node:
+                node_name = self.node.name
+            if node_name:
+                return NodeSelector(
+                    node_selector_terms=[
+                        NodeSelectorTerm(
+                            match_fields=[
+                                NodeSelectorRequirement(
+                                    key=NODE_NAME_FIELD, operator="In", values=[node_name]
+                                )
+                            ]
+                        )
+                    ]
+                )
+            selector = record.node_selector()
+            if selector is not None and len(selector.node_selector_terms) == 1:
+                term = selector.node_selector_terms[0]
+                _merge(term.match_fields or [], fields)
+                _merge(term.match_expressions or [], expressions)
+        if not expressions and not fields:
+            return None
+        return NodeSelector(
+            node_selector_terms=[
+                NodeSelectorTerm(match_expressions=expressions or None, match_fields=fields or None)
+            ]
+        )
+
+
+def _merge(source: Sequence[NodeSelectorRequirement], into: list[NodeSelectorRequirement]) -> None:
+    for requirement in source:
+        values = set(requirement.values or ())
+        if not any(
+            r.key == requirement.key and r.operator == requirement.operator and set(r.values or ()) == values
+            for r in into
+        ):
+            into.append(requirement)
+
+
+# ------------------------------------------------------------------------------------------ diagnosis
+
+
+def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeFailure:
+    """Why the search found nothing on this node, from each request's own point of view first."""
+    view = snapshot.view(node)
+    records = snapshot.records
+    skipped = tuple(p.label for p in view.pools if not p.usable)
+    reasons: list[NodeReason] = []
+    pools_devices = [i for p in view.pools if p.usable for i in p.devices]
+    usable_sets: list[tuple[_Claim, _Alt, int, set[int]]] = []
+    for claim in claims:
+        for request in claim.requests:
+            per_alt: list[RequestUnsatisfiable] = []
+            for alt in request.alts:
+                free: list[int] = []
+                busy: list[int] = []
+                tainted: list[str] = []
+                not_matching: list[str] = []
+                for index in pools_devices:
+                    record = records[index]
+                    if snapshot.verdict(alt.signature, index) is not True or (
+                        record.per_device and not record.on_node(node)
+                    ):
+                        not_matching.append(record.label)
+                    elif record.taints and alt.signature.blocked_by_taint(record.taints):
+                        tainted.append(record.label)
+                    elif snapshot.in_use(record) and not alt.admin:
+                        busy.append(index)
+                    else:
+                        free.append(index)
+                needed = len(free) + len(busy) + len(tainted) if alt.all_mode else alt.count
+                short = (not free or busy or tainted) if alt.all_mode else len(free) < needed
+                if short:
+                    holders = [
+                        (
+                            records[i].label,
+                            "/".join(filter(None, snapshot.holders(records[i])[0]))
+                            if snapshot.holders(records[i])
+                            else "?",
+                        )
+                        for i in busy[:6]
+                    ]
+                    per_alt.append(
+                        RequestUnsatisfiable(
+                            claim=claim.label,
+                            request=alt.name,
+                            needed=needed,
+                            all_mode=alt.all_mode,
+                            usable=DeviceNames.of([records[i].label for i in free]),
+                            in_use=tuple(holders),
+                            in_use_total=len(busy),
+                            tainted=DeviceNames.of(tainted),
+                            not_matching=DeviceNames.of(not_matching)
+                            if not free and not busy and not tainted
+                            else DeviceNames(),
+                            other_pools=skipped,
+                        )
+                    )
+                elif not alt.admin:
+                    usable_sets.append((claim, alt, needed, set(free)))
+            if len(per_alt) == len(request.alts):
+                reasons.extend(per_alt)
+    if not reasons:
+        reasons.extend(_contention(snapshot, usable_sets))
+    if not reasons:
+        for claim in claims:
+            for spec in claim.claim.spec.devices.constraints or ():
+                reasons.append(ConstraintUnsatisfiable(claim.label, Constraint(spec).describe()))
+    if not reasons and skipped:
+        reasons.append(InvalidPools(skipped))
+    if not reasons:
+        reasons.append(NoCombination())
+    return NodeFailure(node.name, tuple(reasons))
+
+
+def _contention(snapshot: Snapshot, usable: list[tuple[_Claim, _Alt, int, set[int]]]) -> list[NodeReason]:
+    """Groups of requests whose candidate devices overlap and that need more devices than the group offers."""
+    groups: list[tuple[list[tuple[_Claim, _Alt, int]], set[int]]] = []
+    for claim, alt, needed, devices in usable:
+        merged = ([(claim, alt, needed)], set(devices))
+        rest = []
+        for group in groups:
+            if group[1] & merged[1]:
+                merged = (group[0] + merged[0], group[1] | merged[1])
+            else:
+                rest.append(group)
+        groups = [*rest, merged]
+    out: list[NodeReason] = []
+    for members, devices in groups:
+        if len(members) > 1 and sum(m[2] for m in members) > len(devices):
+            ordered = sorted(devices)
+            out.append(
+                DevicesContended(
+                    tuple((c.label, a.name, n, a.all_mode) for c, a, n in members),
+                    DeviceNames.of([snapshot.records[i].label for i in ordered]),
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the Pod
+
+
+def allocate(
+    snapshot: Snapshot,
+    pod: PodRef,
+    claims: Sequence[ResourceClaim],
+    nodes: Sequence[str] | None = None,
+) -> Outcome:
+    """Allocate all of a Pod's claims together on one node, or explain why not.
+
+    Claims with `status.allocation` are reused: they are not allocated again and restrict the node to their
+    `nodeSelector`. `nodes`, when given, limits the candidate nodes (e.g. a Pod's own node affinity). The
+    snapshot is not changed; call `Allocation.commit(snapshot)` once the results are written.
+    """
+    unique: dict[ClaimKey, ResourceClaim] = {}
+    for claim in claims:
+        unique.setdefault(claim_key(claim), claim)
+    allocated = [c for c in unique.values() if c.status is not None and c.status.allocation is not None]
+    pending = [c for c in unique.values() if c.status is None or c.status.allocation is None]
+
+    plans: list[_Claim] = []
+    for claim in pending:
+        plan = _plan(snapshot, claim)
+        if isinstance(plan, ClassNotFound):
+            return Unallocatable(Explanation(pod.label, fatal=plan))
+        plans.append(plan)
+
+    allowed = set(nodes) if nodes is not None else None
+    excluded: list[NodeFailure] = []
+    candidates: list[int] = []
+    for position, node in enumerate(snapshot.nodes):
+        if allowed is not None and node.name not in allowed:
+            continue
+        blocking = [
+            _claim_label(c)
+            for c in allocated
+            if c.status is not None
+            and c.status.allocation is not None
+            and c.status.allocation.node_selector is not None
+            and not selector_matches(c.status.allocation.node_selector, node)
+        ]
+        if blocking:
+            excluded.append(NodeFailure(node.name, tuple(ClaimNotOnNode(label) for label in blocking)))
+        else:
+            candidates.append(position)
+    reused = tuple(claim_key(c) for c in allocated)
+
+    if not plans:
+        if candidates:
+            return Allocation(snapshot.nodes[candidates[0]].name, {}, reused)
+        return Unallocatable(
+            Explanation(pod.label, nodes=tuple(excluded[:DETAILED_NODES]), nodes_total=len(excluded))
+        )
+
+    alts = [alt for plan in plans for request in plan.requests for alt in request.alts]
+    full_scan = any(alt.all_mode for alt in alts) or any(snapshot.has_failures(alt.signature) for alt in alts)
+    # Requests every solution must serve from their own candidates: those bound how far the scan can skip.
+    needs: dict[RequestSignature, int] = {}
+    for plan in plans:
+        for request in plan.requests:
+            if request.first_available:
+                continue
+            alt = request.alts[0]
+            if not alt.admin and not alt.all_mode:
+                needs[alt.signature] = needs.get(alt.signature, 0) + alt.count
+    start = 0 if full_scan else max((snapshot.frontier(sig) for sig in needs), default=0)
+
+    chosen: tuple[Node, _NodeSearch] | None = None
+    for position in candidates:
+        if position < start:
+            continue
+        node = snapshot.nodes[position]
+        if not full_scan and any(snapshot.free_candidates(sig, node) < n for sig, n in needs.items()):
+            continue
+        search = _NodeSearch(snapshot, node, plans)
+        try:
+            found = search.run()
+        except _Fatal as fatal:
+            return Unallocatable(Explanation(pod.label, fatal=fatal.reason))
+        if found and chosen is None:
+            chosen = (node, search)
+            if not full_scan:
+                break
+
+    if chosen is not None:
+        node, search = chosen
+        results = dict(zip((p.key for p in plans), search.allocation_results(), strict=True))
+        return Allocation(node.name, results, reused)
+
+    detailed = [_diagnose(snapshot, snapshot.nodes[p], plans) for p in candidates[:DETAILED_NODES]]
+    shown = (detailed + excluded)[:DETAILED_NODES]
+    return Unallocatable(
+        Explanation(pod.label, nodes=tuple(shown), nodes_total=len(candidates) + len(excluded))
+    )

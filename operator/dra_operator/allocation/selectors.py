@@ -1,0 +1,106 @@
+"""CEL selector results, cached per (expression, device version), and the failures they can produce.
+
+Slices change rarely while thousands of Pods share a handful of selectors, so a selector is evaluated at most
+once per device version: the cache key is the expression plus a device token (slice uid, resourceVersion, pool
+generation and device name). Snapshots rebuilt from unchanged slices therefore reuse every result, and
+steady-state allocation evaluates almost no CEL. A result is True, False or a `SelectorFailure`; the search
+decides when a failure is fatal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+from dra_operator.cel import (
+    CelCompileError,
+    CelDevice,
+    CelEvaluationError,
+    CompiledSelector,
+    compile_selector,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorFailure:
+    """A selector that could not be evaluated on a device: a compile error or a CEL runtime error."""
+
+    expression: str
+    device: str
+    message: str
+    key: str | None = None
+    compile_error: bool = False
+
+    def render(self) -> str:
+        what = "does not compile" if self.compile_error else f"failed on device {self.device}"
+        key = f" (key {self.key!r})" if self.key else ""
+        return f"CEL expression {self.expression!r} {what}{key}: {self.message}"
+
+
+Result = bool | SelectorFailure
+
+
+class SelectorCache:
+    """Compiled selectors and their results per device token; share one instance across snapshots."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, CompiledSelector | CelCompileError] = {}
+        # token -> (anchor, {expression: result}); the anchor keeps alive an object whose id() is a token.
+        self._results: dict[Hashable, tuple[object, dict[str, Result]]] = {}
+        self.evaluations = 0
+        self.hits = 0
+
+    def compiled(self, expression: str) -> CompiledSelector | CelCompileError:
+        found = self._compiled.get(expression)
+        if found is None:
+            try:
+                found = compile_selector(expression)
+            except CelCompileError as err:
+                found = err
+            self._compiled[expression] = found
+        return found
+
+    def compile_error(self, expression: str) -> CelCompileError | None:
+        found = self.compiled(expression)
+        return found if isinstance(found, CelCompileError) else None
+
+    def result(
+        self,
+        expression: str,
+        token: Hashable,
+        anchor: object,
+        cel_device: Callable[[], CelDevice],
+        device_label: str,
+    ) -> Result:
+        entry = self._results.get(token)
+        if entry is None:
+            entry = (anchor, {})
+            self._results[token] = entry
+        results = entry[1]
+        found = results.get(expression)
+        if found is not None:
+            self.hits += 1
+            return found
+        compiled = self.compiled(expression)
+        if isinstance(compiled, CelCompileError):
+            found = SelectorFailure(expression, device_label, str(compiled), compile_error=True)
+        else:
+            self.evaluations += 1
+            try:
+                found = bool(compiled.evaluate(cel_device()))
+            except CelEvaluationError as err:
+                key = getattr(err, "key", None)
+                found = SelectorFailure(
+                    expression, device_label, str(err), key=key if isinstance(key, str) else None
+                )
+        results[expression] = found
+        return found
+
+    def retain(self, tokens: Iterable[Hashable]) -> None:
+        """Forget results of devices that are gone (call after building a snapshot from new slices)."""
+        keep = set(tokens)
+        for token in [t for t in self._results if t not in keep]:
+            del self._results[token]
+
+    def __len__(self) -> int:
+        return sum(len(entry[1]) for entry in self._results.values())

@@ -1,0 +1,503 @@
+"""The allocator's view of the cluster: classes, slices grouped into pools, nodes, and the devices in use.
+
+A snapshot is built once from the objects and then used incrementally: the operator allocates Pod after Pod
+and records each allocation (`record_allocation`), so the in-use set grows without a rebuild; `release` undoes
+one. Per node, the visible pools follow Kubernetes' GatherPools (1.36): only the highest generation counts, a
+pool whose slice count differs from `resourceSliceCount` is incomplete, a pool with duplicate device names is
+invalid, pools are ordered by (driver, pool), slices by name, devices in slice order. Per request signature
+and node, the devices that the search can ever pick are computed once (selector results come from the shared
+`SelectorCache`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dra_operator.allocation.nodes import Node, selector_matches
+from dra_operator.allocation.selectors import Result, SelectorCache, SelectorFailure
+from dra_operator.api.resource import (
+    AllocationResult,
+    Device,
+    DeviceAttribute,
+    DeviceClass,
+    DeviceTaint,
+    DeviceToleration,
+    NodeSelector,
+    ResourceClaim,
+    ResourceSlice,
+)
+from dra_operator.cel import CelDevice
+
+DeviceID = tuple[str, str, str]
+"""(driver, pool, device): how Kubernetes identifies a device across slices and claims."""
+
+ClaimKey = tuple[str, str]
+"""(namespace, name) of a ResourceClaim."""
+
+# Scopes of a slice, from its spec (exactly one is set on a valid slice).
+SCOPE_NODE, SCOPE_ALL, SCOPE_SELECTOR, SCOPE_PER_DEVICE, SCOPE_COUNTERS, SCOPE_UNKNOWN = (
+    "node",
+    "all",
+    "selector",
+    "per-device",
+    "counters",
+    "unknown",
+)
+
+
+TolerationKey = tuple[str, str, str, str]
+"""(key, operator, value, effect) of a DeviceToleration, "" for unset."""
+
+
+def tolerates(toleration: TolerationKey, taint: DeviceTaint) -> bool:
+    """Kubernetes' ToleratesTaint for devices: effect and key must match when set; Equal compares values."""
+    key, operator, value, effect = toleration
+    if effect and effect != taint.effect:
+        return False
+    if key and key != taint.key:
+        return False
+    if operator == "Exists":
+        return True
+    return value == (taint.value or "")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSignature:
+    """What decides whether a device can serve a request: class and request selectors, tolerations."""
+
+    class_name: str
+    class_expressions: tuple[str, ...]
+    request_expressions: tuple[str, ...]
+    tolerations: tuple[TolerationKey, ...] = ()
+
+    @property
+    def expressions(self) -> tuple[str, ...]:
+        return self.class_expressions + self.request_expressions
+
+    def blocked_by_taint(self, taints: Sequence[DeviceTaint]) -> bool:
+        """An untolerated NoSchedule or NoExecute taint keeps the device from being allocated."""
+        for taint in taints:
+            if taint.effect not in ("NoSchedule", "NoExecute"):
+                continue
+            if not any(tolerates(t, taint) for t in self.tolerations):
+                return True
+        return False
+
+
+def toleration_key(tolerations: Iterable[DeviceToleration] | None) -> tuple[TolerationKey, ...]:
+    return tuple(
+        (t.key or "", t.operator or "Equal", t.value or "", t.effect or "") for t in tolerations or ()
+    )
+
+
+@dataclass(slots=True)
+class SliceRecord:
+    name: str
+    driver: str
+    pool: str
+    generation: int
+    resource_slice_count: int
+    scope: str
+    node_name: str | None
+    node_selector: NodeSelector | None
+    devices: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    """One device of one slice, with everything the search reads precomputed."""
+
+    index: int
+    id_index: int
+    id: DeviceID
+    label: str
+    slice: SliceRecord
+    device: Device
+    token: Hashable
+    anchor: object
+    attributes: Mapping[str, DeviceAttribute]
+    taints: tuple[DeviceTaint, ...]
+    per_device: bool
+    _cel: CelDevice | None = None
+
+    def cel_device(self) -> CelDevice:
+        if self._cel is None:
+            self._cel = CelDevice.from_device(self.id[0], self.device)
+        return self._cel
+
+    def node_name(self) -> str | None:
+        return self.device.node_name if self.per_device else self.slice.node_name
+
+    def node_selector(self) -> NodeSelector | None:
+        return self.device.node_selector if self.per_device else self.slice.node_selector
+
+    def on_node(self, node: Node) -> bool:
+        """Per-device node selection (only consulted for slices with perDeviceNodeSelection)."""
+        device = self.device
+        if device.node_name:
+            return node.name == device.node_name
+        if device.all_nodes:
+            return True
+        if device.node_selector is not None:
+            return selector_matches(device.node_selector, node)
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A pool as one node sees it; `devices` are record indices in allocation order."""
+
+    driver: str
+    name: str
+    incomplete: bool = False
+    invalid: str | None = None
+    devices: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.driver}/{self.name}"
+
+    @property
+    def usable(self) -> bool:
+        return not self.incomplete and self.invalid is None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    node: Node
+    pools: tuple[PoolView, ...]
+
+
+@dataclass(slots=True)
+class _Pool:
+    driver: str
+    name: str
+    max_generation: int = -1
+    by_generation: dict[int, list[SliceRecord]] = field(default_factory=dict)
+
+
+def _slice_scope(slice_: ResourceSlice) -> str:
+    spec = slice_.spec
+    if spec.shared_counters:
+        return SCOPE_COUNTERS
+    if spec.node_name:
+        return SCOPE_NODE
+    if spec.all_nodes:
+        return SCOPE_ALL
+    if spec.node_selector is not None:
+        return SCOPE_SELECTOR
+    if spec.per_device_node_selection:
+        return SCOPE_PER_DEVICE
+    return SCOPE_UNKNOWN
+
+
+def _slice_token(slice_: ResourceSlice) -> Hashable | None:
+    meta = slice_.metadata
+    if meta.resource_version:
+        return (meta.uid or slice_.name, meta.resource_version, slice_.spec.pool.generation)
+    return None
+
+
+class Snapshot:
+    """Classes, slices, nodes and in-use devices; built once, then updated allocation by allocation."""
+
+    def __init__(
+        self,
+        classes: Mapping[str, DeviceClass],
+        slices: Sequence[ResourceSlice],
+        nodes: Sequence[Node] | None,
+        cache: SelectorCache,
+    ) -> None:
+        self.classes = dict(classes)
+        self.cache = cache
+        self.records: list[DeviceRecord] = []
+        self._slices: list[SliceRecord] = []
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._node_slices: dict[str, list[SliceRecord]] = {}
+        self._global_slices: list[SliceRecord] = []
+        self._id_index: dict[DeviceID, int] = {}
+        self._ids: list[DeviceID] = []
+        self._in_use: list[int] = []  # per id index: how many allocated claims (not adminAccess) hold it
+        self._holders: dict[int, list[ClaimKey]] = {}
+        self._allocated: dict[ClaimKey, AllocationResult] = {}
+        self._views: dict[str | None, NodeView] = {}
+        self._verdicts: dict[RequestSignature, list[Result | None]] = {}
+        self._sig_errors: dict[RequestSignature, bool] = {}
+        self._relevant: dict[tuple[RequestSignature, str | None], tuple[int, ...]] = {}
+        self._frontier: dict[RequestSignature, int] = {}
+        for slice_ in slices:
+            self._add_slice(slice_)
+        if nodes is None:
+            nodes = self._derived_nodes()
+        ordered = sorted({n.name: n for n in nodes}.values(), key=lambda n: n.name or "")
+        self.nodes: list[Node] = ordered or [Node(None)]
+        self.node_index = {n.name: i for i, n in enumerate(self.nodes)}
+
+    # ------------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def build(
+        cls,
+        classes: Iterable[DeviceClass],
+        slices: Iterable[ResourceSlice],
+        nodes: Iterable[Node] | None = None,
+        claims: Iterable[ResourceClaim] = (),
+        cache: SelectorCache | None = None,
+    ) -> Snapshot:
+        """A snapshot of the cluster. `nodes=None` derives the nodes from the slices' nodeName fields; claims
+        with `status.allocation` make their devices in use (adminAccess results excepted)."""
+        snapshot = cls(
+            {c.name: c for c in classes},
+            list(slices),
+            None if nodes is None else list(nodes),
+            cache or SelectorCache(),
+        )
+        for claim in claims:
+            if claim.status is not None and claim.status.allocation is not None:
+                snapshot.record_allocation(claim_key(claim), claim.status.allocation)
+        return snapshot
+
+    def _add_slice(self, slice_: ResourceSlice) -> None:
+        spec = slice_.spec
+        record = SliceRecord(
+            name=slice_.name,
+            driver=spec.driver,
+            pool=spec.pool.name,
+            generation=spec.pool.generation,
+            resource_slice_count=spec.pool.resource_slice_count,
+            scope=_slice_scope(slice_),
+            node_name=spec.node_name,
+            node_selector=spec.node_selector,
+        )
+        self._slices.append(record)
+        pool = self._pools.setdefault((record.driver, record.pool), _Pool(record.driver, record.pool))
+        pool.by_generation.setdefault(record.generation, []).append(record)
+        pool.max_generation = max(pool.max_generation, record.generation)
+        if record.scope == SCOPE_NODE and record.node_name:
+            self._node_slices.setdefault(record.node_name, []).append(record)
+        elif record.scope != SCOPE_UNKNOWN:
+            self._global_slices.append(record)
+        base_token = _slice_token(slice_)
+        per_device = record.scope == SCOPE_PER_DEVICE
+        for device in spec.devices or ():
+            device_id = (record.driver, record.pool, device.name)
+            index = len(self.records)
+            # Without a resourceVersion (offline input) the device object itself is the identity; the cache
+            # keeps it alive through the anchor so the id cannot be reused.
+            token: Hashable = (base_token, device.name) if base_token is not None else ("object", id(device))
+            self.records.append(
+                DeviceRecord(
+                    index=index,
+                    id_index=self._intern(device_id),
+                    id=device_id,
+                    label="/".join(device_id),
+                    slice=record,
+                    device=device,
+                    token=token,
+                    anchor=device,
+                    attributes=device.attributes or {},
+                    taints=tuple(device.taints or ()),
+                    per_device=per_device,
+                )
+            )
+            record.devices.append(index)
+
+    def _intern(self, device_id: DeviceID) -> int:
+        found = self._id_index.get(device_id)
+        if found is None:
+            found = len(self._ids)
+            self._id_index[device_id] = found
+            self._ids.append(device_id)
+            self._in_use.append(0)
+        return found
+
+    def _derived_nodes(self) -> list[Node]:
+        names = {s.node_name for s in self._slices if s.node_name}
+        names.update(r.device.node_name for r in self.records if r.per_device and r.device.node_name)
+        return [Node(name) for name in sorted(names)]
+
+    def tokens(self) -> list[Hashable]:
+        """Device tokens of this snapshot, for `SelectorCache.retain`."""
+        return [r.token for r in self.records]
+
+    # ------------------------------------------------------------------------------------------- in use
+
+    def record_allocation(self, claim: ClaimKey, allocation: AllocationResult) -> None:
+        """Mark the devices of an allocated claim as in use (adminAccess results do not block others)."""
+        if claim in self._allocated:
+            self.release(claim)
+        self._allocated[claim] = allocation
+        for result in allocation.devices.results or ():
+            if result.admin_access:
+                continue
+            index = self._intern((result.driver, result.pool, result.device))
+            self._in_use[index] += 1
+            self._holders.setdefault(index, []).append(claim)
+
+    def release(self, claim: ClaimKey) -> None:
+        """Forget a claim's allocation: its devices become free again."""
+        allocation = self._allocated.pop(claim, None)
+        if allocation is None:
+            return
+        for result in allocation.devices.results or ():
+            if result.admin_access:
+                continue
+            index = self._id_index[(result.driver, result.pool, result.device)]
+            self._in_use[index] -= 1
+            holders = self._holders.get(index, [])
+            if claim in holders:
+                holders.remove(claim)
+        # Devices became free: nodes skipped as full may fit again.
+        self._frontier.clear()
+
+    def allocation_of(self, claim: ClaimKey) -> AllocationResult | None:
+        return self._allocated.get(claim)
+
+    def in_use(self, record: DeviceRecord) -> bool:
+        return self._in_use[record.id_index] > 0
+
+    def holders(self, record: DeviceRecord) -> list[ClaimKey]:
+        return list(self._holders.get(record.id_index, ()))
+
+    # ------------------------------------------------------------------------------------------- pools
+
+    def view(self, node: Node) -> NodeView:
+        found = self._views.get(node.name)
+        if found is None:
+            found = self._gather(node)
+            self._views[node.name] = found
+        return found
+
+    def _visible(self, slice_: SliceRecord, node: Node) -> bool:
+        scope = slice_.scope
+        if scope == SCOPE_COUNTERS:
+            return True
+        if scope == SCOPE_NODE:
+            return node.name is not None and slice_.node_name == node.name
+        if scope == SCOPE_ALL:
+            return True
+        if scope == SCOPE_SELECTOR:
+            return slice_.node_selector is not None and selector_matches(slice_.node_selector, node)
+        if scope == SCOPE_PER_DEVICE:
+            return any(self.records[i].on_node(node) for i in slice_.devices)
+        return False
+
+    def _gather(self, node: Node) -> NodeView:
+        relevant: dict[tuple[str, str], list[SliceRecord]] = {}
+        candidates = self._node_slices.get(node.name, []) if node.name is not None else []
+        for slice_ in [*candidates, *self._global_slices]:
+            if not self._visible(slice_, node):
+                continue
+            key = (slice_.driver, slice_.pool)
+            have = relevant.get(key)
+            if have is None or slice_.generation > have[0].generation:
+                relevant[key] = [slice_]
+            elif slice_.generation == have[0].generation:
+                have.append(slice_)
+        pools: list[PoolView] = []
+        for key in sorted(relevant):
+            slices = sorted(relevant[key], key=lambda s: s.name)
+            generation = slices[0].generation
+            expected = slices[0].resource_slice_count
+            if len(slices) != expected:
+                pool = self._pools[key]
+                if pool.max_generation > generation:
+                    # A newer generation is being published (for other nodes so far): ignore the old one.
+                    continue
+                if len(pool.by_generation[generation]) != expected:
+                    pools.append(PoolView(key[0], key[1], incomplete=True))
+                    continue
+            device_slices = [s for s in slices if s.scope != SCOPE_COUNTERS]
+            seen: set[str] = set()
+            invalid = None
+            devices: list[int] = []
+            for slice_ in device_slices:
+                for index in slice_.devices:
+                    name = self.records[index].id[2]
+                    if name in seen and invalid is None:
+                        invalid = f"duplicate device name {name}"
+                    seen.add(name)
+                    devices.append(index)
+            if invalid is not None:
+                pools.append(PoolView(key[0], key[1], invalid=invalid))
+                continue
+            pools.append(PoolView(key[0], key[1], devices=tuple(devices)))
+        return NodeView(node, tuple(pools))
+
+    # ---------------------------------------------------------------------------------------- selectors
+
+    def verdict(self, signature: RequestSignature, index: int) -> Result:
+        """Class selectors, then request selectors, each in order; the first False or failure decides."""
+        verdicts = self._verdicts.get(signature)
+        if verdicts is None:
+            verdicts = [None] * len(self.records)
+            self._verdicts[signature] = verdicts
+        found = verdicts[index]
+        if found is None:
+            record = self.records[index]
+            found = True
+            for expression in signature.expressions:
+                result = self.cache.result(
+                    expression, record.token, record.anchor, record.cel_device, record.label
+                )
+                if result is not True:
+                    found = result
+                    break
+            verdicts[index] = found
+        return found
+
+    def has_failures(self, signature: RequestSignature) -> bool:
+        """Whether the signature's selectors fail (compile or runtime error) on any device of the snapshot."""
+        found = self._sig_errors.get(signature)
+        if found is None:
+            found = any(
+                isinstance(self.verdict(signature, i), SelectorFailure) for i in range(len(self.records))
+            )
+            self._sig_errors[signature] = found
+        return found
+
+    def candidates(self, signature: RequestSignature, node: Node) -> tuple[int, ...]:
+        """Devices an ExactCount search may touch on this node, in order: those whose selectors fail
+        (touching one is fatal) and those that match, are reachable from the node and carry no untolerated
+        taint."""
+        key = (signature, node.name)
+        found = self._relevant.get(key)
+        if found is None:
+            out: list[int] = []
+            for pool in self.view(node).pools:
+                if not pool.usable:
+                    continue
+                for index in pool.devices:
+                    verdict = self.verdict(signature, index)
+                    if verdict is True:
+                        record = self.records[index]
+                        if record.per_device and not record.on_node(node):
+                            continue
+                        if record.taints and signature.blocked_by_taint(record.taints):
+                            continue
+                        out.append(index)
+                    elif verdict is not False:
+                        out.append(index)
+            found = tuple(out)
+            self._relevant[key] = found
+        return found
+
+    def free_candidates(self, signature: RequestSignature, node: Node) -> int:
+        in_use = self._in_use
+        records = self.records
+        return sum(1 for i in self.candidates(signature, node) if not in_use[records[i].id_index])
+
+    def frontier(self, signature: RequestSignature) -> int:
+        """Index of the first node that may still have a free candidate for the signature; nodes before
+        it have none. Only valid while the in-use set grows; `release` resets it."""
+        start = self._frontier.get(signature, 0)
+        nodes = self.nodes
+        while start < len(nodes) and self.free_candidates(signature, nodes[start]) == 0:
+            start += 1
+        self._frontier[signature] = start
+        return start
+
+
+def claim_key(claim: ResourceClaim) -> ClaimKey:
+    return (claim.metadata.namespace or "", claim.name)

@@ -1,0 +1,120 @@
+"""The MutatingWebhookConfiguration the operator owns and applies at start (not Kopf's managed mode).
+
+One webhook per kind, each sent only objects whose Pod (template) carries `spec.resourceClaims` (matchConditions),
+failing closed (a Pod with claims must never slip past ungated), with a short timeout and a namespaceSelector that
+leaves kube-system and the operator's own namespace alone.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from dra_operator.admission.mutation import TEMPLATE_PATHS
+
+CONFIGURATION_NAME = "dra-operator"
+WEBHOOK_SUFFIX = ".resource.dra-operator.io"
+
+#: kind -> (API group, version, plural, operations)
+KINDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "Pod": ("", "v1", "pods", ("CREATE",)),
+    "Job": ("batch", "v1", "jobs", ("CREATE", "UPDATE")),
+    "CronJob": ("batch", "v1", "cronjobs", ("CREATE", "UPDATE")),
+    "Deployment": ("apps", "v1", "deployments", ("CREATE", "UPDATE")),
+    "StatefulSet": ("apps", "v1", "statefulsets", ("CREATE", "UPDATE")),
+    "DaemonSet": ("apps", "v1", "daemonsets", ("CREATE", "UPDATE")),
+    "ReplicaSet": ("apps", "v1", "replicasets", ("CREATE", "UPDATE")),
+}
+
+
+def handler_path(kind: str) -> str:
+    """The URL path (and Kopf handler id) of one kind's webhook."""
+    return "mutate-" + KINDS[kind][2]
+
+
+def claims_condition(kind: str) -> str:
+    """CEL for matchConditions: the object's Pod (template) spec has a non-empty resourceClaims list."""
+    spec = ".".join(["object", *TEMPLATE_PATHS[kind], "spec"])
+    guards = []
+    node = "object"
+    for key in (*TEMPLATE_PATHS[kind], "spec"):
+        guards.append(f"has({node}.{key})")
+        node = f"{node}.{key}"
+    guards.append(f"has({spec}.resourceClaims)")
+    guards.append(f"size({spec}.resourceClaims) > 0")
+    return " && ".join(guards)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the API server reaches the webhook: a URL base (local runs) or a Service (in-cluster)."""
+
+    url: str | None = None  # e.g. https://127.0.0.1:9443
+    service_name: str | None = None
+    service_namespace: str | None = None
+    service_port: int = 443
+
+    def client_config(self, path: str, ca_bundle: bytes) -> dict[str, Any]:
+        config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode("ascii")}
+        if self.service_name:
+            config["service"] = {
+                "name": self.service_name,
+                "namespace": self.service_namespace or "default",
+                "path": "/" + path,
+                "port": self.service_port,
+            }
+        else:
+            config["url"] = f"{(self.url or '').rstrip('/')}/{path}"
+        return config
+
+
+def build(
+    endpoint: Endpoint,
+    ca_bundle: bytes,
+    *,
+    excluded_namespaces: list[str],
+    name: str = CONFIGURATION_NAME,
+    timeout_seconds: int = 5,
+) -> dict[str, Any]:
+    """The whole MutatingWebhookConfiguration object."""
+    webhooks = []
+    for kind, (group, version, plural, operations) in KINDS.items():
+        path = handler_path(kind)
+        webhooks.append(
+            {
+                "name": plural + WEBHOOK_SUFFIX,
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": endpoint.client_config(path, ca_bundle),
+                "rules": [
+                    {
+                        "apiGroups": [group],
+                        "apiVersions": [version],
+                        "resources": [plural],
+                        "operations": list(operations),
+                        "scope": "Namespaced",
+                    }
+                ],
+                "matchConditions": [{"name": "has-resource-claims", "expression": claims_condition(kind)}],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": sorted(set(excluded_namespaces)),
+                        }
+                    ]
+                },
+                "failurePolicy": "Fail",
+                "matchPolicy": "Equivalent",
+                "sideEffects": "None",
+                "timeoutSeconds": timeout_seconds,
+                "reinvocationPolicy": "IfNeeded",
+            }
+        )
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "dra-operator"}},
+        "webhooks": webhooks,
+    }

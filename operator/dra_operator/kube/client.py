@@ -1,0 +1,158 @@
+"""A small JSON REST client over kubernetes_asyncio's ApiClient, with a per-verb write counter.
+
+Why raw REST: the operator talks to our CRDs, Pods, Events, Leases and webhook configurations with a handful of
+verbs, and wants the exact JSON back (no generated models); kubernetes_asyncio brings auth and TLS.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from dra_operator.api.resource import GROUP, VERSION
+
+Json = dict[str, Any]
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (409 conflict, 404 not found, 422 invalid, ...)."""
+
+    def __init__(self, status: int, reason: str, body: Any = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        message = body.get("message") if isinstance(body, dict) else None
+        super().__init__(f"{status} {reason}: {message or body}")
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+
+def path_of(
+    plural: str,
+    *,
+    group: str = "",
+    version: str = "v1",
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The REST path of a collection or an object."""
+    base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace)}"
+    base += f"/{plural}"
+    if name:
+        base += f"/{quote(name)}"
+    if subresource:
+        base += f"/{subresource}"
+    return base
+
+
+def ours(
+    plural: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+) -> str:
+    """REST path of one of our kinds (resource.dra-operator.io/v1)."""
+    return path_of(
+        plural, group=GROUP, version=VERSION, namespace=namespace, name=name, subresource=subresource
+    )
+
+
+def resource_of(path: str) -> str:
+    """`pods`, `resourceclaims/status`, ... from a REST path (for counting writes)."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    parts = parts[2:] if parts[0] == "api" else parts[3:]  # drop api/v1 or apis/group/version
+    if len(parts) >= 2 and parts[0] == "namespaces" and len(parts) > 2:
+        parts = parts[2:]
+    return "/".join([parts[0], *parts[2:3]]) if parts else ""
+
+
+class Kube:
+    """JSON calls against the API server; counts writes per (verb, resource) for the API-cost figures."""
+
+    def __init__(self, api: k8s.ApiClient) -> None:
+        self.api = api
+        self.writes: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+    ) -> Json:
+        if method != "GET":
+            self.writes[(method, resource_of(path))] += 1
+        try:
+            data = await self.api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                response_types_map={200: "object", 201: "object", 202: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            try:
+                parsed = json.loads(exc.body) if exc.body else None
+            except ValueError:
+                parsed = exc.body
+            raise KubeError(int(exc.status or 0), str(exc.reason), parsed) from None
+        return data if isinstance(data, dict) else {}
+
+    async def get(self, path: str) -> Json | None:
+        """GET an object; None when it does not exist."""
+        try:
+            return await self.request("GET", path)
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def create(self, path: str, body: Json) -> Json:
+        return await self.request("POST", path, body)
+
+    async def replace(self, path: str, body: Json) -> Json:
+        return await self.request("PUT", path, body)
+
+    async def json_patch(self, path: str, ops: list[Json]) -> Json:
+        return await self.request("PATCH", path, ops, content_type=JSON_PATCH)
+
+    async def merge_patch(self, path: str, patch: Json) -> Json:
+        return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str, preconditions: Json | None = None) -> Json | None:
+        body: Json = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if preconditions:
+            body["preconditions"] = preconditions
+        try:
+            return await self.request("DELETE", path, body)
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def served(self, group_version: str, plural: str) -> bool:
+        """Whether the API server serves `plural` in `group/version` (discovery)."""
+        try:
+            doc = await self.request("GET", f"/apis/{group_version}")
+        except KubeError:
+            return False
+        return any(r.get("name") == plural for r in doc.get("resources", []))

@@ -1,0 +1,90 @@
+"""Kubernetes Events on Pods and claims: posted in the background, a repeated (object, reason, message) only once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from dra_operator.kube.client import Kube, KubeError, path_of
+
+COMPONENT = "dra-operator"
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Queues events and posts them one by one; the last message per (object uid, reason) is not repeated."""
+
+    def __init__(self, kube: Kube, host: str = "") -> None:
+        self.kube = kube
+        self.host = host
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._last: dict[tuple[str, str], str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-recorder")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    def forget(self, uid: str) -> None:
+        for key in [k for k in self._last if k[0] == uid]:
+            del self._last[key]
+
+    def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = obj.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        if self._last.get((uid, reason)) == message:
+            return
+        self._last[(uid, reason)] = message
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = meta.get("namespace") or "default"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": uid,
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT, "host": self.host},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.host or COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.queue.put_nowait((namespace, event))
+
+    def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        self.record(obj, "Normal", reason, message)
+
+    def warning(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        self.record(obj, "Warning", reason, message)
+
+    async def _run(self) -> None:
+        while True:
+            namespace, event = await self.queue.get()
+            try:
+                await self.kube.create(path_of("events", namespace=namespace), event)
+            except KubeError as exc:  # events are best effort; never stop the operator for them
+                log.warning("event not posted: %s", exc)
+            except Exception:
+                log.exception("event not posted")
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until queued events are posted (for a graceful stop)."""
+        async with asyncio.timeout(timeout):
+            while not self.queue.empty():
+                await asyncio.sleep(0.05)

@@ -1,0 +1,131 @@
+"""Kopf watch handlers: indexes of the cluster and event reactions that only enqueue work (Kopf writes nothing).
+
+No on.create/on.update/timers/daemons: those make Kopf write annotations, status and finalizers on every object.
+Pods are watched with a server-side label selector, so only Pods our webhook gated are listed and indexed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from dra_operator.admission import names
+from dra_operator.api.resource import GROUP, VERSION
+from dra_operator.operator.reconciler import CLAIM, POD, Reconciler
+from dra_operator.operator.state import (
+    CLAIMS,
+    CLASSES,
+    INDEXES,
+    NODES,
+    PODS,
+    SLICES,
+    TEMPLATES,
+    State,
+    key_of,
+)
+
+Json = dict[str, Any]
+
+
+def _keep(body: kopf.Body) -> dict[tuple[str, str], Json]:
+    # Index values are the raw object as listed/watched (a fresh dict per event, never mutated afterwards).
+    return {key_of(body): dict(body)}
+
+
+def _node(body: kopf.Body) -> dict[tuple[str, str], Json]:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    small = {
+        "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+        "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints")},
+    }
+    return {key_of(body): small}
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    state: State,
+    reconciler: Reconciler,
+    on_warm: Callable[[], None],
+) -> None:
+    """Register every handler on `registry`."""
+
+    def ours(plural: str) -> tuple[str, str, str]:
+        return (GROUP, VERSION, plural)
+
+    sources = {
+        CLASSES: ours("deviceclasses"),
+        SLICES: ours("resourceslices"),
+        CLAIMS: ours("resourceclaims"),
+        TEMPLATES: ours("resourceclaimtemplates"),
+        PODS: ("v1", "pods"),
+        NODES: ("v1", "nodes"),
+    }
+    for index_id, resource in sources.items():
+        fn = _node if index_id == NODES else _keep
+        kopf.index(*resource, id=index_id, registry=registry)(fn)
+
+    def warm(**kwargs: Any) -> None:
+        # Kopf holds every watch handler until all indexes have finished their first listing, so the first call
+        # of any handler means the caches are complete: bind the indexes and open the webhook and the worker.
+        if not state.bound:
+            state.bind({name: kwargs[name] for name in INDEXES})
+            on_warm()
+
+    @kopf.on.event("v1", "namespaces", id="readiness", registry=registry)
+    async def namespaces(**kwargs: Any) -> None:
+        # Some namespace always exists (default, kube-system): this handler is sure to fire once at start.
+        warm(**kwargs)
+
+    @kopf.on.event(
+        "v1", "pods", id="pods", registry=registry, labels={names.MANAGED_LABEL: names.MANAGED_VALUE}
+    )
+    async def pods(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+        warm(**kwargs)
+        namespace, name = key_of(body)
+        if type == "DELETED":
+            state.forget(PODS, (namespace, name))
+            reconciler.recorder.forget(str(body.get("metadata", {}).get("uid")))
+            uid = body.get("metadata", {}).get("uid")
+            for claim in state.all(CLAIMS):
+                meta = claim.get("metadata") or {}
+                refs = (claim.get("status") or {}).get("reservedFor") or []
+                owners = meta.get("ownerReferences") or []
+                if meta.get("namespace") == namespace and (
+                    any(r.get("uid") == uid for r in refs) or any(o.get("uid") == uid for o in owners)
+                ):
+                    reconciler.enqueue(CLAIM, namespace, str(meta.get("name")))
+            return
+        reconciler.enqueue(POD, namespace, name)
+
+    @kopf.on.event(*ours("resourceclaims"), id="claims", registry=registry)
+    async def claims(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+        warm(**kwargs)
+        namespace, name = key_of(body)
+        if type == "DELETED":
+            state.forget(CLAIMS, (namespace, name))
+            return
+        reconciler.enqueue(CLAIM, namespace, name)
+        if type in (None, "ADDED") or not (body.get("status") or {}).get("allocation"):
+            reconciler.enqueue_gated(namespace)  # a Pod may have waited for this claim
+
+    @kopf.on.event(*ours("resourceclaimtemplates"), id="templates", registry=registry)
+    async def templates(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+        warm(**kwargs)
+        if type != "DELETED":
+            reconciler.enqueue_gated(key_of(body)[0])
+
+    for plural in ("deviceclasses", "resourceslices"):
+
+        @kopf.on.event(*ours(plural), id=plural, registry=registry)
+        async def cluster_wide(type: str | None, **kwargs: Any) -> None:
+            warm(**kwargs)
+            reconciler.enqueue_gated()
+
+    @kopf.on.event("v1", "nodes", id="nodes", registry=registry)
+    async def nodes(type: str | None, **kwargs: Any) -> None:
+        warm(**kwargs)
+        if type in ("ADDED", None):
+            reconciler.enqueue_gated()

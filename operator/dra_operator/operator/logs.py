@@ -1,0 +1,42 @@
+"""JSON logs: structlog for our own records (keyed by pod and claim), stdlib logging (Kopf's) rendered the same way."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def setup(level: str = "INFO") -> None:
+    """One JSON object per line on stderr, for our structlog loggers and for stdlib loggers (Kopf, aiohttp)."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # Kopf logs one INFO line per watch event and handler run: keep that at WARNING unless debugging.
+    if numeric > logging.DEBUG:
+        for noisy in ("kopf.objects", "kopf.activities", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,273 @@
+"""`dra-operator run`: the Kopf operator (watches, allocation worker, leader election) and the admission webhook."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import kopf
+import structlog
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from dra_operator.admission import configuration, tls
+from dra_operator.admission import webhook as admission
+from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
+from dra_operator.kube.client import Kube
+from dra_operator.operator import handlers, logs, metrics
+from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
+from dra_operator.operator.events import Recorder
+from dra_operator.operator.leader import LeaseElector
+from dra_operator.operator.reconciler import Reconciler
+from dra_operator.operator.state import State
+
+log = structlog.get_logger("dra_operator.operator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file (default: in-cluster)"
+    )
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument(
+        "--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable; default: all)"
+    )
+    parser.add_argument("--log-level", default=env("DRA_OPERATOR_LOG_LEVEL", "INFO"))
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
+    parser.add_argument("--metrics-host", default="0.0.0.0")
+    parser.add_argument(
+        "--liveness", default=None, help="Kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
+    )
+    parser.add_argument("--webhook-host", default="0.0.0.0", help="address the webhook listens on")
+    parser.add_argument("--webhook-port", type=int, default=9443)
+    parser.add_argument(
+        "--webhook-url", default=None, help="base URL the API server calls (default https://<host>:<port>)"
+    )
+    parser.add_argument(
+        "--webhook-service", default=None, help="NAME.NAMESPACE[:PORT] of the webhook Service (in-cluster)"
+    )
+    parser.add_argument("--webhook-config-name", default=configuration.CONFIGURATION_NAME)
+    parser.add_argument(
+        "--no-webhook-config", action="store_true", help="do not create/update the configuration"
+    )
+    parser.add_argument("--tls-cert-file", default=None)
+    parser.add_argument("--tls-key-file", default=None)
+    parser.add_argument(
+        "--tls-ca-file", default=None, help="CA bundle for the configuration (default: the cert)"
+    )
+    parser.add_argument(
+        "--operator-namespace",
+        default=env("POD_NAMESPACE"),
+        help="the operator's own namespace: excluded from admission, default for the Lease",
+    )
+    election = parser.add_mutually_exclusive_group()
+    election.add_argument("--leader-election", dest="leader_election", action="store_true", default=True)
+    election.add_argument("--no-leader-election", dest="leader_election", action="store_false")
+    parser.add_argument("--lease-namespace", default=None)
+    parser.add_argument("--lease-name", default="dra-operator")
+    parser.add_argument("--lease-seconds", type=int, default=15)
+    parser.add_argument("--nvidia-driver", default=NVIDIA_DRIVER, help="driver name of NVML GPUs")
+
+
+async def _load_configuration(args: argparse.Namespace) -> k8s.Configuration:
+    cfg = k8s.Configuration()
+    if args.kubeconfig:
+        await k8s_config.load_kube_config(
+            config_file=args.kubeconfig, context=args.context, client_configuration=cfg
+        )
+    else:
+        k8s_config.load_incluster_config(client_configuration=cfg)
+    return cfg
+
+
+def _connection_info(cfg: k8s.Configuration) -> kopf.ConnectionInfo:
+    token = None
+    api_key = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
+    if api_key:
+        token = str(api_key).removeprefix("Bearer ").strip()
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        scheme="Bearer" if token else None,
+        token=token,
+    )
+
+
+def _endpoint(args: argparse.Namespace) -> configuration.Endpoint:
+    if args.webhook_service:
+        target, _, port = args.webhook_service.partition(":")
+        name, _, namespace = target.partition(".")
+        return configuration.Endpoint(
+            service_name=name,
+            service_namespace=namespace or args.operator_namespace,
+            service_port=int(port or 443),
+        )
+    host = args.webhook_host if args.webhook_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return configuration.Endpoint(url=args.webhook_url or f"https://{host}:{args.webhook_port}")
+
+
+def _cert_hosts(args: argparse.Namespace) -> list[str]:
+    hosts = ["127.0.0.1", "localhost"]
+    if args.webhook_host not in ("0.0.0.0", "::"):
+        hosts.insert(0, args.webhook_host)
+    if args.webhook_service:
+        name, _, namespace = args.webhook_service.partition(":")[0].partition(".")
+        namespace = namespace or args.operator_namespace or "default"
+        hosts[:0] = [
+            f"{name}.{namespace}.svc",
+            f"{name}.{namespace}.svc.cluster.local",
+            f"{name}.{namespace}",
+        ]
+    if args.webhook_url:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(args.webhook_url).hostname
+        if parsed:
+            hosts.insert(0, parsed)
+    return hosts
+
+
+async def run(args: argparse.Namespace) -> int:
+    cfg = await _load_configuration(args)
+    api = k8s.ApiClient(cfg)
+    kube = Kube(api)
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    state = State()
+    recorder = Recorder(kube, host=socket.gethostname())
+    allocator = Allocator(nvidia_driver=args.nvidia_driver)
+    elector: LeaseElector | None = None
+    reconciler = Reconciler(
+        kube, state, recorder, allocator, is_leader=lambda: elector is None or elector.leading
+    )
+    ctx = admission.AdmissionContext(state=state, kube=kube)
+    stop = asyncio.Event()
+    exit_code = 0
+    tasks: list[asyncio.Task[Any]] = []
+
+    ctx.builtin_dra = await kube.served("resource.k8s.io/v1", "resourceclaims")
+    log.info("cluster inspected", builtin_dra=ctx.builtin_dra)
+
+    if args.tls_cert_file:
+        certs = tls.CertFiles(
+            cert=Path(args.tls_cert_file),
+            key=Path(args.tls_key_file or args.tls_cert_file),
+            ca=Path(args.tls_ca_file or args.tls_cert_file),
+        )
+    else:
+        certs = tls.generate(Path(tempfile.mkdtemp(prefix="dra-operator-tls-")), _cert_hosts(args))
+
+    excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
+    desired = configuration.build(
+        _endpoint(args), certs.ca_bundle(), excluded_namespaces=excluded, name=args.webhook_config_name
+    )
+
+    async def on_ready() -> None:
+        if not args.no_webhook_config:
+            await admission.apply_configuration(kube, desired)
+        ctx.ready.set()
+        metrics.READY.set(1)
+        log.info("operator ready", webhook=desired["webhooks"][0]["clientConfig"].get("url", "service"))
+
+    def on_warm() -> None:
+        tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+        tasks.append(asyncio.create_task(on_ready(), name="ready"))
+        if elector is None or elector.leading:
+            reconciler.enqueue_everything()
+
+    def on_leading() -> None:
+        metrics.LEADER.set(1)
+        if state.bound:
+            reconciler.enqueue_everything()
+
+    def on_lost() -> None:
+        nonlocal exit_code
+        metrics.LEADER.set(0)
+        exit_code = 3
+        stop.set()
+
+    if args.leader_election:
+        elector = LeaseElector(
+            kube,
+            args.lease_namespace or args.operator_namespace or "default",
+            args.lease_name,
+            identity,
+            lease_seconds=args.lease_seconds,
+            on_started=on_leading,
+            on_stopped=on_lost,
+        )
+    else:
+        metrics.LEADER.set(1)
+
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return _connection_info(cfg)
+
+    handlers.register(registry, state, reconciler, on_warm)
+    admission.register(registry, ctx)
+
+    settings = kopf.OperatorSettings()
+    settings.admission.server = kopf.WebhookServer(
+        addr=args.webhook_host,
+        port=args.webhook_port,
+        host=_cert_hosts(args)[0],
+        certfile=str(certs.cert),
+        pkeyfile=str(certs.key),
+        cafile=str(certs.ca),
+    )
+    settings.admission.managed = None
+    settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_LABEL}={MANAGED_VALUE}"
+    settings.posting.enabled = False
+    settings.posting.level = 100  # Kopf's own event posting: never (warn() ignores `enabled`)
+    settings.queueing.idle_timeout = 1.0
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+
+    recorder.start()
+    metrics.serve(args.metrics_port, args.metrics_host)
+    if elector is not None:
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    log.info(
+        "starting",
+        identity=identity,
+        namespaces=args.namespace or "all",
+        leader_election=args.leader_election,
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace or None,
+            liveness_endpoint=args.liveness,
+            stop_flag=stop,
+        )
+    finally:
+        if elector is not None:
+            await elector.release()
+        for task in tasks:
+            task.cancel()
+        await recorder.stop()
+        await api.close()
+        log.info("stopped", writes={f"{v} {r}": n for (v, r), n in sorted(kube.writes.items())})
+    return exit_code
+
+
+def main(args: argparse.Namespace) -> int:
+    logs.setup(args.log_level)
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130

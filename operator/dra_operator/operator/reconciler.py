@@ -1,0 +1,450 @@
+"""The per-Pod and per-claim flow: generate claims, allocate, reserve, ungate; release and deallocate.
+
+One worker processes one queue of keys, so this replica never races itself; every write carries a precondition
+(resourceVersion, or a JSON-patch `test`), so two replicas or a restart can never hand out one device twice.
+Every step is idempotent and starts from what the objects say, so a restart mid-flight resumes where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from dra_operator.admission import names
+from dra_operator.api.resource import API_VERSION, RESERVED_FOR_MAX
+from dra_operator.kube.client import Kube, KubeError, ours, path_of
+from dra_operator.operator import metrics
+from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure
+from dra_operator.operator.events import Recorder
+from dra_operator.operator.placement import (
+    claim_state,
+    controller_uid,
+    device_annotations,
+    generated_claim,
+    is_done,
+    is_gated,
+    is_generated_for,
+    pod_claim_refs,
+    pod_fits_node,
+    pod_patch,
+    reserved_uids,
+)
+from dra_operator.operator.state import CLAIMS, CLASSES, NODES, PODS, SLICES, TEMPLATES, Json, Key, State
+
+log = structlog.get_logger("dra_operator.reconciler")
+
+POD, CLAIM = "pod", "claim"
+Item = tuple[str, str, str]  # (POD|CLAIM, namespace, name)
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    state: State
+    recorder: Recorder
+    allocator: Allocator
+    is_leader: Callable[[], bool] = lambda: True
+    started: float = field(default_factory=time.time)
+    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    _queued: set[Item] = field(default_factory=set)
+    _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------ queueing
+
+    def enqueue(self, kind: str, namespace: str, name: str) -> None:
+        item = (kind, namespace, name)
+        if item not in self._queued:
+            self._queued.add(item)
+            self.queue.put_nowait(item)
+
+    def retry_later(self, item: Item, delay: float) -> None:
+        if item in self._retry:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._retry.pop(item, None)
+            self.enqueue(*item)
+
+        self._retry[item] = loop.call_later(delay, fire)
+
+    def enqueue_gated(self, namespace: str | None = None) -> None:
+        """Every gated Pod (of one namespace): something they may wait for appeared or changed."""
+        for pod in self.state.all(PODS):
+            meta = pod.get("metadata") or {}
+            if is_gated(pod) and (namespace is None or meta.get("namespace") == namespace):
+                self.enqueue(POD, meta["namespace"], meta["name"])
+
+    def enqueue_everything(self) -> None:
+        """On becoming leader: look at every Pod and claim again."""
+        for pod in self.state.all(PODS):
+            self.enqueue(POD, *_key(pod))
+        for claim in self.state.all(CLAIMS):
+            self.enqueue(CLAIM, *_key(claim))
+
+    async def run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            self._queued.discard(item)
+            if not self.is_leader():
+                continue
+            kind, namespace, name = item
+            started = time.perf_counter()
+            try:
+                if kind == POD:
+                    await self.sync_pod(namespace, name)
+                else:
+                    await self.sync_claim(namespace, name)
+            except KubeError as exc:
+                # A conflict means we decided on stale data: look again at once; other errors back off.
+                log.info("write failed, retrying", kind=kind, namespace=namespace, name=name, error=str(exc))
+                if exc.conflict or exc.not_found:
+                    self.enqueue(*item)
+                else:
+                    self.retry_later(item, 2.0)
+            except Exception:
+                log.exception("reconcile failed", kind=kind, namespace=namespace, name=name)
+                self.retry_later(item, 5.0)
+            finally:
+                if kind == POD:
+                    metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
+                metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
+                for (verb, resource), count in self.kube.writes.items():
+                    metrics.WRITES.labels(verb, resource)._value.set(count)
+
+    # ---------------------------------------------------------------------------------------------- Pods
+
+    async def sync_pod(self, namespace: str, name: str) -> None:
+        pod = self.state.get(PODS, (namespace, name))
+        if pod is None:
+            return  # gone: its claims get a CLAIM item from the deletion event
+        if is_done(pod) or _deleting(pod):
+            for claim in self._claims_of_pod(pod):
+                self.enqueue(CLAIM, *_key(claim))
+            return
+        if not is_gated(pod):
+            return
+        await self._allocate_pod(pod)
+
+    def _claims_of_pod(self, pod: Json) -> list[Json]:
+        uid = pod["metadata"]["uid"]
+        return [
+            c
+            for c in self.state.all(CLAIMS)
+            if c["metadata"].get("namespace") == pod["metadata"]["namespace"]
+            and (uid in reserved_uids(c) or controller_uid(c) == uid)
+        ]
+
+    async def _pod_claims(self, pod: Json) -> dict[str, Json] | None:
+        """The Pod's claims by Pod claim name, creating the ones from templates; None when one is missing."""
+        namespace, uid = pod["metadata"]["namespace"], pod["metadata"]["uid"]
+        found: dict[str, Json] = {}
+        for ref in pod_claim_refs(pod):
+            pod_claim = ref["name"]
+            if ref.get("resourceClaimName"):
+                claim = self.state.get(CLAIMS, (namespace, ref["resourceClaimName"]))
+                if claim is None:
+                    self._fail(
+                        pod,
+                        "ClaimNotFound",
+                        f'pod claim "{pod_claim}": ResourceClaim "{ref["resourceClaimName"]}" not found '
+                        f"in namespace {namespace}; the Pod waits for it",
+                    )
+                    return None
+            else:
+                claim = next(
+                    (
+                        c
+                        for c in self.state.all(CLAIMS)
+                        if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
+                    ),
+                    None,
+                )
+                if claim is None:
+                    template_name = str(ref.get("resourceClaimTemplateName"))
+                    template = self.state.get(TEMPLATES, (namespace, template_name))
+                    if template is None:
+                        self._fail(
+                            pod,
+                            "TemplateNotFound",
+                            f'pod claim "{pod_claim}": ResourceClaimTemplate "{template_name}" not found '
+                            f"in namespace {namespace}; the Pod waits for it",
+                        )
+                        return None
+                    claim = await self.kube.create(
+                        ours("resourceclaims", namespace), generated_claim(pod, pod_claim, template)
+                    )
+                    self.state.wrote(CLAIMS, claim)
+                    self.recorder.normal(
+                        pod,
+                        "ClaimCreated",
+                        f'created ResourceClaim {claim["metadata"]["name"]} for pod claim "{pod_claim}" '
+                        f"from template {template_name}",
+                    )
+                    log.info(
+                        "claim created",
+                        pod=_name(pod),
+                        claim=claim["metadata"]["name"],
+                        template=template_name,
+                    )
+            if claim["metadata"].get("deletionTimestamp"):
+                self._fail(
+                    pod, "ClaimNotFound", f"ResourceClaim {claim['metadata']['name']} is being deleted"
+                )
+                return None
+            found[pod_claim] = claim
+        return found
+
+    async def _allocate_pod(self, pod: Json) -> None:
+        claims = await self._pod_claims(pod)
+        if claims is None:
+            return
+        uid = pod["metadata"]["uid"]
+        for claim in claims.values():
+            if uid not in reserved_uids(claim) and len(reserved_uids(claim)) >= RESERVED_FOR_MAX:
+                self._fail(
+                    pod, "AllocationFailed", f"ResourceClaim {_name(claim)} is reserved for 256 consumers"
+                )
+                return
+        request = AllocationRequest(
+            pod=pod,
+            claims=claims,
+            classes=list(self.state.all(CLASSES)),
+            slices=list(self.state.all(SLICES)),
+            nodes=[n for n in self.state.all(NODES) if pod_fits_node(pod, n)],
+            all_claims=list(self.state.all(CLAIMS)),
+        )
+        outcome = self.allocator.allocate(request)
+        if isinstance(outcome, Failure):
+            self._fail(pod, outcome.reason, outcome.message, claims=list(claims.values()))
+            return
+
+        allocations: dict[str, Json] = {}
+        for pod_claim, claim in claims.items():
+            allocation = outcome.allocations.get(pod_claim)
+            claim = await self._reserve(claim, pod, allocation, outcome.node)
+            allocations[pod_claim] = claim["status"]["allocation"]
+        annotations = device_annotations(pod, allocations, outcome.gpu_uuids)
+        patched = await self.kube.json_patch(
+            path_of("pods", namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"]),
+            pod_patch(pod, outcome.node, annotations),
+        )
+        self.state.wrote(PODS, patched)
+        self.recorder.forget(uid)
+        placed = ", ".join(
+            f"{pc}={_name(c)}[{_devices(allocations[pc])}]" for pc, c in sorted(claims.items())
+        )
+        self.recorder.normal(pod, "Allocated", f"claims allocated on node {outcome.node}: {placed}")
+        metrics.ALLOCATIONS.inc()
+        metrics.LATENCY.observe(max(0.0, time.time() - max(self.started, _created(pod))))
+        log.info("pod ungated", pod=_name(pod), node=outcome.node, claims=placed)
+
+    async def _reserve(self, claim: Json, pod: Json, allocation: Json | None, node: str | None) -> Json:
+        """Allocate (if `allocation` is new) and reserve `claim` for `pod`: finalizer first, then one status PUT."""
+        status = claim.get("status") or {}
+        uid = pod["metadata"]["uid"]
+        if status.get("allocation") and uid in reserved_uids(claim):
+            return claim
+        if names.CLAIM_FINALIZER not in (claim["metadata"].get("finalizers") or []):
+            claim = await self.kube.json_patch(
+                ours("resourceclaims", *_key(claim)),
+                [
+                    {
+                        "op": "test",
+                        "path": "/metadata/resourceVersion",
+                        "value": claim["metadata"]["resourceVersion"],
+                    },
+                    {
+                        "op": "add",
+                        "path": "/metadata/finalizers",
+                        "value": [*(claim["metadata"].get("finalizers") or []), names.CLAIM_FINALIZER],
+                    },
+                ],
+            )
+            self.state.wrote(CLAIMS, claim)
+            status = claim.get("status") or {}
+        new = copy.deepcopy(claim)
+        new_status = new.setdefault("status", {}) or {}
+        new["status"] = new_status
+        newly = not status.get("allocation")
+        if newly:
+            if allocation is None:
+                raise RuntimeError(f"allocator gave no allocation for unallocated claim {_name(claim)}")
+            new_status["allocation"] = allocation
+            new_status["nodeName"] = node
+        reserved = list(new_status.get("reservedFor") or [])
+        reserved.append({"resource": "pods", "name": pod["metadata"]["name"], "uid": uid})
+        new_status["reservedFor"] = reserved
+        new_status["state"] = claim_state(new)
+        new_status["conditions"] = _conditions(new_status, "Allocated" if newly else "Reserved")
+        written = await self.kube.replace(ours("resourceclaims", *_key(claim), subresource="status"), new)
+        self.state.wrote(CLAIMS, written)
+        if newly:
+            self.recorder.normal(
+                written,
+                "Allocated",
+                f"allocated {_devices(allocation or {})} on node {node} for pod {_name(pod)}",
+            )
+        self.recorder.normal(
+            written, "Reserved", f"reserved for pod {_name(pod)} ({len(reserved)} consumer(s))"
+        )
+        log.info("claim reserved", pod=_name(pod), claim=_name(claim), newly_allocated=newly)
+        return written
+
+    def _fail(self, pod: Json, reason: str, message: str, claims: Iterable[Json] = ()) -> None:
+        metrics.FAILURES.labels(reason).inc()
+        self.recorder.warning(pod, reason, message)
+        for claim in claims:
+            if not (claim.get("status") or {}).get("allocation"):
+                self.recorder.warning(claim, reason, f"pod {_name(pod)}: {message}")
+        log.info("pod stays gated", pod=_name(pod), reason=reason, detail=message)
+
+    # -------------------------------------------------------------------------------------------- claims
+
+    async def sync_claim(self, namespace: str, name: str) -> None:
+        """Drop consumers that ended or vanished; deallocate a claim nobody uses; delete ended Pods' claims."""
+        claim = self.state.get(CLAIMS, (namespace, name))
+        if claim is None:
+            return
+        meta, status = claim["metadata"], claim.get("status") or {}
+        reserved = list(status.get("reservedFor") or [])
+        keep = [r for r in reserved if r.get("resource") != "pods" or self._pod_alive(namespace, r)]
+        owner = controller_uid(claim)
+        generated = owner is not None and names.POD_CLAIM_NAME_ANNOTATION in (meta.get("annotations") or {})
+        owner_gone = generated and not self._pod_alive(namespace, {"uid": owner})
+        finalized = names.CLAIM_FINALIZER in (meta.get("finalizers") or [])
+        allocated = bool(status.get("allocation"))
+
+        if generated and owner_gone and not keep:
+            # The claim of an ended or deleted Pod: delete it (no point clearing its status first).
+            if finalized:
+                claim = await self._drop_finalizer(claim)
+            if not _deleting(claim):
+                await self.kube.delete(
+                    ours("resourceclaims", namespace, name), preconditions={"uid": meta["uid"]}
+                )
+                self.state.deleted(CLAIMS, claim)
+                log.info("generated claim deleted", claim=f"{namespace}/{name}")
+            if allocated:
+                metrics.RELEASES.inc()
+                self.enqueue_gated()
+            return
+
+        deallocated = False
+        if keep != reserved or (not keep and allocated):
+            new = copy.deepcopy(claim)
+            new_status = new["status"]
+            deallocate = not keep and allocated
+            if deallocate:
+                for key in ("allocation", "nodeName", "reservedFor", "devices"):
+                    new_status.pop(key, None)
+            else:
+                new_status["reservedFor"] = keep
+            new_status["state"] = claim_state(new)
+            new_status["conditions"] = _conditions(new_status, "Deallocated" if deallocate else "Released")
+            claim = await self.kube.replace(
+                ours("resourceclaims", namespace, name, subresource="status"), new
+            )
+            self.state.wrote(CLAIMS, claim)
+            if deallocate:
+                metrics.RELEASES.inc()
+                self.recorder.normal(claim, "Deallocated", "no consumer left: devices released")
+                log.info("claim deallocated", claim=f"{namespace}/{name}")
+                self.enqueue_gated()
+            allocated, deallocated = not deallocate, deallocate
+
+        if finalized and not keep and not allocated and (deallocated or _deleting(claim)):
+            # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
+            # generated claim keeps the finalizer it was born with until its Pod is done with it.)
+            await self._drop_finalizer(claim)
+
+    async def _drop_finalizer(self, claim: Json) -> Json:
+        meta = claim["metadata"]
+        written = await self.kube.json_patch(
+            ours("resourceclaims", meta["namespace"], meta["name"]),
+            [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                {
+                    "op": "replace",
+                    "path": "/metadata/finalizers",
+                    "value": [f for f in meta.get("finalizers") or [] if f != names.CLAIM_FINALIZER],
+                },
+            ],
+        )
+        if written.get("metadata"):
+            self.state.wrote(CLAIMS, written)
+            return written
+        return claim
+
+    def _pod_alive(self, namespace: str, ref: Mapping[str, Any]) -> bool:
+        """Whether the consumer Pod (by uid, and name when given) still exists and has not ended."""
+        uid = ref.get("uid")
+        name = ref.get("name")
+        candidates = (
+            [self.state.get(PODS, (namespace, str(name)))]
+            if name
+            else [p for p in self.state.all(PODS) if p["metadata"].get("namespace") == namespace]
+        )
+        for pod in candidates:
+            if pod is not None and pod["metadata"].get("uid") == uid:
+                return not is_done(pod)
+        return False
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def _deleting(obj: Mapping[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _created(obj: Mapping[str, Any]) -> float:
+    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
+    try:
+        return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _devices(allocation: Mapping[str, Any]) -> str:
+    results = (allocation.get("devices") or {}).get("results") or []
+    return ",".join(f"{r.get('driver')}/{r.get('pool')}/{r.get('device')}" for r in results)
+
+
+def _conditions(status: Mapping[str, Any], reason: str) -> list[Json]:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    allocated = bool(status.get("allocation"))
+    reserved = bool(status.get("reservedFor"))
+    return [
+        {
+            "type": "Allocated",
+            "status": "True" if allocated else "False",
+            "reason": reason,
+            "message": "devices allocated" if allocated else "not allocated",
+            "lastTransitionTime": now,
+        },
+        {
+            "type": "Reserved",
+            "status": "True" if reserved else "False",
+            "reason": reason,
+            "message": f"{len(status.get('reservedFor') or [])} consumer(s)",
+            "lastTransitionTime": now,
+        },
+    ]
+
+
+__all__ = ["API_VERSION", "CLAIM", "POD", "Reconciler"]

@@ -154,6 +154,7 @@ class Agent:
         self.pools: list[Inventory] = []
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
+        self.passes = 0  # completed read-and-sync passes, failed ones included
 
     def on_health_event(self, event: HealthEvent) -> None:
         """Called in the event loop (the watcher thread hands over with call_soon_threadsafe)."""
@@ -186,6 +187,7 @@ class Agent:
                 log.error("inventory breaks a ResourceSlice limit; not published", error=str(error))
             except Exception as error:  # the API server may be away for a while; retry on the next pass
                 log.error("publishing failed; retrying", error=f"{type(error).__name__}: {error}")
+            self.passes += 1
             waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
             await asyncio.wait(waiters, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:

@@ -1,0 +1,298 @@
+"""The node agent's publisher on the real control plane: create, update on change, no write when unchanged,
+withdraw, restart without duplicates, external edits repaired, and the slice gone with its Node (GC)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes_asyncio import client, config
+
+from dra_operator.agent.health import DeviceHealth, HealthEvent
+from dra_operator.agent.inventory import DeviceInfo, Inventory
+from dra_operator.agent.main import Agent
+from dra_operator.agent.publisher import PLURAL, SlicePublisher
+from dra_operator.agent.simulated import SimulatedBackend
+from dra_operator.agent.slices import MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, node_selector, slice_name
+from dra_operator.api.resource import GROUP, VERSION, ResourceSlice
+from dra_operator.controlplane import ApiError, ControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+SLICE_CRD = REPO / "crds" / "resource.dra-operator.io_resourceslices.yaml"
+DRIVER = "driver.example.com"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def slice_crd(control_plane: ControlPlane) -> None:
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(SLICE_CRD))
+    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
+
+
+@pytest.fixture
+def node(
+    make_node: Callable[..., dict[str, Any]], request: pytest.FixtureRequest, slice_crd: None
+) -> Iterator[dict[str, Any]]:
+    name = "agent-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
+    yield make_node(name)
+
+
+def gpus(count: int, memory: str = "64Gi", driver: str = DRIVER) -> Inventory:
+    return Inventory(
+        driver=driver,
+        devices=tuple(
+            DeviceInfo(
+                name=f"gpu-{i}",
+                attributes={"type": "gpu"},
+                capacity={"memory": memory},
+                locator=(f"GPU-{i}", -1, -1),
+            )
+            for i in range(count)
+        ),
+    )
+
+
+def run(kubeconfig: str, scenario: Callable[[client.ApiClient], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with await config.new_client_from_config(config_file=kubeconfig) as api:
+            return await scenario(api)
+
+    return asyncio.run(main())
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], within: float, message: str) -> T:
+    """Poll `check` until it returns a truthy value; fail the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s: {message}", pytrace=False)
+        await asyncio.sleep(0.1)
+
+
+def get_slice(plane: ControlPlane, name: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = plane.request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}")
+    except ApiError as error:
+        if error.status == 404:
+            return None
+        raise
+    return found
+
+
+def our_slices(plane: ControlPlane, node_name: str) -> list[dict[str, Any]]:
+    listed = plane.request(
+        "GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}?labelSelector={node_selector(node_name)}"
+    )
+    return list(listed["items"])
+
+
+def device_names(obj: dict[str, Any]) -> list[str]:
+    return [d["name"] for d in obj["spec"].get("devices", [])]
+
+
+def test_create_update_noop_withdraw(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any]
+) -> None:
+    node_name = node["metadata"]["name"]
+    name = slice_name(node_name, DRIVER)
+
+    async def scenario(api: client.ApiClient) -> None:
+        publisher = SlicePublisher(api, node_name)
+
+        # Create: one slice, pool = node, generation 1, owned by the Node.
+        await publisher.sync([gpus(2)])
+        created = get_slice(control_plane, name)
+        assert created is not None
+        ResourceSlice.model_validate(created)
+        assert created["spec"]["pool"] == {"name": node_name, "generation": 1, "resourceSliceCount": 1}
+        assert created["spec"]["nodeName"] == node_name
+        assert device_names(created) == ["gpu-0", "gpu-1"]
+        (owner,) = created["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("Node", node_name, node["metadata"]["uid"])
+        assert dict(publisher.writes) == {"create": 1}
+
+        # Unchanged: no write at all, the stored object is untouched.
+        assert await publisher.sync([gpus(2)]) == []
+        unchanged = get_slice(control_plane, name)
+        assert unchanged is not None
+        assert unchanged["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+        assert dict(publisher.writes) == {"create": 1}
+
+        # Changed: updated in place, generation bumped.
+        await publisher.sync([gpus(3)])
+        grown = get_slice(control_plane, name)
+        assert grown is not None
+        assert grown["spec"]["pool"]["generation"] == 2
+        assert device_names(grown) == ["gpu-0", "gpu-1", "gpu-2"]
+        assert grown["metadata"]["uid"] == created["metadata"]["uid"]
+
+        # Withdraw a device (as after a critical Xid): it disappears, generation bumped again.
+        health = DeviceHealth(DRIVER, "withdraw")
+        health.record(HealthEvent(kind="xid", uuid="GPU-1", xid=79), gpus(3))
+        await publisher.sync([health.apply(gpus(3))])
+        withdrawn = get_slice(control_plane, name)
+        assert withdrawn is not None
+        assert device_names(withdrawn) == ["gpu-0", "gpu-2"]
+        assert withdrawn["spec"]["pool"]["generation"] == 3
+
+        # Taint instead: the device stays, with the taint the API server accepted.
+        health.policy = "taint"
+        await publisher.sync([health.apply(gpus(3))])
+        tainted = get_slice(control_plane, name)
+        assert tainted is not None
+        (gpu1,) = [d for d in tainted["spec"]["devices"] if d["name"] == "gpu-1"]
+        assert gpu1["taints"][0]["key"] == f"{DRIVER}/xid"
+        assert tainted["spec"]["pool"]["generation"] == 4
+
+        # No devices left: the slice goes.
+        await publisher.sync([gpus(0)])
+        assert get_slice(control_plane, name) is None
+        assert publisher.writes == {"create": 1, "replace": 3, "delete": 1}
+
+    run(kubeconfig, scenario)
+
+
+def test_restart_finds_its_slice_and_removes_duplicates(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any]
+) -> None:
+    node_name = node["metadata"]["name"]
+
+    async def first(api: client.ApiClient) -> None:
+        await SlicePublisher(api, node_name).sync([gpus(2)])
+
+    run(kubeconfig, first)
+    original = our_slices(control_plane, node_name)
+    assert len(original) == 1
+    # A stray copy with our labels under another name (e.g. left by an older agent build).
+    stray = {k: v for k, v in original[0].items() if k != "status"}
+    stray["metadata"] = {"name": f"stray-{node_name}", "labels": original[0]["metadata"]["labels"]}
+    control_plane.request("POST", f"/apis/{GROUP}/{VERSION}/{PLURAL}", stray)
+    assert len(our_slices(control_plane, node_name)) == 2
+
+    async def restarted(api: client.ApiClient) -> dict[str, int]:
+        publisher = SlicePublisher(api, node_name)
+        await publisher.sync([gpus(2)])
+        await publisher.sync([gpus(2)])
+        return dict(publisher.writes)
+
+    assert run(kubeconfig, restarted) == {"delete": 1}
+    (kept,) = our_slices(control_plane, node_name)
+    assert kept["metadata"]["uid"] == original[0]["metadata"]["uid"]
+    assert kept["metadata"]["resourceVersion"] == original[0]["metadata"]["resourceVersion"]
+
+
+def test_external_edit_is_repaired_with_a_new_generation(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any]
+) -> None:
+    node_name = node["metadata"]["name"]
+    name = slice_name(node_name, DRIVER)
+
+    async def publish(api: client.ApiClient) -> dict[str, int]:
+        publisher = SlicePublisher(api, node_name)
+        await publisher.sync([gpus(2)])
+        return dict(publisher.writes)
+
+    run(kubeconfig, publish)
+    edited = get_slice(control_plane, name)
+    assert edited is not None
+    edited["spec"]["devices"] = edited["spec"]["devices"][:1]
+    control_plane.request("PUT", f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}", edited)
+
+    assert run(kubeconfig, publish) == {"replace": 1}
+    repaired = get_slice(control_plane, name)
+    assert repaired is not None
+    assert device_names(repaired) == ["gpu-0", "gpu-1"]
+    assert repaired["spec"]["pool"]["generation"] == 2
+
+
+def test_missing_node_publishes_nothing(
+    control_plane: ControlPlane, kubeconfig: str, slice_crd: None
+) -> None:
+    async def publish(api: client.ApiClient) -> list[Any]:
+        return await SlicePublisher(api, "agent-no-such-node").sync([gpus(1)])
+
+    assert run(kubeconfig, publish) == []
+    assert our_slices(control_plane, "agent-no-such-node") == []
+
+
+def test_slice_goes_with_its_node(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any], wait_for: Callable[..., Any]
+) -> None:
+    node_name = node["metadata"]["name"]
+
+    async def publish(api: client.ApiClient) -> None:
+        await SlicePublisher(api, node_name).sync([gpus(1)])
+
+    run(kubeconfig, publish)
+    assert len(our_slices(control_plane, node_name)) == 1
+    control_plane.request("DELETE", f"/api/v1/nodes/{node_name}")
+    # The garbage collector in kube-controller-manager deletes dependents whose owner is gone; it discovers a
+    # newly installed CRD's resource within its periodic discovery resync (30 s), hence the generous timeout.
+    wait_for(
+        lambda: not our_slices(control_plane, node_name), timeout=120, message="slice deleted with its Node"
+    )
+
+
+def test_agent_loop_follows_the_inventory_file(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any], tmp_path: Path
+) -> None:
+    node_name = node["metadata"]["name"]
+    name = slice_name(node_name, DRIVER)
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(f"driver: {DRIVER}\nnodes: [{node_name}]\ngpus: {{count: 2, memory: 64Gi}}\n")
+
+    async def scenario(api: client.ApiClient) -> None:
+        backend = SimulatedBackend(inventory, node_name, "gpu.nvidia.com")
+        agent = Agent(backend, node_name, SlicePublisher(api, node_name), driver=DRIVER, policy="withdraw",
+                      interval=0.2)  # fmt: skip
+        task = asyncio.create_task(agent.run())
+        try:
+
+            async def devices(count: int) -> dict[str, Any] | None:
+                found = get_slice(control_plane, name)
+                return found if found is not None and len(device_names(found)) == count else None
+
+            first = await eventually(lambda: devices(2), 30, "slice with 2 devices")
+            assert first["spec"]["pool"]["generation"] == 1
+            inventory.write_text(inventory.read_text().replace("count: 2", "count: 4"))
+            grown = await eventually(lambda: devices(4), 30, "slice with 4 devices")
+            assert grown["spec"]["pool"]["generation"] == 2
+            # A broken file keeps the last good inventory published.
+            inventory.write_text("gpus: {count: lots}")
+            writes = dict(agent.publisher.writes)
+            start = agent.passes
+
+            async def three_more_passes() -> bool:
+                return agent.passes >= start + 3
+
+            await eventually(three_more_passes, 30, "three more passes")
+            assert dict(agent.publisher.writes) == writes
+        finally:
+            agent.stopping.set()
+            await asyncio.wait_for(task, timeout=10)
+
+    run(kubeconfig, scenario)
+
+
+def test_labels_mark_our_slices(control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any]) -> None:
+    node_name = node["metadata"]["name"]
+
+    async def publish(api: client.ApiClient) -> None:
+        await SlicePublisher(api, node_name).sync(
+            [gpus(1), dataclasses.replace(gpus(1), driver="other.example.com")]
+        )
+
+    run(kubeconfig, publish)
+    found = our_slices(control_plane, node_name)
+    assert sorted(s["spec"]["driver"] for s in found) == [DRIVER, "other.example.com"]
+    for obj in found:
+        assert obj["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
+        assert obj["metadata"]["labels"][NODE_LABEL] == node_name

@@ -1,0 +1,361 @@
+"""The per-Pod / per-claim flow of the reconciler against an in-memory API server and a scripted allocator."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+from collections import Counter
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from dra_operator.admission import names
+from dra_operator.admission.mutation import mutate
+from dra_operator.kube.client import KubeError, resource_of
+from dra_operator.operator.allocating import AllocationRequest, Failure, Placed
+from dra_operator.operator.reconciler import Reconciler
+from dra_operator.operator.state import CLAIMS, INDEXES, NODES, PODS, TEMPLATES, State, key_of
+
+Json = dict[str, Any]
+NS = "ns"
+
+
+class FakeKube:
+    """Objects by REST path; resourceVersion preconditions, JSON-patch tests, finalizers, generateName."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Json] = {}
+        self.writes: Counter[tuple[str, str]] = Counter()
+        self.rv = itertools.count(100)
+        self.names = itertools.count()
+
+    def _bump(self, obj: Json) -> Json:
+        obj["metadata"]["resourceVersion"] = str(next(self.rv))
+        return copy.deepcopy(obj)
+
+    def put(self, path: str, obj: Json) -> Json:
+        obj = copy.deepcopy(obj)
+        obj["metadata"].setdefault("uid", f"uid-{next(self.names)}")
+        self.objects[path] = obj
+        return self._bump(obj)
+
+    async def get(self, path: str) -> Json | None:
+        return copy.deepcopy(self.objects.get(path))
+
+    async def create(self, path: str, body: Json) -> Json:
+        self.writes[("POST", resource_of(path))] += 1
+        body = copy.deepcopy(body)
+        if "generateName" in body["metadata"]:
+            body["metadata"]["name"] = body["metadata"]["generateName"] + f"x{next(self.names)}"
+        return self.put(f"{path}/{body['metadata']['name']}", body)
+
+    async def replace(self, path: str, body: Json) -> Json:
+        self.writes[("PUT", resource_of(path))] += 1
+        base = path.removesuffix("/status")
+        current = self.objects[base]
+        if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
+            raise KubeError(409, "Conflict")
+        if path.endswith("/status"):
+            current["status"] = copy.deepcopy(body.get("status"))
+        else:
+            self.objects[base] = current = copy.deepcopy(body)
+        return self._bump(current)
+
+    async def json_patch(self, path: str, ops: list[Json]) -> Json:
+        self.writes[("PATCH", resource_of(path))] += 1
+        current = self.objects[path]
+        try:
+            patched = jsonpatch.apply_patch(current, ops)
+        except jsonpatch.JsonPatchTestFailed:
+            raise KubeError(422, "test failed") from None
+        self.objects[path] = patched
+        result = self._bump(patched)
+        if patched["metadata"].get("deletionTimestamp") and not patched["metadata"].get("finalizers"):
+            del self.objects[path]
+        return result
+
+    async def delete(self, path: str, preconditions: Json | None = None) -> Json | None:
+        self.writes[("DELETE", resource_of(path))] += 1
+        current = self.objects.get(path)
+        if current is None:
+            return None
+        if current["metadata"].get("finalizers"):
+            current["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            return self._bump(current)
+        del self.objects[path]
+        return current
+
+    def of(self, plural: str) -> list[Json]:
+        return [o for p, o in self.objects.items() if f"/{plural}/" in p]
+
+
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def record(self, obj: Json, type_: str, reason: str, message: str) -> None:
+        self.events.append((obj["metadata"]["name"], type_, reason, message))
+
+    def normal(self, obj: Json, reason: str, message: str) -> None:
+        self.record(obj, "Normal", reason, message)
+
+    def warning(self, obj: Json, reason: str, message: str) -> None:
+        self.record(obj, "Warning", reason, message)
+
+    def forget(self, uid: str) -> None:
+        pass
+
+    def reasons(self, name: str) -> list[str]:
+        return [e[2] for e in self.events if e[0] == name]
+
+
+class ScriptedAllocator:
+    """Gives each unallocated claim the next free device of node n1 (two devices), or fails."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def allocate(self, req: AllocationRequest) -> Placed | Failure:
+        self.calls += 1
+        used = {
+            r["device"]
+            for c in req.all_claims
+            for r in ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get("results", [])
+        }
+        free = [d for d in ("gpu-0", "gpu-1") if d not in used]
+        allocations = {}
+        for pod_claim, claim in req.claims.items():
+            if (claim.get("status") or {}).get("allocation"):
+                continue
+            if not free:
+                return Failure("AllocationFailed", "node n1: all devices in use")
+            device = free.pop(0)
+            allocations[pod_claim] = {
+                "devices": {"results": [{"request": "gpu", "driver": "d.example.com", "pool": "n1", "device": device}]},
+                "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]},
+            }
+        return Placed(node="n1", allocations=allocations)
+
+
+class Index(dict[Any, list[Json]]):
+    """A stand-in for a Kopf index: key -> collection of values."""
+
+
+def claims_path(name: str = "") -> str:
+    return f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaims" + (f"/{name}" if name else "")
+
+
+def pods_path(name: str) -> str:
+    return f"/api/v1/namespaces/{NS}/pods/{name}"
+
+
+class World:
+    def __init__(self) -> None:
+        self.kube = FakeKube()
+        self.state = State()
+        self.recorder = FakeRecorder()
+        self.allocator = ScriptedAllocator()
+        self.reconciler = Reconciler(self.kube, self.state, self.recorder, self.allocator)  # type: ignore[arg-type]
+        self.kube.put(
+            "/api/v1/nodes/n1", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {}}}
+        )
+        self.sync()
+
+    def sync(self) -> None:
+        """Play the watch: indexes reflect the fake API server."""
+        indexes = {name: Index() for name in INDEXES}
+        kinds = {"/pods/": PODS, "/resourceclaims/": CLAIMS, "/resourceclaimtemplates/": TEMPLATES, "/nodes/": NODES}
+        for path, obj in self.kube.objects.items():
+            for marker, kind in kinds.items():
+                if marker in path:
+                    indexes[kind][key_of(obj)] = [copy.deepcopy(obj)]
+        if self.state.indexes is None:
+            self.state.bind(indexes)
+        else:
+            for name in INDEXES:
+                self.state.indexes[name].clear()  # type: ignore[attr-defined]
+                self.state.indexes[name].update(indexes[name])  # type: ignore[attr-defined]
+
+    def add_pod(self, name: str, refs: list[Json]) -> Json:
+        raw = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {
+                "containers": [{"name": "c", "resources": {"claims": [{"name": r["name"]} for r in refs]}}],
+                "resourceClaims": refs,
+            },
+        }
+        obj = self.kube.put(pods_path(name), mutate(raw, "Pod").obj)
+        self.sync()
+        return obj
+
+    def add(self, path: str, obj: Json) -> None:
+        obj.setdefault("metadata", {}).setdefault("namespace", NS)
+        self.kube.put(path, obj)
+        self.sync()
+
+    def run(self, coro: Any) -> None:
+        asyncio.run(coro)
+        self.sync()
+
+    def pod(self, name: str) -> Json:
+        return self.kube.objects[pods_path(name)]
+
+    def finish(self, name: str) -> None:
+        self.kube.objects[pods_path(name)]["status"] = {"phase": "Succeeded"}
+        self.kube._bump(self.kube.objects[pods_path(name)])
+        self.sync()
+
+
+TEMPLATE = {
+    "apiVersion": "resource.dra-operator.io/v1",
+    "kind": "ResourceClaimTemplate",
+    "metadata": {"name": "tmpl"},
+    "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "c"}}]}}},
+}
+CLAIM = {
+    "apiVersion": "resource.dra-operator.io/v1",
+    "kind": "ResourceClaim",
+    "metadata": {"name": "shared"},
+    "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "c"}}]}},
+}
+
+
+def gated(pod: Json) -> bool:
+    return any(g["name"] == names.SCHEDULING_GATE for g in pod["spec"].get("schedulingGates") or [])
+
+
+def test_template_pod_costs_three_writes_and_is_ungated_on_the_node() -> None:
+    w = World()
+    w.add(f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl", copy.deepcopy(TEMPLATE))
+    w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+    w.kube.writes.clear()
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert sorted(w.kube.writes.items()) == [
+        (("PATCH", "pods"), 1),
+        (("POST", "resourceclaims"), 1),
+        (("PUT", "resourceclaims/status"), 1),
+    ]
+    (claim,) = w.kube.of("resourceclaims")
+    assert claim["metadata"]["generateName"] == "p-gpu-"
+    assert claim["metadata"]["finalizers"] == [names.CLAIM_FINALIZER]
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == w.pod("p")["metadata"]["uid"]
+    assert claim["status"]["reservedFor"][0]["name"] == "p"
+    assert claim["status"]["state"] == "allocated,reserved" and claim["status"]["nodeName"] == "n1"
+    pod = w.pod("p")
+    assert not gated(pod)
+    assert pod["metadata"]["annotations"][names.devices_annotation("gpu", None)] == "d.example.com/n1/gpu-0"
+    assert pod["metadata"]["annotations"][names.nvidia_annotation("c")] == names.NVIDIA_NONE
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["n1"]
+    assert w.recorder.reasons("p") == ["ClaimCreated", "Allocated"]
+
+    # Again: nothing to do (idempotent), no write.
+    w.kube.writes.clear()
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert not w.kube.writes
+
+    # The Pod ends: its generated claim loses the finalizer and is deleted.
+    w.finish("p")
+    w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
+    assert w.kube.of("resourceclaims") == []
+
+
+def test_shared_claim_is_reused_then_deallocated_when_the_last_consumer_ends() -> None:
+    w = World()
+    w.add(claims_path("shared"), copy.deepcopy(CLAIM))
+    for name in ("a", "b"):
+        w.add_pod(name, [{"name": "s", "resourceClaimName": "shared"}])
+        w.run(w.reconciler.sync_pod(NS, name))
+    claim = w.kube.objects[claims_path("shared")]
+    assert [r["name"] for r in claim["status"]["reservedFor"]] == ["a", "b"]
+    assert w.allocator.calls == 2
+    assert all(not gated(w.pod(n)) for n in ("a", "b"))
+    w.finish("a")
+    w.run(w.reconciler.sync_claim(NS, "shared"))
+    claim = w.kube.objects[claims_path("shared")]
+    assert [r["name"] for r in claim["status"]["reservedFor"]] == ["b"]
+    assert claim["status"]["allocation"]
+    w.finish("b")
+    w.run(w.reconciler.sync_claim(NS, "shared"))
+    claim = w.kube.objects[claims_path("shared")]
+    assert "allocation" not in claim["status"] and claim["status"]["state"] == "pending"
+    assert names.CLAIM_FINALIZER not in (claim["metadata"].get("finalizers") or [])
+    assert "Deallocated" in w.recorder.reasons("shared")
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        ({"name": "gpu", "resourceClaimTemplateName": "missing"}, "TemplateNotFound"),
+        ({"name": "gpu", "resourceClaimName": "missing"}, "ClaimNotFound"),
+    ],
+)
+def test_missing_objects_leave_the_pod_gated_with_a_warning(ref: Json, reason: str) -> None:
+    w = World()
+    w.add_pod("p", [ref])
+    w.kube.writes.clear()
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert not w.kube.writes and gated(w.pod("p"))
+    assert w.recorder.reasons("p") == [reason]
+    assert w.recorder.events[0][1] == "Warning"
+
+
+def test_no_device_left_keeps_the_pod_gated_and_explains() -> None:
+    w = World()
+    w.add(f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl", copy.deepcopy(TEMPLATE))
+    for name in ("p1", "p2", "p3"):
+        w.add_pod(name, [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+        w.run(w.reconciler.sync_pod(NS, name))
+    assert [gated(w.pod(n)) for n in ("p1", "p2", "p3")] == [False, False, True]
+    assert "AllocationFailed" in w.recorder.reasons("p3")
+    devices = [
+        r["device"]
+        for c in w.kube.of("resourceclaims")
+        for r in ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get("results", [])
+    ]
+    assert sorted(devices) == ["gpu-0", "gpu-1"]
+    # p1 ends: its device frees up and p3 proceeds; p3's claim made earlier is reused, not created twice.
+    w.finish("p1")
+    (p1_claim,) = [
+        c
+        for c in w.kube.of("resourceclaims")
+        if [r["name"] for r in (c.get("status") or {}).get("reservedFor") or []] == ["p1"]
+    ]
+    w.run(w.reconciler.sync_claim(NS, p1_claim["metadata"]["name"]))
+    w.run(w.reconciler.sync_pod(NS, "p3"))
+    assert not gated(w.pod("p3"))
+    assert len(w.kube.of("resourceclaims")) == 2
+
+
+def test_restart_between_claim_write_and_pod_patch_resumes_without_reallocating() -> None:
+    w = World()
+    w.add(f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl", copy.deepcopy(TEMPLATE))
+    w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+    original = w.kube.json_patch
+
+    async def crash(path: str, ops: list[Json]) -> Json:
+        if "/pods/" in path:
+            raise RuntimeError("killed")
+        return await original(path, ops)
+
+    w.kube.json_patch = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        w.run(w.reconciler.sync_pod(NS, "p"))
+    w.sync()
+    w.kube.json_patch = original  # type: ignore[method-assign]
+    fresh = World.__new__(World)
+    fresh.kube, fresh.recorder, fresh.allocator = w.kube, FakeRecorder(), w.allocator
+    fresh.state = State()
+    fresh.reconciler = Reconciler(fresh.kube, fresh.state, fresh.recorder, fresh.allocator)  # type: ignore[arg-type]
+    fresh.sync()
+    calls = w.allocator.calls
+    fresh.run(fresh.reconciler.sync_pod(NS, "p"))
+    assert not gated(fresh.pod("p"))
+    assert len(w.kube.of("resourceclaims")) == 1
+    assert w.allocator.calls == calls + 1  # asked again, but the claim was already allocated: reused
+    assert json.dumps(w.kube.of("resourceclaims")[0]["status"]["reservedFor"]).count('"uid"') == 1

@@ -1,18 +1,19 @@
-"""The operator end to end on the real control plane: `dra-operator run` as a subprocess, fake Nodes, our slices.
+"""The operator end to end on the real control plane: `dra-operator run` as a subprocess, fake Nodes.
 
-Covers issue 4 item 8 (a seed walkthrough, b not enough devices, c kill/restart, d Pod deleted before allocation,
-e built-in DRA left alone: the 1.36 control plane serves resource.k8s.io/v1) and item 9 (API writes per Pod).
+Covers issue 4 item 8 (a seed walkthrough, b not enough devices, c kill/restart, d Pod deleted before
+allocation, e built-in DRA left alone: the 1.36 control plane serves resource.k8s.io/v1) and item 9 (API
+writes per Pod).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,7 +126,9 @@ def crds(control_plane: ControlPlane) -> None:
     for crd in crdgen.generate().values():
         control_plane.kubectl("apply", "-f", "-", input=json.dumps(crd))
     for crd in crdgen.generate().values():
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+        control_plane.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s"
+        )
 
 
 @pytest.fixture
@@ -137,12 +140,10 @@ def operator(
     wait_for(op.ready, timeout=90, message="the operator to be ready and leading")
     yield op
     op.stop()
-    try:
+    with contextlib.suppress(ApiError):
         control_plane.request(
             "DELETE", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/dra-operator"
         )
-    except ApiError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------------ objects
@@ -237,7 +238,11 @@ class Cluster:
 
     def delete(self, path: str) -> None:
         try:
-            self.cp.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+            self.cp.request(
+                "DELETE",
+                path,
+                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
         except ApiError as error:
             if error.status != 404:
                 raise
@@ -274,7 +279,9 @@ def assert_no_double_allocation(claims: list[Json]) -> None:
     seen: dict[tuple[str, str, str], str] = {}
     for claim in claims:
         for device in devices_of(claim):
-            assert device not in seen, f"{device} allocated to both {seen[device]} and {claim['metadata']['name']}"
+            assert device not in seen, (
+                f"{device} allocated to both {seen[device]} and {claim['metadata']['name']}"
+            )
             seen[device] = claim["metadata"]["name"]
 
 
@@ -298,10 +305,8 @@ def gpu_nodes(control_plane: ControlPlane, make_node: Callable[..., Json], crds:
         made.append(node)
     yield made
     for node in made:
-        try:
+        with contextlib.suppress(ApiError):
             control_plane.request("DELETE", f"{GROUP_PATH}/resourceslices/{node}-driver-example-com")
-        except ApiError:
-            pass
 
 
 # ------------------------------------------------------------------------------------------------- tests
@@ -325,8 +330,11 @@ def test_seed_walkthrough(
         cluster.pods_path(),
         pod("solo", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]),
     )
-    solo = wait_for(lambda: (p := cluster.get(cluster.pods_path("solo"))) and ungated(p) and p, timeout=60,
-                    message="the template Pod to be ungated")
+    solo = wait_for(
+        lambda: (p := cluster.get(cluster.pods_path("solo"))) and ungated(p) and p,
+        timeout=60,
+        message="the template Pod to be ungated",
+    )
     assert "resourceClaims" not in solo["spec"], "built-in DRA must not see our claims"
     assert not (solo.get("status") or {}).get("resourceClaimStatuses")
     generated = [c for c in cluster.claims() if c["metadata"].get("ownerReferences")]
@@ -336,14 +344,19 @@ def test_seed_walkthrough(
     assert gen["metadata"]["annotations"][names.POD_CLAIM_NAME_ANNOTATION] == "gpu"
     owner = gen["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "Pod" and owner["controller"] is True and owner["uid"] == solo["metadata"]["uid"]
-    (driver, pool, device), = devices_of(gen)
+    ((driver, pool, device),) = devices_of(gen)
     assert device in ("gpu-0", "gpu-1") and pool in gpu_nodes
     key = names.devices_annotation("gpu", None)
     assert solo["metadata"]["annotations"][key] == f"{driver}/{pool}/{device}"
     terms = solo["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert terms["nodeSelectorTerms"] == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [pool]}]}]
-    wait_for(lambda: (cluster.get(cluster.pods_path("solo")) or {}).get("spec", {}).get("nodeName") == pool,
-             timeout=60, message="the scheduler to bind the template Pod to its node")
+    assert terms["nodeSelectorTerms"] == [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [pool]}]}
+    ]
+    wait_for(
+        lambda: (cluster.get(cluster.pods_path("solo")) or {}).get("spec", {}).get("nodeName") == pool,
+        timeout=60,
+        message="the scheduler to bind the template Pod to its node",
+    )
     assert gen["status"]["state"] == "allocated,reserved"
     builtin = cp.request("GET", f"/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims")["items"]
     assert builtin == [], "the built-in claim controller must not act on our Pods"
@@ -353,12 +366,18 @@ def test_seed_walkthrough(
     for name in ("share-a", "share-b"):
         cluster.create(cluster.pods_path(), pod(name, shared_ref))
     for name in ("share-a", "share-b"):
-        wait_for(lambda name=name: ungated(cluster.get(cluster.pods_path(name))), timeout=60,
-                 message=f"{name} to be ungated")
+        wait_for(
+            lambda name=name: ungated(cluster.get(cluster.pods_path(name))),
+            timeout=60,
+            message=f"{name} to be ungated",
+        )
     shared = cluster.get(cluster.ours("resourceclaims", "example-resource-claim"))
     assert shared is not None
     other = next(n for n in gpu_nodes if n != pool)
-    assert devices_of(shared) == {("driver.example.com", other, "gpu-0"), ("driver.example.com", other, "gpu-1")}
+    assert devices_of(shared) == {
+        ("driver.example.com", other, "gpu-0"),
+        ("driver.example.com", other, "gpu-1"),
+    }
     assert len(shared["status"]["reservedFor"]) == 2
     for name in ("share-a", "share-b"):
         p = cluster.get(cluster.pods_path(name))
@@ -369,7 +388,9 @@ def test_seed_walkthrough(
 
     describe = kubectl("describe", "pod", "solo", "-n", ns).stdout
     assert "Allocated" in describe and "ClaimCreated" in describe
-    describe_claim = kubectl("describe", "resourceclaims.resource.dra-operator.io", gen["metadata"]["name"], "-n", ns).stdout
+    describe_claim = kubectl(
+        "describe", "resourceclaims.resource.dra-operator.io", gen["metadata"]["name"], "-n", ns
+    ).stdout
     assert "Allocated" in describe_claim
     table = kubectl("get", "resourceclaims.resource.dra-operator.io", "-n", ns).stdout
     assert "allocated,reserved" in table and other in table
@@ -377,10 +398,20 @@ def test_seed_walkthrough(
     # Release: the Pods leave; the generated claim is deleted, the shared one deallocated.
     for name in ("solo", "share-a", "share-b"):
         cluster.delete(cluster.pods_path(name))
-    wait_for(lambda: [c["metadata"]["name"] for c in cluster.claims()] == ["example-resource-claim"], timeout=60,
-             message="the generated claim to be deleted")
-    wait_for(lambda: not (cluster.get(cluster.ours("resourceclaims", "example-resource-claim")) or {}).get(
-        "status", {}).get("allocation"), timeout=60, message="the shared claim to be deallocated")
+    wait_for(
+        lambda: [c["metadata"]["name"] for c in cluster.claims()] == ["example-resource-claim"],
+        timeout=60,
+        message="the generated claim to be deleted",
+    )
+    wait_for(
+        lambda: (
+            not (cluster.get(cluster.ours("resourceclaims", "example-resource-claim")) or {})
+            .get("status", {})
+            .get("allocation")
+        ),
+        timeout=60,
+        message="the shared claim to be deallocated",
+    )
 
     # The seed's Job as written cannot be placed: every node's 64Gi GPUs are taken by the All claim.
     job = yaml.safe_load(JOB_FILE.read_text())
@@ -399,14 +430,22 @@ def test_seed_walkthrough(
     pods = cluster.items(cluster.pods_path() + "?labelSelector=job-name=example-dra-job")
     assert all(not ungated(p) for p in pods)
     cluster.delete(f"{jobs}/example-dra-job")
-    wait_for(lambda: not cluster.items(cluster.pods_path() + "?labelSelector=job-name=example-dra-job"),
-             timeout=60, message="the Job's Pods to go")
-    wait_for(lambda: [c["metadata"]["name"] for c in cluster.claims()] == ["example-resource-claim"], timeout=60,
-             message="generated claims of deleted Pods to be deleted")
+    wait_for(
+        lambda: not cluster.items(cluster.pods_path() + "?labelSelector=job-name=example-dra-job"),
+        timeout=60,
+        message="the Job's Pods to go",
+    )
+    wait_for(
+        lambda: [c["metadata"]["name"] for c in cluster.claims()] == ["example-resource-claim"],
+        timeout=60,
+        message="generated claims of deleted Pods to be deleted",
+    )
 
     # The same Job with the shared claim selecting the 32Gi GPUs: placed two Pods at a time, 10 completions.
     cluster.delete(cluster.ours("resourceclaims", "example-resource-claim"))
-    wait_for(lambda: cluster.get(cluster.ours("resourceclaims", "example-resource-claim")) is None, timeout=30)
+    wait_for(
+        lambda: cluster.get(cluster.ours("resourceclaims", "example-resource-claim")) is None, timeout=30
+    )
     cluster.create(cluster.ours("resourceclaims"), claim_selecting("32Gi"))
     cluster.create(jobs, job)
     finished: set[str] = set()
@@ -415,7 +454,11 @@ def test_seed_walkthrough(
     def progress() -> bool:
         nonlocal max_running
         pods = cluster.items(cluster.pods_path() + "?labelSelector=job-name=example-dra-job")
-        placed = [p for p in pods if ungated(p) and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        placed = [
+            p
+            for p in pods
+            if ungated(p) and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
         max_running = max(max_running, len(placed))
         assert_no_double_allocation(cluster.claims())
         for p in placed:
@@ -439,8 +482,12 @@ def test_seed_walkthrough(
 
 
 def test_not_enough_devices_waits_for_a_node(
-    operator: Operator, cluster: Cluster, control_plane: ControlPlane, make_node: Callable[..., Json],
-    wait_for: WaitFor, crds: None
+    operator: Operator,
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    make_node: Callable[..., Json],
+    wait_for: WaitFor,
+    crds: None,
 ) -> None:
     node = f"late-node-{os.getpid()}"
     cls = {
@@ -454,18 +501,32 @@ def test_not_enough_devices_waits_for_a_node(
         "apiVersion": "resource.dra-operator.io/v1",
         "kind": "ResourceClaimTemplate",
         "metadata": {"name": "late"},
-        "spec": {"spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": cls["metadata"]["name"]}}]}}},
+        "spec": {
+            "spec": {
+                "devices": {
+                    "requests": [{"name": "r", "exactly": {"deviceClassName": cls["metadata"]["name"]}}]
+                }
+            }
+        },
     }
     cluster.create(cluster.ours("resourceclaimtemplates"), template)
     cluster.create(cluster.pods_path(), pod("waiter", [{"name": "dev", "resourceClaimTemplateName": "late"}]))
-    wait_for(lambda: cluster.events("waiter", "AllocationFailed"), timeout=60,
-             message="an AllocationFailed event on the waiting Pod")
+    wait_for(
+        lambda: cluster.events("waiter", "AllocationFailed"),
+        timeout=60,
+        message="an AllocationFailed event on the waiting Pod",
+    )
     assert not ungated(cluster.get(cluster.pods_path("waiter")))
     make_node(node)
-    control_plane.request("POST", f"{GROUP_PATH}/resourceslices", slice_for(node, {"dev-0": "1Gi"}, "late.example.com"))
+    control_plane.request(
+        "POST", f"{GROUP_PATH}/resourceslices", slice_for(node, {"dev-0": "1Gi"}, "late.example.com")
+    )
     try:
-        p = wait_for(lambda: (q := cluster.get(cluster.pods_path("waiter"))) and ungated(q) and q, timeout=60,
-                     message="the Pod to proceed once a node with devices appears")
+        p = wait_for(
+            lambda: (q := cluster.get(cluster.pods_path("waiter"))) and ungated(q) and q,
+            timeout=60,
+            message="the Pod to proceed once a node with devices appears",
+        )
         terms = p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == [node]
     finally:
@@ -477,33 +538,53 @@ def test_pod_deleted_before_allocation_leaves_nothing(
     operator: Operator, cluster: Cluster, wait_for: WaitFor, crds: None
 ) -> None:
     template = seed("resourceclaimtemplate.yaml")
-    template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] = "no-such-class-anywhere"
+    template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] = (
+        "no-such-class-anywhere"
+    )
     cluster.create(cluster.ours("resourceclaimtemplates"), template)
     cluster.create(
-        cluster.pods_path(), pod("doomed", [{"name": "gpu", "resourceClaimTemplateName": template["metadata"]["name"]}])
+        cluster.pods_path(),
+        pod("doomed", [{"name": "gpu", "resourceClaimTemplateName": template["metadata"]["name"]}]),
     )
-    wait_for(lambda: cluster.events("doomed", "ClassNotFound") and cluster.claims(), timeout=60,
-             message="ClassNotFound on the Pod, with its generated claim created")
+    wait_for(
+        lambda: cluster.events("doomed", "ClassNotFound") and cluster.claims(),
+        timeout=60,
+        message="ClassNotFound on the Pod, with its generated claim created",
+    )
     cluster.delete(cluster.pods_path("doomed"))
-    wait_for(lambda: cluster.get(cluster.pods_path("doomed")) is None and cluster.claims() == [], timeout=60,
-             message="the Pod and its generated claim to be gone")
+    wait_for(
+        lambda: cluster.get(cluster.pods_path("doomed")) is None and cluster.claims() == [],
+        timeout=60,
+        message="the Pod and its generated claim to be gone",
+    )
 
 
-def test_missing_template_then_created(operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor) -> None:
+def test_missing_template_then_created(
+    operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
+) -> None:
     if cluster.get(f"{GROUP_PATH}/deviceclasses/example-device-class") is None:
         cluster.create(f"{GROUP_PATH}/deviceclasses", seed("deviceclass.yaml"))
-    cluster.create(cluster.pods_path(), pod("early", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]))
-    wait_for(lambda: cluster.events("early", "TemplateNotFound"), timeout=60, message="TemplateNotFound event")
+    cluster.create(
+        cluster.pods_path(),
+        pod("early", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]),
+    )
+    wait_for(
+        lambda: cluster.events("early", "TemplateNotFound"), timeout=60, message="TemplateNotFound event"
+    )
     cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
-    wait_for(lambda: ungated(cluster.get(cluster.pods_path("early"))), timeout=60,
-             message="the Pod to proceed once the template exists")
+    wait_for(
+        lambda: ungated(cluster.get(cluster.pods_path("early"))),
+        timeout=60,
+        message="the Pod to proceed once the template exists",
+    )
 
 
 def test_reference_with_neither_name_is_rejected(operator: Operator, cluster: Cluster) -> None:
     with pytest.raises(ApiError) as info:
         cluster.create(cluster.pods_path(), pod("bad", [{"name": "gpu"}]))
-    assert "must specify one of: resourceClaimName, resourceClaimTemplateName" in json.dumps(info.value.body if hasattr(info.value, "body") else str(info.value)) or \
-        "must specify one of: resourceClaimName, resourceClaimTemplateName" in str(info.value)
+    assert "must specify one of: resourceClaimName, resourceClaimTemplateName" in json.dumps(
+        info.value.body if hasattr(info.value, "body") else str(info.value)
+    ) or "must specify one of: resourceClaimName, resourceClaimTemplateName" in str(info.value)
 
 
 def test_kill_and_restart_never_double_allocates(
@@ -516,9 +597,17 @@ def test_kill_and_restart_never_double_allocates(
     template["spec"]["spec"]["devices"]["requests"][0]["exactly"].pop("selectors")
     cluster.create(cluster.ours("resourceclaimtemplates"), template)
     for index in range(12):
-        cluster.create(cluster.pods_path(), pod(f"p{index}", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]))
-    wait_for(lambda: any(ungated(p) for p in cluster.items(cluster.pods_path())), timeout=60,
-             message="a first Pod to be allocated")
+        cluster.create(
+            cluster.pods_path(),
+            pod(
+                f"p{index}", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]
+            ),
+        )
+    wait_for(
+        lambda: any(ungated(p) for p in cluster.items(cluster.pods_path())),
+        timeout=60,
+        message="a first Pod to be allocated",
+    )
     operator.stop(kill=True)
     assert_no_double_allocation(cluster.claims())
     operator.start()
@@ -528,14 +617,16 @@ def test_kill_and_restart_never_double_allocates(
         pods = cluster.items(cluster.pods_path())
         assert_no_double_allocation(cluster.claims())
         return sum(1 for p in pods if ungated(p)) == 8
+
     wait_for(settled, timeout=120, message="8 of 12 Pods placed (8 GPUs)")
-    time.sleep(0)  # noqa: ASYNC251 - no waiting, just a yield point for readability
     pods = cluster.items(cluster.pods_path())
     assert sum(1 for p in pods if not ungated(p)) == 4
     assert_no_double_allocation(cluster.claims())
 
 
-def test_api_writes_per_pod(operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor) -> None:
+def test_api_writes_per_pod(
+    operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
+) -> None:
     if cluster.get(f"{GROUP_PATH}/deviceclasses/example-device-class") is None:
         cluster.create(f"{GROUP_PATH}/deviceclasses", seed("deviceclass.yaml"))
     cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
@@ -543,18 +634,29 @@ def test_api_writes_per_pod(operator: Operator, cluster: Cluster, gpu_nodes: lis
     before = operator.metrics()
     count = 4
     for index in range(count):
-        cluster.create(cluster.pods_path(), pod(f"w{index}", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]))
+        cluster.create(
+            cluster.pods_path(),
+            pod(
+                f"w{index}", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]
+            ),
+        )
     for index in range(count):
         wait_for(lambda index=index: ungated(cluster.get(cluster.pods_path(f"w{index}"))), timeout=60)
     after = operator.metrics()
 
     def delta(prefix: str) -> dict[str, float]:
-        return {k: after[k] - before.get(k, 0.0) for k in after if k.startswith(prefix) and after[k] - before.get(k, 0.0)}
+        return {
+            k: after[k] - before.get(k, 0.0)
+            for k in after
+            if k.startswith(prefix) and after[k] - before.get(k, 0.0)
+        }
 
     writes = delta("dra_operator_api_writes_total")
     non_event = sum(v for k, v in writes.items() if 'resource="pods' in k or 'resource="resourceclaims' in k)
     events = sum(v for k, v in writes.items() if 'resource="events"' in k)
     per_pod = non_event / count
     report = Path(os.environ.get("DRA_OPERATOR_REPORT_DIR", "/tmp")) / "dra-operator-writes-per-pod.json"
-    report.write_text(json.dumps({"writes": writes, "per_pod": per_pod, "events_per_pod": events / count}, indent=1))
+    report.write_text(
+        json.dumps({"writes": writes, "per_pod": per_pod, "events_per_pod": events / count}, indent=1)
+    )
     assert per_pod <= 3, writes

@@ -134,8 +134,14 @@ class ScriptedAllocator:
                 return Failure("AllocationFailed", "node n1: all devices in use")
             device = free.pop(0)
             allocations[pod_claim] = {
-                "devices": {"results": [{"request": "gpu", "driver": "d.example.com", "pool": "n1", "device": device}]},
-                "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]},
+                "devices": {
+                    "results": [{"request": "gpu", "driver": "d.example.com", "pool": "n1", "device": device}]
+                },
+                "nodeSelector": {
+                    "nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}
+                    ]
+                },
             }
         return Placed(node="n1", allocations=allocations)
 
@@ -167,7 +173,12 @@ class World:
     def sync(self) -> None:
         """Play the watch: indexes reflect the fake API server."""
         indexes = {name: Index() for name in INDEXES}
-        kinds = {"/pods/": PODS, "/resourceclaims/": CLAIMS, "/resourceclaimtemplates/": TEMPLATES, "/nodes/": NODES}
+        kinds = {
+            "/pods/": PODS,
+            "/resourceclaims/": CLAIMS,
+            "/resourceclaimtemplates/": TEMPLATES,
+            "/nodes/": NODES,
+        }
         for path, obj in self.kube.objects.items():
             for marker, kind in kinds.items():
                 if marker in path:
@@ -231,7 +242,10 @@ def gated(pod: Json) -> bool:
 
 def test_template_pod_costs_three_writes_and_is_ungated_on_the_node() -> None:
     w = World()
-    w.add(f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl", copy.deepcopy(TEMPLATE))
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
     w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
     w.kube.writes.clear()
     w.run(w.reconciler.sync_pod(NS, "p"))
@@ -307,7 +321,10 @@ def test_missing_objects_leave_the_pod_gated_with_a_warning(ref: Json, reason: s
 
 def test_no_device_left_keeps_the_pod_gated_and_explains() -> None:
     w = World()
-    w.add(f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl", copy.deepcopy(TEMPLATE))
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
     for name in ("p1", "p2", "p3"):
         w.add_pod(name, [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
         w.run(w.reconciler.sync_pod(NS, name))
@@ -334,7 +351,10 @@ def test_no_device_left_keeps_the_pod_gated_and_explains() -> None:
 
 def test_restart_between_claim_write_and_pod_patch_resumes_without_reallocating() -> None:
     w = World()
-    w.add(f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl", copy.deepcopy(TEMPLATE))
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
     w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
     original = w.kube.json_patch
 

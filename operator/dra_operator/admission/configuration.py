@@ -1,8 +1,8 @@
 """The MutatingWebhookConfiguration the operator owns and applies at start (not Kopf's managed mode).
 
-One webhook per kind, each sent only objects whose Pod (template) carries `spec.resourceClaims` (matchConditions),
-failing closed (a Pod with claims must never slip past ungated), with a short timeout and a namespaceSelector that
-leaves kube-system and the operator's own namespace alone.
+One webhook per kind, each sent only objects whose Pod (template) carries `spec.resourceClaims`
+(matchConditions), failing closed (a Pod with claims must never slip past ungated), with a short timeout and
+a namespaceSelector that leaves kube-system and the operator's own namespace alone.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Serving certificates for the webhook: a self-signed CA and a server certificate made with `cryptography`.
 
-Used when no certificate files are given (--tls-cert-file/--tls-key-file/--tls-ca-file, e.g. from cert-manager;
-Kopf's WebhookServer re-reads those when they change). Not Kopf's own self-signed path: that needs oscrypto,
-which cannot parse OpenSSL 3 version strings.
+Used when no certificate files are given (--tls-cert-file/--tls-key-file/--tls-ca-file, e.g. from
+cert-manager; Kopf's WebhookServer re-reads those when they change). Not Kopf's own self-signed path: that
+needs oscrypto, which cannot parse OpenSSL 3 version strings.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def generate(directory: Path, hosts: list[str], days: int = 365) -> CertFiles:
-    """Write ca.crt, tls.crt and tls.key into `directory`; `hosts` are the SANs (IP addresses or DNS names)."""
+    """Write ca.crt, tls.crt and tls.key into `directory`; `hosts` are the SANs (IPs or DNS names)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)

@@ -106,7 +106,7 @@ def register(registry: kopf.OperatorRegistry, ctx: AdmissionContext) -> None:
         kopf.on.mutate(
             *resource,
             id=configuration.handler_path(kind),
-            operations=list(operations),
+            operations=list(operations),  # type: ignore[arg-type]
             registry=registry,
         )(make(kind))
 

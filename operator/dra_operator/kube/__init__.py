@@ -1,1 +1,1 @@
-"""Thin Kubernetes client helpers for the shell (operator, webhook, leader election): raw REST over kubernetes_asyncio."""
+"""Thin Kubernetes client helpers for the shell (operator, webhook, Lease): raw REST, kubernetes_asyncio."""

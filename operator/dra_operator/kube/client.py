@@ -1,7 +1,7 @@
 """A small JSON REST client over kubernetes_asyncio's ApiClient, with a per-verb write counter.
 
-Why raw REST: the operator talks to our CRDs, Pods, Events, Leases and webhook configurations with a handful of
-verbs, and wants the exact JSON back (no generated models); kubernetes_asyncio brings auth and TLS.
+Why raw REST: the operator talks to our CRDs, Pods, Events, Leases and webhook configurations with a handful
+of verbs, and wants the exact JSON back (no generated models); kubernetes_asyncio brings auth and TLS.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The bridge from the operator's cached dicts to the core allocator (dra_operator.allocation) and back to JSON.
+"""The bridge from the operator's cached dicts to the core allocator (dra_operator.allocation) and back.
 
-Parsed models are cached per (uid, resourceVersion), so a Pod's turn costs a snapshot build over already validated
-objects, not a re-validation of every slice. An object that fails validation is left out (and logged once).
+Parsed models are cached per (uid, resourceVersion), so a Pod's turn costs a snapshot build over already
+validated objects, not a re-validation of every slice. An object that fails validation is left out (and
+logged once).
 """
 
 from __future__ import annotations

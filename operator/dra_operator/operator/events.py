@@ -1,4 +1,4 @@
-"""Kubernetes Events on Pods and claims: posted in the background, a repeated (object, reason, message) only once."""
+"""Kubernetes Events on Pods and claims, posted in the background; a repeated message only once."""
 
 from __future__ import annotations
 
@@ -82,9 +82,3 @@ class Recorder:
                 log.warning("event not posted: %s", exc)
             except Exception:
                 log.exception("event not posted")
-
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Wait until queued events are posted (for a graceful stop)."""
-        async with asyncio.timeout(timeout):
-            while not self.queue.empty():
-                await asyncio.sleep(0.05)

@@ -1,7 +1,9 @@
-"""Kopf watch handlers: indexes of the cluster and event reactions that only enqueue work (Kopf writes nothing).
+"""Kopf watch handlers: indexes of the cluster, and event reactions that only enqueue work.
 
-No on.create/on.update/timers/daemons: those make Kopf write annotations, status and finalizers on every object.
-Pods are watched with a server-side label selector, so only Pods our webhook gated are listed and indexed.
+Kopf writes nothing for these.
+No on.create/on.update/timers/daemons: those make Kopf write annotations, status and finalizers on every
+object. Pods are watched with a server-side label selector, so only Pods our webhook gated are listed and
+indexed.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from dra_operator.operator.state import (
 Json = dict[str, Any]
 
 
-def _keep(body: kopf.Body) -> dict[tuple[str, str], Json]:
+def _keep(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
     # Index values are the raw object as listed/watched (a fresh dict per event, never mutated afterwards).
     return {key_of(body): dict(body)}
 
 
-def _node(body: kopf.Body) -> dict[tuple[str, str], Json]:
+def _node(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     small = {
@@ -68,8 +70,9 @@ def register(
         kopf.index(*resource, id=index_id, registry=registry)(fn)
 
     def warm(**kwargs: Any) -> None:
-        # Kopf holds every watch handler until all indexes have finished their first listing, so the first call
-        # of any handler means the caches are complete: bind the indexes and open the webhook and the worker.
+        # Kopf holds every watch handler until all indexes have finished their first listing, so the first
+        # call of any handler means the caches are complete: bind the indexes and open the webhook and the
+        # worker.
         if not state.bound:
             state.bind({name: kwargs[name] for name in INDEXES})
             on_warm()

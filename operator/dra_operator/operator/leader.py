@@ -1,9 +1,9 @@
 """Leader election with a coordination.k8s.io/v1 Lease: one replica writes, every replica watches and indexes.
 
 As client-go does it: a candidate takes the Lease when it is free or when its record has not changed for
-leaseDurationSeconds as observed on the candidate's own clock (no clock comparison between replicas); the holder
-renews every `retry` seconds and, if it cannot renew within `renew_deadline`, gives up leadership — the operator
-then exits so that no write of a former leader can follow a new leader's.
+leaseDurationSeconds as observed on the candidate's own clock (no clock comparison between replicas); the
+holder renews every `retry` seconds and, if it cannot renew within `renew_deadline`, gives up leadership —
+the operator then exits so that no write of a former leader can follow a new leader's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""JSON logs: structlog for our own records (keyed by pod and claim), stdlib logging (Kopf's) rendered the same way."""
+"""JSON logs: structlog for our records (keyed by pod and claim), stdlib (Kopf) logging rendered alike."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import structlog
 
 
 def setup(level: str = "INFO") -> None:
-    """One JSON object per line on stderr, for our structlog loggers and for stdlib loggers (Kopf, aiohttp)."""
+    """One JSON object per line on stderr, for our structlog loggers and stdlib ones (Kopf, aiohttp)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

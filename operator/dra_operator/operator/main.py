@@ -1,4 +1,4 @@
-"""`dra-operator run`: the Kopf operator (watches, allocation worker, leader election) and the admission webhook."""
+"""`dra-operator run`: the Kopf operator (watches, allocation worker, leader election) and the webhook."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ async def _load_configuration(args: argparse.Namespace) -> k8s.Configuration:
             config_file=args.kubeconfig, context=args.context, client_configuration=cfg
         )
     else:
-        k8s_config.load_incluster_config(client_configuration=cfg)
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     return cfg
 
 
@@ -93,7 +93,7 @@ def _connection_info(cfg: k8s.Configuration) -> kopf.ConnectionInfo:
     if api_key:
         token = str(api_key).removeprefix("Bearer ").strip()
     return kopf.ConnectionInfo(
-        server=cfg.host,
+        server=str(cfg.host),
         ca_path=cfg.ssl_ca_cert,
         insecure=not cfg.verify_ssl,
         certificate_path=cfg.cert_file,
@@ -250,7 +250,7 @@ async def run(args: argparse.Namespace) -> int:
             settings=settings,
             standalone=True,
             clusterwide=not args.namespace,
-            namespaces=args.namespace or None,
+            namespaces=list(args.namespace),
             liveness_endpoint=args.liveness,
             stop_flag=stop,
         )

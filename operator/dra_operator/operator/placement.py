@@ -1,4 +1,4 @@
-"""Pure helpers for one Pod's objects: generated claims, node constraints, device annotations and the Pod patch."""
+"""Pure helpers for one Pod: generated claims, node constraints, device annotations and the Pod patch."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from dra_operator.api.resource import API_VERSION
 
 Json = dict[str, Any]
 
-#: Kubernetes keeps generated claim names within 63 characters: 57 for `<pod>-<claim>` plus `-` and 5 random ones.
+#: Kubernetes keeps generated claim names within 63 characters: 57 for `<pod>-<claim>`, `-`, 5 random ones.
 _GENERATE_NAME_BASE_MAX = 57
 
 
 def generate_name(pod_name: str, claim_name: str) -> str:
-    """`<pod>-<claim>-`, both parts truncated proportionally to their length when too long (as Kubernetes does)."""
+    """`<pod>-<claim>-`, both parts truncated in proportion to their length when too long (as Kubernetes)."""
     base = f"{pod_name}-{claim_name}-"
     if len(base) <= _GENERATE_NAME_BASE_MAX:
         return base
@@ -31,8 +31,8 @@ def generate_name(pod_name: str, claim_name: str) -> str:
 def generated_claim(pod: Mapping[str, Any], pod_claim: str, template: Mapping[str, Any]) -> Json:
     """The ResourceClaim a template yields for one Pod: owned by the Pod, annotated with the Pod's claim name.
 
-    It is born with our finalizer: it will be allocated and reserved for its Pod, and adding it later would cost
-    one more write per Pod.
+    It is born with our finalizer: it will be allocated and reserved for its Pod, and adding it later would
+    cost one more write per Pod.
     """
     meta = pod["metadata"]
     tmeta = template.get("spec", {}).get("metadata") or {}
@@ -120,7 +120,7 @@ def _requirement_matches(req: Mapping[str, Any], value: str | None) -> bool:
 
 
 def term_matches(term: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
-    """A NodeSelectorTerm against a Node: all matchExpressions (labels) and matchFields (metadata.name) hold."""
+    """A NodeSelectorTerm against a Node: all matchExpressions (labels) and matchFields (name) hold."""
     labels = node.get("metadata", {}).get("labels") or {}
     name = node.get("metadata", {}).get("name")
     exprs = term.get("matchExpressions") or []
@@ -133,7 +133,7 @@ def term_matches(term: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
 
 
 def pod_fits_node(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
-    """The Pod's own node constraints: nodeName, nodeSelector and required node affinity; not unschedulable."""
+    """The Pod's own node constraints: nodeName, nodeSelector, required node affinity; not unschedulable."""
     spec = pod.get("spec") or {}
     if node.get("spec", {}).get("unschedulable"):
         return False
@@ -155,8 +155,8 @@ def pod_fits_node(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
 def pinned_affinity(spec: Mapping[str, Any], node: str) -> Json:
     """The Pod's affinity with the required node affinity narrowed to `node`.
 
-    On a gated Pod Kubernetes only lets the required terms narrow: with terms present, the requirement is added
-    to every term (they are ORed, so each must also name the node); without, one term is created.
+    On a gated Pod Kubernetes only lets the required terms narrow: with terms present, the requirement is
+    added to every term (they are ORed, so each must also name the node); without, one term is created.
     """
     affinity: Json = copy.deepcopy(dict(spec.get("affinity") or {}))
     node_affinity = affinity.setdefault("nodeAffinity", {})

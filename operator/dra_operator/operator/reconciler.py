@@ -247,7 +247,7 @@ class Reconciler:
         log.info("pod ungated", pod=_name(pod), node=outcome.node, claims=placed)
 
     async def _reserve(self, claim: Json, pod: Json, allocation: Json | None, node: str | None) -> Json:
-        """Allocate (if `allocation` is new) and reserve `claim` for `pod`: finalizer first, then one status PUT."""
+        """Allocate (if new) and reserve `claim` for `pod`: finalizer first, then one status PUT."""
         status = claim.get("status") or {}
         uid = pod["metadata"]["uid"]
         if status.get("allocation") and uid in reserved_uids(claim):
@@ -309,7 +309,7 @@ class Reconciler:
     # -------------------------------------------------------------------------------------------- claims
 
     async def sync_claim(self, namespace: str, name: str) -> None:
-        """Drop consumers that ended or vanished; deallocate a claim nobody uses; delete ended Pods' claims."""
+        """Drop consumers that ended or vanished; deallocate an unused claim; delete ended Pods' claims."""
         claim = self.state.get(CLAIMS, (namespace, name))
         if claim is None:
             return

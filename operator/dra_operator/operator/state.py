@@ -1,8 +1,8 @@
-"""The operator's view of the cluster: Kopf indexes (filled by watches) overlaid with the results of our own writes.
+"""The operator's view of the cluster: Kopf indexes (filled by watches) overlaid with our own writes.
 
-Kopf indexes lag our writes by one watch event. The allocator must never see a device as free because the claim
-we just allocated has not come back through the watch yet, so every object we write is kept here until the index
-holds the same or a newer resourceVersion (etcd revisions, compared as integers).
+Kopf indexes lag our writes by one watch event. The allocator must never see a device as free because the
+claim we just allocated has not come back through the watch yet, so every object we write is kept here until
+the index holds the same or a newer resourceVersion (etcd revisions, compared as integers).
 """
 
 from __future__ import annotations

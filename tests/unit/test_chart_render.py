@@ -6,6 +6,7 @@ the values themselves (deep-merged like helm does), not written out, so a new va
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from dra_operator.agent.simulated import parse_inventory
 from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
@@ -25,7 +28,7 @@ VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
 NAMESPACE = "gpu-system"
 RELEASE = "rel"
 NAMESPACED_KINDS = {
-    "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap",
+    "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap", "Secret",
     "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor",
 }  # fmt: skip
 CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
@@ -219,7 +222,7 @@ def test_operator_named_permissions(rendered: Rendered) -> None:
     rules = rules_of(rendered, operator_sa(rendered))
     deployment = rendered.one("Deployment", "operator")
     args = args_of(deployment["spec"]["template"]["spec"]["containers"][0])
-    config = args["--webhook-configuration"][0]
+    config = args["--webhook-config-name"][0]
     group = "admissionregistration.k8s.io"
     assert allowed(rules, group, "mutatingwebhookconfigurations", "update", name=config)
     assert not allowed(rules, group, "mutatingwebhookconfigurations", "update", name="someone-elses")
@@ -230,14 +233,13 @@ def test_operator_named_permissions(rendered: Rendered) -> None:
         assert not allowed(rules, coordination, "leases", "update", namespace=NAMESPACE, name="other")
         assert not allowed(rules, coordination, "leases", "update", namespace="kube-system", name=lease)
     else:
-        assert "--leader-election" not in args
+        assert "--no-leader-election" in args and "--leader-election" not in args
         assert not allowed(rules, "coordination.k8s.io", "leases", "create", namespace=NAMESPACE)
-    if not rendered.values["webhook"]["certManager"]["enabled"]:
-        secret = args["--webhook-cert-secret"][0]
-        assert allowed(rules, "", "secrets", "get", namespace=NAMESPACE, name=secret)
-        assert not allowed(rules, "", "secrets", "get", namespace=NAMESPACE, name="other")
-    else:
-        assert not allowed(rules, "", "secrets", "get", namespace=NAMESPACE, name="anything")
+    # The webhook certificate is mounted: the operator reads no Secret through the API, not even its own.
+    secret = next(
+        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    )
+    assert not allowed(rules, "", "secrets", "get", namespace=NAMESPACE, name=secret)
 
 
 @pytest.mark.parametrize(("group", "resource", "verb"), NOBODY_MAY)
@@ -327,10 +329,13 @@ def test_operator_deployment(rendered: Rendered) -> None:
     assert args.get("--namespace", []) == values["watchNamespaces"]
     assert args["--metrics-port"] == [str(values["metrics"]["port"])]
     assert args["--webhook-port"] == [str(values["webhook"]["port"])]
-    assert set(args["--webhook-exclude-namespace"]) == {NAMESPACE, *values["webhook"]["excludeNamespaces"]}
-    assert args["--webhook-failure-policy"] == [rendered.values["webhook"]["failurePolicy"]]
+    assert args["--liveness"] == [f"http://0.0.0.0:{values['health']['port']}/healthz"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"webhook": values["webhook"]["port"], "metrics": values["metrics"]["port"]}
+    assert ports == {
+        "webhook": values["webhook"]["port"],
+        "metrics": values["metrics"]["port"],
+        "health": values["health"]["port"],
+    }
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] in ports
     env = {e["name"]: e for e in container["env"]}
@@ -339,33 +344,60 @@ def test_operator_deployment(rendered: Rendered) -> None:
     assert "/tmp" in mounts  # the root filesystem is read-only
 
 
+def mounted_cert_secret(deployment: dict[str, Any]) -> str:
+    """The Secret whose files the operator is pointed at with --tls-*-file (all three in one mount)."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = args_of(container)
+    files = [Path(args[flag][0]) for flag in ("--tls-cert-file", "--tls-key-file", "--tls-ca-file")]
+    assert [f.name for f in files] == ["tls.crt", "tls.key", "ca.crt"]
+    assert len({f.parent for f in files}) == 1
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == files[0].parent)
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    return str(volumes[mount["name"]]["secret"]["secretName"])
+
+
 def test_webhook_service_and_certificate(rendered: Rendered) -> None:
     deployment = rendered.one("Deployment", "operator")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    args = args_of(container)
+    args = args_of(deployment["spec"]["template"]["spec"]["containers"][0])
     services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
     service_name, _, service_namespace = args["--webhook-service"][0].partition(".")
     assert service_namespace == NAMESPACE
     service = services[service_name]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["webhook"]
-    certificates = rendered.of_kind("Certificate")
+    secret_name = mounted_cert_secret(deployment)
+    host = f"{service_name}.{NAMESPACE}.svc"
     if not rendered.values["webhook"]["certManager"]["enabled"]:
-        assert not certificates and not rendered.of_kind("Issuer")
-        assert "--webhook-cert-dir" not in args
+        assert not rendered.of_kind("Certificate") and not rendered.of_kind("Issuer")
+        (secret,) = [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == secret_name]
+        files = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+        ca = x509.load_pem_x509_certificate(files["ca.crt"])
+        cert = x509.load_pem_x509_certificate(files["tls.crt"])
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        cert.verify_directly_issued_by(ca)  # raises unless ca.crt signed tls.crt
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert host in names.get_values_for_type(x509.DNSName)
+        key = serialization.load_pem_private_key(files["tls.key"], password=None)
+        assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["checksum/webhook-cert"], "a new certificate must roll the replicas"
         return
-    (certificate,) = certificates
-    assert f"{service_name}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
-    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == args["--webhook-cert-dir"][0])
-    assert volumes[mount["name"]]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    (serving,) = [c for c in rendered.of_kind("Certificate") if c["spec"]["secretName"] == secret_name]
+    assert host in serving["spec"]["dnsNames"]
     issuer = rendered.values["webhook"]["certManager"]["issuerRef"]
     if issuer:
-        assert certificate["spec"]["issuerRef"] == issuer and not rendered.of_kind("Issuer")
-    else:
-        (own,) = rendered.of_kind("Issuer")
-        assert certificate["spec"]["issuerRef"]["name"] == own["metadata"]["name"]
+        assert serving["spec"]["issuerRef"] == issuer and not rendered.of_kind("Issuer")
+        return
+    # self-signed root -> CA Certificate -> CA Issuer -> serving Certificate: renewals keep ca.crt.
+    issuers = {i["metadata"]["name"]: i["spec"] for i in rendered.of_kind("Issuer")}
+    ca_issuer = issuers[serving["spec"]["issuerRef"]["name"]]
+    (ca_cert,) = [
+        c for c in rendered.of_kind("Certificate") if c["spec"]["secretName"] == ca_issuer["ca"]["secretName"]
+    ]
+    assert ca_cert["spec"]["isCA"] is True
+    assert issuers[ca_cert["spec"]["issuerRef"]["name"]] == {"selfSigned": {}}
 
 
 def test_metrics_service_monitor_and_disruption_budget(rendered: Rendered) -> None:

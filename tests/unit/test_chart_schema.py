@@ -20,7 +20,6 @@ REJECTED: list[tuple[dict[str, Any], list[str]]] = [
     ({"agent": {"backend": "cuda"}}, ["agent", "backend"]),
     ({"operator": {"replicas": -1}}, ["replicas"]),
     ({"operator": {"replicas": "two"}}, ["replicas"]),
-    ({"webhook": {"failurePolicy": "Maybe"}}, ["failurePolicy"]),
     ({"image": {"pullPolicy": "Sometimes"}}, ["pullPolicy"]),
     ({"image": {"repository": ""}}, ["repository"]),
     ({"image": {"tag": "has spaces"}}, ["tag"]),
@@ -28,7 +27,8 @@ REJECTED: list[tuple[dict[str, Any], list[str]]] = [
     ({"operater": {"replicas": 2}}, ["operater"]),  # a typo is an unknown key, not silently ignored
     ({"agent": {"backnd": "nvml"}}, ["backnd"]),
     ({"operator": {"webhook": {"port": 70000}}}, ["port"]),
-    ({"operator": {"webhook": {"timeoutSeconds": 31}}}, ["timeoutSeconds"]),
+    ({"webhook": {"selfSigned": {"validityDays": 0}}}, ["validityDays"]),
+    ({"operator": {"health": {"port": 0}}}, ["port"]),
     ({"operator": {"metrics": {"port": "http"}}}, ["port"]),
     ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, ["watchNamespaces"]),
     ({"operator": {"nodeSelector": {"disk": 1}}}, ["nodeSelector"]),

@@ -72,7 +72,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "dra-operator.fullname" . }}
 {{- end }}
 
-{{/* The Secret holding the webhook's serving certificate (cert-manager's, or the operator's shared CA). */}}
+{{/* The Secret holding the webhook's CA and serving certificate (made at install, or by cert-manager). */}}
 {{- define "dra-operator.webhookCertSecretName" -}}
 {{- printf "%s-webhook-cert" (include "dra-operator.fullname" .) }}
 {{- end }}

@@ -31,7 +31,12 @@ NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap", "Secret",
     "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor",
 }  # fmt: skip
-CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_KINDS = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+}
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +228,8 @@ def test_operator_named_permissions(rendered: Rendered) -> None:
     deployment = rendered.one("Deployment", "operator")
     args = args_of(deployment["spec"]["template"]["spec"]["containers"][0])
     config = args["--webhook-config-name"][0]
+    (shell,) = rendered.of_kind("MutatingWebhookConfiguration")  # the chart owns it, so uninstall removes it
+    assert shell["metadata"]["name"] == config and shell["webhooks"] == []
     group = "admissionregistration.k8s.io"
     assert allowed(rules, group, "mutatingwebhookconfigurations", "update", name=config)
     assert not allowed(rules, group, "mutatingwebhookconfigurations", "update", name="someone-elses")

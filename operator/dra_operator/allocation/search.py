@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from dra_operator.allocation.constraints import Constraint, lookup_attribute, typed_value
 from dra_operator.allocation.explain import (
+    SHOWN_DEVICES,
     ClaimNotOnNode,
     ClassNotFound,
     ConstraintBlocksAll,
@@ -270,6 +271,7 @@ class _NodeSearch:
         return self.in_use[id_index] > 0 or bool(self.allocating.get(id_index))
 
     def _step(self, ci: int, ri: int, si: int, di: int, fixed_sub: bool) -> bool:
+        self.snapshot.search_steps += 1
         claims = self.claims
         if ci >= len(claims):
             return True
@@ -525,6 +527,7 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
     for claim in claims:
         for request in claim.requests:
             per_alt: list[RequestUnsatisfiable] = []
+            satisfiable = False
             for alt in request.alts:
                 free: list[int] = []
                 busy: list[int] = []
@@ -545,15 +548,7 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
                 needed = len(free) + len(busy) + len(tainted) if alt.all_mode else alt.count
                 short = (not free or busy or tainted) if alt.all_mode else len(free) < needed
                 if short:
-                    holders = [
-                        (
-                            records[i].label,
-                            "/".join(filter(None, snapshot.holders(records[i])[0]))
-                            if snapshot.holders(records[i])
-                            else "?",
-                        )
-                        for i in busy[:6]
-                    ]
+                    holders = [(records[i].label, _holder(snapshot, i)) for i in busy[:SHOWN_DEVICES]]
                     per_alt.append(
                         RequestUnsatisfiable(
                             claim=claim.label,
@@ -570,8 +565,10 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
                             other_pools=skipped,
                         )
                     )
-                elif not alt.admin:
+                elif not alt.admin and not satisfiable:
+                    # Only the first alternative that works alone competes with other requests.
                     usable_sets.append((claim, alt, needed, set(free)))
+                satisfiable = satisfiable or not short
             if len(per_alt) == len(request.alts):
                 reasons.extend(per_alt)
     if not reasons:
@@ -585,6 +582,11 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
     if not reasons:
         reasons.append(NoCombination())
     return NodeFailure(node.name, tuple(reasons))
+
+
+def _holder(snapshot: Snapshot, index: int) -> str:
+    holders = snapshot.holders(snapshot.records[index])
+    return "/".join(holders[0]) if holders else "?"
 
 
 def _contention(snapshot: Snapshot, usable: list[tuple[_Claim, _Alt, int, set[int]]]) -> list[NodeReason]:
@@ -666,6 +668,17 @@ def allocate(
         return Unallocatable(
             Explanation(pod.label, nodes=tuple(excluded[:DETAILED_NODES]), nodes_total=len(excluded))
         )
+
+    if candidates:
+        # Without All requests the device count is the same on every node: fail before skipping any node.
+        for plan in plans:
+            if any(alt.all_mode for request in plan.requests for alt in request.alts):
+                continue
+            minimum = sum(min(alt.count for alt in request.alts) for request in plan.requests)
+            if minimum > RESULTS_MAX:
+                return Unallocatable(
+                    Explanation(pod.label, fatal=TooManyDevices(plan.label, minimum, RESULTS_MAX))
+                )
 
     alts = [alt for plan in plans for request in plan.requests for alt in request.alts]
     full_scan = any(alt.all_mode for alt in alts) or any(snapshot.has_failures(alt.signature) for alt in alts)

@@ -226,6 +226,8 @@ class Snapshot:
         self._sig_errors: dict[RequestSignature, bool] = {}
         self._relevant: dict[tuple[RequestSignature, str | None], tuple[int, ...]] = {}
         self._frontier: dict[RequestSignature, int] = {}
+        # Search steps taken so far (like Kubernetes' numAllocateOneInvocations), for tests and benchmarks.
+        self.search_steps = 0
         for slice_ in slices:
             self._add_slice(slice_)
         if nodes is None:
@@ -251,7 +253,7 @@ class Snapshot:
             {c.name: c for c in classes},
             list(slices),
             None if nodes is None else list(nodes),
-            cache or SelectorCache(),
+            cache if cache is not None else SelectorCache(),
         )
         for claim in claims:
             if claim.status is not None and claim.status.allocation is not None:

@@ -55,6 +55,17 @@ print("pydantic", pydantic.VERSION, "| structlog", structlog.__version__, "| nvi
       "| dra_operator from", dra_operator.__file__)' \
     || { echo "FAIL: the installed package does not import"; exit 3; }
 
+# pynvml loads libnvidia-ml.so.1 by name: make sure the dynamic loader can find the driver's copy.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnvidia-ml.so.1'; then
+    for dir in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64; do
+        if [ -e "$dir/libnvidia-ml.so.1" ]; then
+            export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            echo "libnvidia-ml.so.1 found in $dir (added to LD_LIBRARY_PATH)"
+            break
+        fi
+    done
+fi
+
 say "dra-operator agent --backend nvml --print --node $NODE"
 set +e
 $PY -m dra_operator.cli agent --backend nvml --print --node "$NODE" >"$RESULTS/agent.yaml" 2>"$RESULTS/agent.log"

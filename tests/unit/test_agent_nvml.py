@@ -19,12 +19,14 @@ from dra_operator.agent.nvml import (
     NvmlBackend,
     NvmlUnavailable,
     XidWatcher,
+    binary_si,
     cuda_driver_version,
     mig_device_name,
     mig_memory_gb,
     mig_profile_name,
     pcie_bus_id,
 )
+from dra_operator.api.quantity import Quantity
 
 MIB = 2**20
 
@@ -232,6 +234,15 @@ def test_cuda_driver_version_is_major_minor(raw: int, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("count", "expected"),
+    [(0, "0"), (1000, "1000"), (1024, "1Ki"), (81559 * MIB, "81559Mi"), (40 * 2**30, "40Gi"), (1025, "1025")],
+)
+def test_bytes_are_written_as_binary_quantities(count: int, expected: str) -> None:
+    assert binary_si(count) == expected
+    assert Quantity.parse(expected) == Quantity.parse(count)
+
+
+@pytest.mark.parametrize(
     ("raw", "expected"),
     [
         ("00000000:3B:00.0", "0000:3b:00.0"),
@@ -296,7 +307,7 @@ def test_gpu_attributes_map_from_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
         "pcieBusID": "0000:1b:00.0",
     }
     assert dict(device.attributes) == expected
-    assert dict(device.capacity) == {"memory": 81559 * MIB}
+    assert dict(device.capacity) == {"memory": "81559Mi"}
     assert device.locator == (gpu.uuid, WHOLE_GPU, WHOLE_GPU)
     assert inventory.skipped == ()
 
@@ -362,7 +373,7 @@ def test_mig_devices_replace_their_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         assert device.attributes["type"] == "mig"
         assert device.attributes["parentUUID"] == parent.uuid
         assert device.attributes["productName"] == parent.name
-        assert device.capacity["memory"] == mem * MIB
+        assert Quantity.parse(device.capacity["memory"]) == Quantity.parse(mem * MIB)
         assert device.capacity["multiprocessors"] == sms
         assert device.locator == (parent.uuid, mig.gi_id, mig.ci_id)
         slices_held = {k for k in device.capacity if k.startswith("memorySlice")}

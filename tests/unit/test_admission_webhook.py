@@ -28,7 +28,7 @@ def test_configuration_sends_only_objects_with_claims_and_fails_closed() -> None
     assert set(hooks) == {
         plural + ".resource.dra-operator.io" for _, _, plural, _ in configuration.KINDS.values()
     }
-    for kind, (group, version, plural, operations) in configuration.KINDS.items():
+    for kind, (group, _version, plural, _operations) in configuration.KINDS.items():
         hook = hooks[plural + ".resource.dra-operator.io"]
         assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
         assert hook["timeoutSeconds"] <= 5

@@ -109,10 +109,13 @@ def register(
         namespace, name = key_of(body)
         if type == "DELETED":
             state.forget(CLAIMS, (namespace, name))
+            if (body.get("status") or {}).get("allocation"):
+                reconciler.enqueue_gated()  # its devices are free again
             return
         reconciler.enqueue(CLAIM, namespace, name)
-        if type in (None, "ADDED") or not (body.get("status") or {}).get("allocation"):
-            reconciler.enqueue_gated(namespace)  # a Pod may have waited for this claim
+        generated = names.POD_CLAIM_NAME_ANNOTATION in (body.get("metadata", {}).get("annotations") or {})
+        if type in (None, "ADDED") and not generated:
+            reconciler.enqueue_gated(namespace)  # a Pod may have waited for a claim of this name
 
     @kopf.on.event(*ours("resourceclaimtemplates"), id="templates", registry=registry)
     async def templates(body: kopf.Body, type: str | None, **kwargs: Any) -> None:

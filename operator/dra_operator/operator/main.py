@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-name", default="dra-operator")
     parser.add_argument("--lease-seconds", type=int, default=15)
     parser.add_argument("--nvidia-driver", default=NVIDIA_DRIVER, help="driver name of NVML GPUs")
+    parser.add_argument(
+        "--resync-seconds", type=float, default=300.0, help="how often to check the caches against a LIST"
+    )
 
 
 async def _load_configuration(args: argparse.Namespace) -> k8s.Configuration:
@@ -180,6 +183,8 @@ async def run(args: argparse.Namespace) -> int:
 
     def on_warm() -> None:
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+        if args.resync_seconds > 0:
+            tasks.append(asyncio.create_task(reconciler.resync_every(args.resync_seconds), name="resync"))
         tasks.append(asyncio.create_task(on_ready(), name="ready"))
         if elector is None or elector.leading:
             reconciler.enqueue_everything()

@@ -105,7 +105,10 @@ class Reconciler:
             except KubeError as exc:
                 # A conflict means we decided on stale data: look again at once; other errors back off.
                 log.info("write failed, retrying", kind=kind, namespace=namespace, name=name, error=str(exc))
-                if exc.conflict or exc.not_found:
+                if exc.conflict or exc.status == 422:
+                    await self._refresh(item)
+                    self.enqueue(*item)
+                elif exc.not_found:
                     self.enqueue(*item)
                 else:
                     self.retry_later(item, 2.0)
@@ -118,6 +121,57 @@ class Reconciler:
                 metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
                 for (verb, resource), count in self.kube.writes.items():
                     metrics.WRITES.labels(verb, resource)._value.set(count)
+
+    async def resync(self) -> None:
+        """Compare the caches with a LIST: Kopf's relist after a watch error never drops objects deleted
+        meanwhile, so Pods and claims that are gone are hidden here and their claims released."""
+        listed_pods = await self.kube.request(
+            "GET", path_of("pods"), query=[("labelSelector", f"{names.MANAGED_LABEL}={names.MANAGED_VALUE}")]
+        )
+        listed_claims = await self.kube.request("GET", ours("resourceclaims"))
+        for kind, listed in ((PODS, listed_pods), (CLAIMS, listed_claims)):
+            present = {_key(o) for o in listed.get("items") or []}
+            for obj in list(self.state.all(kind)):
+                if _key(obj) not in present:
+                    log.info("vanished from the cluster", kind=kind, object=_name(obj))
+                    self.state.deleted(kind, obj)
+                    if kind == PODS:
+                        for claim in self._claims_of_pod(obj):
+                            self.enqueue(CLAIM, *_key(claim))
+
+    async def resync_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            if self.is_leader():
+                try:
+                    await self.resync()
+                except KubeError as exc:
+                    log.info("resync failed", error=str(exc))
+
+    async def _refresh(self, item: Item) -> None:
+        """After a failed precondition: read the objects involved again, not waiting for the watch."""
+        kind, namespace, name = item
+        try:
+            if kind == CLAIM:
+                claim = await self.kube.get(ours("resourceclaims", namespace, name))
+                if claim:
+                    self.state.wrote(CLAIMS, claim)
+                return
+            pod = await self.kube.get(path_of("pods", namespace=namespace, name=name))
+            if pod is None:
+                return
+            self.state.wrote(PODS, pod)
+            for ref in pod_claim_refs(pod):
+                if ref.get("resourceClaimName"):
+                    claim = await self.kube.get(ours("resourceclaims", namespace, ref["resourceClaimName"]))
+                    if claim:
+                        self.state.wrote(CLAIMS, claim)
+            for claim in self._claims_of_pod(pod):
+                fresh = await self.kube.get(ours("resourceclaims", *_key(claim)))
+                if fresh:
+                    self.state.wrote(CLAIMS, fresh)
+        except KubeError as exc:
+            log.info("refresh failed", kind=kind, namespace=namespace, name=name, error=str(exc))
 
     # ---------------------------------------------------------------------------------------------- Pods
 

@@ -88,24 +88,24 @@ def test_no_claims_anywhere() -> None:
             _spec([{"name": "gpu", "resourceClaimName": "a", "resourceClaimTemplateName": "b"}]),
             [("spec.resourceClaims[0]", AT_MOST_ONE_MESSAGE)],
         ),
-        (_spec([GPU, GPU]), [("spec.resourceClaims[1].name", "Duplicate value: 'gpu'")]),
+        (_spec([GPU, GPU]), [("spec.resourceClaims[1].name", 'Duplicate value: "gpu"')]),
         (_spec([{**GPU, "name": "GPU"}]), [("spec.resourceClaims[0].name", "DNS label")]),
         (
             _spec([GPU], [_container("a", {"name": "other"})]),
             [
                 (
-                    "spec.containers[0].resources.claims[0].name",
-                    "Not found: 'other': must be one of the names in pod.spec.resourceClaims: gpu",
+                    "spec.containers[0].resources.claims[0]",
+                    'Not found: "other": must be one of the names in pod.spec.resourceClaims: gpu',
                 )
             ],
         ),
         (
             _spec([], [_container("a", {"name": "gpu"})]),
-            [("spec.containers[0].resources.claims[0].name", "pod.spec.resourceClaims which is empty")],
+            [("spec.containers[0].resources.claims[0]", "pod.spec.resourceClaims which is empty")],
         ),
         (
             _spec([GPU], [_container("a", {"name": ""})]),
-            [("spec.containers[0].resources.claims[0].name", "Required")],
+            [("spec.containers[0].resources.claims[0]", "Required")],
         ),
         (
             _spec([GPU], [_container("a", {"name": "gpu", "request": "Bad_Req"})]),
@@ -113,19 +113,24 @@ def test_no_claims_anywhere() -> None:
         ),
         (
             _spec([GPU], [_container("a", {"name": "gpu"}, {"name": "gpu"})]),
-            [("spec.containers[0].resources.claims[1]", "Duplicate value: 'gpu'")],
+            [("spec.containers[0].resources.claims[1]", 'Duplicate value: "gpu"')],
         ),
         (
             _spec([GPU], [_container("a", {"name": "gpu", "request": "r"}, {"name": "gpu", "request": "r"})]),
-            [("spec.containers[0].resources.claims[1]", "Duplicate value: 'gpu/r'")],
+            [("spec.containers[0].resources.claims[1]", 'Duplicate value: "gpu/r"')],
         ),
         (
             _spec([GPU], [_container("a", {"name": "gpu"}, {"name": "gpu", "request": "r"})]),
-            [("spec.containers[0].resources.claims[1]", "the whole claim 'gpu' is already used")],
+            [("spec.containers[0].resources.claims[1]", 'Duplicate value: "gpu" (the whole claim')],
         ),
         (
             _spec([GPU], [_container("a", {"name": "gpu", "request": "r"}, {"name": "gpu"})]),
-            [("spec.containers[0].resources.claims[1]", "already used through one of its requests")],
+            [
+                (
+                    "spec.containers[0].resources.claims[1]",
+                    'Duplicate value: "gpu" (already used through',
+                )
+            ],
         ),
         (
             _spec(
@@ -133,7 +138,7 @@ def test_no_claims_anywhere() -> None:
                 [_container("a", {"name": "gpu", "request": "r"})],
                 initContainers=[_container("i", {"name": "nope"})],
             ),
-            [("spec.initContainers[0].resources.claims[0].name", "Not found: 'nope'")],
+            [("spec.initContainers[0].resources.claims[0]", 'Not found: "nope"')],
         ),
     ],
 )

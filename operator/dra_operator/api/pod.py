@@ -7,6 +7,7 @@ validation, with the apiserver's own messages where users will compare them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,6 +179,9 @@ def claims_used_by_container(obj: dict[str, Any], container: str) -> list[Contai
 def pod_claim_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
     """All problems with the claim references of a Pod or template, as (field path, message); [] when valid.
 
+    Paths and messages are the apiserver's (checked against kube-apiserver 1.36), with a short explanation
+    added where Kubernetes only says "Duplicate value".
+
     Rules (core/v1 Pod validation): pod claim names are unique DNS labels with exactly one source; a container
     claim names a pod claim, its `request` is a DNS label, and a container lists neither the same name/request
     twice nor a whole claim together with one of that claim's requests.
@@ -196,14 +200,14 @@ def pod_claim_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
                 pod_names.add(name)
             continue
         if claim.name in pod_names:
-            problems.append((f"{base}.name", f"Duplicate value: {claim.name!r}"))
+            problems.append((f"{base}.name", f"Duplicate value: {_q(claim.name)}"))
         pod_names.add(claim.name)
 
     per_container: dict[tuple[str, int], set[str]] = {}
     for ref in container_claims(obj):
         seen = per_container.setdefault((ref.container_kind, ref.container_index), set())
         if not ref.name:
-            problems.append((f"{ref.path}.name", "Required value"))
+            problems.append((ref.path, "Required value"))
             continue
         key = ref.name
         if ref.request is not None:
@@ -212,14 +216,20 @@ def pod_claim_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
                 problems.append((f"{ref.path}.request", f"{problem}: {ref.request!r}"))
             key = f"{ref.name}/{ref.request}"
         if key in seen:
-            problems.append((ref.path, f"Duplicate value: {key!r}"))
+            problems.append((ref.path, f"Duplicate value: {_q(key)}"))
         elif ref.request is None and any(k.startswith(ref.name + "/") for k in seen):
             problems.append(
-                (ref.path, f"Duplicate value: {key!r} is already used through one of its requests")
+                (
+                    ref.path,
+                    f"Duplicate value: {_q(ref.name)} (already used through one of its requests)",
+                )
             )
         elif ref.request is not None and ref.name in seen:
             problems.append(
-                (ref.path, f"Duplicate value: {key!r}: the whole claim {ref.name!r} is already used")
+                (
+                    ref.path,
+                    f"Duplicate value: {_q(ref.name)} (the whole claim is used, so not {_q(key)})",
+                )
             )
         seen.add(key)
         if ref.name not in pod_names:
@@ -227,7 +237,7 @@ def pod_claim_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
             detail = "must be one of the names in pod.spec.resourceClaims" + (
                 ": " + ", ".join(sorted(pod_names)) if pod_names else " which is empty"
             )
-            problems.append((f"{ref.path}.name", f"Not found: {ref.name!r}: {detail}"))
+            problems.append((ref.path, f"Not found: {_q(ref.name)}: {detail}"))
     return problems
 
 
@@ -237,6 +247,11 @@ def check_pod_claims(obj: dict[str, Any], *, source: str | None = None) -> list[
     if problems:
         raise InvalidObject(problems, kind=_kind(obj), name=_name(obj), source=source)
     return pod_resource_claims(obj)
+
+
+def _q(value: str) -> str:
+    """A value quoted as the apiserver quotes it in field errors (Go %q)."""
+    return json.dumps(value)
 
 
 def _join(base: str, path: str) -> str:

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dra_operator.admission import names
+from dra_operator.api.pod import ONE_OF_MESSAGE
 
-ONE_OF_MESSAGE = "must specify one of: resourceClaimName, resourceClaimTemplateName"
+# One message for neither *and* both names, as the issue asks (Kubernetes says "at most one of ..." for both).
 
 #: Where each supported kind keeps its Pod template (an empty path: the object is the Pod itself).
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {

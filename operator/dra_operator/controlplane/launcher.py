@@ -62,6 +62,8 @@ SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_START_TIMEOUT = 90.0
 _STOP_GRACE = 10.0
+_RUN_DIR_PREFIX = "dra-controlplane-"
+_OWNER_FILE = "owner.pid"
 
 
 class ControlPlaneError(RuntimeError):
@@ -73,6 +75,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _sweep_stale_run_dirs() -> None:
+    # A run killed with SIGKILL takes its servers along (PR_SET_PDEATHSIG) but cannot remove its directory;
+    # remove those whose owner is gone. Directories without an owner file are left alone.
+    for directory in Path(tempfile.gettempdir()).glob(f"{_RUN_DIR_PREFIX}*"):
+        try:
+            owner = int((directory / _OWNER_FILE).read_text())
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 def _die_with_parent() -> None:
@@ -254,7 +269,9 @@ class ControlPlane:
             self._run_dir = self._requested_run_dir
             self._run_dir.mkdir(parents=True, exist_ok=True)
         else:
-            self._run_dir = Path(tempfile.mkdtemp(prefix="dra-controlplane-"))
+            _sweep_stale_run_dirs()
+            self._run_dir = Path(tempfile.mkdtemp(prefix=_RUN_DIR_PREFIX))
+            (self._run_dir / _OWNER_FILE).write_text(str(os.getpid()))
         self._pki = generate_pki(self._run_dir / "pki")
         self._ports = _Ports.pick()
         self._ssl = _client_ssl(self._pki)

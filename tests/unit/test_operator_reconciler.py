@@ -17,7 +17,7 @@ from dra_operator.admission.mutation import mutate
 from dra_operator.kube.client import KubeError, resource_of
 from dra_operator.operator.allocating import AllocationRequest, Failure, Placed
 from dra_operator.operator.reconciler import Reconciler
-from dra_operator.operator.state import CLAIMS, INDEXES, NODES, PODS, TEMPLATES, State, key_of
+from dra_operator.operator.state import CLAIMS, CLASSES, INDEXES, NODES, PODS, TEMPLATES, State, key_of
 
 Json = dict[str, Any]
 NS = "ns"
@@ -168,6 +168,10 @@ class World:
         self.kube.put(
             "/api/v1/nodes/n1", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {}}}
         )
+        self.kube.put(
+            "/apis/resource.dra-operator.io/v1/deviceclasses/c",
+            {"apiVersion": "resource.dra-operator.io/v1", "kind": "DeviceClass", "metadata": {"name": "c"}},
+        )
         self.sync()
 
     def sync(self) -> None:
@@ -178,6 +182,7 @@ class World:
             "/resourceclaims/": CLAIMS,
             "/resourceclaimtemplates/": TEMPLATES,
             "/nodes/": NODES,
+            "/deviceclasses/": CLASSES,
         }
         for path, obj in self.kube.objects.items():
             for marker, kind in kinds.items():
@@ -317,6 +322,18 @@ def test_missing_objects_leave_the_pod_gated_with_a_warning(ref: Json, reason: s
     assert not w.kube.writes and gated(w.pod("p"))
     assert w.recorder.reasons("p") == [reason]
     assert w.recorder.events[0][1] == "Warning"
+
+
+def test_missing_class_is_reported_before_allocating() -> None:
+    w = World()
+    template = copy.deepcopy(TEMPLATE)
+    template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] = "nope"
+    w.add(f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl", template)
+    w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert gated(w.pod("p")) and w.allocator.calls == 0
+    assert w.recorder.reasons("p") == ["ClaimCreated", "ClassNotFound"]
+    assert "device class nope does not exist" in w.recorder.events[-1][3]
 
 
 def test_no_device_left_keeps_the_pod_gated_and_explains() -> None:

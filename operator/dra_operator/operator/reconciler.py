@@ -267,6 +267,10 @@ class Reconciler:
                     pod, "AllocationFailed", f"ResourceClaim {_name(claim)} is reserved for 256 consumers"
                 )
                 return
+        missing = self._missing_classes(claims)
+        if missing:
+            self._fail(pod, "ClassNotFound", "; ".join(missing), claims=list(claims.values()))
+            return
         request = AllocationRequest(
             pod=pod,
             claims=claims,
@@ -299,6 +303,25 @@ class Reconciler:
         metrics.ALLOCATIONS.inc()
         metrics.LATENCY.observe(max(0.0, time.time() - max(self.started, _created(pod))))
         log.info("pod ungated", pod=_name(pod), node=outcome.node, claims=placed)
+
+    def _missing_classes(self, claims: Mapping[str, Json]) -> list[str]:
+        """`claim X request R: device class C does not exist` for each unallocated request naming no class."""
+        missing = []
+        for claim in claims.values():
+            if (claim.get("status") or {}).get("allocation"):
+                continue
+            for request in ((claim.get("spec") or {}).get("devices") or {}).get("requests") or []:
+                subs = (
+                    [request.get("exactly") or {}]
+                    if request.get("exactly")
+                    else request.get("firstAvailable") or []
+                )
+                for sub in subs:
+                    name = sub.get("deviceClassName")
+                    if name and self.state.get(CLASSES, ("", str(name))) is None:
+                        what = f"claim {_name(claim)} request {request.get('name')}"
+                        missing.append(f"{what}: device class {name} does not exist")
+        return missing
 
     async def _reserve(self, claim: Json, pod: Json, allocation: Json | None, node: str | None) -> Json:
         """Allocate (if new) and reserve `claim` for `pod`: finalizer first, then one status PUT."""

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import yaml
+from pydantic import ValidationError
 
 from dra_operator.allocation import Allocation, Node, PodRef, Snapshot, allocate, claim_key
+from dra_operator.allocation.nodes import selector_matches
 from dra_operator.allocation.snapshot import ClaimKey
 from dra_operator.api.loader import load_dra_objects
 from dra_operator.api.pod import check_pod_claims, pod_spec_of
@@ -35,6 +37,7 @@ from dra_operator.api.resource import (
     RESERVED_FOR_MAX,
     DeviceClass,
     InvalidObject,
+    NodeSelector,
     ResourceClaim,
     ResourceClaimConsumerReference,
     ResourceClaimStatus,
@@ -206,6 +209,33 @@ def expand_pods(world: World, node_names: Sequence[str | None]) -> list[PodRun]:
     return runs
 
 
+def pod_nodes(run: PodRun, nodes: Sequence[Node]) -> list[str | None] | None:
+    """The nodes the Pod's own spec allows (nodeName, nodeSelector, required node affinity); None: all."""
+    spec = run.pod["spec"]
+    allowed: list[str | None] | None = None
+    if run.only_node:
+        allowed = [run.only_node]
+    node_name = spec.get("nodeName")
+    labels = spec.get("nodeSelector") or {}
+    affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    if not node_name and not labels and not affinity:
+        return allowed
+    try:
+        required = NodeSelector.model_validate(affinity) if affinity else None
+    except ValidationError as err:
+        raise InputError(f"{run.source}: Pod {run.ref.name}: spec.affinity.nodeAffinity: {err}") from None
+    matching = [
+        n.name
+        for n in nodes
+        if (not node_name or n.name == node_name)
+        and all(n.labels.get(k) == v for k, v in labels.items())
+        and (required is None or selector_matches(required, n))
+    ]
+    return matching if allowed is None else [n for n in matching if n in allowed]
+
+
 def _suffix(seed: str) -> str:
     digest = hashlib.sha256(seed.encode()).digest()
     return "".join(_SUFFIX_ALPHABET[b % len(_SUFFIX_ALPHABET)] for b in digest[:5])
@@ -271,7 +301,7 @@ def simulate(world: World) -> tuple[list[PodRun], dict[ClaimKey, str]]:
                 f"resourceclaim {'/'.join(full[0])} is reserved for {RESERVED_FOR_MAX} consumers already"
             )
             continue
-        outcome = allocate(snapshot, run.ref, claims, [run.only_node] if run.only_node else None)
+        outcome = allocate(snapshot, run.ref, claims, pod_nodes(run, snapshot.nodes))
         if not isinstance(outcome, Allocation):
             explanations[(run.ref.namespace, run.ref.name)] = outcome.explanation.render()
             continue
@@ -332,9 +362,20 @@ def render_table(
                 out.write(f"    {text_line}\n")
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (CEL expressions) as literal blocks, as people write them."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def render_yaml(world: World, out: TextIO) -> None:
     documents = [world.claims[key].to_dict() for key in world.order]
-    yaml.safe_dump_all(documents, out, sort_keys=False, default_flow_style=False)
+    yaml.dump_all(documents, out, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def main(args: argparse.Namespace) -> int:

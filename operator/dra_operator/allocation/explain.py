@@ -145,6 +145,7 @@ class RequestUnsatisfiable:
     tainted: DeviceNames = field(default_factory=DeviceNames)
     not_matching: DeviceNames = field(default_factory=DeviceNames)
     other_pools: tuple[str, ...] = ()  # incomplete or invalid pools that were skipped
+    no_counters: DeviceNames = field(default_factory=DeviceNames)  # their pool's shared counters are used up
 
     def render(self) -> str:
         if self.all_mode:
@@ -153,7 +154,7 @@ class RequestUnsatisfiable:
             noun = "device" if self.needed == 1 else "devices"
             head = f"{_request(self.claim, self.request)} needs {self.needed} {noun}"
         parts: list[str] = []
-        matching = self.usable.total + self.in_use_total + self.tainted.total
+        matching = self.usable.total + self.in_use_total + self.tainted.total + self.no_counters.total
         if matching == 0:
             parts.append("no device matches its selectors")
         elif self.all_mode:
@@ -168,6 +169,8 @@ class RequestUnsatisfiable:
             parts.append(f"in use: {shown}" + (f", … ({more} more)" if more > 0 else ""))
         if self.tainted:
             parts.append(f"tainted (not tolerated): {self.tainted.render()}")
+        if self.no_counters:
+            parts.append(f"shared counters used up: {self.no_counters.render()}")
         if self.not_matching:
             parts.append(f"selectors false on {self.not_matching.total}: {self.not_matching.render()}")
         if self.other_pools:

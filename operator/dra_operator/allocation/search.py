@@ -20,8 +20,9 @@ changing any outcome:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from dra_operator.allocation.constraints import Constraint, lookup_attribute, typed_value
 from dra_operator.allocation.explain import (
@@ -45,7 +46,14 @@ from dra_operator.allocation.explain import (
 )
 from dra_operator.allocation.nodes import NODE_NAME_FIELD, Node, selector_matches
 from dra_operator.allocation.selectors import SelectorFailure
-from dra_operator.allocation.snapshot import ClaimKey, RequestSignature, Snapshot, claim_key, toleration_key
+from dra_operator.allocation.snapshot import (
+    ClaimKey,
+    DeviceRecord,
+    RequestSignature,
+    Snapshot,
+    claim_key,
+    toleration_key,
+)
 from dra_operator.api.resource import (
     ALL,
     AllocationResult,
@@ -219,6 +227,9 @@ class _NodeSearch:
         self._keys: dict[int, Hashable] = {}
         self._attr_names = sorted({k.attribute for cs in self.constraints for k in cs})
         self._alts = [alt for c in claims for r in c.requests for alt in r.alts]
+        # Partitionable devices: per pool, counters left by allocated devices and those consumed in flight.
+        self._counters_left: dict[tuple[str, str], dict[tuple[str, str], Fraction]] = {}
+        self._counters_used: dict[tuple[str, str], dict[tuple[str, str], Fraction]] = {}
 
     # -- setup: what Kubernetes checks before searching (validateDeviceRequest)
 
@@ -358,7 +369,10 @@ class _NodeSearch:
                 return False
         elif self._busy(id_index):
             return False
+        if record.device.consumes_counters and not self._take_counters(record):
+            return False
         if record.taints and alt.signature.blocked_by_taint(record.taints):
+            self._return_counters(record)
             return False
         constraints = self.constraints[ci]
         driver = record.id[0]
@@ -376,15 +390,42 @@ class _NodeSearch:
                     )
                 for earlier in constraints[:position]:
                     earlier.remove(alt.request, alt.subrequest)
+                self._return_counters(record)
                 return False
         self.allocating.setdefault(id_index, []).append(ci)
         self.results[ci].append((alt, index))
         return True
 
+    def _take_counters(self, record: DeviceRecord) -> bool:
+        """Consume the device's counters; False (nothing consumed) if any counter of its pool would go
+        below zero, as Kubernetes checks every counter of the pool."""
+        pool = (record.slice.driver, record.slice.pool)
+        left = self._counters_left.get(pool)
+        if left is None:
+            left = self._counters_left[pool] = self.snapshot.counters_available(record)
+        used = self._counters_used.setdefault(pool, {})
+        self._consume(record, used, 1)
+        if any(value < used.get(key, 0) for key, value in left.items()):
+            self._consume(record, used, -1)
+            return False
+        return True
+
+    def _return_counters(self, record: DeviceRecord) -> None:
+        if record.device.consumes_counters:
+            self._consume(record, self._counters_used[(record.slice.driver, record.slice.pool)], -1)
+
+    @staticmethod
+    def _consume(record: DeviceRecord, used: dict[tuple[str, str], Fraction], sign: int) -> None:
+        for consumption in record.device.consumes_counters or ():
+            for name, counter in consumption.counters.items():
+                key = (consumption.counter_set, name)
+                used[key] = used.get(key, Fraction(0)) + sign * counter.value.value
+
     def _undo(self, ci: int, alt: _Alt, index: int) -> None:
         for constraint in self.constraints[ci]:
             constraint.remove(alt.request, alt.subrequest)
         record = self.records[index]
+        self._return_counters(record)
         self.allocating[record.id_index].remove(ci)
         self.results[ci].pop()
 
@@ -407,7 +448,15 @@ class _NodeSearch:
                 typed_value(lookup_attribute(record.attributes, record.id[0], name))
                 for name in self._attr_names
             )
-            found = (tuple(outcomes), on_node, attributes)
+            counters: object = None
+            if record.device.consumes_counters:
+                # Devices drawing on counters are only interchangeable within one pool, with equal draws.
+                draws = tuple(
+                    (c.counter_set, tuple(sorted((n, v.value.value) for n, v in c.counters.items())))
+                    for c in record.device.consumes_counters
+                )
+                counters = (record.slice.driver, record.slice.pool, record.slice.generation, draws)
+            found = (tuple(outcomes), on_node, attributes, counters)
             self._keys[index] = found
         id_index = self.records[index].id_index
         return (found, self.in_use[id_index] > 0, tuple(self.allocating.get(id_index, ())))
@@ -417,8 +466,9 @@ class _NodeSearch:
     def allocation_results(self) -> list[AllocationResult]:
         out: list[AllocationResult] = []
         for ci, claim in enumerate(self.claims):
+            # The values come from validated objects: construct without validating again (hot path).
             results = [
-                DeviceRequestAllocationResult(
+                DeviceRequestAllocationResult.model_construct(
                     request=alt.name,
                     driver=self.records[index].id[0],
                     pool=self.records[index].id[1],
@@ -430,8 +480,8 @@ class _NodeSearch:
             ]
             config = self._config(ci, claim)
             out.append(
-                AllocationResult(
-                    devices=DeviceAllocationResult(results=results, config=config or None),
+                AllocationResult.model_construct(
+                    devices=DeviceAllocationResult.model_construct(results=results, config=config or None),
                     node_selector=self._node_selector(ci),
                 )
             )
@@ -478,16 +528,11 @@ class _NodeSearch:
             if not node_name and record.device.binds_to_node:
                 node_name = self.node.name
             if node_name:
-                return NodeSelector(
-                    node_selector_terms=[
-                        NodeSelectorTerm(
-                            match_fields=[
-                                NodeSelectorRequirement(
-                                    key=NODE_NAME_FIELD, operator="In", values=[node_name]
-                                )
-                            ]
-                        )
-                    ]
+                requirement = NodeSelectorRequirement.model_construct(
+                    key=NODE_NAME_FIELD, operator="In", values=[node_name]
+                )
+                return NodeSelector.model_construct(
+                    node_selector_terms=[NodeSelectorTerm.model_construct(match_fields=[requirement])]
                 )
             selector = record.node_selector()
             if selector is not None and len(selector.node_selector_terms) == 1:
@@ -532,6 +577,7 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
                 free: list[int] = []
                 busy: list[int] = []
                 tainted: list[str] = []
+                no_counters: list[str] = []
                 not_matching: list[str] = []
                 for index in pools_devices:
                     record = records[index]
@@ -543,10 +589,13 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
                         tainted.append(record.label)
                     elif snapshot.in_use(record) and not alt.admin:
                         busy.append(index)
+                    elif record.device.consumes_counters and not _counters_fit(snapshot, record):
+                        no_counters.append(record.label)
                     else:
                         free.append(index)
-                needed = len(free) + len(busy) + len(tainted) if alt.all_mode else alt.count
-                short = (not free or busy or tainted) if alt.all_mode else len(free) < needed
+                matching = len(free) + len(busy) + len(tainted) + len(no_counters)
+                needed = matching if alt.all_mode else alt.count
+                short = (not free or len(free) < matching) if alt.all_mode else len(free) < needed
                 if short:
                     holders = [(records[i].label, _holder(snapshot, i)) for i in busy[:SHOWN_DEVICES]]
                     per_alt.append(
@@ -559,6 +608,7 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
                             in_use=tuple(holders),
                             in_use_total=len(busy),
                             tainted=DeviceNames.of(tainted),
+                            no_counters=DeviceNames.of(no_counters),
                             not_matching=DeviceNames.of(not_matching)
                             if not free and not busy and not tainted
                             else DeviceNames(),
@@ -582,6 +632,17 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
     if not reasons:
         reasons.append(NoCombination())
     return NodeFailure(node.name, tuple(reasons))
+
+
+def _counters_fit(snapshot: Snapshot, record: DeviceRecord) -> bool:
+    """Whether the device alone fits its pool's counters, given the allocated devices."""
+    left = snapshot.counters_available(record)
+    for consumption in record.device.consumes_counters or ():
+        for name, counter in consumption.counters.items():
+            left[(consumption.counter_set, name)] = left.get((consumption.counter_set, name), Fraction(0)) - (
+                counter.value.value
+            )
+    return all(value >= 0 for value in left.values())
 
 
 def _holder(snapshot: Snapshot, index: int) -> str:
@@ -621,19 +682,25 @@ def allocate(
     snapshot: Snapshot,
     pod: PodRef,
     claims: Sequence[ResourceClaim],
-    nodes: Sequence[str] | None = None,
+    nodes: Sequence[str | None] | None = None,
 ) -> Outcome:
     """Allocate all of a Pod's claims together on one node, or explain why not.
 
     Claims with `status.allocation` are reused: they are not allocated again and restrict the node to their
-    `nodeSelector`. `nodes`, when given, limits the candidate nodes (e.g. a Pod's own node affinity). The
-    snapshot is not changed; call `Allocation.commit(snapshot)` once the results are written.
+    `nodeSelector` (and are recorded in the snapshot if it did not know them yet). `nodes`, when given,
+    limits the candidate nodes (e.g. a Pod's own node affinity). The snapshot is otherwise not changed;
+    call `Allocation.commit(snapshot)` once the results are written.
     """
     unique: dict[ClaimKey, ResourceClaim] = {}
     for claim in claims:
         unique.setdefault(claim_key(claim), claim)
     allocated = [c for c in unique.values() if c.status is not None and c.status.allocation is not None]
     pending = [c for c in unique.values() if c.status is None or c.status.allocation is None]
+    for claim in allocated:
+        # An allocated claim the snapshot has not seen yet: its devices are in use all the same.
+        known = snapshot.allocation_of(claim_key(claim)) is not None
+        if not known and claim.status is not None and claim.status.allocation is not None:
+            snapshot.record_allocation(claim_key(claim), claim.status.allocation)
 
     plans: list[_Claim] = []
     for claim in pending:
@@ -643,33 +710,47 @@ def allocate(
         plans.append(plan)
 
     allowed = set(nodes) if nodes is not None else None
-    excluded: list[NodeFailure] = []
-    candidates: list[int] = []
-    for position, node in enumerate(snapshot.nodes):
-        if allowed is not None and node.name not in allowed:
-            continue
-        blocking = [
-            _claim_label(c)
-            for c in allocated
-            if c.status is not None
-            and c.status.allocation is not None
-            and c.status.allocation.node_selector is not None
-            and not selector_matches(c.status.allocation.node_selector, node)
-        ]
-        if blocking:
-            excluded.append(NodeFailure(node.name, tuple(ClaimNotOnNode(label) for label in blocking)))
-        else:
-            candidates.append(position)
+    selectors = [
+        (_claim_label(c), c.status.allocation.node_selector)
+        for c in allocated
+        if c.status is not None and c.status.allocation is not None and c.status.allocation.node_selector
+    ]
+
+    def blocking(node: Node) -> list[str]:
+        """Allocated claims whose nodeSelector excludes the node."""
+        return [label for label, selector in selectors if not selector_matches(selector, node)]
+
+    def candidates(begin: int = 0) -> Iterator[int]:
+        for position in range(begin, len(snapshot.nodes)):
+            node = snapshot.nodes[position]
+            if allowed is not None and node.name not in allowed:
+                continue
+            if selectors and blocking(node):
+                continue
+            yield position
+
+    def excluded() -> list[NodeFailure]:
+        found = []
+        for node in snapshot.nodes:
+            if allowed is not None and node.name not in allowed:
+                continue
+            labels = blocking(node)
+            if labels:
+                found.append(NodeFailure(node.name, tuple(ClaimNotOnNode(label) for label in labels)))
+        return found
+
     reused = tuple(claim_key(c) for c in allocated)
 
-    if not plans:
-        if candidates:
-            return Allocation(snapshot.nodes[candidates[0]].name, {}, reused)
+    first = next(candidates(), None)
+    if not plans or first is None:
+        if first is not None:
+            return Allocation(snapshot.nodes[first].name, {}, reused)
+        left_out = excluded()
         return Unallocatable(
-            Explanation(pod.label, nodes=tuple(excluded[:DETAILED_NODES]), nodes_total=len(excluded))
+            Explanation(pod.label, nodes=tuple(left_out[:DETAILED_NODES]), nodes_total=len(left_out))
         )
 
-    if candidates:
+    if first is not None:
         # Without All requests the device count is the same on every node: fail before skipping any node.
         for plan in plans:
             if any(alt.all_mode for request in plan.requests for alt in request.alts):
@@ -694,9 +775,7 @@ def allocate(
     start = 0 if full_scan else max((snapshot.frontier(sig) for sig in needs), default=0)
 
     chosen: tuple[Node, _NodeSearch] | None = None
-    for position in candidates:
-        if position < start:
-            continue
+    for position in candidates(start):
         node = snapshot.nodes[position]
         if not full_scan and any(snapshot.free_candidates(sig, node) < n for sig, n in needs.items()):
             continue
@@ -715,8 +794,10 @@ def allocate(
         results = dict(zip((p.key for p in plans), search.allocation_results(), strict=True))
         return Allocation(node.name, results, reused)
 
-    detailed = [_diagnose(snapshot, snapshot.nodes[p], plans) for p in candidates[:DETAILED_NODES]]
-    shown = (detailed + excluded)[:DETAILED_NODES]
+    positions = list(candidates())
+    left_out = excluded()
+    detailed = [_diagnose(snapshot, snapshot.nodes[p], plans) for p in positions[:DETAILED_NODES]]
+    shown = (detailed + left_out)[:DETAILED_NODES]
     return Unallocatable(
-        Explanation(pod.label, nodes=tuple(shown), nodes_total=len(candidates) + len(excluded))
+        Explanation(pod.label, nodes=tuple(shown), nodes_total=len(positions) + len(left_out))
     )

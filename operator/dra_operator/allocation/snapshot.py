@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import NamedTuple
 
 from dra_operator.allocation.nodes import Node, selector_matches
 from dra_operator.allocation.selectors import Result, SelectorCache, SelectorFailure
 from dra_operator.api.resource import (
     AllocationResult,
+    CounterSet,
     Device,
     DeviceAttribute,
     DeviceClass,
@@ -62,9 +65,10 @@ def tolerates(toleration: TolerationKey, taint: DeviceTaint) -> bool:
     return value == (taint.value or "")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestSignature:
-    """What decides whether a device can serve a request: class and request selectors, tolerations."""
+class RequestSignature(NamedTuple):
+    """What decides whether a device can serve a request: class and request selectors, tolerations.
+
+    A tuple, so that the many dictionary lookups keyed by it compare in C."""
 
     class_name: str
     class_expressions: tuple[str, ...]
@@ -102,6 +106,7 @@ class SliceRecord:
     node_name: str | None
     node_selector: NodeSelector | None
     devices: list[int] = field(default_factory=list)
+    counter_sets: tuple[CounterSet, ...] = ()
 
 
 @dataclass(slots=True)
@@ -271,6 +276,7 @@ class Snapshot:
             scope=_slice_scope(slice_),
             node_name=spec.node_name,
             node_selector=spec.node_selector,
+            counter_sets=tuple(spec.shared_counters or ()),
         )
         self._slices.append(record)
         pool = self._pools.setdefault((record.driver, record.pool), _Pool(record.driver, record.pool))
@@ -421,11 +427,60 @@ class Snapshot:
                         invalid = f"duplicate device name {name}"
                     seen.add(name)
                     devices.append(index)
+            invalid = invalid or self._counter_problem(slices)
             if invalid is not None:
                 pools.append(PoolView(key[0], key[1], invalid=invalid))
                 continue
             pools.append(PoolView(key[0], key[1], devices=tuple(devices)))
         return NodeView(node, tuple(pools))
+
+    @staticmethod
+    def _counter_sets(slices: Iterable[SliceRecord]) -> tuple[dict[str, CounterSet], str | None]:
+        sets: dict[str, CounterSet] = {}
+        for slice_ in slices:
+            for counter_set in slice_.counter_sets:
+                if counter_set.name in sets:
+                    return sets, f"duplicate counter set name {counter_set.name}"
+                sets[counter_set.name] = counter_set
+        return sets, None
+
+    def _counter_problem(self, slices: Sequence[SliceRecord]) -> str | None:
+        """Why the pool's counters are invalid: duplicate sets, or devices consuming unknown counters."""
+        sets, problem = self._counter_sets(s for s in slices if s.scope == SCOPE_COUNTERS)
+        if problem is not None:
+            return problem
+        for slice_ in slices:
+            for index in slice_.devices:
+                for consumption in self.records[index].device.consumes_counters or ():
+                    counter_set = sets.get(consumption.counter_set)
+                    if counter_set is None:
+                        return f"counter set {consumption.counter_set} not found"
+                    for name in consumption.counters:
+                        if name not in counter_set.counters:
+                            return f"counter {name} not found in counter set {counter_set.name}"
+        return None
+
+    def counters_available(self, record: DeviceRecord) -> dict[tuple[str, str], Fraction]:
+        """The counters of the device's pool (same generation) minus what allocated devices consume."""
+        pool = self._pools[(record.slice.driver, record.slice.pool)]
+        slices = pool.by_generation.get(record.slice.generation, [])
+        sets, _ = self._counter_sets(s for s in slices if s.scope == SCOPE_COUNTERS)
+        available = {
+            (set_name, name): counter.value.value
+            for set_name, counter_set in sets.items()
+            for name, counter in counter_set.counters.items()
+        }
+        for slice_ in slices:
+            for index in slice_.devices:
+                other = self.records[index]
+                if not other.device.consumes_counters or not self._in_use[other.id_index]:
+                    continue
+                for consumption in other.device.consumes_counters:
+                    for name, counter in consumption.counters.items():
+                        key = (consumption.counter_set, name)
+                        if key in available:
+                            available[key] -= counter.value.value
+        return available
 
     # ---------------------------------------------------------------------------------------- selectors
 

@@ -8,6 +8,7 @@ uid), so the garbage collector removes them with the Node; while the Node does n
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -22,9 +23,19 @@ from dra_operator.api.resource import GROUP, VERSION
 
 PLURAL = "resourceslices"
 FIELD_MANAGER = "dra-operator-agent"
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 6
 
 log = structlog.get_logger("dra_operator.agent.publisher")
+
+
+def _retry_after(error: ApiException) -> float:
+    """The server's Retry-After (seconds), bounded to [0.1, 5] so a pass never stalls for long."""
+    try:
+        headers: Any = error.headers or {}
+        seconds = float(headers.get("Retry-After", 1))
+    except (TypeError, ValueError):
+        seconds = 1.0
+    return min(max(seconds, 0.1), 5.0)
 
 
 class SlicePublisher:
@@ -62,18 +73,19 @@ class SlicePublisher:
             )
             return []
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            actions = plan(self.node, uid, inventories, await self.existing())
             try:
+                actions = plan(self.node, uid, inventories, await self.existing())
                 for action in actions:
                     await self._execute(action)
                 return actions
             except ApiException as error:
-                # 409: someone wrote in between (or two creates raced); 404: a slice vanished. Start over.
-                if error.status not in (404, 409) or attempt == MAX_ATTEMPTS:
+                # 409: someone wrote in between (or two creates raced); 404: a slice vanished; 429: the server
+                # asks us to come back (a CRD's storage still initialising). Start over, as client-go would.
+                if error.status not in (404, 409, 429) or attempt == MAX_ATTEMPTS:
                     raise
-                log.info(
-                    "slice changed under us; replanning", node=self.node, status=error.status, attempt=attempt
-                )
+                log.info("retrying the sync", node=self.node, status=error.status, attempt=attempt)
+                if error.status == 429:
+                    await asyncio.sleep(_retry_after(error))
         return []
 
     async def _execute(self, action: Action) -> None:

@@ -20,11 +20,17 @@ Public API (no I/O; Kubernetes `resource.k8s.io/v1` semantics of the 1.36 struct
     snapshot.record_allocation((ns, name), result) a claim allocated elsewhere (watch event)
     snapshot.release((ns, name))                   a claim deallocated
 
+For a long-running caller, `SnapshotKeeper(cache).snapshot(classes, slices, nodes, claims)` returns one
+snapshot kept current: rebuilt only when classes, slices or nodes change (uid/resourceVersion), claim
+allocations applied as differences; `keeper.assume(allocation)` keeps an allocation's devices in use until
+the claims show it (the watch lags the write), `keeper.forget((ns, name))` drops it after a failed write.
+
 Deterministic: nodes in name order, pools by (driver, pool), slices by name, devices in slice order; the
 first node with a complete solution wins.
 """
 
 from dra_operator.allocation.explain import Explanation, NodeFailure
+from dra_operator.allocation.keeper import SnapshotKeeper
 from dra_operator.allocation.nodes import Node
 from dra_operator.allocation.search import RESULTS_MAX, Allocation, Outcome, PodRef, Unallocatable, allocate
 from dra_operator.allocation.selectors import SelectorCache, SelectorFailure
@@ -43,6 +49,7 @@ __all__ = [
     "SelectorCache",
     "SelectorFailure",
     "Snapshot",
+    "SnapshotKeeper",
     "Unallocatable",
     "allocate",
     "claim_key",

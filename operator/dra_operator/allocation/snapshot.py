@@ -362,6 +362,9 @@ class Snapshot:
     def allocation_of(self, claim: ClaimKey) -> AllocationResult | None:
         return self._allocated.get(claim)
 
+    def allocated_claims(self) -> list[ClaimKey]:
+        return list(self._allocated)
+
     def in_use(self, record: DeviceRecord) -> bool:
         return self._in_use[record.id_index] > 0
 

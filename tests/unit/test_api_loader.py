@@ -24,7 +24,7 @@ items:
 - apiVersion: resource.k8s.io/v1
   kind: ResourceSlice
   metadata: {name: s}
-  spec: {driver: d.io, pool: {name: n}, allNodes: true}
+  spec: {driver: d.io, pool: {name: n, resourceSliceCount: 1}, allNodes: true}
 ---
 """
 

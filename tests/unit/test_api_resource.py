@@ -134,7 +134,7 @@ CASES: list[tuple[str, dict[str, Any], list[str] | None]] = [
     ),
     ("missing class name", _claim([{"name": "gpu", "exactly": {}}]), ["deviceClassName", "required"]),
     ("expression too long", _claim(_exact(selectors=[_selector("a" * 10241)])), ["expression", "10240"]),
-    ("expression at the limit", _claim(_exact(selectors=[_selector("a" * 10240)])), None),
+    ("expression at the limit", _claim(_exact(selectors=[_selector("true" + " " * 10236)])), None),
     (
         "misindented selector",
         _claim(_exact(selectors=[{"cel": None, "expression": "true"}])),
@@ -251,15 +251,39 @@ CASES: list[tuple[str, dict[str, Any], list[str] | None]] = [
     ("duplicate device names", _slice(None, [_device(), _device()]), ["duplicate device name 'gpu-0'"]),
     ("device name not a label", _slice(None, [_device(name="GPU 0")]), ["devices[0].name", "DNS label"]),
     (
+        # kube-apiserver 1.36 only warns about upper case in driver names
         "driver upper case",
         {**_slice(), "spec": {**_slice()["spec"], "driver": "Driver.Example"}},
+        None,
+    ),
+    (
+        "driver not a subdomain",
+        {**_slice(), "spec": {**_slice()["spec"], "driver": "driver_example"}},
         ["driver name"],
     ),
-    ("pool with slashes", _slice({"nodeName": "n", "pool": {"name": "a.b/c-d"}}), None),
-    ("pool bad part", _slice({"nodeName": "n", "pool": {"name": "a//b"}}), ["pool.name"]),
+    (
+        "driver too long",
+        {**_slice(), "spec": {**_slice()["spec"], "driver": "d" * 60 + ".com"}},
+        ["no more than 63"],
+    ),
+    (
+        "pool without resourceSliceCount",
+        _slice({"nodeName": "n", "pool": {"name": "p"}}),
+        ["spec.pool.resourceSliceCount: required"],
+    ),
+    (
+        "pool with slashes",
+        _slice({"nodeName": "n", "pool": {"name": "a.b/c-d", "resourceSliceCount": 1}}),
+        None,
+    ),
+    (
+        "pool bad part",
+        _slice({"nodeName": "n", "pool": {"name": "a//b", "resourceSliceCount": 1}}),
+        ["pool.name"],
+    ),
     (
         "pool negative generation",
-        _slice({"nodeName": "n", "pool": {"name": "p", "generation": -1}}),
+        _slice({"nodeName": "n", "pool": {"name": "p", "generation": -1, "resourceSliceCount": 1}}),
         ["generation"],
     ),
     (

@@ -69,10 +69,13 @@ def dns_subdomain_error(value: str) -> str | None:
 
 
 def driver_name_error(value: str) -> str | None:
-    """Driver names follow the CSI driver name format: a lowercase DNS subdomain of at most 63 characters."""
+    """Driver names: a DNS subdomain of at most 63 characters (CSI driver name rules).
+
+    Upper case is accepted, as kube-apiserver 1.36 does (it only warns that names should be lower case).
+    """
     if len(value) > DRIVER_NAME_MAX:
         return f"driver name must be no more than {DRIVER_NAME_MAX} characters"
-    problem = dns_subdomain_error(value)
+    problem = dns_subdomain_error(value.lower())
     return None if problem is None else f"driver name {problem}"
 
 
@@ -136,8 +139,9 @@ DNSLabel = Annotated[str, _checker(dns_label_error), Format(pattern=f"^{_LABEL}$
 DNSSubdomain = Annotated[
     str, _checker(dns_subdomain_error), Format(pattern=f"^{_SUBDOMAIN}$", max_length=DNS_SUBDOMAIN_MAX)
 ]
+_DRIVER_PATTERN = "^" + _SUBDOMAIN.replace("a-z0-9", "A-Za-z0-9") + "$"
 DriverName = Annotated[
-    str, _checker(driver_name_error), Format(pattern=f"^{_SUBDOMAIN}$", max_length=DRIVER_NAME_MAX)
+    str, _checker(driver_name_error), Format(pattern=_DRIVER_PATTERN, max_length=DRIVER_NAME_MAX)
 ]
 PoolName = Annotated[str, _checker(pool_name_error), Format(pattern=_POOL_PATTERN, max_length=POOL_NAME_MAX)]
 QualifiedName = Annotated[

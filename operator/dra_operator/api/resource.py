@@ -272,7 +272,11 @@ class CapacityRequirements(KubeModel):
 
 
 def _check_count(mode: AllocationMode, count: int | None) -> int | None:
-    """Kubernetes' defaulting and validation of count: 1 by default for ExactCount, > 0, and unset for All."""
+    """Kubernetes' defaulting and validation of count: 1 by default for ExactCount, > 0, and unset for All.
+
+    An explicit `count: 0` is rejected here, as the issue asks, although kube-apiserver 1.36 accepts it: its
+    int64 field with omitempty cannot tell 0 from unset, so it defaults 0 to 1.
+    """
     if mode == EXACT_COUNT:
         if count is None:
             return 1
@@ -674,8 +678,9 @@ class Device(KubeModel):
 
 class ResourcePool(KubeModel):
     name: PoolName
+    # Kubernetes reads a missing generation as 0 (valid) and a missing resourceSliceCount as 0 (invalid).
     generation: Annotated[int, Field(ge=0)] = 0
-    resource_slice_count: Annotated[int, Field(gt=0)] = 1
+    resource_slice_count: Annotated[int, Field(gt=0)]
 
 
 class ResourceSliceSpec(KubeModel):

@@ -366,6 +366,44 @@ CASES.append(
 )
 
 
+def _class(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "DeviceClass", "metadata": {"name": "gpu"}, "spec": spec}
+
+
+def _template(metadata: dict[str, Any] | None = None, **devices: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"spec": _claim(**devices)["spec"]}
+    if metadata is not None:
+        spec["metadata"] = metadata
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "t"},
+        "spec": spec,
+    }
+
+
+_OPAQUE = {"opaque": {"driver": "d.io", "parameters": {"a": 1}}}
+CASES += [
+    ("class", _class(selectors=[_selector("true")], config=[_OPAQUE]), None),
+    ("empty class", _class(), None),
+    ("class 33 selectors", _class(selectors=[_selector("true")] * 33), ["spec.selectors", "at most 32"]),
+    ("class config without opaque", _class(config=[{}]), ["spec.config[0]", "opaque"]),
+    ("class 33 configs", _class(config=[_OPAQUE] * 33), ["spec.config", "at most 32"]),
+    (
+        "class misindented selector",
+        _class(selectors=[{"cel": None, "expression": "true"}]),
+        ["spec.selectors[0]", "must be nested under `cel`"],
+    ),
+    ("template", _template(), None),
+    ("template labels", _template({"labels": {"a": "b"}, "annotations": {"c": "d"}}), None),
+    (
+        "template count 0",
+        _template(requests=_exact(count=-1)),
+        ["spec.spec.devices.requests[0].exactly.count"],
+    ),
+]
+
+
 @pytest.mark.parametrize(("obj", "expected"), [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])
 def test_validation_rule(obj: dict[str, Any], expected: list[str] | None) -> None:
     if expected is None:

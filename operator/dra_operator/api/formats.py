@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer
@@ -46,6 +47,7 @@ STRING_ATTRIBUTE_MAX = 64
 VERSION_ATTRIBUTE_MAX = 64
 
 
+@lru_cache(maxsize=16384)
 def dns_label_error(value: str) -> str | None:
     """Why `value` is not a DNS label (RFC 1123), or None when it is one."""
     if not value:
@@ -57,6 +59,7 @@ def dns_label_error(value: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=16384)
 def dns_subdomain_error(value: str) -> str | None:
     """Why `value` is not a DNS subdomain (RFC 1123), or None when it is one."""
     if not value:
@@ -68,6 +71,7 @@ def dns_subdomain_error(value: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=16384)
 def driver_name_error(value: str) -> str | None:
     """Driver names: a DNS subdomain of at most 63 characters (CSI driver name rules).
 
@@ -79,6 +83,7 @@ def driver_name_error(value: str) -> str | None:
     return None if problem is None else f"driver name {problem}"
 
 
+@lru_cache(maxsize=16384)
 def pool_name_error(value: str) -> str | None:
     """Pool names are DNS subdomains separated by '/', at most 253 characters in all."""
     if not value:
@@ -92,6 +97,7 @@ def pool_name_error(value: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=16384)
 def qualified_name_error(value: str, *, require_domain: bool = False) -> str | None:
     """Attribute and capacity names: a C identifier (<= 32) with an optional `domain/` prefix (<= 63)."""
     domain, slash, ident = value.rpartition("/")
@@ -116,6 +122,7 @@ def qualified_name_error(value: str, *, require_domain: bool = False) -> str | N
     return None
 
 
+# The checks are pure functions of short strings and run for every name of every device: cached.
 def _checker(check: Any) -> AfterValidator:
     def validate(value: str) -> str:
         problem = check(value)
@@ -173,6 +180,12 @@ RequestReference = Annotated[
 ]
 
 
+@lru_cache(maxsize=4096)
+def _parse_quantity(text: str) -> Quantity:
+    # Quantities are immutable, and slices repeat the same few capacities on every device.
+    return Quantity.parse(text)
+
+
 def _to_quantity(value: Any) -> Quantity:
     if isinstance(value, Quantity):
         return value
@@ -184,7 +197,7 @@ def _to_quantity(value: Any) -> Quantity:
         # YAML turns `1.5` into a float; its shortest repr is what the user wrote.
         return Quantity.parse(repr(value) if isinstance(value, float) else str(value))
     if isinstance(value, str):
-        return Quantity.parse(value)
+        return _parse_quantity(value)
     raise ValueError(f"a quantity must be a string or a number, not {type(value).__name__}")
 
 

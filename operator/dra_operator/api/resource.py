@@ -540,6 +540,14 @@ class DeviceAttribute(KubeModel):
 
     @model_validator(mode="after")
     def _one_type(self) -> DeviceAttribute:
+        given = (
+            (self.int_value is not None)
+            + (self.bool_value is not None)
+            + (self.string is not None)
+            + (self.version is not None)
+        )
+        if given == 1 and self.version is None:
+            return self  # the common case, kept cheap: slices carry thousands of attributes
         _exactly_one(
             "attribute",
             {

@@ -218,6 +218,7 @@ class ControlPlane:
         """Environment for child processes that should talk to this control plane (KUBECONFIG, PATH)."""
         env = dict(os.environ)
         env["KUBECONFIG"] = str(self.kubeconfig)
+        env["KUBECACHEDIR"] = str(self.run_dir / "kubectl-cache")
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -518,7 +519,13 @@ class ControlPlane:
     ) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl against this control plane; raises CalledProcessError (with stderr)."""
         proc = subprocess.run(
-            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            # Discovery cache in the run directory: ~/.kube/cache would collect one entry per random port.
+            [
+                str(self.bin_dir / "kubectl"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--cache-dir={self.run_dir / 'kubectl-cache'}",
+                *args,
+            ],
             input=input,
             capture_output=True,
             text=True,

@@ -29,8 +29,13 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def slice_crd(control_plane: ControlPlane) -> None:
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(SLICE_CRD))
+def slice_crd(control_plane: ControlPlane, wait_for: Callable[..., Any]) -> None:
+    """Install our ResourceSlice CRD (idempotent) and wait until it is Established."""
+    apply = ("apply", "--server-side", "--force-conflicts", "-f", str(SLICE_CRD))
+    # Right after start-up the apiserver may refuse a CRD write for a moment; what counts is that it lands.
+    wait_for(
+        lambda: control_plane.kubectl(*apply, check=False).returncode == 0, timeout=60, message="CRD applied"
+    )
     control_plane.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
 
 
@@ -296,3 +301,51 @@ def test_labels_mark_our_slices(control_plane: ControlPlane, kubeconfig: str, no
     for obj in found:
         assert obj["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
         assert obj["metadata"]["labels"][NODE_LABEL] == node_name
+
+
+class _FixedBackend:
+    """A backend that always reads the same inventory (as NVML does between events)."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def read_pools(self) -> list[Inventory]:
+        return [self.inventory]
+
+
+def test_xid_event_withdraws_the_device_without_waiting_for_the_interval(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any]
+) -> None:
+    node_name = node["metadata"]["name"]
+    name = slice_name(node_name, DRIVER)
+
+    async def scenario(api: client.ApiClient) -> None:
+        agent = Agent(_FixedBackend(gpus(3)), node_name, SlicePublisher(api, node_name), driver=DRIVER,
+                      policy="withdraw", interval=3600)  # fmt: skip
+        task = asyncio.create_task(agent.run())
+        try:
+
+            async def devices(names: list[str]) -> dict[str, Any] | None:
+                found = get_slice(control_plane, name)
+                return found if found is not None and device_names(found) == names else None
+
+            await eventually(lambda: devices(["gpu-0", "gpu-1", "gpu-2"]), 30, "first publication")
+            # The NVML watcher thread hands events over like this; the interval (1 h) is not waited for.
+            loop = asyncio.get_running_loop()
+            event = HealthEvent(kind="xid", uuid="GPU-2", xid=79)
+            await asyncio.to_thread(loop.call_soon_threadsafe, agent.on_health_event, event)
+            withdrawn = await eventually(
+                lambda: devices(["gpu-0", "gpu-1"]), 30, "gpu-2 withdrawn after Xid 79"
+            )
+            assert withdrawn["spec"]["pool"]["generation"] == 2
+        finally:
+            agent.stopping.set()
+            await asyncio.wait_for(task, timeout=10)
+
+    run(kubeconfig, scenario)

@@ -8,6 +8,7 @@ rules the CRD generator puts into `x-kubernetes-validations`; the class's Python
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -204,8 +205,6 @@ class OpaqueDeviceConfiguration(KubeModel):
     @field_validator("parameters")
     @classmethod
     def _parameters_size(cls, value: dict[str, Any]) -> dict[str, Any]:
-        import json
-
         if len(json.dumps(value, separators=(",", ":"))) > OPAQUE_PARAMETERS_MAX:
             raise ValueError(f"parameters must be no more than {OPAQUE_PARAMETERS_MAX} bytes")
         return value
@@ -620,9 +619,8 @@ class DeviceTaint(KubeModel):
     time_added: str | None = None
 
 
-def _node_scope(
-    owner: str, node_name: str | None, node_selector: Any, all_nodes: bool | None
-) -> dict[str, bool]:
+def _node_scope(node_name: str | None, node_selector: Any, all_nodes: bool | None) -> dict[str, bool]:
+    """Which node-scoping fields are set; allNodes counts only when true, as in Kubernetes."""
     return {
         "nodeName": bool(node_name),
         "nodeSelector": node_selector is not None,
@@ -671,7 +669,7 @@ class Device(KubeModel):
                 f"device {self.name!r}: attributes and capacity together must have at most "
                 f"{ATTRIBUTES_AND_CAPACITY_MAX} entries, got {entries}"
             )
-        scope = _node_scope(self.name, self.node_name, self.node_selector, self.all_nodes)
+        scope = _node_scope(self.node_name, self.node_selector, self.all_nodes)
         if sum(scope.values()) > 1:
             given = " and ".join(name for name, present in scope.items() if present)
             raise ValueError(
@@ -729,7 +727,7 @@ class ResourceSliceSpec(KubeModel):
 
     @model_validator(mode="after")
     def _scope_and_limits(self) -> ResourceSliceSpec:
-        scope = _node_scope("slice", self.node_name, self.node_selector, self.all_nodes)
+        scope = _node_scope(self.node_name, self.node_selector, self.all_nodes)
         scope["perDeviceNodeSelection"] = bool(self.per_device_node_selection)
         _exactly_one("slice", scope)
         if self.node_selector is not None and len(self.node_selector.node_selector_terms) != 1:

@@ -349,3 +349,45 @@ def test_xid_event_withdraws_the_device_without_waiting_for_the_interval(
             await asyncio.wait_for(task, timeout=10)
 
     run(kubeconfig, scenario)
+
+
+def test_nvml_shaped_devices_are_accepted_by_the_crd(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any]
+) -> None:
+    """A full GPU and a MIG device with every attribute and capacity the NVML backend writes."""
+    from dra_operator.agent.inventory import Version
+    from dra_operator.agent.nvml import binary_si, mig_device_name
+
+    node_name = node["metadata"]["name"]
+    common: dict[str, Any] = {
+        "productName": "NVIDIA A100-SXM4-40GB",
+        "brand": "Tesla",
+        "architecture": "Ampere",
+        "cudaComputeCapability": Version("8.0.0"),
+        "driverVersion": Version("580.159.4"),
+        "cudaDriverVersion": Version("13.0.0"),
+        "pcieBusID": "0000:3b:00.0",
+    }
+    gpu = DeviceInfo(
+        name="gpu-0",
+        attributes={"type": "gpu", "uuid": "GPU-0", **common},
+        capacity={"memory": binary_si(40960 * 2**20)},
+    )
+    mig = DeviceInfo(
+        name=mig_device_name(1, "1g.5gb+me", 20, 6),
+        attributes={"type": "mig", "uuid": "MIG-1", "parentUUID": "GPU-1", "profile": "1g.5gb+me", **common},
+        capacity={
+            "multiprocessors": 14, "copyEngines": 1, "decoders": 0, "encoders": 0, "jpegEngines": 1,
+            "ofaEngines": 1, "memory": binary_si(4864 * 2**20), "memorySlice6": 1,
+        },
+    )  # fmt: skip
+
+    async def publish(api: client.ApiClient) -> None:
+        await SlicePublisher(api, node_name).sync([Inventory("gpu.nvidia.com", (gpu, mig))])
+
+    run(kubeconfig, publish)
+    stored = get_slice(control_plane, slice_name(node_name, "gpu.nvidia.com"))
+    assert stored is not None
+    assert device_names(stored) == ["gpu-0", "gpu-1-mig-1g5gb-me-20-6"]
+    assert stored["spec"]["devices"][0]["capacity"]["memory"] == {"value": "40Gi"}
+    assert stored["spec"]["devices"][1]["attributes"]["driverVersion"] == {"version": "580.159.4"}

@@ -1,0 +1,531 @@
+"""The Helm chart on the real control plane.
+
+1. Every value set's rendered manifests pass the API server's own validation (server-side dry-run), and the
+   Pod Security admission finds the workloads `restricted` (only the documented hostPath exception warns).
+2. One real `helm install`, after which the operator (two replicas) and one agent per device node run from
+   this checkout in place of the image: with the arguments and environment of the installed Deployment and
+   DaemonSet, authenticated as the chart's ServiceAccounts with tokens from the TokenRequest API, so the
+   chart's RBAC is what allows or refuses every call. Then the seed walkthrough works, and `helm uninstall`
+   leaves no webhook configuration behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dra_operator.admission import names
+from dra_operator.controlplane import ApiError, ControlPlane
+from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = chart_dir()
+SEED = REPO / "tests" / "fixtures" / "seed"
+VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
+    path.name.removesuffix("-values.yaml"): [path] for path in sorted((CHART / "ci").glob("*-values.yaml"))
+}
+# API groups of other projects' CRDs (cert-manager, Prometheus Operator): not on this control plane.
+FOREIGN_GROUPS = {"cert-manager.io", "monitoring.coreos.com"}
+OURS = "/apis/resource.dra-operator.io/v1"
+# The label GPU Feature Discovery puts on GPU nodes, which the chart's default agent nodeSelector requires.
+GPU_LABEL = "nvidia.com/gpu.present"
+Json = dict[str, Any]
+WaitFor = Callable[..., Any]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return ensure_helm()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------------- 1. dry-run
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_chart_passes_server_side_dry_run(
+    name: str, helm: Path, control_plane: ControlPlane, namespace: str
+) -> None:
+    control_plane.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}",
+        {"metadata": {"labels": {"pod-security.kubernetes.io/warn": "restricted"}}},
+        content_type="application/merge-patch+json",
+    )
+    objects = template(release=f"dry-{name}", namespace=namespace, values_files=VALUE_SETS[name], helm=helm)
+    foreign = [o for o in objects if o["apiVersion"].split("/")[0] in FOREIGN_GROUPS]
+    checked = [o for o in objects if o not in foreign]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for path in VALUE_SETS[name]:
+        text = path.read_text()
+        values["webhook"] = {**values["webhook"], **(yaml.safe_load(text).get("webhook") or {})}
+        values["metrics"] = {**values["metrics"], **(yaml.safe_load(text).get("metrics") or {})}
+    expect_foreign = (
+        values["webhook"]["certManager"]["enabled"] or values["metrics"]["serviceMonitor"]["enabled"]
+    )
+    assert bool(foreign) == bool(expect_foreign), (
+        "only cert-manager and ServiceMonitor objects are left unchecked"
+    )
+    result = control_plane.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=chart-dry-run",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(checked),
+        check=False,
+    )
+    assert result.returncode == 0, f"the API server refused the rendered chart:\n{result.stderr}"
+    applied = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
+    assert len(applied) == len(checked), result.stdout
+    warnings = [line for line in result.stderr.splitlines() if "PodSecurity" in line]
+    if (
+        name == "hostlib"
+    ):  # the documented exception: NVML from a hostPath on nodes without the NVIDIA runtime
+        assert warnings and all("hostPath" in line for line in warnings), result.stderr
+    else:
+        assert not warnings, f"not restricted:\n{result.stderr}"
+
+
+# ------------------------------------------------------------------------------ 2. install and run it
+
+
+class Process:
+    """One `dra-operator ...` subprocess with its log in a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_file = log_dir / f"{name}.log"
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        full_env["PYTHONPATH"] = str(REPO / "operator") + os.pathsep + os.environ.get("PYTHONPATH", "")
+        with self.log_file.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dra_operator.cli", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}", pytrace=False)
+        return True
+
+    def log(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Install:
+    """A helm release on the control plane plus the processes standing in for its Pods."""
+
+    def __init__(self, cp: ControlPlane, helm: Path, namespace: str, work: Path) -> None:
+        self.cp, self.helm, self.ns, self.work = cp, helm, namespace, work
+        self.release = f"chart-{uuid.uuid4().hex[:6]}"
+        self.processes: list[Process] = []
+        self.helm_env = {
+            **os.environ,
+            "KUBECONFIG": str(cp.kubeconfig),
+            "HELM_CACHE_HOME": str(work / "helm-cache"),
+            "HELM_CONFIG_HOME": str(work / "helm-config"),
+            "HELM_DATA_HOME": str(work / "helm-data"),
+        }
+
+    def helm_run(self, *args: str) -> str:
+        return run_helm([*args, "--namespace", self.ns], helm=self.helm, env=self.helm_env)
+
+    def get(self, path: str) -> Json | None:
+        try:
+            found: Json = self.cp.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    def workload(self, kind: str) -> Json:
+        plural = {"Deployment": "deployments", "DaemonSet": "daemonsets"}[kind]
+        items = self.cp.request("GET", f"/apis/apps/v1/namespaces/{self.ns}/{plural}")["items"]
+        (found,) = [
+            i for i in items if i["metadata"]["labels"].get("app.kubernetes.io/instance") == self.release
+        ]
+        return found
+
+    def token_kubeconfig(self, service_account: str) -> Path:
+        """A kubeconfig authenticating as the ServiceAccount (a TokenRequest: `kubectl create token`)."""
+        token = self.cp.kubectl(
+            "create", "token", service_account, "-n", self.ns, "--duration=2h"
+        ).stdout.strip()
+        path = self.work / f"{service_account}.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "cp",
+                    "cluster": {"server": self.cp.server, "certificate-authority": str(self.cp.ca_file)},
+                }
+            ],
+            "users": [{"name": service_account, "user": {"token": token}}],
+            "contexts": [
+                {"name": "sa", "context": {"cluster": "cp", "user": service_account, "namespace": self.ns}}
+            ],
+            "current-context": "sa",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def can(self, kubeconfig: Path, *args: str) -> bool:
+        result = self.cp.kubectl(f"--kubeconfig={kubeconfig}", "auth", "can-i", *args, check=False)
+        return result.stdout.strip() == "yes"
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> Process:
+        process = Process(name, args, env, self.work)
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.log()}" for p in self.processes)
+
+
+def metrics(port: int) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
+
+
+def local_operator_args(container: Json, kubeconfig: Path, webhook_port: int, metrics_port: int) -> list[str]:
+    """The installed container's args, with what only makes sense inside the cluster swapped for loopback:
+    the API server here reaches the webhook at https://127.0.0.1 (not the Service), with a certificate the
+    operator makes for that address (not the chart's, which names the Service)."""
+    in_cluster_only = ("--webhook-service=", "--tls-cert-file=", "--tls-key-file=", "--tls-ca-file=",
+                       "--liveness=",
+                       "--metrics-port=", "--webhook-port=")  # fmt: skip
+    args = [a for a in container["args"] if not a.startswith(in_cluster_only)]
+    return [
+        *args,
+        f"--kubeconfig={kubeconfig}",
+        "--webhook-host=127.0.0.1",
+        f"--webhook-port={webhook_port}",
+        f"--metrics-port={metrics_port}",
+        "--metrics-host=127.0.0.1",
+    ]
+
+
+def downward_env(container: Json, namespace: str, node: str | None = None) -> dict[str, str]:
+    """The container's env, with downward-API values filled in as the kubelet would."""
+    fields = {"metadata.namespace": namespace, "metadata.name": f"local-{uuid.uuid4().hex[:5]}"}
+    if node is not None:
+        fields["spec.nodeName"] = node
+    env = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def seed(name: str) -> Json:
+    obj: Json = yaml.safe_load((SEED / name).read_text())
+    return obj
+
+
+def claim_pod(name: str, claims: list[Json]) -> Json:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.invalid/noop:1",
+                    "resources": {"claims": [{"name": c["name"]} for c in claims]},
+                }
+            ],
+            "resourceClaims": claims,
+        },
+    }
+
+
+def gated(pod: Json) -> bool:
+    return any(g.get("name") == names.SCHEDULING_GATE for g in pod["spec"].get("schedulingGates") or [])
+
+
+def allocation_node(claim: Json | None) -> str | None:
+    """The node an allocated claim's nodeSelector names (node-local devices), else None."""
+    allocation = ((claim or {}).get("status") or {}).get("allocation")
+    if not allocation:
+        return None
+    for term in (allocation.get("nodeSelector") or {}).get("nodeSelectorTerms", []):
+        for expression in term.get("matchFields", []) + term.get("matchExpressions", []):
+            if expression.get("values"):
+                return str(expression["values"][0])
+    return None
+
+
+@pytest.fixture
+def install(control_plane: ControlPlane, helm: Path, namespace: str, tmp_path: Path) -> Iterator[Install]:
+    setup = Install(control_plane, helm, namespace, tmp_path)
+    yield setup
+    for process in setup.processes:
+        process.stop()
+    with contextlib.suppress(Exception):
+        setup.helm_run("uninstall", setup.release, "--wait", "--timeout=60s")
+
+
+def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
+    install: Install,
+    control_plane: ControlPlane,
+    make_node: Callable[..., Json],
+    wait_for: WaitFor,
+) -> None:
+    cp, ns = control_plane, install.ns
+    local = yaml.safe_load((CHART / "ci" / "local-values.yaml").read_text())
+    # The defaults (two replicas, leader election, PDB, agents on GPU nodes) with the simulated backend.
+    values = {"agent": {"backend": "simulated", "simulated": local["agent"]["simulated"]}}
+    values_file = install.work / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    suffix = uuid.uuid4().hex[:5]
+    gpu_nodes = [f"gpu-{suffix}-a", f"gpu-{suffix}-b"]
+    for node in gpu_nodes:
+        make_node(node, labels={GPU_LABEL: "true"})
+    make_node(f"cpu-{suffix}")  # no GPUs: the DaemonSet must not select it
+
+    # ---- helm install (real: CRDs from crds/, every template, lookup against the cluster, NOTES) ----
+    notes = install.helm_run("install", install.release, str(CHART), "--values", str(values_file))
+    assert "kubectl get deviceclasses.resource.dra-operator.io" in notes
+    deployment = install.workload("Deployment")
+    daemonset = install.workload("DaemonSet")
+    assert deployment["spec"]["replicas"] == 2
+    wait_for(
+        lambda: (
+            (install.workload("DaemonSet").get("status") or {}).get("desiredNumberScheduled")
+            == len(gpu_nodes)
+        ),
+        timeout=60,
+        message="the DaemonSet controller to place one agent per GPU node (and none on the CPU node)",
+    )
+    webhook_name = next(
+        a.split("=", 1)[1]
+        for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        if a.startswith("--webhook-config-name=")
+    )
+    webhook_path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{webhook_name}"
+    assert install.get(webhook_path) is not None, "the chart creates the (empty) webhook configuration"
+
+    # ---- credentials: the chart's ServiceAccounts, through the TokenRequest API ----
+    operator_config = install.token_kubeconfig(deployment["spec"]["template"]["spec"]["serviceAccountName"])
+    agent_config = install.token_kubeconfig(daemonset["spec"]["template"]["spec"]["serviceAccountName"])
+    assert install.can(operator_config, "patch", "pods", "--all-namespaces")
+    assert install.can(operator_config, "update", "resourceclaims.resource.dra-operator.io/status", "-A")
+    assert not install.can(operator_config, "get", "secrets", "-n", ns)
+    assert not install.can(operator_config, "create", "resourceslices.resource.dra-operator.io")
+    assert install.can(agent_config, "create", "resourceslices.resource.dra-operator.io")
+    assert not install.can(agent_config, "list", "pods", "--all-namespaces")
+
+    # ---- the agents, one per GPU node, as the DaemonSet would run them ----
+    agent_container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    config_map = next(
+        v["configMap"]["name"] for v in daemonset["spec"]["template"]["spec"]["volumes"] if "configMap" in v
+    )
+    inventory = install.work / "inventory.yaml"
+    inventory.write_text(
+        cp.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{config_map}")["data"]["inventory.yaml"]
+    )
+    for node in gpu_nodes:
+        args = [
+            a if not a.startswith("--inventory=") else f"--inventory={inventory}"
+            for a in agent_container["args"]
+        ]
+        env = {**downward_env(agent_container, ns, node), "KUBECONFIG": str(agent_config)}
+        install.start(f"agent-{node}", args, env)
+
+    def published() -> bool:
+        for process in install.processes:
+            process.alive()
+        slices = cp.request("GET", f"{OURS}/resourceslices")["items"]
+        by_node = {s["spec"].get("nodeName"): len(s["spec"]["devices"]) for s in slices}
+        return all(by_node.get(node) == local["agent"]["simulated"]["inventory"]["pools"][0]["gpus"]["count"]
+                   for node in gpu_nodes)  # fmt: skip
+
+    wait_for(published, timeout=60, message=f"each agent to publish its node's slice\n{install.logs()}")
+
+    # ---- the operator: two replicas, one leading ----
+    operator_container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ports = []
+    for index in range(deployment["spec"]["replicas"]):
+        metrics_port, webhook_port = free_port(), free_port()
+        ports.append(metrics_port)
+        args = local_operator_args(operator_container, operator_config, webhook_port, metrics_port)
+        install.start(f"operator-{index}", args, downward_env(operator_container, ns))
+
+    def one_leader_all_ready() -> bool:
+        states = []
+        for process in install.processes:
+            process.alive()
+        for port in ports:
+            m = metrics(port)
+            states.append((m.get("dra_operator_ready"), m.get("dra_operator_leader")))
+        return all(ready == 1.0 for ready, _ in states) and sorted(leader for _, leader in states) == [
+            0.0,
+            1.0,
+        ]
+
+    wait_for(one_leader_all_ready, timeout=120, message=f"both replicas ready, one leading\n{install.logs()}")
+    lease_name = next(a.split("=", 1)[1] for a in operator_container["args"] if a.startswith("--lease-name="))
+    lease = install.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{lease_name}")
+    assert lease is not None and lease["spec"]["holderIdentity"]
+    filled = install.get(webhook_path)
+    assert filled is not None and filled["webhooks"], "the operator fills the chart's webhook configuration"
+
+    # ---- the seed walkthrough, in a namespace of its own (the operator's is excluded from admission) ----
+    work_ns = f"seed-{suffix}"
+    cp.request("POST", "/api/v1/namespaces", {"metadata": {"name": work_ns}})
+    created_class = False
+    try:
+        if install.get(f"{OURS}/deviceclasses/example-device-class") is None:
+            cp.request("POST", f"{OURS}/deviceclasses", seed("deviceclass.yaml"))
+            created_class = True
+        assert "example-device-class" in cp.kubectl("get", "deviceclasses.resource.dra-operator.io").stdout
+        cp.request(
+            "POST", f"{OURS}/namespaces/{work_ns}/resourceclaimtemplates", seed("resourceclaimtemplate.yaml")
+        )
+        cp.request("POST", f"{OURS}/namespaces/{work_ns}/resourceclaims", seed("resourceclaim.yaml"))
+        pods = f"/api/v1/namespaces/{work_ns}/pods"
+
+        # A Pod with the template's claim gets its own GPU: claim generated, allocated, Pod ungated, bound.
+        own = [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]
+        cp.request("POST", pods, claim_pod("own-gpu", own))
+
+        def placed(name: str) -> Json | None:
+            pod: Json = cp.request("GET", f"{pods}/{name}")
+            return pod if not gated(pod) and pod["spec"].get("nodeName") else None
+
+        def situation() -> str:
+            """What the namespace looks like, for a failure message."""
+            summary = {
+                "pods": [
+                    {"name": p["metadata"]["name"], "labels": p["metadata"].get("labels"),
+                     "gates": p["spec"].get("schedulingGates"), "node": p["spec"].get("nodeName")}
+                    for p in cp.request("GET", pods)["items"]
+                ],
+                "claims": [
+                    {"name": c["metadata"]["name"], "status": c.get("status")}
+                    for c in cp.request("GET", f"{OURS}/namespaces/{work_ns}/resourceclaims")["items"]
+                ],
+                "events": [
+                    f"{e['involvedObject'].get('name')}: {e.get('reason')}: {e.get('message')}"
+                    for e in cp.request("GET", f"/api/v1/namespaces/{work_ns}/events")["items"]
+                ],
+            }  # fmt: skip
+            return yaml.safe_dump(summary) + install.logs()
+
+        pod = wait_for(lambda: placed("own-gpu"), timeout=90, message=f"own-gpu placed\n{situation()}")
+        claims = cp.request("GET", f"{OURS}/namespaces/{work_ns}/resourceclaims")["items"]
+        generated = [c for c in claims if c["metadata"]["name"].startswith("own-gpu-gpu-")]
+        assert len(generated) == 1 and allocation_node(generated[0]) == pod["spec"]["nodeName"]
+        assert generated[0]["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+
+        # A Pod of the shared `allocationMode: All` claim lands on the node that holds the claim's devices.
+        shared = [{"name": "shared", "resourceClaimName": "example-resource-claim"}]
+        cp.request("POST", pods, claim_pod("shared-gpu", shared))
+        pod = wait_for(
+            lambda: placed("shared-gpu"), timeout=90, message=f"shared-gpu placed\n{install.logs()}"
+        )
+        claim = cp.request("GET", f"{OURS}/namespaces/{work_ns}/resourceclaims/example-resource-claim")
+        assert allocation_node(claim) == pod["spec"]["nodeName"]
+
+        # The seed's Job, unchanged: its Pods need the shared claim's node and one more 64Gi GPU there, which
+        # the All claim holds, so they stay gated and the operator explains why with a Warning event.
+        job = yaml.safe_load((SEED / "dra-example-job.yaml").read_text())
+        cp.request("POST", f"/apis/batch/v1/namespaces/{work_ns}/jobs", job)
+
+        def explained() -> bool:
+            events = cp.request("GET", f"/api/v1/namespaces/{work_ns}/events")["items"]
+            job_pods = [
+                p
+                for p in cp.request("GET", pods)["items"]
+                if p["metadata"]["name"].startswith("example-dra-job")
+            ]
+            failed = {e["involvedObject"]["name"] for e in events if e.get("reason") == "AllocationFailed"}
+            return bool(job_pods) and all(gated(p) and p["metadata"]["name"] in failed for p in job_pods)
+
+        wait_for(
+            explained, timeout=90, message=f"the Job's Pods gated with AllocationFailed\n{install.logs()}"
+        )
+
+        # Clean-up as in the walkthrough: generated claims go with their Pods, the shared one is released.
+        cp.request("DELETE", f"/apis/batch/v1/namespaces/{work_ns}/jobs/example-dra-job",
+                   {"kind": "DeleteOptions", "apiVersion": "v1",
+                    "propagationPolicy": "Foreground"})  # fmt: skip
+        for name in ("own-gpu", "shared-gpu"):
+            cp.request(
+                "DELETE",
+                f"{pods}/{name}",
+                {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0},
+            )
+
+        def released() -> bool:
+            left = cp.request("GET", f"{OURS}/namespaces/{work_ns}/resourceclaims")["items"]
+            return [c["metadata"]["name"] for c in left] == ["example-resource-claim"] and not (
+                left[0].get("status") or {}
+            ).get("allocation")
+
+        wait_for(
+            released,
+            timeout=90,
+            message=f"generated claims deleted, shared claim deallocated\n{install.logs()}",
+        )
+    finally:
+        with contextlib.suppress(ApiError):
+            cp.request("DELETE", f"/api/v1/namespaces/{work_ns}")
+        if created_class:
+            with contextlib.suppress(ApiError):
+                cp.request("DELETE", f"{OURS}/deviceclasses/example-device-class")
+
+    # ---- helm uninstall removes the webhook configuration the operator filled ----
+    for process in install.processes:
+        process.stop()
+    install.helm_run("uninstall", install.release, "--wait", "--timeout=60s")
+    assert install.get(webhook_path) is None

@@ -276,7 +276,11 @@ class _NodeSearch:
 
     def run(self) -> bool:
         self._prepare()
-        return self._step(0, 0, 0, 0, False)
+        try:
+            return self._step(0, 0, 0, 0, False)
+        except _MaxSize:
+            # Every choice for the first claim exceeds the result limit: no solution on this node.
+            return False
 
     def _busy(self, id_index: int) -> bool:
         return self.in_use[id_index] > 0 or bool(self.allocating.get(id_index))
@@ -466,9 +470,8 @@ class _NodeSearch:
     def allocation_results(self) -> list[AllocationResult]:
         out: list[AllocationResult] = []
         for ci, claim in enumerate(self.claims):
-            # The values come from validated objects: construct without validating again (hot path).
             results = [
-                DeviceRequestAllocationResult.model_construct(
+                DeviceRequestAllocationResult(
                     request=alt.name,
                     driver=self.records[index].id[0],
                     pool=self.records[index].id[1],
@@ -480,8 +483,8 @@ class _NodeSearch:
             ]
             config = self._config(ci, claim)
             out.append(
-                AllocationResult.model_construct(
-                    devices=DeviceAllocationResult.model_construct(results=results, config=config or None),
+                AllocationResult(
+                    devices=DeviceAllocationResult(results=results, config=config or None),
                     node_selector=self._node_selector(ci),
                 )
             )
@@ -528,12 +531,8 @@ class _NodeSearch:
             if not node_name and record.device.binds_to_node:
                 node_name = self.node.name
             if node_name:
-                requirement = NodeSelectorRequirement.model_construct(
-                    key=NODE_NAME_FIELD, operator="In", values=[node_name]
-                )
-                return NodeSelector.model_construct(
-                    node_selector_terms=[NodeSelectorTerm.model_construct(match_fields=[requirement])]
-                )
+                requirement = NodeSelectorRequirement(key=NODE_NAME_FIELD, operator="In", values=[node_name])
+                return NodeSelector(node_selector_terms=[NodeSelectorTerm(match_fields=[requirement])])
             selector = record.node_selector()
             if selector is not None and len(selector.node_selector_terms) == 1:
                 term = selector.node_selector_terms[0]

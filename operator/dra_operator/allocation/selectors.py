@@ -27,14 +27,16 @@ class SelectorFailure:
 
     expression: str
     device: str
-    message: str
+    message: str  # the reason, e.g. "no such key: type"
     key: str | None = None
     compile_error: bool = False
+    text: str = ""  # the CEL layer's message of a compile error (with the position)
 
     def render(self) -> str:
+        if self.text:
+            return self.text
         what = "does not compile" if self.compile_error else f"failed on device {self.device}"
-        key = f" (key {self.key!r})" if self.key else ""
-        return f"CEL expression {self.expression!r} {what}{key}: {self.message}"
+        return f"CEL expression {self.expression!r} {what}: {self.message}"
 
 
 Result = bool | SelectorFailure
@@ -83,16 +85,16 @@ class SelectorCache:
             return found
         compiled = self.compiled(expression)
         if isinstance(compiled, CelCompileError):
-            found = SelectorFailure(expression, device_label, str(compiled), compile_error=True)
+            found = SelectorFailure(
+                expression, device_label, compiled.reason, compile_error=True, text=str(compiled)
+            )
         else:
             self.evaluations += 1
             try:
                 found = bool(compiled.evaluate(cel_device()))
             except CelEvaluationError as err:
-                key = getattr(err, "key", None)
-                found = SelectorFailure(
-                    expression, device_label, str(err), key=key if isinstance(key, str) else None
-                )
+                # Named by driver/pool/device here, which the CEL layer does not know.
+                found = SelectorFailure(expression, device_label, err.reason, key=err.key)
         results[expression] = found
         return found
 

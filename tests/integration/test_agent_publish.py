@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -391,3 +396,32 @@ def test_nvml_shaped_devices_are_accepted_by_the_crd(
     assert device_names(stored) == ["gpu-0", "gpu-1-mig-1g5gb-me-20-6"]
     assert stored["spec"]["devices"][0]["capacity"]["memory"] == {"value": "40Gi"}
     assert stored["spec"]["devices"][1]["attributes"]["driverVersion"] == {"version": "580.159.4"}
+
+
+def test_agent_command_publishes_and_stops_on_sigterm(
+    control_plane: ControlPlane,
+    kubeconfig: str,
+    node: dict[str, Any],
+    tmp_path: Path,
+    wait_for: Callable[..., Any],
+) -> None:
+    """The real `dra-operator agent` process: NODE_NAME from the environment, publish, SIGTERM, exit 0."""
+    node_name = node["metadata"]["name"]
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("driver: driver.example.com\ngpus: {count: 2, memory: 64Gi}\n")
+    command = [sys.executable, "-m", "dra_operator.cli", "agent", "--backend", "simulated",
+               "--inventory", str(inventory), "--kubeconfig", kubeconfig, "--interval", "0.5"]  # fmt: skip
+    process = subprocess.Popen(
+        command, env={**os.environ, "NODE_NAME": node_name}, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(
+            lambda: len(our_slices(control_plane, node_name)) == 1, timeout=60, message="slice published"
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    assert "created slice" in events
+    assert events[-1] == "agent stopped"

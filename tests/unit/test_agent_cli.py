@@ -91,6 +91,20 @@ def test_a_node_without_pools_prints_nothing(capsys: pytest.CaptureFixture[str])
             "cannot read",
         ),
         (["--backend", "simulated", "--inventory", "x", "--node", "n", "--interval", "0"], 2, "--interval"),
+        (
+            [
+                "--backend",
+                "simulated",
+                "--inventory",
+                str(SAMPLES / "inventory-seed.yaml"),
+                "--node",
+                "n",
+                "--kubeconfig",
+                "/nonexistent",
+            ],
+            2,
+            "kubeconfig /nonexistent does not exist",
+        ),
     ],
 )
 def test_usage_errors_are_one_line(

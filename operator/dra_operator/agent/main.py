@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -211,13 +212,17 @@ class Agent:
 async def _api_client(kubeconfig: str | None) -> ApiClient:
     from kubernetes_asyncio import client, config
 
-    if kubeconfig:
-        return await config.new_client_from_config(config_file=kubeconfig)
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return client.ApiClient(configuration)
-    return await config.new_client_from_config()
+    try:
+        if kubeconfig:
+            return await config.new_client_from_config(config_file=kubeconfig)
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return client.ApiClient(configuration)
+        return await config.new_client_from_config()
+    except config.ConfigException as error:
+        where = "in-cluster, --kubeconfig or KUBECONFIG"
+        raise AgentError(f"no usable API server configuration ({where}): {error}") from None
 
 
 async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
@@ -264,6 +269,8 @@ def main(args: argparse.Namespace) -> int:
             sys.stdout.write(render_slices(args.node, read_checked(backend, args.backend)))
             return 0
         read_checked(backend, args.backend)
+        if args.kubeconfig and not Path(args.kubeconfig).is_file():
+            raise AgentError(f"kubeconfig {args.kubeconfig} does not exist", EXIT_USAGE)
         return asyncio.run(serve(args, backend, args.node))
     except (AgentError, NvmlUnavailable, InventoryFileError) as error:
         print(f"dra-operator agent: {error}", file=sys.stderr)

@@ -269,6 +269,8 @@ class ControlPlane:
         if self._requested_run_dir is not None:
             self._run_dir = self._requested_run_dir
             self._run_dir.mkdir(parents=True, exist_ok=True)
+            # Every start is a fresh cluster: etcd data of an earlier run would not match the new ports.
+            shutil.rmtree(self._run_dir / "etcd", ignore_errors=True)
         else:
             _sweep_stale_run_dirs()
             self._run_dir = Path(tempfile.mkdtemp(prefix=_RUN_DIR_PREFIX))
@@ -497,7 +499,7 @@ class ControlPlane:
         namespace = f"dra-controlplane-ready-{uuid.uuid4().hex[:8]}"
         self.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
         path = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
-        self._wait(kcm, deadline, lambda: self._http(self._ports_().apiserver, "GET", path)[0] == 200)
+        self._wait(kcm, deadline, lambda: self._http_ok(self._ports_().apiserver, path))
         # The namespace controller removes it in the background; nothing waits for that.
         self.request("DELETE", f"/api/v1/namespaces/{namespace}")
 

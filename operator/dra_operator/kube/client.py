@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -83,9 +84,10 @@ def resource_of(path: str) -> str:
 class Kube:
     """JSON calls against the API server; counts writes per (verb, resource) for the API-cost figures."""
 
-    def __init__(self, api: k8s.ApiClient) -> None:
+    def __init__(self, api: k8s.ApiClient, on_write: Callable[[str, str], None] | None = None) -> None:
         self.api = api
         self.writes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.on_write = on_write
 
     async def request(
         self,
@@ -97,7 +99,10 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
     ) -> Json:
         if method != "GET":
-            self.writes[(method, resource_of(path))] += 1
+            resource = resource_of(path)
+            self.writes[(method, resource)] += 1
+            if self.on_write is not None:
+                self.on_write(method, resource)
         try:
             data = await self.api.call_api(
                 path,

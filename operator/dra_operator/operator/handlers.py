@@ -90,7 +90,7 @@ def register(
         namespace, name = key_of(body)
         if type == "DELETED":
             state.forget(PODS, (namespace, name))
-            reconciler.recorder.forget(str(body.get("metadata", {}).get("uid")))
+            reconciler.forget_pod(str(body.get("metadata", {}).get("uid")))
             uid = body.get("metadata", {}).get("uid")
             for claim in state.all(CLAIMS):
                 meta = claim.get("metadata") or {}

@@ -143,7 +143,7 @@ def _cert_hosts(args: argparse.Namespace) -> list[str]:
 async def run(args: argparse.Namespace) -> int:
     cfg = await _load_configuration(args)
     api = k8s.ApiClient(cfg)
-    kube = Kube(api)
+    kube = Kube(api, on_write=lambda verb, resource: metrics.WRITES.labels(verb, resource).inc())
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     state = State()
     recorder = Recorder(kube, host=socket.gethostname())

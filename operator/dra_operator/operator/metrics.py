@@ -17,7 +17,7 @@ FAILURES = Counter(
 )
 LATENCY = Histogram(
     "dra_operator_allocation_latency_seconds",
-    "From the Pod's creation (or the operator's start, if later) to its ungating patch",
+    "From the moment this replica first sees a gated Pod to its ungating patch",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
     registry=REGISTRY,
 )

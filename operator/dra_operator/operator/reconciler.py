@@ -51,10 +51,11 @@ class Reconciler:
     recorder: Recorder
     allocator: Allocator
     is_leader: Callable[[], bool] = lambda: True
-    started: float = field(default_factory=time.time)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     _queued: set[Item] = field(default_factory=set)
     _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
+    # Pod uid -> when this replica first saw it gated (monotonic), for the allocation latency histogram.
+    _first_seen: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ queueing
 
@@ -63,6 +64,11 @@ class Reconciler:
         if item not in self._queued:
             self._queued.add(item)
             self.queue.put_nowait(item)
+
+    def forget_pod(self, uid: str) -> None:
+        """A Pod is gone: drop what this replica remembered about it."""
+        self._first_seen.pop(uid, None)
+        self.recorder.forget(uid)
 
     def retry_later(self, item: Item, delay: float) -> None:
         if item in self._retry:
@@ -119,8 +125,6 @@ class Reconciler:
                 if kind == POD:
                     metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
                 metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
-                for (verb, resource), count in self.kube.writes.items():
-                    metrics.WRITES.labels(verb, resource)._value.set(count)
 
     async def resync(self) -> None:
         """Compare the caches with a LIST: Kopf's relist after a watch error never drops objects deleted
@@ -185,6 +189,7 @@ class Reconciler:
             return
         if not is_gated(pod):
             return
+        self._first_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
         await self._allocate_pod(pod)
 
     def _claims_of_pod(self, pod: Json) -> list[Json]:
@@ -301,7 +306,8 @@ class Reconciler:
         )
         self.recorder.normal(pod, "Allocated", f"claims allocated on node {outcome.node}: {placed}")
         metrics.ALLOCATIONS.inc()
-        metrics.LATENCY.observe(max(0.0, time.time() - max(self.started, _created(pod))))
+        seen = self._first_seen.pop(uid, None)
+        metrics.LATENCY.observe(max(0.0, time.monotonic() - seen) if seen is not None else 0.0)
         log.info("pod ungated", pod=_name(pod), node=outcome.node, claims=placed)
 
     def _missing_classes(self, claims: Mapping[str, Json]) -> list[str]:
@@ -363,15 +369,17 @@ class Reconciler:
         new_status["conditions"] = _conditions(new_status, "Allocated" if newly else "Reserved")
         written = await self.kube.replace(ours("resourceclaims", *_key(claim), subresource="status"), new)
         self.state.wrote(CLAIMS, written)
+        # One event per claim and Pod: Allocated when the devices were chosen now, Reserved when it joins.
         if newly:
             self.recorder.normal(
                 written,
                 "Allocated",
-                f"allocated {_devices(allocation or {})} on node {node} for pod {_name(pod)}",
+                f"allocated {_devices(allocation or {})} on node {node}, reserved for pod {_name(pod)}",
             )
-        self.recorder.normal(
-            written, "Reserved", f"reserved for pod {_name(pod)} ({len(reserved)} consumer(s))"
-        )
+        else:
+            self.recorder.normal(
+                written, "Reserved", f"reserved for pod {_name(pod)} ({len(reserved)} consumer(s))"
+            )
         log.info("claim reserved", pod=_name(pod), claim=_name(claim), newly_allocated=newly)
         return written
 
@@ -487,14 +495,6 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 def _deleting(obj: Mapping[str, Any]) -> bool:
     return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _created(obj: Mapping[str, Any]) -> float:
-    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
-    try:
-        return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 def _devices(allocation: Mapping[str, Any]) -> str:

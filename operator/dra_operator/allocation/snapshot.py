@@ -230,6 +230,7 @@ class Snapshot:
         self._verdicts: dict[RequestSignature, list[Result | None]] = {}
         self._sig_errors: dict[RequestSignature, bool] = {}
         self._relevant: dict[tuple[RequestSignature, str | None], tuple[int, ...]] = {}
+        self._candidate_ids: dict[tuple[RequestSignature, str | None], list[int]] = {}
         self._frontier: dict[RequestSignature, int] = {}
         # Search steps taken so far (like Kubernetes' numAllocateOneInvocations), for tests and benchmarks.
         self.search_steps = 0
@@ -544,9 +545,13 @@ class Snapshot:
         return found
 
     def free_candidates(self, signature: RequestSignature, node: Node) -> int:
+        key = (signature, node.name)
+        ids = self._candidate_ids.get(key)
+        if ids is None:
+            records = self.records
+            ids = self._candidate_ids[key] = [records[i].id_index for i in self.candidates(signature, node)]
         in_use = self._in_use
-        records = self.records
-        return sum(1 for i in self.candidates(signature, node) if not in_use[records[i].id_index])
+        return [in_use[j] for j in ids].count(0)
 
     def frontier(self, signature: RequestSignature) -> int:
         """Index of the first node that may still have a free candidate for the signature; nodes before

@@ -36,6 +36,8 @@ from dra_operator.api.pod import check_pod_claims, pod_spec_of
 from dra_operator.api.resource import (
     RESERVED_FOR_MAX,
     DeviceClass,
+    DeviceSelector,
+    DraObject,
     InvalidObject,
     NodeSelector,
     ResourceClaim,
@@ -45,6 +47,7 @@ from dra_operator.api.resource import (
     ResourceSlice,
     load_object,
 )
+from dra_operator.cel import CelCompileError, compile_selector
 from dra_operator.operator.placement import generated_claim
 
 DEFAULT_NAMESPACE = "default"
@@ -120,6 +123,7 @@ def load(paths: Sequence[str]) -> World:
         except InvalidObject as err:
             raise InputError(str(err)) from None
         for model in models:
+            _check_selectors(model, path)
             if isinstance(model, DeviceClass):
                 _unique(world.classes, model.name, model, path, "DeviceClass")
             elif isinstance(model, ResourceSlice):
@@ -153,6 +157,39 @@ def load(paths: Sequence[str]) -> World:
                 name = (obj.get("metadata") or {}).get("name", "<unnamed>")
                 raise InputError(f"{path}: {kind} {name}: kind not supported by simulate")
     return world
+
+
+def _selectors(model: DraObject) -> list[tuple[str, list[DeviceSelector] | None]]:
+    """(field path, selectors) of a class, claim or template."""
+    if isinstance(model, DeviceClass):
+        return [("spec.selectors", model.spec.selectors)]
+    if isinstance(model, ResourceClaim):
+        devices, base = model.spec.devices, "spec.devices"
+    elif isinstance(model, ResourceClaimTemplate):
+        devices, base = model.spec.spec.devices, "spec.spec.devices"
+    else:
+        return []
+    found: list[tuple[str, list[DeviceSelector] | None]] = []
+    for index, request in enumerate(devices.requests or ()):
+        path = f"{base}.requests[{index}]"
+        if request.exactly is not None:
+            found.append((f"{path}.exactly.selectors", request.exactly.selectors))
+        for sub, alternative in enumerate(request.first_available or ()):
+            found.append((f"{path}.firstAvailable[{sub}].selectors", alternative.selectors))
+    return found
+
+
+def _check_selectors(model: DraObject, path: str) -> None:
+    """CEL that does not compile is invalid input, as the apiserver rejects such objects on create."""
+    for field_path, selectors in _selectors(model):
+        for index, selector in enumerate(selectors or ()):
+            try:
+                compile_selector(selector.cel.expression)
+            except CelCompileError as err:
+                name = "/".join(filter(None, (model.metadata.namespace, model.name)))
+                raise InputError(
+                    f"{path}: {model.kind} {name}: {field_path}[{index}].cel.expression: {err}"
+                ) from None
 
 
 def _unique(into: dict[Any, Any], key: Any, value: Any, path: str, kind: str) -> None:

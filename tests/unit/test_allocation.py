@@ -21,6 +21,7 @@ from dra_operator.allocation.explain import (
     InvalidPools,
     PoolNotReady,
     RequestUnsatisfiable,
+    SelectorError,
 )
 from dra_operator.allocation.nodes import selector_matches
 from dra_operator.api.resource import DeviceClass, NodeSelector, ResourceClaim, ResourceSlice
@@ -353,3 +354,29 @@ def test_keeper_rebuilds_only_when_slices_change_and_holds_assumed_allocations()
     assert isinstance(allocate(snapshot, POD, [claim("d", exactly("gpu"))]), Allocation)
     keeper.snapshot(classes, [versioned(node_slice("n", gpus("gpu-0", "gpu-1", "gpu-2")), "2")], None, [])
     assert keeper.rebuilds == 2
+
+
+def test_a_selector_that_does_not_compile_fails_the_pod_once_a_device_is_examined() -> None:
+    broken = device_class("gpu", "device.driver ==")
+    snapshot = Snapshot.build([broken], [node_slice("n", gpus("gpu-0"))])
+    outcome = allocate(snapshot, POD, [claim("c", exactly("gpu"))])
+    assert isinstance(outcome, Unallocatable)
+    fatal = outcome.explanation.fatal
+    assert isinstance(fatal, SelectorError) and fatal.failure.compile_error and fatal.source == "class gpu"
+    assert "does not compile at line 1, column" in outcome.explanation.render()
+    # As in Kubernetes, the expression is only compiled for a device: without devices, no error.
+    empty = allocate(Snapshot.build([broken], []), POD, [claim("c", exactly("gpu"))])
+    assert isinstance(empty, Unallocatable) and empty.explanation.fatal is None
+
+
+def test_runtime_error_names_expression_device_and_key() -> None:
+    expression = f'device.attributes["{DRIVER}"].type == "gpu"'
+    snapshot = Snapshot.build([device_class()], [node_slice("n", gpus("gpu-0", model="x"))])
+    request = exactly("gpu", selectors=[{"cel": {"expression": expression}}])
+    outcome = allocate(snapshot, POD, [claim("c", request)])
+    assert isinstance(outcome, Unallocatable)
+    fatal = outcome.explanation.fatal
+    assert isinstance(fatal, SelectorError) and fatal.source == "claim"
+    assert fatal.failure.expression == expression
+    assert fatal.failure.device == "driver.example.com/n/gpu-0"
+    assert fatal.failure.key == "type"

@@ -153,6 +153,11 @@ BAD_INPUT = {
         "spec: {containers: [{name: c, image: x}], resourceClaims: [{name: gpu}]}\n",
         ["Pod p", "must specify one of: resourceClaimName, resourceClaimTemplateName"],
     ),
+    "invalid-cel": (
+        "kind: DeviceClass\napiVersion: resource.k8s.io/v1\nmetadata: {name: gpu}\n"
+        "spec: {selectors: [{cel: {expression: 'device.driver =='}}]}\n",
+        ["DeviceClass gpu", "spec.selectors[0].cel.expression", "does not compile at line 1, column"],
+    ),
     "unsupported-kind": (
         "kind: ConfigMap\napiVersion: v1\nmetadata: {name: cm}\n",
         ["ConfigMap cm", "not supported"],

@@ -65,7 +65,7 @@ class SelectorError:
     node: str | None = None
 
     def render(self) -> str:
-        where = f" (node {self.node})" if self.node else ""
+        where = f" (node {self.node})" if self.node and not self.failure.compile_error else ""
         return f"{_request(self.claim, self.request)}: {self.source} selector: {self.failure.render()}{where}"
 
 

@@ -1,0 +1,136 @@
+"""A device as DRA CEL selectors see it: driver, attributes and capacity grouped by domain, bound once.
+
+Attribute and capacity names without a domain (`memory`) belong to the driver's domain, as in Kubernetes:
+`device.attributes["driver.example.com"].memory`. Values become CEL values once, at construction; activations
+(cel-cpp's bindings) are made lazily and reused for every selector evaluated on the device, which is what
+makes a first evaluation cheap. Instances are immutable in content; the allocator caches them per slice
+generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from dra_operator.api.quantity import Quantity
+from dra_operator.api.semver import Semver
+from dra_operator.cel.values import quantity_to_message, semver_to_message
+
+if TYPE_CHECKING:
+    from dra_operator.api.resource import Device
+
+__all__ = ["AttributeValue", "CelDevice", "split_qualified_name"]
+
+AttributeValue = int | bool | str | Semver
+
+_EMPTY: dict[str, Any] = {}
+
+
+def split_qualified_name(name: str, default_domain: str) -> tuple[str, str]:
+    """(domain, id) of a qualified name; a name without `/` is in the default (driver's) domain."""
+    domain, slash, ident = name.partition("/")
+    if not slash:
+        return default_domain, name
+    return domain, ident
+
+
+class CelDevice:
+    """The `device` variable for one device. Build with `from_device` (API model) or `from_plain` (tests)."""
+
+    __slots__ = ("_activations", "_attributes", "_capacity", "_error", "driver", "name")
+
+    name: str
+    driver: str
+    _attributes: dict[str, dict[str, Any]]
+    _capacity: dict[str, dict[str, Any]]
+    _error: str | None
+    _activations: dict[frozenset[str], Any]
+
+    def __init__(
+        self,
+        name: str,
+        driver: str,
+        attributes: dict[str, dict[str, Any]],
+        capacity: dict[str, dict[str, Any]],
+        error: str | None = None,
+    ) -> None:
+        """Takes CEL-ready maps (values already converted); use the factories instead."""
+        self.name = name
+        self.driver = driver
+        self._attributes = attributes
+        self._capacity = capacity
+        self._error = error
+        self._activations = {}
+
+    @classmethod
+    def from_device(cls, driver: str, device: Device) -> CelDevice:
+        """Binds an api.resource.Device of a slice of `driver`."""
+        attributes: dict[str, dict[str, Any]] = {}
+        error = None
+        for name, attribute in (device.attributes or {}).items():
+            domain, ident = split_qualified_name(name, driver)
+            value: Any
+            if attribute.int_value is not None:
+                value = attribute.int_value
+            elif attribute.bool_value is not None:
+                value = attribute.bool_value
+            elif attribute.string is not None:
+                value = attribute.string
+            elif attribute.version is not None:
+                try:
+                    value = semver_to_message(Semver.parse(attribute.version))
+                except ValueError as err:
+                    error = error or f"attribute {name}: parse semantic version: {err}"
+                    continue
+            else:
+                error = error or f"attribute {name}: unsupported attribute value"
+                continue
+            attributes.setdefault(domain, {})[ident] = value
+        capacity: dict[str, dict[str, Any]] = {}
+        for name, entry in (device.capacity or {}).items():
+            domain, ident = split_qualified_name(name, driver)
+            capacity.setdefault(domain, {})[ident] = quantity_to_message(entry.value)
+        return cls(device.name, driver, attributes, capacity, error)
+
+    @classmethod
+    def from_plain(
+        cls,
+        driver: str,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        capacity: Mapping[str, Quantity | str | int] | None = None,
+        name: str = "device",
+    ) -> CelDevice:
+        """Binds plain data: attributes int/bool/str (a Semver for a version), capacities as quantities."""
+        bound_attributes: dict[str, dict[str, Any]] = {}
+        for key, value in (attributes or {}).items():
+            domain, ident = split_qualified_name(key, driver)
+            bound = semver_to_message(value) if isinstance(value, Semver) else value
+            bound_attributes.setdefault(domain, {})[ident] = bound
+        bound_capacity: dict[str, dict[str, Any]] = {}
+        for key, amount in (capacity or {}).items():
+            domain, ident = split_qualified_name(key, driver)
+            bound_capacity.setdefault(domain, {})[ident] = quantity_to_message(Quantity.parse(amount))
+        return cls(name, driver, bound_attributes, bound_capacity)
+
+    @property
+    def binding_error(self) -> str | None:
+        """Why this device cannot be offered to CEL at all (an unparsable version attribute), if so."""
+        return self._error
+
+    def activation(self, env: Any, domains: frozenset[str]) -> Any:
+        """The cel-cpp activation for selectors that index `domains`; made once per device and domain set."""
+        found = self._activations.get(domains)
+        if found is None:
+            # Kubernetes looks an unknown domain up as an empty map; cel-cpp maps have no default, so the
+            # domains the expression indexes (and the driver's) are added as empty maps where absent.
+            wanted = domains | {self.driver}
+            attributes = {**dict.fromkeys(wanted, _EMPTY), **self._attributes}
+            capacity = {**dict.fromkeys(wanted, _EMPTY), **self._capacity}
+            found = env.Activation(
+                {"device": {"driver": self.driver, "attributes": attributes, "capacity": capacity}}
+            )
+            self._activations[domains] = found
+        return found
+
+    def __repr__(self) -> str:
+        return f"CelDevice({self.name!r}, driver={self.driver!r})"

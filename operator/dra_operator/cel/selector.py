@@ -1,0 +1,140 @@
+"""Compiling DRA CEL selectors once (cached by expression) and evaluating them on devices.
+
+Compilation type-checks the original text (so error positions are the user's), rejects expressions whose
+result type is neither bool nor dyn, and then compiles a second, folded text for evaluation (literal
+`quantity()`/`semver()` calls turned into constants). Evaluation turns every failure into a CelEvaluationError
+that names the expression, the device and, for a missing key, the key ("no such key: memory", Kubernetes'
+words).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Final
+
+from cel_expr_python import cel
+
+from dra_operator.cel.device import CelDevice
+from dra_operator.cel.errors import CelCompileError, CelEvaluationError
+from dra_operator.cel.library import environment
+from dra_operator.cel.source import analyze, position
+
+__all__ = ["MAX_EXPRESSION_LENGTH", "CompiledSelector", "compile_selector"]
+
+# Kubernetes' CELSelectorExpressionMaxLength (bytes). cel-cpp has no estimated-cost limit like Kubernetes'
+# 1,000,000; this length cap plus cel-cpp's fixed runtime budgets (10,000 comprehension iterations per
+# evaluation, nesting depth 32) bound what one evaluation can cost.
+MAX_EXPRESSION_LENGTH: Final = 10 * 1024
+
+_POSITION = re.compile(r"<input>:(-?\d+):(-?\d+): (.*)")
+_STATUS = re.compile(r"^[A-Z_]+: ")
+_MISSING_KEY = re.compile(r'Key not found in map ?: ?"?(.*?)"?$')
+_NO_SUCH_KEY = re.compile(r"no such key: ?(.*)$")
+_ERROR_TYPE: Final[Any] = cel.Type.ERROR
+
+
+def _compile_failure(expression: str, err: Exception) -> CelCompileError:
+    text = str(err)
+    found = _POSITION.search(text)
+    if found is None:
+        reason = _STATUS.sub("", text.splitlines()[0] if text else repr(err)).replace(
+            " [INVALID_ARGUMENT]", ""
+        )
+        return CelCompileError(expression, reason.strip())
+    line, column = int(found.group(1)), int(found.group(2))
+    reason = found.group(3).strip()
+    if line < 1 or column < 1:
+        return CelCompileError(expression, reason)
+    return CelCompileError(expression, reason, line, column)
+
+
+def _type_name(cel_type: Any) -> str:
+    name = cel_type.name()
+    return str(name).lower() if name else str(cel_type)
+
+
+class CompiledSelector:
+    """One compiled selector expression; `evaluate` it on any number of devices."""
+
+    __slots__ = ("_domains", "_env", "_program", "expression")
+
+    expression: str
+
+    def __init__(self, expression: str, program: Any, domains: frozenset[str], env: Any) -> None:
+        self.expression = expression
+        self._program = program
+        self._domains = domains
+        self._env = env
+
+    def evaluate(self, device: CelDevice) -> bool:
+        """True/False, or CelEvaluationError (missing key, runtime budget, non-bool result, ...)."""
+        if device.binding_error is not None:
+            raise CelEvaluationError(self.expression, device.name, device.binding_error)
+        activation = device.activation(self._env, self._domains)
+        try:
+            result = self._program.eval(activation)
+        except RuntimeError as err:
+            raise self._runtime_failure(device, str(err)) from None
+        value = result.value()
+        if value is True or value is False:
+            return bool(value)
+        cel_type = result.type()
+        if cel_type == _ERROR_TYPE:
+            raise self._runtime_failure(device, str(value))
+        raise CelEvaluationError(
+            self.expression, device.name, f"must evaluate to bool, not {_type_name(cel_type)}"
+        )
+
+    def _runtime_failure(self, device: CelDevice, message: str) -> CelEvaluationError:
+        message = _STATUS.sub("", message.strip()).replace(" [INTERNAL]", "").strip()
+        missing = _MISSING_KEY.search(message) or _NO_SUCH_KEY.search(message)
+        if missing is not None:
+            key = missing.group(1)
+            return CelEvaluationError(self.expression, device.name, f"no such key: {key}", key=key)
+        if "budget exceeded" in message or "limit exceeded" in message:
+            message = f"runtime cost limit exceeded ({message})"
+        return CelEvaluationError(self.expression, device.name, message)
+
+    def __repr__(self) -> str:
+        return f"CompiledSelector({self.expression!r})"
+
+
+@lru_cache(maxsize=4096)
+def compile_selector(expression: str) -> CompiledSelector:
+    """Compiles (and caches) a selector; raises CelCompileError naming the expression and the position."""
+    if not isinstance(expression, str):
+        raise CelCompileError(repr(expression), "a CEL expression must be a string")
+    size = len(expression.encode())
+    if size > MAX_EXPRESSION_LENGTH:
+        raise CelCompileError(
+            expression, f"expression is {size} bytes long, more than the limit of {MAX_EXPRESSION_LENGTH}"
+        )
+    if not expression.strip():
+        raise CelCompileError(expression, "expression is empty")
+    env = environment()
+    try:
+        checked = env.compile(expression)
+    except Exception as err:  # cel-expr-python raises RuntimeError for every compile failure
+        raise _compile_failure(expression, err) from None
+    result_type = checked.return_type()
+    if _type_name(result_type) not in ("bool", "dyn"):
+        raise CelCompileError(
+            expression, f"must evaluate to bool or the unknown type, not {_type_name(result_type)}"
+        )
+    analysis = analyze(expression)
+    if analysis.bad_field is not None:
+        line, column = position(expression, analysis.bad_field.start)
+        raise CelCompileError(
+            expression,
+            f"undefined field '{analysis.bad_field.text}' (device has driver, attributes and capacity)",
+            line,
+            column,
+        )
+    program = checked
+    if analysis.folded != expression:
+        try:
+            program = env.compile(analysis.folded)
+        except Exception:
+            program = checked  # folding is an optimization; never let it break a valid expression
+    return CompiledSelector(expression, program, analysis.domains, env)

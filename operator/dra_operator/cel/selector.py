@@ -1,10 +1,10 @@
 """Compiling DRA CEL selectors once (cached by expression) and evaluating them on devices.
 
 Compilation type-checks the original text (so error positions are the user's), rejects expressions whose
-result type is neither bool nor dyn, and then compiles a second, folded text for evaluation (literal
-`quantity()`/`semver()` calls turned into constants). Evaluation turns every failure into a CelEvaluationError
-that names the expression, the device and, for a missing key, the key ("no such key: memory", Kubernetes'
-words).
+result type is neither bool nor dyn, and then compiles a second, optimized text for evaluation: literal
+`quantity()`/`semver()` calls turned into constants, their comparison members into string comparisons.
+Evaluation turns every failure into a CelEvaluationError that names the expression, the device and, for a
+missing key, the key ("no such key: memory", Kubernetes' words).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cel_expr_python import cel
 from dra_operator.cel.device import CelDevice
 from dra_operator.cel.errors import CelCompileError, CelEvaluationError
 from dra_operator.cel.library import environment
-from dra_operator.cel.source import analyze, position
+from dra_operator.cel.source import analyze, position, rewrite_comparisons
 
 __all__ = ["MAX_EXPRESSION_LENGTH", "CompiledSelector", "compile_selector"]
 
@@ -131,10 +131,15 @@ def compile_selector(expression: str) -> CompiledSelector:
             line,
             column,
         )
+    # Optimizations that remove Python callbacks (and cel-expr-python's per-call leak); each is only kept when
+    # the result compiles, so they can never turn a valid expression into an invalid one.
     program = checked
-    if analysis.folded != expression:
+    for candidate in (rewrite_comparisons(analysis.folded), analysis.folded):
+        if candidate == expression:
+            break
         try:
-            program = env.compile(analysis.folded)
-        except Exception:
-            program = checked  # folding is an optimization; never let it break a valid expression
+            program = env.compile(candidate)
+        except Exception:  # fall back to the less optimized text
+            continue
+        break
     return CompiledSelector(expression, program, analysis.domains, env)

@@ -8,6 +8,8 @@ proper (cel-cpp) still parses and type-checks the original text; this only drive
   constants, so the common selectors make no Python callback per evaluation;
 - string literals used as `attributes["..."]` / `capacity["..."]` keys name the domains that must look up as
   an empty map when a device lacks them (Kubernetes' outer maps default to `{}`);
+- `X.compareTo(Y)`, `X.isGreaterThan(Y)`, `X.isLessThan(Y)` on quantities/semvers become comparisons of the
+  messages' `order` strings, again sparing a Python callback (and its leak) per evaluation;
 - `device.<field>` must be one of driver, attributes, capacity (Kubernetes declares `device` as an object
   type).
 """
@@ -21,7 +23,7 @@ from dra_operator.api.quantity import Quantity
 from dra_operator.api.semver import Semver
 from dra_operator.cel.values import quantity_literal, semver_literal
 
-__all__ = ["DEVICE_FIELDS", "Analysis", "Token", "analyze", "position", "tokenize"]
+__all__ = ["DEVICE_FIELDS", "Analysis", "Token", "analyze", "position", "rewrite_comparisons", "tokenize"]
 
 DEVICE_FIELDS: Final = frozenset({"driver", "attributes", "capacity"})
 _IDENT_START: Final = frozenset("_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -89,7 +91,7 @@ def tokenize(source: str) -> list[Token]:
             tokens.append(token)
             i = token.end
             continue
-        if ch in ".()[],":
+        if ch in ".()[]{},":
             tokens.append(Token("punct", ch, i, i + 1))
         else:
             tokens.append(Token("other", ch, i, i + 1))
@@ -196,3 +198,104 @@ def _fold_call(tokens: list[Token], k: int) -> tuple[int, int, str] | None:
     except ValueError:
         return None  # invalid literals stay calls: Kubernetes reports them at evaluation time
     return tokens[k].start, end, constant
+
+
+_COMPARISONS: Final = frozenset({"compareTo", "isGreaterThan", "isLessThan"})
+_OPEN: Final = {")": "(", "]": "[", "}": "{"}
+_MAX_REWRITES: Final = 64
+
+
+def _matches(tokens: list[Token]) -> dict[int, int] | None:
+    """Index of the matching bracket for every bracket token, or None when unbalanced."""
+    found: dict[int, int] = {}
+    stack: list[int] = []
+    for k, token in enumerate(tokens):
+        if token.kind != "punct":
+            continue
+        if token.text in "([{":
+            stack.append(k)
+        elif token.text in _OPEN:
+            if not stack or tokens[stack[-1]].text != _OPEN[token.text]:
+                return None
+            opened = stack.pop()
+            found[opened], found[k] = k, opened
+    return found if not stack else None
+
+
+def _receiver_start(tokens: list[Token], matches: dict[int, int], dot: int) -> int | None:
+    """First token of the postfix chain that ends just before tokens[dot], or None when unsure."""
+    k = dot - 1
+    while True:
+        if k < 0:
+            return None
+        token = tokens[k]
+        if token.kind == "punct" and token.text in _OPEN:
+            k = matches[k]
+            before = tokens[k - 1] if k > 0 else None
+            # f(...), x[...], Type{...}, a(...)[...]: the group continues the chain to its left.
+            if before is not None and (
+                before.kind == "ident" or (before.kind == "punct" and before.text in _OPEN)
+            ):
+                k -= 1
+                continue
+        elif token.kind not in ("ident", "string"):
+            return None
+        before = tokens[k - 1] if k > 0 else None
+        if before is not None and before.kind == "punct" and before.text == ".":
+            k -= 2  # a field or member call: continue with what precedes the dot
+            continue
+        if before is not None and before.text == "?" and k >= 2 and tokens[k - 2].text == ".":
+            return None  # optional field selection (a.?b): leave it alone
+        return k
+
+
+def rewrite_comparisons(source: str) -> str:
+    """Turns quantity/semver comparison calls into comparisons of their `order` fields, innermost first."""
+    text = source
+    for _ in range(_MAX_REWRITES):
+        rewritten = _rewrite_one(text)
+        if rewritten is None:
+            return text
+        text = rewritten
+    return text
+
+
+def _rewrite_one(text: str) -> str | None:
+    try:
+        tokens = tokenize(text)
+    except ValueError:
+        return None
+    matches = _matches(tokens)
+    if matches is None:
+        return None
+    for k in range(len(tokens) - 2, 0, -1):  # last first: arguments are rewritten before their callers
+        name = tokens[k]
+        if name.kind != "ident" or name.text not in _COMPARISONS or tokens[k - 1].text != ".":
+            continue
+        if tokens[k + 1].text != "(" or k + 1 not in matches:
+            continue
+        close = matches[k + 1]
+        inner = tokens[k + 2 : close]
+        depth = 0
+        single = bool(inner)
+        for token in inner:
+            if token.kind == "punct" and token.text in "([{":
+                depth += 1
+            elif token.kind == "punct" and token.text in ")]}":
+                depth -= 1
+            elif token.kind == "punct" and token.text == "," and depth == 0:
+                single = False
+        start = _receiver_start(tokens, matches, k - 1)
+        if not single or start is None:
+            continue
+        receiver = text[tokens[start].start : tokens[k - 1].start]
+        argument = text[tokens[k + 2].start : tokens[close - 1].end]
+        left, right = f"({receiver}).order", f"({argument}).order"
+        if name.text == "isGreaterThan":
+            replacement = f"({left} > {right})"
+        elif name.text == "isLessThan":
+            replacement = f"({left} < {right})"
+        else:
+            replacement = f"({left} > {right} ? 1 : ({left} < {right} ? -1 : 0))"
+        return text[: tokens[start].start] + replacement + text[tokens[close].end :]
+    return None

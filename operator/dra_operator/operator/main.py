@@ -174,24 +174,38 @@ async def run(args: argparse.Namespace) -> int:
         _endpoint(args), certs.ca_bundle(), excluded_namespaces=excluded, name=args.webhook_config_name
     )
 
-    async def on_ready() -> None:
-        if not args.no_webhook_config:
+    async def configure_webhook() -> None:
+        # Only the leader writes, the configuration included: in local mode its URL then follows the leader.
+        if args.no_webhook_config:
+            metrics.CONFIGURED.set(1)
+            return
+        try:
             await admission.apply_configuration(kube, desired)
-        ctx.ready.set()
-        metrics.READY.set(1)
-        log.info("operator ready", webhook=desired["webhooks"][0]["clientConfig"].get("url", "service"))
+        except Exception:
+            log.exception("webhook configuration not applied")
+            raise
+        metrics.CONFIGURED.set(1)
+        log.info("webhook configured", webhook=desired["webhooks"][0]["clientConfig"].get("url", "service"))
+
+    def leading() -> bool:
+        return elector is None or elector.leading
 
     def on_warm() -> None:
+        # Every replica: caches are complete, so admission may answer; the leader also starts writing.
+        ctx.ready.set()
+        metrics.READY.set(1)
+        log.info("caches filled: serving admission")
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if args.resync_seconds > 0:
             tasks.append(asyncio.create_task(reconciler.resync_every(args.resync_seconds), name="resync"))
-        tasks.append(asyncio.create_task(on_ready(), name="ready"))
-        if elector is None or elector.leading:
+        if leading():
+            tasks.append(asyncio.create_task(configure_webhook(), name="webhook-configuration"))
             reconciler.enqueue_everything()
 
     def on_leading() -> None:
         metrics.LEADER.set(1)
         if state.bound:
+            tasks.append(asyncio.create_task(configure_webhook(), name="webhook-configuration"))
             reconciler.enqueue_everything()
 
     def on_lost() -> None:

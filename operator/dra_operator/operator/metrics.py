@@ -35,7 +35,12 @@ RELEASES = Counter(
     "dra_operator_deallocations", "Claims deallocated after their last consumer left", registry=REGISTRY
 )
 READY = Gauge(
-    "dra_operator_ready", "1 once the caches are filled and the webhook is configured", registry=REGISTRY
+    "dra_operator_ready", "1 once the caches are filled (admission is served from then on)", registry=REGISTRY
+)
+CONFIGURED = Gauge(
+    "dra_operator_webhook_configured",
+    "1 once this replica applied the webhook configuration",
+    registry=REGISTRY,
 )
 LEADER = Gauge("dra_operator_leader", "1 while this replica holds the leader Lease", registry=REGISTRY)
 

@@ -123,6 +123,10 @@ def test_seed_selector(device: CelDevice, expected: bool) -> None:
         ("sets.contains([1, 2, 3], [2]) && sets.intersects([1], [1, 5])", True),
         ("sets.equivalent([1, 2], [2, 1]) && !sets.equivalent([1], [1, 2])", True),
         ('[1, 2, 3].exists(x, x == device.attributes["driver.example.com"].index)', True),
+        ("[1, 2, 3, 4].slice(1, 3) == [2, 3] && [[1], [2, [3]]].flatten() == [1, 2, [3]]", True),
+        ("[1, 1, 2].distinct() == [1, 2] && [1, 2].reverse() == [2, 1] && [2, 1].sort() == [1, 2]", True),
+        ("lists.range(3) == [0, 1, 2]", True),
+        ("device.allowMultipleAllocations == false", True),
         # Kubernetes' commutative logic: an error on one side is absorbed by a decisive other side
         ('device.attributes["driver.example.com"].nothing == 1 || true', True),
     ],
@@ -278,3 +282,10 @@ def test_from_plain_accepts_quantities() -> None:
     assert compile_selector(
         'device.capacity["driver.example.com"].memory == quantity("1073741824")'
     ).evaluate(device)
+
+
+def test_allow_multiple_allocations() -> None:
+    shared = CelDevice.from_plain(DRIVER, {}, {}, allow_multiple_allocations=True)
+    assert compile_selector("device.allowMultipleAllocations").evaluate(shared) is True
+    model = Device.model_validate({"name": "gpu-2", "allowMultipleAllocations": True})
+    assert compile_selector("device.allowMultipleAllocations").evaluate(CelDevice.from_device(DRIVER, model))

@@ -10,7 +10,8 @@ Public API:
     MAX_EXPRESSION_LENGTH                                 10 KiB, Kubernetes' selector length limit
 
 Semantics follow Kubernetes resource.k8s.io/v1 (k8s.io/dynamic-resource-allocation/cel): `device.driver`,
-`device.attributes[domain].name` and `device.capacity[domain].name` (a quantity); a name without a domain in
+`device.attributes[domain].name`, `device.capacity[domain].name` (a quantity) and
+`device.allowMultipleAllocations` (false when unset); a name without a domain in
 the slice belongs to the driver's domain; an unknown domain looks up as an empty map (so `has()` on it is
 false) while an unknown name in a known map is the runtime error "no such key: <name>", which fails the
 allocation rather than skipping the device. Functions: see `library` (quantity, semver, strings v2, lists,
@@ -45,7 +46,9 @@ Python overloads of one name on two message types collide (one implementation di
 Known differences from Kubernetes: `isInteger()`/`asInteger()` answer from the value (Kubernetes answers from
 its internal representation, so `quantity("1000m").isInteger()` is false there); `"d" in device.attributes` is
 true for a domain the expression indexes; no cross-type numeric comparison (`1 < 1.5`) and no homogeneity
-check of list literals; regular expressions use Python's `re` rather than RE2.
+check of list literals; no two-variable comprehensions; regular expressions use Python's `re` rather than
+RE2; `device.<unknown field>` is rejected by a token-level check (a comprehension variable named `device`
+would confuse it).
 """
 
 from dra_operator.cel.device import CelDevice, split_qualified_name

@@ -37,10 +37,19 @@ def split_qualified_name(name: str, default_domain: str) -> tuple[str, str]:
 class CelDevice:
     """The `device` variable for one device. Build with `from_device` (API model) or `from_plain` (tests)."""
 
-    __slots__ = ("_activations", "_attributes", "_capacity", "_error", "driver", "name")
+    __slots__ = (
+        "_activations",
+        "_attributes",
+        "_capacity",
+        "_error",
+        "allow_multiple_allocations",
+        "driver",
+        "name",
+    )
 
     name: str
     driver: str
+    allow_multiple_allocations: bool
     _attributes: dict[str, dict[str, Any]]
     _capacity: dict[str, dict[str, Any]]
     _error: str | None
@@ -53,6 +62,7 @@ class CelDevice:
         attributes: dict[str, dict[str, Any]],
         capacity: dict[str, dict[str, Any]],
         error: str | None = None,
+        allow_multiple_allocations: bool = False,
     ) -> None:
         """Takes CEL-ready maps (values already converted); use the factories instead."""
         self.name = name
@@ -60,6 +70,7 @@ class CelDevice:
         self._attributes = attributes
         self._capacity = capacity
         self._error = error
+        self.allow_multiple_allocations = allow_multiple_allocations
         self._activations = {}
 
     @classmethod
@@ -90,7 +101,8 @@ class CelDevice:
         for name, entry in (device.capacity or {}).items():
             domain, ident = split_qualified_name(name, driver)
             capacity.setdefault(domain, {})[ident] = quantity_to_message(entry.value)
-        return cls(device.name, driver, attributes, capacity, error)
+        multiple = bool(device.allow_multiple_allocations)
+        return cls(device.name, driver, attributes, capacity, error, multiple)
 
     @classmethod
     def from_plain(
@@ -99,6 +111,7 @@ class CelDevice:
         attributes: Mapping[str, AttributeValue] | None = None,
         capacity: Mapping[str, Quantity | str | int] | None = None,
         name: str = "device",
+        allow_multiple_allocations: bool = False,
     ) -> CelDevice:
         """Binds plain data: attributes int/bool/str (a Semver for a version), capacities as quantities."""
         bound_attributes: dict[str, dict[str, Any]] = {}
@@ -110,7 +123,7 @@ class CelDevice:
         for key, amount in (capacity or {}).items():
             domain, ident = split_qualified_name(key, driver)
             bound_capacity.setdefault(domain, {})[ident] = quantity_to_message(Quantity.parse(amount))
-        return cls(name, driver, bound_attributes, bound_capacity)
+        return cls(name, driver, bound_attributes, bound_capacity, None, allow_multiple_allocations)
 
     @property
     def binding_error(self) -> str | None:
@@ -126,9 +139,14 @@ class CelDevice:
             wanted = domains | {self.driver}
             attributes = {**dict.fromkeys(wanted, _EMPTY), **self._attributes}
             capacity = {**dict.fromkeys(wanted, _EMPTY), **self._capacity}
-            found = env.Activation(
-                {"device": {"driver": self.driver, "attributes": attributes, "capacity": capacity}}
-            )
+            device = {
+                "driver": self.driver,
+                "attributes": attributes,
+                "capacity": capacity,
+                # Kubernetes offers it only with DRAConsumableCapacity; false is what an unset field means.
+                "allowMultipleAllocations": self.allow_multiple_allocations,
+            }
+            found = env.Activation({"device": device})
             self._activations[domains] = found
         return found
 

@@ -1,17 +1,24 @@
 """The CEL environment of DRA selectors: the `device` variable plus Kubernetes' function libraries.
 
 Built on cel-expr-python (cel-cpp). Provided, as in Kubernetes' CEL base environment for resource.k8s.io:
-standard CEL (incl. `matches`, macros, `has`), strings extension version 2 (charAt, indexOf, lastIndexOf,
-lowerAscii, upperAscii, replace, split, substring, trim, join, format, strings.quote), optional types,
-`cel.bind`, Kubernetes' quantity library (quantity, isQuantity, compareTo, isGreaterThan, isLessThan, add,
-sub, asInteger, isInteger, asApproximateFloat, sign), semver library (semver, isSemver, with the normalize
-flag, major, minor, patch, compareTo, isGreaterThan, isLessThan), lists library (isSorted, sum, min, max; not
-indexOf and lastIndexOf on lists, whose names the strings extension holds), sets extension (sets.contains,
-sets.equivalent, sets.intersects) and regex library (find, findAll). Not provided (not meaningful for device
-selectors): URLs, IP/CIDR, authz, format.*, image libraries.
+- standard CEL (macros, `has`, `matches`), optional types (`?.`, `[?]`, `orValue`), `cel.bind`;
+- strings extension version 2: charAt, indexOf, lastIndexOf, lowerAscii, upperAscii, replace, split,
+  substring, trim, join, format, strings.quote;
+- Kubernetes' quantity library: quantity, isQuantity, compareTo, isGreaterThan, isLessThan, add, sub,
+  asInteger, isInteger, asApproximateFloat, sign;
+- Kubernetes' semver library: semver, isSemver (both with the normalize flag), major, minor, patch,
+  compareTo, isGreaterThan, isLessThan;
+- Kubernetes' lists library: isSorted, sum, min, max (not indexOf/lastIndexOf on lists: the strings
+  extension holds those names and cel-expr-python cannot add overloads to them);
+- cel-go's lists extension: slice, flatten, distinct, reverse, sort, lists.range (not sortBy, first, last);
+- cel-go's sets extension: sets.contains, sets.equivalent, sets.intersects;
+- Kubernetes' regex library: find, findAll.
 
-Functions implemented here in Python are called back from C++; cel-expr-python 0.1.3 leaks a little memory per
-such call, which is why the selector layer folds literal `quantity("..")`/`semver("..")` calls into constants.
+Not provided: two-variable comprehensions (cel-expr-python 0.1.3 lacks them), and libraries that are not
+meaningful for device selectors: URLs, IP/CIDR, authz, format.*, image.
+
+Functions implemented here in Python are called back from C++; cel-expr-python 0.1.3 leaks memory on every
+such call, which is why the selector layer folds literal constructors and rewrites comparisons (see source).
 """
 
 from __future__ import annotations
@@ -167,6 +174,44 @@ def _equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _slice(items: Sequence[Any], start: int, end: int) -> list[Any]:
+    if start < 0 or end < 0 or start > end or end > len(items):
+        raise ValueError(f"cannot slice({start}, {end}) a list of size {len(items)}")
+    return list(items[start:end])
+
+
+def _flatten(items: Sequence[Any], depth: int = 1) -> list[Any]:
+    if depth < 0:
+        raise ValueError("level must be non-negative")
+    result: list[Any] = []
+    for item in items:
+        if isinstance(item, list) and depth > 0:
+            result.extend(_flatten(item, depth - 1))
+        else:
+            result.append(item)
+    return result
+
+
+def _distinct(items: Sequence[Any]) -> list[Any]:
+    result: list[Any] = []
+    for item in items:
+        if not any(_equal(item, seen) for seen in result):
+            result.append(item)
+    return result
+
+
+def _reverse(items: Sequence[Any]) -> list[Any]:
+    return list(reversed(items))
+
+
+def _sort(items: Sequence[Any]) -> list[Any]:
+    return sorted(items)
+
+
+def _range(count: int) -> list[int]:
+    return list(range(count))
+
+
 def _contains(items: Sequence[Any], subset: Sequence[Any]) -> bool:
     return all(any(_equal(x, y) for y in items) for x in subset)
 
@@ -284,6 +329,19 @@ def _declarations() -> list[Any]:
         decl("max", [ov("list_max", t.DYN, [dyn_list], _max, member=True)]),
         # (The lists library's indexOf/lastIndexOf are missing: cel-expr-python cannot add overloads to the
         # strings extension's functions of the same names.)
+        # cel-go's lists extension (the parts that are plain functions; not sortBy, first, last).
+        decl("slice", [ov("list_slice", dyn_list, [dyn_list, t.INT, t.INT], _slice, member=True)]),
+        decl(
+            "flatten",
+            [
+                ov("list_flatten", dyn_list, [dyn_list], _flatten, member=True),
+                ov("list_flatten_int", dyn_list, [dyn_list, t.INT], _flatten, member=True),
+            ],
+        ),
+        decl("distinct", [ov("list_distinct", dyn_list, [dyn_list], _distinct, member=True)]),
+        decl("reverse", [ov("list_reverse", dyn_list, [dyn_list], _reverse, member=True)]),
+        decl("sort", [ov("list_sort", dyn_list, [dyn_list], _sort, member=True)]),
+        decl("lists.range", [ov("lists_range", t.List(t.INT), [t.INT], _range)]),
         # cel-go's sets extension.
         decl("sets.contains", [ov("list_sets_contains_list", t.BOOL, [dyn_list, dyn_list], _contains)]),
         decl("sets.equivalent", [ov("list_sets_equivalent_list", t.BOOL, [dyn_list, dyn_list], _equivalent)]),

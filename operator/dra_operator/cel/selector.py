@@ -127,7 +127,8 @@ def compile_selector(expression: str) -> CompiledSelector:
         line, column = position(expression, analysis.bad_field.start)
         raise CelCompileError(
             expression,
-            f"undefined field '{analysis.bad_field.text}' (device has driver, attributes and capacity)",
+            f"undefined field '{analysis.bad_field.text}'"
+            " (device has driver, attributes, capacity and allowMultipleAllocations)",
             line,
             column,
         )

@@ -25,7 +25,7 @@ from dra_operator.cel.values import quantity_literal, semver_literal
 
 __all__ = ["DEVICE_FIELDS", "Analysis", "Token", "analyze", "position", "rewrite_comparisons", "tokenize"]
 
-DEVICE_FIELDS: Final = frozenset({"driver", "attributes", "capacity"})
+DEVICE_FIELDS: Final = frozenset({"driver", "attributes", "capacity", "allowMultipleAllocations"})
 _IDENT_START: Final = frozenset("_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _IDENT_PART: Final = _IDENT_START | frozenset("0123456789")
 

@@ -289,3 +289,11 @@ def test_allow_multiple_allocations() -> None:
     assert compile_selector("device.allowMultipleAllocations").evaluate(shared) is True
     model = Device.model_validate({"name": "gpu-2", "allowMultipleAllocations": True})
     assert compile_selector("device.allowMultipleAllocations").evaluate(CelDevice.from_device(DRIVER, model))
+
+
+def test_regex_library_is_linear_time_and_reports_bad_patterns() -> None:
+    device = CelDevice.from_plain(DRIVER, {"model": "a" * 5000 + "!"}, {})
+    pathological = 'device.attributes["driver.example.com"].model.find("(a+)+$") == ""'
+    assert compile_selector(pathological).evaluate(device) is True  # would take ages with backtracking
+    with pytest.raises(CelEvaluationError, match="invalid regular expression"):
+        compile_selector('"abc".find("(") == ""').evaluate(device)

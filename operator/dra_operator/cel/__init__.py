@@ -46,9 +46,8 @@ Python overloads of one name on two message types collide (one implementation di
 Known differences from Kubernetes: `isInteger()`/`asInteger()` answer from the value (Kubernetes answers from
 its internal representation, so `quantity("1000m").isInteger()` is false there); `"d" in device.attributes` is
 true for a domain the expression indexes; no cross-type numeric comparison (`1 < 1.5`) and no homogeneity
-check of list literals; no two-variable comprehensions; regular expressions use Python's `re` rather than
-RE2; `device.<unknown field>` is rejected by a token-level check (a comprehension variable named `device`
-would confuse it).
+check of list literals; no two-variable comprehensions; `device.<unknown field>` is rejected by a
+token-level check (a comprehension variable named `device` would confuse it).
 """
 
 from dra_operator.cel.device import CelDevice, split_qualified_name

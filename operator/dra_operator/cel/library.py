@@ -23,12 +23,12 @@ such call, which is why the selector layer folds literal constructors and rewrit
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from functools import cache
 from itertools import pairwise
 from typing import Any, Final
 
+import re2
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_optional, ext_strings
 
@@ -224,9 +224,17 @@ def _intersects(a: Sequence[Any], b: Sequence[Any]) -> bool:
     return any(any(_equal(x, y) for y in b) for x in a)
 
 
+_RE2_OPTIONS: Final[Any] = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is reported as a CEL error, not on stderr
+
+
 @cache
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _regex(pattern: str) -> Any:
+    # RE2 like Kubernetes (Go's regexp) and cel-cpp's matches(): linear time, no backtracking blow-up.
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as err:
+        raise ValueError(f"invalid regular expression {pattern!r}: {err}") from None
 
 
 def _find(text: str, pattern: str) -> str:

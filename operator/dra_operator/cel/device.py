@@ -10,6 +10,7 @@ generation.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from dra_operator.api.quantity import Quantity
@@ -24,6 +25,18 @@ __all__ = ["AttributeValue", "CelDevice", "split_qualified_name"]
 AttributeValue = int | bool | str | Semver
 
 _EMPTY: dict[str, Any] = {}
+
+
+# Devices of a slice share most values (every GPU has 64Gi), so conversions are cached. The messages are
+# only ever read: activations copy them into cel-cpp values.
+@lru_cache(maxsize=4096)
+def _quantity_value(quantity: Quantity) -> Any:
+    return quantity_to_message(quantity)
+
+
+@lru_cache(maxsize=4096)
+def _version_value(text: str) -> Any:
+    return semver_to_message(Semver.parse(text))
 
 
 def split_qualified_name(name: str, default_domain: str) -> tuple[str, str]:
@@ -89,7 +102,7 @@ class CelDevice:
                 value = attribute.string
             elif attribute.version is not None:
                 try:
-                    value = semver_to_message(Semver.parse(attribute.version))
+                    value = _version_value(attribute.version)
                 except ValueError as err:
                     error = error or f"attribute {name}: parse semantic version: {err}"
                     continue
@@ -100,7 +113,7 @@ class CelDevice:
         capacity: dict[str, dict[str, Any]] = {}
         for name, entry in (device.capacity or {}).items():
             domain, ident = split_qualified_name(name, driver)
-            capacity.setdefault(domain, {})[ident] = quantity_to_message(entry.value)
+            capacity.setdefault(domain, {})[ident] = _quantity_value(entry.value)
         multiple = bool(device.allow_multiple_allocations)
         return cls(device.name, driver, attributes, capacity, error, multiple)
 
@@ -122,7 +135,7 @@ class CelDevice:
         bound_capacity: dict[str, dict[str, Any]] = {}
         for key, amount in (capacity or {}).items():
             domain, ident = split_qualified_name(key, driver)
-            bound_capacity.setdefault(domain, {})[ident] = quantity_to_message(Quantity.parse(amount))
+            bound_capacity.setdefault(domain, {})[ident] = _quantity_value(Quantity.parse(amount))
         return cls(name, driver, bound_attributes, bound_capacity, None, allow_multiple_allocations)
 
     @property

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -232,22 +233,36 @@ def metrics(port: int) -> dict[str, float]:
     return values
 
 
-def local_operator_args(container: Json, kubeconfig: Path, webhook_port: int, metrics_port: int) -> list[str]:
+def local_operator_args(container: Json, kubeconfig: Path, ports: dict[str, int]) -> list[str]:
     """The installed container's args, with what only makes sense inside the cluster swapped for loopback:
     the API server here reaches the webhook at https://127.0.0.1 (not the Service), with a certificate the
-    operator makes for that address (not the chart's, which names the Service)."""
+    operator makes for that address (not the chart's, which names the Service); ports are free ones."""
     in_cluster_only = ("--webhook-service=", "--tls-cert-file=", "--tls-key-file=", "--tls-ca-file=",
-                       "--liveness=",
-                       "--metrics-port=", "--webhook-port=")  # fmt: skip
+                       "--liveness=", "--metrics-port=", "--webhook-port=")  # fmt: skip
     args = [a for a in container["args"] if not a.startswith(in_cluster_only)]
+    (liveness,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--liveness=")]
+    path = liveness.split("/", 3)[3]
     return [
         *args,
         f"--kubeconfig={kubeconfig}",
         "--webhook-host=127.0.0.1",
-        f"--webhook-port={webhook_port}",
-        f"--metrics-port={metrics_port}",
+        f"--webhook-port={ports['webhook']}",
+        f"--metrics-port={ports['metrics']}",
         "--metrics-host=127.0.0.1",
+        f"--liveness=http://127.0.0.1:{ports['health']}/{path}",
     ]
+
+
+def probe_ok(container: Json, probe: str, ports: dict[str, int]) -> bool:
+    """Do what the kubelet does with the container's httpGet probe, against the local process."""
+    http = container[probe]["httpGet"]
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{ports[http['port']]}{http['path']}", timeout=2
+        ) as reply:
+            return bool(200 <= reply.status < 400)
+    except OSError:
+        return False
 
 
 def downward_env(container: Json, namespace: str, node: str | None = None) -> dict[str, str]:
@@ -393,19 +408,19 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
 
     # ---- the operator: two replicas, one leading ----
     operator_container = deployment["spec"]["template"]["spec"]["containers"][0]
-    ports = []
+    replicas: list[dict[str, int]] = []
     for index in range(deployment["spec"]["replicas"]):
-        metrics_port, webhook_port = free_port(), free_port()
-        ports.append(metrics_port)
-        args = local_operator_args(operator_container, operator_config, webhook_port, metrics_port)
+        ports = {p["name"]: free_port() for p in operator_container["ports"]}
+        replicas.append(ports)
+        args = local_operator_args(operator_container, operator_config, ports)
         install.start(f"operator-{index}", args, downward_env(operator_container, ns))
 
     def one_leader_all_ready() -> bool:
         states = []
         for process in install.processes:
             process.alive()
-        for port in ports:
-            m = metrics(port)
+        for ports in replicas:
+            m = metrics(ports["metrics"])
             states.append((m.get("dra_operator_ready"), m.get("dra_operator_leader")))
         return all(ready == 1.0 for ready, _ in states) and sorted(leader for _, leader in states) == [
             0.0,
@@ -413,6 +428,10 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
         ]
 
     wait_for(one_leader_all_ready, timeout=120, message=f"both replicas ready, one leading\n{install.logs()}")
+    for ports in replicas:  # the chart's probes answer on the ports and paths it names
+        for probe in ("livenessProbe", "readinessProbe"):
+            answers = functools.partial(probe_ok, operator_container, probe, ports)
+            wait_for(answers, timeout=30, message=f"{probe} answers")
     lease_name = next(a.split("=", 1)[1] for a in operator_container["args"] if a.startswith("--lease-name="))
     lease = install.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{lease_name}")
     assert lease is not None and lease["spec"]["holderIdentity"]

@@ -6,8 +6,12 @@ the values themselves (deep-merged like helm does), not written out, so a new va
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
 import copy
+import importlib
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from dra_operator.agent.simulated import parse_inventory
+from dra_operator.cli import SUBCOMMANDS
 from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
 
 CHART = chart_dir()
@@ -460,3 +465,31 @@ def test_agent_daemonset(rendered: Rendered) -> None:
     assert yaml.safe_load(text) == values["simulated"]["inventory"]
     parsed = parse_inventory(text, str(inventory_path))  # the agent's own parser accepts what the chart ships
     assert parsed.pools
+
+
+def parse_with_cli(args: list[str]) -> argparse.Namespace:
+    """Parse a container's args with the real `dra-operator` subcommand parser; fail on any unknown flag."""
+    parser = argparse.ArgumentParser(prog=f"dra-operator {args[0]}")
+    importlib.import_module(SUBCOMMANDS[args[0]][0]).add_arguments(parser)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return parser.parse_args(args[1:])
+    except SystemExit:
+        pytest.fail(f"the chart passes flags `dra-operator {args[0]}` does not know: {errors.getvalue()}")
+
+
+def test_container_args_are_understood_by_the_cli(rendered: Rendered) -> None:
+    operator = rendered.one("Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]
+    parsed = parse_with_cli(operator["args"])
+    values = rendered.values["operator"]
+    assert parsed.leader_election == values["leaderElection"]["enabled"]
+    assert parsed.namespace == values["watchNamespaces"]
+    assert parsed.webhook_port == values["webhook"]["port"]
+    assert parsed.metrics_port == values["metrics"]["port"]
+    assert parsed.log_level == rendered.values["logLevel"]
+    agent = rendered.maybe("DaemonSet", "agent")
+    if agent is not None:
+        parsed = parse_with_cli(agent["spec"]["template"]["spec"]["containers"][0]["args"])
+        assert parsed.backend == rendered.values["agent"]["backend"]
+        assert parsed.log_level == rendered.values["logLevel"]

@@ -30,8 +30,10 @@ class SnapshotKeeper:
         self.cache = cache if cache is not None else SelectorCache()
         self._snapshot: Snapshot | None = None
         self._key: Hashable = None
+        self._identities: Hashable = None
         self._anchors: tuple[object, ...] = ()
         self._assumed: dict[ClaimKey, AllocationResult] = {}
+        self._confirmed: dict[ClaimKey, AllocationResult] = {}
         self.rebuilds = 0
 
     def snapshot(
@@ -44,20 +46,26 @@ class SnapshotKeeper:
         """The snapshot for these objects; `claims` are all claims (allocated ones make devices in use)."""
         classes, slices = list(classes), list(slices)
         node_list = None if nodes is None else list(nodes)
-        key = (
-            frozenset(_version(c) for c in classes),
-            frozenset(_version(s) for s in slices),
+        nodes_key = (
             None
             if node_list is None
-            else tuple(sorted((n.name or "", tuple(sorted(n.labels.items()))) for n in node_list)),
+            else tuple(sorted((n.name or "", tuple(sorted(n.labels.items()))) for n in node_list))
         )
+        # The same objects as last time (a cache of parsed models hands them out): no need to look closer.
+        identities = (tuple(map(id, classes)), tuple(map(id, slices)), nodes_key)
+        if self._snapshot is not None and identities == self._identities:
+            self._sync(self._snapshot, claims)
+            return self._snapshot
+        key = (frozenset(_version(c) for c in classes), frozenset(_version(s) for s in slices), nodes_key)
+        self._identities = identities
         if self._snapshot is None or key != self._key:
             self._snapshot = Snapshot.build(classes, slices, node_list, cache=self.cache)
             self.cache.retain(self._snapshot.tokens())
             self._key = key
-            # Objects whose id() is part of the key stay alive as long as the key is used.
-            self._anchors = (*classes, *slices)
+            self._confirmed = {}
             self.rebuilds += 1
+        # Objects whose id() is part of a key stay alive as long as the key is used.
+        self._anchors = (*classes, *slices)
         self._sync(self._snapshot, claims)
         return self._snapshot
 
@@ -72,13 +80,17 @@ class SnapshotKeeper:
         wanted = {**truth, **self._assumed}
         for key in [k for k in snapshot.allocated_claims() if k not in wanted]:
             snapshot.release(key)
+        confirmed = self._confirmed
+        for key in [k for k in confirmed if k not in wanted]:
+            del confirmed[key]
         for key, allocation in wanted.items():
+            if confirmed.get(key) is allocation:
+                continue
             known = snapshot.allocation_of(key)
-            if known is allocation:
-                continue
-            if known is not None and known.to_dict() == allocation.to_dict():
-                continue
-            snapshot.record_allocation(key, allocation)
+            if known is None or (known is not allocation and known.to_dict() != allocation.to_dict()):
+                snapshot.record_allocation(key, allocation)
+            # Compared once per object: an unchanged claim costs a dictionary lookup on later calls.
+            confirmed[key] = allocation
 
     def assume(self, allocation: Allocation) -> None:
         """The allocation is being written: keep its devices in use until the claims show it."""

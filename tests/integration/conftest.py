@@ -71,6 +71,7 @@ def control_plane() -> Iterator[ControlPlane]:
         plane.start()
     except (build.BuildError, ControlPlaneError, OSError) as error:
         _Startup.error = f"control plane unavailable: {error}"
+    if _Startup.error is not None:
         pytest.fail(_Startup.error, pytrace=False)
     try:
         yield plane

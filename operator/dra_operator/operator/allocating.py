@@ -1,9 +1,9 @@
 """The bridge from the operator's cached dicts to the core allocator (dra_operator.allocation) and back.
 
-Parsed models are cached per (uid, resourceVersion), so a Pod's turn costs a snapshot build over already
-validated objects, not a re-validation of every slice. An object that fails validation is left out (and
-logged once).
-"""
+Parsed models are cached per (uid, resourceVersion). The allocator's Snapshot is kept while classes, slices
+and nodes are unchanged, and only the claims whose allocation changed since the last Pod are recorded or
+released in it, so a Pod's turn costs its own search, not a rebuild over every device. An object that fails
+validation is left out (and logged once)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class AllocationRequest:
     claims: Mapping[str, Json]  # Pod claim name -> ResourceClaim dict
     classes: Sequence[Json]
     slices: Sequence[Json]
-    nodes: Sequence[Json]  # the nodes the Pod's own constraints allow
+    nodes: Sequence[Json]  # every node
+    candidates: Sequence[str]  # names of the nodes the Pod's own constraints allow
     all_claims: Sequence[Json]  # every claim, for the devices in use
 
 
@@ -50,6 +51,11 @@ class Allocator:
         self.selectors: Any = None  # the CEL compile cache, made on first use
         self._models: dict[tuple[str, str], Any] = {}
         self._bad: set[tuple[str, str]] = set()
+        self._snapshot: Any = None
+        self._signature: Any = None
+        self._recorded: dict[tuple[str, str], str] = {}  # claim key -> uid/resourceVersion recorded
+        self._uuids: dict[tuple[str, str, str], str] = {}
+        self.rebuilds = 0
 
     def _model(self, obj: Json) -> Any:
         meta = obj.get("metadata") or {}
@@ -88,21 +94,15 @@ class Allocator:
             if not isinstance(model, ResourceClaim):
                 return Failure("InvalidClaim", f"ResourceClaim {obj['metadata'].get('name')} is not valid")
             claims[pod_claim] = model
-        if not req.nodes:
+        if not req.candidates:
             return Failure("AllocationFailed", "no node satisfies the Pod's own node selector and affinity")
-        snapshot = Snapshot.build(
-            self._models_of(req.classes, DeviceClass),
-            self._models_of(req.slices, ResourceSlice),
-            [Node.from_object(n) for n in req.nodes],
-            self._models_of(req.all_claims, ResourceClaim),
-            cache=self.selectors,
-        )
+        snapshot = self._current_snapshot(req, Snapshot, Node)
         meta = req.pod["metadata"]
         outcome = allocate(
             snapshot,
             PodRef(meta["namespace"], meta["name"], meta.get("uid", "")),
             list(claims.values()),
-            [n["metadata"]["name"] for n in req.nodes],
+            list(req.candidates),
         )
         if not isinstance(outcome, Allocation):
             explanation = outcome.explanation
@@ -118,7 +118,63 @@ class Allocator:
             for key, result in outcome.results.items()
             if key in by_key
         }
-        return Placed(node=outcome.node_name, allocations=allocations, gpu_uuids=self._gpu_uuids(req.slices))
+        return Placed(node=outcome.node_name, allocations=allocations, gpu_uuids=self._uuids)
+
+    def _current_snapshot(self, req: AllocationRequest, snapshot_type: Any, node_type: Any) -> Any:
+        """The kept Snapshot, rebuilt when classes, slices or nodes changed, with in-use devices brought up to
+        date claim by claim."""
+
+        def versions(objs: Sequence[Json]) -> tuple[tuple[str, str], ...]:
+            return tuple(
+                sorted(
+                    (str(o["metadata"].get("uid")), str(o["metadata"].get("resourceVersion"))) for o in objs
+                )
+            )
+
+        signature = (
+            versions(req.classes),
+            versions(req.slices),
+            tuple(
+                sorted(
+                    (n["metadata"]["name"], tuple(sorted(n["metadata"].get("labels", {}).items())))
+                    for n in req.nodes
+                )
+            ),
+        )
+        if signature != self._signature or self._snapshot is None:
+            self._snapshot = snapshot_type.build(
+                self._models_of(req.classes, DeviceClass),
+                self._models_of(req.slices, ResourceSlice),
+                [node_type.from_object(n) for n in req.nodes],
+                (),
+                cache=self.selectors,
+            )
+            self.selectors.retain(self._snapshot.tokens())
+            self._signature = signature
+            self._recorded = {}
+            self._uuids = self._gpu_uuids(req.slices)
+            self.rebuilds += 1
+        snapshot = self._snapshot
+        current: dict[tuple[str, str], tuple[str, Any]] = {}
+        for obj in req.all_claims:
+            meta = obj.get("metadata") or {}
+            if not (obj.get("status") or {}).get("allocation"):
+                continue
+            model = self._model(obj)
+            if isinstance(model, ResourceClaim) and model.status is not None and model.status.allocation:
+                token = f"{meta.get('uid')}/{meta.get('resourceVersion')}"
+                current[(str(meta.get("namespace") or ""), str(meta.get("name")))] = (
+                    token,
+                    model.status.allocation,
+                )
+        for key in [k for k in self._recorded if k not in current]:
+            snapshot.release(key)
+            del self._recorded[key]
+        for key, (token, allocation) in current.items():
+            if self._recorded.get(key) != token:
+                snapshot.record_allocation(key, allocation)
+                self._recorded[key] = token
+        return snapshot
 
     def _gpu_uuids(self, slices: Sequence[Json]) -> dict[tuple[str, str, str], str]:
         uuids: dict[tuple[str, str, str], str] = {}

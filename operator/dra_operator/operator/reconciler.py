@@ -276,12 +276,14 @@ class Reconciler:
         if missing:
             self._fail(pod, "ClassNotFound", "; ".join(missing), claims=list(claims.values()))
             return
+        nodes = list(self.state.all(NODES))
         request = AllocationRequest(
             pod=pod,
             claims=claims,
             classes=list(self.state.all(CLASSES)),
             slices=list(self.state.all(SLICES)),
-            nodes=[n for n in self.state.all(NODES) if pod_fits_node(pod, n)],
+            nodes=nodes,
+            candidates=[n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)],
             all_claims=list(self.state.all(CLAIMS)),
         )
         outcome = self.allocator.allocate(request)

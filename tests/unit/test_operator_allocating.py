@@ -1,0 +1,136 @@
+"""The bridge to the core allocator: dicts in, JSON allocations out, the snapshot kept across Pods."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure, Placed
+
+Json = dict[str, Any]
+SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed"
+
+
+def load(name: str, uid: str) -> Json:
+    obj: Json = yaml.safe_load((SEED / name).read_text())
+    obj["metadata"].update(uid=uid, resourceVersion="1", namespace=obj["metadata"].get("namespace", "ns"))
+    return obj
+
+
+def slice_for(node: str, memories: list[str], rv: str = "1") -> Json:
+    return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{node}-slice", "uid": f"slice-{node}", "resourceVersion": rv},
+        "spec": {
+            "driver": "driver.example.com",
+            "nodeName": node,
+            "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+            "devices": [
+                {
+                    "name": f"gpu-{i}",
+                    "attributes": {"type": {"string": "gpu"}},
+                    "capacity": {"memory": {"value": memory}},
+                }
+                for i, memory in enumerate(memories)
+            ],
+        },
+    }
+
+
+def node(name: str) -> Json:
+    return {"metadata": {"name": name, "labels": {}}}
+
+
+def claim_from_template(name: str) -> Json:
+    template = load("resourceclaimtemplate.yaml", "t")
+    return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "resourceVersion": "1"},
+        "spec": copy.deepcopy(template["spec"]["spec"]),
+    }
+
+
+def request(claims: dict[str, Json], all_claims: list[Json], slices: list[Json]) -> AllocationRequest:
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "pod"}}
+    nodes = [node("n1"), node("n2")]
+    return AllocationRequest(
+        pod=pod,
+        claims=claims,
+        classes=[load("deviceclass.yaml", "class")],
+        slices=slices,
+        nodes=nodes,
+        candidates=["n1", "n2"],
+        all_claims=all_claims,
+    )
+
+
+def allocated(claim: Json, allocation: Json) -> Json:
+    done = copy.deepcopy(claim)
+    done["status"] = {
+        "allocation": allocation,
+        "reservedFor": [{"resource": "pods", "name": "x", "uid": "x"}],
+    }
+    done["metadata"]["resourceVersion"] = "2"
+    return done
+
+
+def test_one_64gi_gpu_per_claim_until_none_is_left_then_released() -> None:
+    allocator = Allocator()
+    slices = [slice_for("n1", ["64Gi", "32Gi"]), slice_for("n2", ["64Gi"])]
+    written: list[Json] = []
+    devices = []
+    for index in range(2):
+        claim = claim_from_template(f"c{index}")
+        outcome = allocator.allocate(request({"gpu": claim}, written, slices))
+        assert isinstance(outcome, Placed), outcome
+        allocation = outcome.allocations["gpu"]
+        (result,) = allocation["devices"]["results"]
+        assert result["device"] == "gpu-0" and outcome.node == result["pool"]
+        devices.append((outcome.node, result["device"]))
+        written.append(allocated(claim, allocation))
+    assert sorted(devices) == [("n1", "gpu-0"), ("n2", "gpu-0")]
+
+    third = claim_from_template("c2")
+    outcome = allocator.allocate(request({"gpu": third}, written, slices))
+    assert isinstance(outcome, Failure) and outcome.reason == "AllocationFailed"
+    assert "n1" in outcome.message and "n2" in outcome.message
+
+    # The first claim is released (gone from the list): its device is free for the third.
+    outcome = allocator.allocate(request({"gpu": third}, written[1:], slices))
+    assert isinstance(outcome, Placed) and outcome.node == devices[0][0]
+    assert allocator.rebuilds == 1, "claims changing must not rebuild the snapshot"
+
+    # A slice change rebuilds it.
+    slices = [slice_for("n1", ["64Gi", "64Gi"], rv="2"), slice_for("n2", ["64Gi"])]
+    outcome = allocator.allocate(request({"gpu": third}, written, slices))
+    assert (
+        isinstance(outcome, Placed)
+        and outcome.allocations["gpu"]["devices"]["results"][0]["device"] == "gpu-1"
+    )
+    assert allocator.rebuilds == 2
+
+
+def test_missing_class_and_invalid_claim() -> None:
+    allocator = Allocator()
+    claim = claim_from_template("c")
+    claim["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] = "nope"
+    outcome = allocator.allocate(request({"gpu": claim}, [], [slice_for("n1", ["64Gi"])]))
+    assert isinstance(outcome, Failure) and outcome.reason == "ClassNotFound"
+    broken = claim_from_template("b")
+    broken["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [{"cel": None, "expression": "true"}]
+    outcome = allocator.allocate(request({"gpu": broken}, [], [slice_for("n1", ["64Gi"])]))
+    assert isinstance(outcome, Failure) and outcome.reason == "InvalidClaim"
+
+
+def test_gpu_uuids_come_from_the_nvml_driver_slices() -> None:
+    allocator = Allocator(nvidia_driver="driver.example.com")
+    gpu_slice = slice_for("n1", ["64Gi"])
+    gpu_slice["spec"]["devices"][0]["attributes"]["uuid"] = {"string": "GPU-1234"}
+    outcome = allocator.allocate(request({"gpu": claim_from_template("c")}, [], [gpu_slice]))
+    assert isinstance(outcome, Placed)
+    assert outcome.gpu_uuids == {("driver.example.com", "n1", "gpu-0"): "GPU-1234"}

@@ -450,7 +450,20 @@ class Reconciler:
         if finalized and not keep and not allocated and (deallocated or _deleting(claim)):
             # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
             # generated claim keeps the finalizer it was born with until its Pod is done with it.)
-            await self._drop_finalizer(claim)
+            claim = await self._drop_finalizer(claim)
+            return
+
+        if not status and not _deleting(claim):
+            # A claim nobody wrote a status for yet: say `pending` (kubectl's STATE column) once. Generated
+            # claims are normally allocated before this runs and never pay for it.
+            new = copy.deepcopy(claim)
+            new["status"] = {"state": "pending"}
+            new["status"]["conditions"] = _conditions(new["status"], "Pending")
+            new["status"]["conditions"][0]["message"] = "waiting for a Pod that uses it"
+            written = await self.kube.replace(
+                ours("resourceclaims", namespace, name, subresource="status"), new
+            )
+            self.state.wrote(CLAIMS, written)
 
     async def _drop_finalizer(self, claim: Json) -> Json:
         meta = claim["metadata"]

@@ -1,0 +1,94 @@
+"""`dra-operator demo`: the seed's DRA walkthrough on an embedded control plane with simulated GPU nodes.
+
+It builds (or reuses) the pinned control plane, starts it, creates fake GPU Nodes each served by a
+simulated `dra-operator agent`, installs the CRDs, starts `dra-operator run`, then follows "Allocate Devices
+to Workloads with DRA" with our apiVersion using the real kubectl: DeviceClasses, a ResourceClaimTemplate and
+a ResourceClaim, a Pod with the template, Pods sharing the claim, the seed's Job as written (it cannot be
+placed: the demo shows why) and a variant whose shared claim selects other GPUs (it runs to completion, two
+Pods at a time). There is no kubelet: the demo plays it by marking bound Pods Succeeded. It ends with the
+seed's clean-up and stops every process it started, on success, on error and on Ctrl-C.
+
+The manifests it applies are in `manifests/` beside this file (the seed's, ported; see the notes in them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+
+from dra_operator.controlplane import ApiError, BuildError, ControlPlaneError
+from dra_operator.demo.console import Console
+from dra_operator.demo.processes import DemoError
+from dra_operator.demo.walkthrough import STEPS, Walkthrough
+
+MIN_NODES = 2  # the shared All claim needs a node where the template Pod took no GPU
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=3,
+        metavar="N",
+        help="fake GPU nodes, each with four 64Gi and two 32Gi simulated GPUs "
+        f"(default 3, at least {MIN_NODES})",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the walkthrough, skip the clean-up and keep everything running until Ctrl-C "
+        "(prints the KUBECONFIG to use; bound Pods keep being marked Succeeded)",
+    )
+
+
+def manifests_dir() -> Path:
+    return Path(str(resources.files("dra_operator.demo") / "manifests"))
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so that the clean-up of every `finally` runs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.nodes < MIN_NODES:
+        print(f"dra-operator demo: --nodes must be at least {MIN_NODES}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    console = Console(total_steps=len(STEPS) - (1 if args.keep else 0))
+    workdir = Path(tempfile.mkdtemp(prefix="dra-operator-demo-"))
+    walkthrough = Walkthrough(console, workdir, manifests_dir(), args.nodes)
+    keep_logs = False
+    started = time.monotonic()
+    try:
+        walkthrough.run(keep=args.keep)
+        return 0
+    except (KeyboardInterrupt, _Terminated):
+        console.print()
+        console.print("interrupted: stopping everything the demo started")
+        return 130
+    except (DemoError, BuildError, ControlPlaneError, ApiError, TimeoutError) as error:
+        keep_logs = True
+        console.print()
+        console.print(f"dra-operator demo: error: {error}")
+        return 1
+    finally:
+        # A second Ctrl-C while stopping must not leave processes behind: ignore it until everything is down.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        walkthrough.stop()
+        if keep_logs:
+            console.print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        console.print(f"demo took {time.monotonic() - started:.0f}s")

@@ -1,0 +1,541 @@
+"""The demo's steps, in order: cluster, nodes and agents, operator, the seed walkthrough, clean-up, stop."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from dra_operator.admission import names
+from dra_operator.admission.mutation import read_manifest
+from dra_operator.api import crdgen
+from dra_operator.controlplane import (
+    K8S_VERSION,
+    ApiError,
+    ControlPlane,
+    node_manifest,
+    pod_succeeded_status,
+)
+from dra_operator.controlplane.launcher import free_port
+from dra_operator.demo import buildwatch
+from dra_operator.demo.console import Console, table
+from dra_operator.demo.processes import Children, DemoError, child_env, cli_command, tail
+
+T = TypeVar("T")
+Json = dict[str, Any]
+
+NAMESPACE = "default"  # the seed applies its manifests without -n
+GROUP_PATH = "/apis/resource.dra-operator.io/v1"
+CLAIMS = f"{GROUP_PATH}/namespaces/{NAMESPACE}/resourceclaims"
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+EVENTS = f"/api/v1/namespaces/{NAMESPACE}/events"
+JOB = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/example-dra-job"
+JOB_PODS = f"{PODS}?labelSelector=job-name%3Dexample-dra-job"
+CLAIMS_KIND = "resourceclaims.resource.dra-operator.io"
+MERGE_PATCH = "application/merge-patch+json"
+DRIVER = "driver.example.com"
+GPUS_PER_NODE = 6  # inventory.yaml: four 64Gi, two 32Gi
+WAIT = 60.0
+
+STEPS = (
+    "Control plane binaries",
+    "Control plane",
+    "CRDs, fake GPU nodes and their node agents",
+    "The operator",
+    "Identify devices to claim",
+    "Claim resources: a ResourceClaimTemplate and a ResourceClaim",
+    "Request devices: a Pod with the template, two Pods sharing the claim",
+    "The seed's Job, as written",
+    "The Job again, with the shared claim on the 32Gi GPUs",
+    "Clean up",
+    "Stop",
+)
+
+
+def _phase(pod: Json) -> str:
+    return str((pod.get("status") or {}).get("phase") or "")
+
+
+def _ended(pod: Json) -> bool:
+    return _phase(pod) in ("Succeeded", "Failed")
+
+
+def _gated(pod: Json) -> bool:
+    return any(g.get("name") == names.SCHEDULING_GATE for g in pod["spec"].get("schedulingGates") or [])
+
+
+def _devices(claim: Json | None) -> list[tuple[str, str]]:
+    """(pool, device) of each allocated device of a claim."""
+    allocation = ((claim or {}).get("status") or {}).get("allocation") or {}
+    return [(r["pool"], r["device"]) for r in (allocation.get("devices") or {}).get("results") or []]
+
+
+class Walkthrough:
+    def __init__(self, console: Console, workdir: Path, manifests: Path, node_count: int) -> None:
+        self.console = console
+        self.workdir = workdir
+        self.node_names = [f"gpu-node-{index}" for index in range(node_count)]
+        self.cp: ControlPlane | None = None
+        self.children = Children(workdir)
+        self.operator_metrics_port = 0
+        # The manifests sit in the directory kubectl runs in, so `kubectl apply -f FILE` reads as typed.
+        self.files = workdir / "manifests"
+        shutil.copytree(manifests, self.files)
+        self.started = time.monotonic()
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+
+    @property
+    def plane(self) -> ControlPlane:
+        if self.cp is None:
+            raise DemoError("the control plane is not running")
+        return self.cp
+
+    def kubectl(self, *args: str, show_output: bool = True) -> str:
+        """Run the pinned kubectl as a user would (KUBECONFIG set, in the manifests' directory); show it."""
+        self.console.command(shlex.join(["kubectl", *args]))
+        proc = subprocess.run(
+            [str(self.plane.bin_dir / "kubectl"), *args],
+            cwd=self.files,
+            env=self.plane.env(),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        text = proc.stdout + proc.stderr
+        if show_output:
+            self.console.output(text)
+        if proc.returncode != 0:
+            raise DemoError(f"kubectl {shlex.join(args)} failed (exit {proc.returncode}):\n{text}")
+        return text
+
+    def get(self, path: str) -> Json | None:
+        try:
+            found: Json = self.plane.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    def items(self, path: str) -> list[Json]:
+        found = self.get(path)
+        return list((found or {}).get("items") or [])
+
+    def wait(self, predicate: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
+        """Poll `predicate` until it returns something truthy; fail fast if a process of the demo died."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while True:
+            self.children.check()
+            self.plane.check()
+            try:
+                value = predicate()
+            except ApiError as error:  # e.g. a kind whose CRD is still being established
+                last, value = error, None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                logs = "".join(
+                    f"\n--- last lines of {c.log}:\n{tail(c.log, 15)}" for c in self.children.children
+                )
+                raise DemoError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){logs}")
+            time.sleep(0.2)
+
+    def finish(self, pod: Json) -> None:
+        """Play the kubelet: the Pod's containers ran and exited 0."""
+        self.plane.request(
+            "PATCH",
+            f"{PODS}/{pod['metadata']['name']}/status",
+            pod_succeeded_status(pod),
+            content_type=MERGE_PATCH,
+        )
+
+    def events(self, name: str, reason: str) -> list[Json]:
+        selector = f"involvedObject.name={name},reason={reason}"
+        return self.items(f"{EVENTS}?fieldSelector={selector}")
+
+    # ---- the run -----------------------------------------------------------------------------------------
+
+    def run(self, keep: bool) -> None:
+        c = self.console
+        c.title(f"dra-operator demo: Dynamic Resource Allocation on an embedded Kubernetes {K8S_VERSION}")
+        c.note("following https://kubernetes.io/docs/tasks/configure-pod-container/assign-resources/")
+        c.note("allocate-devices-with-dra/ with apiVersion resource.dra-operator.io/v1")
+        c.note(f"work directory (logs, manifests; removed at the end): {self.workdir}")
+        self.start_cluster()
+        self.start_nodes()
+        self.start_operator()
+        self.identify_devices()
+        self.claim_resources()
+        self.request_devices()
+        self.seed_job_as_written()
+        self.placeable_job()
+        if keep:
+            self.keep_running()
+        else:
+            self.clean_up()
+
+    def start_cluster(self) -> None:
+        c = self.console
+        c.step(STEPS[0])
+        result = buildwatch.ensure_binaries(c)
+        how = "found cached" if result.cached else f"built in {result.seconds / 60:.1f} min"
+        c.info(f"kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd: {how}")
+        c.info(f"in {result.bin_dir}")
+        c.step(STEPS[1])
+        c.info("starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1 ...")
+        self.cp = ControlPlane(bin_dir=result.bin_dir, run_dir=self.workdir / "controlplane")
+        self.cp.start()
+        c.info(f"ready in {self.cp.startup_seconds or 0:.1f}s at {self.cp.server}")
+
+    def start_nodes(self) -> None:
+        c = self.console
+        c.step(STEPS[2])
+        crd_dir = self.files / "crds"
+        crd_dir.mkdir()
+        for name, text in crdgen.rendered().items():
+            (crd_dir / name).write_text(text)
+        c.note(
+            "crds/ holds the CRDs as `dra-operator crds --write crds` writes them (the chart has the same)"
+        )
+        self.kubectl("apply", "--server-side", "-f", "crds/")
+        self.kubectl("wait", "--for=condition=Established", "-f", "crds/", "--timeout=60s")
+        c.info("")
+        c.note(
+            "Nodes without a kubelet (Ready, nothing runs on them); one simulated agent per node publishes"
+        )
+        c.note("its devices (inventory.yaml: four 64Gi and two 32Gi GPUs of driver.example.com) as a slice")
+        for node in self.node_names:
+            self.plane.request("POST", "/api/v1/nodes", node_manifest(node))
+            args = ["agent", "--backend=simulated", "--inventory=inventory.yaml", f"--node={node}"]
+            c.command(shlex.join(["dra-operator", *args]) + " &")
+            self.children.start(
+                f"agent-{node}",
+                cli_command(*args, f"--kubeconfig={self.plane.kubeconfig}", f"--driver={DRIVER}"),
+                env=child_env(),
+                cwd=self.files,
+            )
+
+        def published() -> bool:
+            slices = self.items(f"{GROUP_PATH}/resourceslices")
+            counts = {s["spec"].get("nodeName"): len(s["spec"].get("devices") or []) for s in slices}
+            return all(counts.get(node) == GPUS_PER_NODE for node in self.node_names)
+
+        self.wait(published, "each agent to publish its node's ResourceSlice")
+        self.kubectl("get", "nodes")
+        self.kubectl("get", "resourceslices.resource.dra-operator.io")
+
+    def start_operator(self) -> None:
+        c = self.console
+        c.step(STEPS[3])
+        webhook_port = free_port()
+        self.operator_metrics_port = free_port()
+        args = [
+            "run",
+            "--webhook-host=127.0.0.1",
+            f"--webhook-port={webhook_port}",
+            "--metrics-host=127.0.0.1",
+            f"--metrics-port={self.operator_metrics_port}",
+            "--lease-namespace=kube-system",
+        ]
+        c.command(shlex.join(["dra-operator", *args]) + " &")
+        started = time.monotonic()
+        self.children.start(
+            "operator", cli_command(*args, f"--kubeconfig={self.plane.kubeconfig}"), env=child_env()
+        )
+        self.wait(self.operator_ready, "the operator to fill its caches, lead and configure its webhook", 90)
+        seconds = time.monotonic() - started
+        c.info(f"ready in {seconds:.1f}s: caches filled, leader (Lease kube-system/dra-operator),")
+        c.info(f"admission webhook registered at https://127.0.0.1:{webhook_port}")
+
+    def operator_ready(self) -> bool:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.operator_metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return False
+        values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        wanted = ("dra_operator_ready", "dra_operator_leader", "dra_operator_webhook_configured")
+        return all(values.get(name) == "1.0" for name in wanted)
+
+    def identify_devices(self) -> None:
+        c = self.console
+        c.step(STEPS[4])
+        c.note("the cluster admin's part: a DeviceClass for the driver's devices")
+        self.kubectl("apply", "-f", "deviceclass.yaml")
+        c.note("the workload operator's first command")
+        self.kubectl("get", "deviceclasses.resource.dra-operator.io")
+
+    def claim_resources(self) -> None:
+        c = self.console
+        c.step(STEPS[5])
+        self.kubectl("apply", "-f", "resourceclaimtemplate.yaml")
+        c.note("resourceclaim.yaml is the seed's with `expression:` nested under `cel:` (upstream indents it")
+        c.note("beside `- cel:`, which the API server rejects); it asks for All 64Gi GPUs of one node")
+        self.kubectl("apply", "-f", "resourceclaim.yaml")
+
+    def request_devices(self) -> None:
+        c = self.console
+        c.step(STEPS[6])
+        self.kubectl("apply", "-f", "pod-with-template.yaml")
+        self.kubectl("apply", "-f", "pods-sharing-claim.yaml")
+        wanted = ("pod-with-template", "pod-sharing-claim-1", "pod-sharing-claim-2")
+
+        def bound() -> list[Json] | None:
+            pods = [p for p in self.items(PODS) if p["metadata"]["name"] in wanted]
+            done = len(pods) == len(wanted) and all(p["spec"].get("nodeName") for p in pods)
+            return pods if done else None
+
+        pods = self.wait(bound, "the three Pods to be allocated and bound to nodes")
+        self.kubectl("get", "pods", "-o", "wide")
+        self.show_placements(pods)
+        self.kubectl("get", CLAIMS_KIND)
+        c.info("")
+        c.note("no kubelet here: the demo marks the bound Pods Succeeded, as a kubelet does when they end")
+        for pod in pods:
+            self.finish(pod)
+
+        def released() -> bool:
+            claims = self.items(CLAIMS)
+            shared = [x for x in claims if x["metadata"]["name"] == "example-resource-claim"]
+            return len(claims) == 1 and len(shared) == 1 and not _devices(shared[0])
+
+        self.wait(released, "the generated claim to be deleted and the shared claim deallocated")
+        self.kubectl("get", CLAIMS_KIND)
+        c.check("the template Pod's claim was deleted with it; the shared claim is deallocated (no consumer)")
+        self.kubectl("delete", "-f", "pod-with-template.yaml", "-f", "pods-sharing-claim.yaml")
+
+    def show_placements(self, pods: list[Json]) -> None:
+        """The table Pods -> nodes -> claims -> devices from the Pods and the claims' allocations, checked."""
+        claims = self.items(CLAIMS)
+        by_name = {x["metadata"]["name"]: x for x in claims}
+        rows: list[list[str]] = []
+        problems: list[str] = []
+        for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+            pod_name, node = pod["metadata"]["name"], pod["spec"].get("nodeName") or "-"
+            for ref in read_manifest(pod["metadata"].get("annotations"))["resourceClaims"]:
+                claim = self._claim_of(pod, ref, claims, by_name)
+                claim_name = claim["metadata"]["name"] if claim else "(none)"
+                claim_node = ((claim or {}).get("status") or {}).get("nodeName")
+                devices = _devices(claim)
+                rows.append(
+                    [
+                        pod_name,
+                        node,
+                        ref["name"],
+                        claim_name,
+                        _device_cell(devices),
+                    ]
+                )
+                if claim_node != node or any(pool != node for pool, _ in devices) or not devices:
+                    problems.append(
+                        f"{pod_name} on {node}: claim {claim_name} on {claim_node}, devices {devices}"
+                    )
+        self.console.info("")
+        self.console.info(table(["POD", "NODE", "POD CLAIM", "RESOURCECLAIM", "DEVICES (POOL: NAMES)"], rows))
+        self.console.info("")
+        if problems:
+            raise DemoError("Pods placed away from their claims' devices:\n" + "\n".join(problems))
+        self.console.check("every Pod is bound to the node of its claims' devices")
+
+    @staticmethod
+    def _claim_of(pod: Json, ref: Json, claims: list[Json], by_name: dict[str, Json]) -> Json | None:
+        if ref.get("resourceClaimName"):
+            return by_name.get(ref["resourceClaimName"])
+        uid = pod["metadata"]["uid"]
+        for claim in claims:
+            owners = claim["metadata"].get("ownerReferences") or []
+            annotations = claim["metadata"].get("annotations") or {}
+            if any(o.get("uid") == uid for o in owners) and (
+                annotations.get(names.POD_CLAIM_NAME_ANNOTATION) == ref["name"]
+            ):
+                return claim
+        return None
+
+    def seed_job_as_written(self) -> None:
+        c = self.console
+        c.step(STEPS[7])
+        self.kubectl("apply", "-f", "dra-example-job.yaml")
+
+        def failed() -> list[Json] | None:
+            pods = self.items(JOB_PODS)
+            if len(pods) < 2 or not all(self.events(p["metadata"]["name"], "AllocationFailed") for p in pods):
+                return None
+            return pods
+
+        pods = self.wait(failed, "AllocationFailed on the Job's Pods")
+        if any(not _gated(p) for p in pods):
+            raise DemoError("a Pod of the seed's Job was placed, which no node's devices allow")
+        self.kubectl("get", "pods", "-l", "job-name=example-dra-job")
+        name = sorted(p["metadata"]["name"] for p in pods)[0]
+        c.note("drill down with kubectl describe, as the seed's troubleshooting says (excerpt):")
+        text = self.kubectl("describe", "pod", name, show_output=False)
+        self.console.output(self.describe_excerpt(text))
+        c.info("")
+        c.note("why: the shared claim (allocationMode All, 64Gi) wants every 64Gi GPU of a node, and each")
+        c.note("Pod's template claim one more 64Gi GPU on that same node: no node can hold both")
+        c.check("the Job's Pods stay gated with AllocationFailed events naming every node")
+        self.kubectl("delete", "-f", "dra-example-job.yaml")
+        self.wait(
+            lambda: not self.items(JOB_PODS) and len(self.items(CLAIMS)) == 1,
+            "the Job's Pods and their generated claims to be gone",
+        )
+
+    @staticmethod
+    def describe_excerpt(text: str) -> str:
+        """The name, the scheduling gates and the Events of `kubectl describe pod`."""
+        lines = text.rstrip("\n").splitlines()
+        keep = [line for line in lines if line.startswith(("Name:", "Node:", "Status:", "Scheduling Gates:"))]
+        start = next((i for i, line in enumerate(lines) if line.startswith("Events:")), len(lines))
+        return "\n".join([*keep, "...", *lines[start:]])
+
+    def placeable_job(self) -> None:
+        c = self.console
+        c.step(STEPS[8])
+        self.kubectl("delete", "-f", "resourceclaim.yaml")
+        self.wait(lambda: not self.items(CLAIMS), "the claim to be deleted")
+        self.kubectl("apply", "-f", "resourceclaim-32gi.yaml")
+        self.kubectl("apply", "-f", "dra-example-job.yaml")
+        job = yaml.safe_load((self.files / "dra-example-job.yaml").read_text())
+        completions = int(job["spec"]["completions"])
+        parallelism = int(job["spec"]["parallelism"])
+        finished: set[str] = set()
+        waves = 0
+        most_at_once = 0
+
+        def next_wave() -> list[Json] | None:
+            pods = [p for p in self.items(JOB_PODS) if p["metadata"]["name"] not in finished]
+            running = [p for p in pods if not _ended(p) and not p["metadata"].get("deletionTimestamp")]
+            bound = [p for p in running if p["spec"].get("nodeName")]
+            expected = min(parallelism, completions - len(finished))
+            return bound if expected > 0 and len(bound) >= expected else None
+
+        c.note(
+            f"the demo's kubelet ends the Pods once {parallelism} of them are bound (the Job's parallelism)"
+        )
+        while len(finished) < completions:
+            wave = self.wait(next_wave, f"the next {parallelism} Pods of the Job to be placed", 90)
+            waves += 1
+            most_at_once = max(most_at_once, len(wave))
+            if waves == 1:
+                self.show_placements(wave)
+                self.kubectl("get", CLAIMS_KIND)
+                c.info("")
+            self.check_wave(wave)
+            summary = ", ".join(
+                f"{p['metadata']['name']} -> {p['spec']['nodeName']}"
+                for p in sorted(wave, key=lambda p: str(p["metadata"]["name"]))
+            )
+            c.info(f"wave {waves}: {summary}")
+            for pod in wave:
+                self.finish(pod)
+                finished.add(pod["metadata"]["name"])
+
+        def complete() -> bool:
+            status = (self.get(JOB) or {}).get("status") or {}
+            return int(status.get("succeeded") or 0) >= completions
+
+        self.wait(complete, f"the Job to count {completions} completions")
+        self.kubectl("get", "job", "example-dra-job")
+        c.check(
+            f"{completions} Pods completed in {waves} waves, at most {most_at_once} at a time; in each wave "
+            "the Pods shared one node"
+        )
+
+    def check_wave(self, wave: list[Json]) -> None:
+        """The Pods of one wave: on one node (the shared claim's), each with a 64Gi GPU of its own."""
+        own: list[str] = []
+        nodes = {p["spec"]["nodeName"] for p in wave}
+        for pod in wave:
+            annotations = pod["metadata"].get("annotations") or {}
+            own += annotations.get(names.devices_annotation("separate-gpu-claim", None), "").split(",")
+        shared = self.get(f"{CLAIMS}/example-resource-claim")
+        shared_nodes = {pool for pool, _ in _devices(shared)}
+        if len(nodes) != 1 or shared_nodes != nodes or len(set(own)) != len(own) or "" in own:
+            raise DemoError(
+                f"unexpected placement: Pods on {nodes}, shared claim on {shared_nodes}, own GPUs {own}"
+            )
+
+    def clean_up(self) -> None:
+        c = self.console
+        c.step(STEPS[9])
+        self.kubectl("delete", "-f", "dra-example-job.yaml")
+        self.kubectl("delete", "-f", "resourceclaimtemplate.yaml")
+        c.note("resourceclaim.yaml and the demo's variant name the same claim")
+        self.kubectl("delete", "-f", "resourceclaim.yaml")
+        self.wait(lambda: not self.items(CLAIMS), "every ResourceClaim to be gone")
+        self.kubectl("get", CLAIMS_KIND)
+        left = self.items(f"{GROUP_PATH}/resourceclaims")
+        if left:
+            raise DemoError(f"claims left after the clean-up: {[x['metadata']['name'] for x in left]}")
+        c.check("no claims left")
+
+    def keep_running(self) -> None:
+        c = self.console
+        c.print()
+        c.title("Still running (--keep). In another shell:")
+        c.info(f"export KUBECONFIG={shlex.quote(str(self.plane.kubeconfig))}")
+        c.info(f"export PATH={shlex.quote(str(self.plane.bin_dir))}:$PATH")
+        c.info(f"cd {shlex.quote(str(self.files))}   # the walkthrough's manifests")
+        c.info("kubectl get pods,resourceclaims.resource.dra-operator.io -o wide")
+        c.note(
+            "bound Pods are marked Succeeded within a second (there is no kubelet); logs in "
+            + str(self.workdir)
+        )
+        c.print("Ctrl-C stops everything.")
+        while True:
+            self.children.check()
+            self.plane.check()
+            for pod in self.items(PODS):
+                if (
+                    pod["spec"].get("nodeName")
+                    and not _ended(pod)
+                    and not pod["metadata"].get("deletionTimestamp")
+                ):
+                    self.finish(pod)
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        """Stop the operator, the agents and the control plane; safe after any failure, and more than once."""
+        if self.cp is None and not self.children.children:
+            return
+        c = self.console
+        c.step(STEPS[-1])
+        pids = [child.process.pid for child in self.children.children]
+        self.children.stop()
+        if self.cp is not None:
+            pids += list(self.cp.pids.values())
+            self.cp.stop()
+            self.cp = None
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        if alive:
+            c.print(f"processes still alive: {alive}")
+        else:
+            c.check(f"operator, {len(self.node_names)} agents, control plane stopped ({len(pids)} processes)")
+
+
+def _device_cell(devices: list[tuple[str, str]]) -> str:
+    """`pool: device,device` per pool (here a pool is a node), pools separated by `; `."""
+    pools: dict[str, list[str]] = {}
+    for pool, device in devices:
+        pools.setdefault(pool, []).append(device)
+    return "; ".join(f"{pool}: {','.join(found)}" for pool, found in pools.items()) or "-"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2 :].startswith("Z")

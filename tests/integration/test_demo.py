@@ -1,0 +1,213 @@
+"""`dra-operator demo` end to end, as a user runs it: exit status, what it shows, nothing left behind.
+
+The assertions read the evidence out of the demo's own output (its placement tables, the real kubectl's tables
+and describe excerpt) and check it against itself: every Pod sits on the node of its claims and devices, the
+seed's Job is refused with a reason for each node, the placeable Job completes with at most `parallelism` Pods
+at a time, no claim is left, and no process or directory of the demo survives it (also after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dra_operator.demo import manifests_dir
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_PORTED = REPO / "tests" / "fixtures" / "seed"
+DEMO_TIMEOUT = 300  # the demo itself aims at under two minutes with cached binaries
+
+Row = dict[str, str]
+
+
+def demo_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dra_operator.cli", "demo", *args]
+
+
+def demo_env() -> dict[str, str]:
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "operator"), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def tables(output: str, first_column: str) -> list[tuple[int, list[Row]]]:
+    """(line number, rows) of every table in the output whose header starts with `first_column` (columns are
+    3+ spaces apart, as kubectl and the demo print them)."""
+    found: list[tuple[int, list[Row]]] = []
+    lines = [line.strip() for line in output.splitlines()]
+    for index, line in enumerate(lines):
+        if not line.startswith(first_column + " "):
+            continue
+        headers = re.split(r"\s{3,}", line)
+        rows = []
+        for row_line in lines[index + 1 :]:
+            cells = re.split(r"\s{3,}", row_line)
+            if not row_line or row_line.startswith(("$", "#", "✓")) or len(cells) != len(headers):
+                break
+            rows.append(dict(zip(headers, cells, strict=True)))
+        found.append((index, rows))
+    return found
+
+
+def rows_where(output: str, column: str, value: str) -> list[Row]:
+    return [row for _, rows in tables(output, "NAME") for row in rows if row.get(column) == value]
+
+
+def work_dir(output: str) -> Path:
+    match = re.search(r"work directory \(.*\): (\S+)", output)
+    assert match, output
+    return Path(match.group(1))
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that name `text` (the demo's children all name its work directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            found.append(f"{proc.name}: {argv}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo_run() -> Iterator[subprocess.CompletedProcess[str]]:
+    proc = subprocess.run(
+        demo_command(),
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+        check=False,
+    )
+    yield proc
+
+
+def test_demo_exits_zero(demo_run: subprocess.CompletedProcess[str]) -> None:
+    assert demo_run.returncode == 0, demo_run.stdout + demo_run.stderr
+
+
+def test_pods_sit_on_their_claims_nodes(demo_run: subprocess.CompletedProcess[str]) -> None:
+    out = demo_run.stdout
+    placements = tables(out, "POD")
+    claim_tables = [(at, rows) for at, rows in tables(out, "NAME") if rows and "STATE" in rows[0]]
+    assert len(placements) == 2, out  # the Pods of step 7, the first wave of the placeable Job
+    nodes = {row["NAME"] for row in rows_where(out, "STATUS", "Ready")}
+    assert len(nodes) == 3, out
+    for at, placement in placements:
+        assert placement, out
+        # `kubectl get resourceclaims...` printed right after the placement table: the claims' own columns.
+        claims = {row["NAME"]: row for row in next(rows for where, rows in claim_tables if where > at)}
+        for row in placement:
+            assert row["NODE"] in nodes, row
+            pool, _, devices = row["DEVICES (POOL: NAMES)"].partition(": ")
+            assert pool == row["NODE"] and devices, row  # node-local devices of the Pod's own node
+            claim = claims[row["RESOURCECLAIM"]]
+            assert claim["NODE"] == row["NODE"], (row, claim)
+            assert claim["STATE"] == "allocated,reserved", claim
+    # The template Pod holds one 64Gi GPU of its node, so the All claim (every 64Gi GPU) went to another.
+    first = {row["POD"]: row for row in placements[0][1]}
+    assert first["pod-with-template"]["NODE"] != first["pod-sharing-claim-1"]["NODE"]
+    assert first["pod-sharing-claim-1"]["NODE"] == first["pod-sharing-claim-2"]["NODE"]
+    assert len(first["pod-sharing-claim-1"]["DEVICES (POOL: NAMES)"].split(",")) == 4
+
+
+def test_seed_job_is_refused_with_a_reason_per_node(demo_run: subprocess.CompletedProcess[str]) -> None:
+    out = demo_run.stdout
+    nodes = {row["NAME"] for row in rows_where(out, "STATUS", "Ready")}
+    gated = rows_where(out, "STATUS", "SchedulingGated")
+    assert len(gated) == 2, out  # the Job's parallelism
+    events = out[out.index("$ kubectl describe pod " + gated[0]["NAME"]) :]
+    events = events[: events.index("✓")]
+    assert "AllocationFailed" in events, events
+    explanation = events[events.index("AllocationFailed") :]
+    for node in nodes:
+        assert f"{node}:" in explanation, (node, explanation)
+
+
+def test_placeable_job_runs_two_at_a_time_to_completion(demo_run: subprocess.CompletedProcess[str]) -> None:
+    out = demo_run.stdout
+    job = yaml.safe_load((manifests_dir() / "dra-example-job.yaml").read_text())
+    waves = re.findall(r"^\s*wave \d+: (.*)$", out, re.MULTILINE)
+    placed = [pair.split(" -> ") for wave in waves for pair in wave.split(", ")]
+    assert len(placed) == job["spec"]["completions"], waves
+    assert len({pod for pod, _ in placed}) == len(placed), "a Pod counted twice"
+    for wave in waves:
+        pods = wave.split(", ")
+        assert len(pods) <= job["spec"]["parallelism"], wave
+        assert len({p.split(" -> ")[1] for p in pods}) == 1, (
+            f"one wave, one node (the shared claim's): {wave}"
+        )
+    job_rows = rows_where(out, "NAME", "example-dra-job")
+    assert job_rows and job_rows[-1]["COMPLETIONS"] == "{0}/{0}".format(job["spec"]["completions"])
+
+
+def test_clean_up_leaves_no_claim_and_no_process(demo_run: subprocess.CompletedProcess[str]) -> None:
+    out = demo_run.stdout
+    clean_up = out[out.index("Clean up") :]
+    last_get = clean_up[clean_up.rindex("$ kubectl get resourceclaims.resource.dra-operator.io") :]
+    assert "No resources found in default namespace." in last_get.splitlines()[1], last_get
+    directory = work_dir(out)
+    assert not directory.exists(), f"{directory} left behind"
+    assert processes_mentioning(str(directory)) == []
+
+
+def test_ctrl_c_stops_everything() -> None:
+    proc = subprocess.Popen(
+        demo_command(),
+        env=demo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    reached = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "Identify devices to claim" in line:  # control plane, agents and operator all running
+                reached.set()
+        reached.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert reached.wait(DEMO_TIMEOUT), "".join(seen)
+        assert proc.poll() is None, "".join(seen)
+        directory = work_dir("".join(seen))
+        running = processes_mentioning(str(directory))
+        assert len(running) >= 4, running  # the agents and the operator name the work directory
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, "".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    output = "".join(seen)
+    assert "interrupted: stopping everything the demo started" in output, output
+    assert processes_mentioning(str(directory)) == [], output
+    assert not directory.exists(), output
+
+
+@pytest.mark.parametrize(
+    "name", ["deviceclass.yaml", "resourceclaimtemplate.yaml", "resourceclaim.yaml", "dra-example-job.yaml"]
+)
+def test_demo_manifests_are_the_ported_seed(name: str) -> None:
+    shipped = list(yaml.safe_load_all((manifests_dir() / name).read_text()))
+    assert shipped == list(yaml.safe_load_all((SEED_PORTED / name).read_text()))

@@ -7,6 +7,7 @@ writes per Pod).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -48,9 +49,10 @@ def free_port() -> int:
 class Operator:
     """`dra-operator run` in a subprocess against the control plane."""
 
-    def __init__(self, cp: ControlPlane, log_dir: Path) -> None:
+    def __init__(self, cp: ControlPlane, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.cp = cp
         self.log_dir = log_dir
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.webhook_port = free_port()
@@ -80,6 +82,7 @@ class Operator:
                     "--metrics-host=127.0.0.1",
                     "--lease-namespace=default",
                     "--lease-seconds=5",
+                    *self.extra_args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -864,3 +867,41 @@ def test_two_replicas_one_leader_and_failover(
         # the fixture's teardown releases the Pods through a running operator: keep the standby up for it
         operator.proc = standby.proc
         operator.metrics_port = standby.metrics_port
+
+
+def test_certificate_files_and_liveness(
+    operator: Operator, cluster: Cluster, tmp_path: Path, wait_for: WaitFor
+) -> None:
+    """Item 1: the webhook served with given certificate files (as cert-manager mounts them), and Kopf's
+    liveness endpoint answering."""
+    operator.stop()  # this test runs its own replica
+    cert, key = cluster.cp.issue_serving_cert(tmp_path / "tls", "webhook", ("127.0.0.1",))
+    liveness = free_port()
+    (tmp_path / "logs").mkdir()
+    own = Operator(
+        cluster.cp,
+        tmp_path / "logs",
+        (
+            f"--tls-cert-file={cert}",
+            f"--tls-key-file={key}",
+            f"--tls-ca-file={cluster.cp.ca_file}",
+            f"--liveness=http://127.0.0.1:{liveness}/healthz",
+        ),
+    )
+    own.start()
+    try:
+        wait_for(own.ready, timeout=90, message="the operator with certificate files to lead")
+        config = cluster.cp.request(
+            "GET", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/dra-operator"
+        )
+        bundle = config["webhooks"][0]["clientConfig"]["caBundle"]
+        assert base64.b64decode(bundle) == Path(cluster.cp.ca_file).read_bytes()
+        created = cluster.create(
+            cluster.pods_path(), pod("tls", [{"name": "g", "resourceClaimTemplateName": "anything"}])
+        )
+        assert not ungated(created) and "resourceClaims" not in created["spec"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        # the fixture's teardown releases the Pods through a running operator: hand it this one
+        operator.proc, operator.metrics_port = own.proc, own.metrics_port

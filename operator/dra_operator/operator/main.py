@@ -170,22 +170,48 @@ async def run(args: argparse.Namespace) -> int:
         certs = tls.generate(Path(tempfile.mkdtemp(prefix="dra-operator-tls-")), _cert_hosts(args))
 
     excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
-    desired = configuration.build(
-        _endpoint(args), certs.ca_bundle(), excluded_namespaces=excluded, name=args.webhook_config_name
-    )
+
+    def desired_configuration() -> dict[str, Any]:
+        # Read the CA each time: with certificate files (cert-manager) it may have been rotated.
+        return configuration.build(
+            _endpoint(args), certs.ca_bundle(), excluded_namespaces=excluded, name=args.webhook_config_name
+        )
+
+    desired = desired_configuration()
 
     async def configure_webhook() -> None:
         # Only the leader writes, the configuration included: in local mode its URL then follows the leader.
+        nonlocal desired
         if args.no_webhook_config:
             metrics.CONFIGURED.set(1)
             return
         try:
+            desired = desired_configuration()
             await admission.apply_configuration(kube, desired)
         except Exception:
             log.exception("webhook configuration not applied")
             raise
         metrics.CONFIGURED.set(1)
         log.info("webhook configured", webhook=desired["webhooks"][0]["clientConfig"].get("url", "service"))
+
+    async def follow_ca_rotation(interval: float = 60.0) -> None:
+        """Given certificate files, re-apply the configuration when the CA bundle changes (the serving
+        certificate itself is re-read by Kopf's WebhookServer)."""
+        bundle = certs.ca_bundle()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                current = certs.ca_bundle()
+            except OSError as exc:
+                log.warning("CA file unreadable", error=str(exc))
+                continue
+            if current != bundle and leading():
+                bundle = current
+                log.info("CA bundle changed: updating the webhook configuration")
+                try:
+                    await configure_webhook()
+                except Exception:  # logged there; try again at the next change or restart
+                    bundle = b""
 
     def leading() -> bool:
         return elector is None or elector.leading
@@ -257,6 +283,8 @@ async def run(args: argparse.Namespace) -> int:
     metrics.serve(args.metrics_port, args.metrics_host)
     if elector is not None:
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    if args.tls_cert_file:
+        tasks.append(asyncio.create_task(follow_ca_rotation(), name="ca-rotation"))
     log.info(
         "starting",
         identity=identity,

@@ -45,7 +45,7 @@ ADMIN_LABEL = "resource.kubernetes.io/admin-access"
 SCHEDULE_TIMEOUT = 60.0
 
 
-GENERATED_CASES = 24
+GENERATED_CASES = 40
 DRIVER = "gpu.example.com"
 # Selectors the generator draws from: all valid in Kubernetes, some raising runtime errors on devices
 # without the attribute (fatal, as in Kubernetes).
@@ -71,38 +71,94 @@ def generate_case(rng: random.Random) -> list[dict[str, Any]]:
             "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]},
         }
     ]
-    for n in range(rng.randint(1, 3)):
-        node = f"gen-node-{n}"
-        pools = rng.randint(1, 2)
-        for p in range(pools):
-            devices = []
-            for d in range(rng.randint(2, 5)):
-                attributes: dict[str, Any] = {}
-                if rng.random() < 0.9:
-                    attributes["model"] = {"string": rng.choice("ab")}
-                if rng.random() < 0.9:
-                    attributes["numa"] = {"int": rng.randint(0, 1)}
-                device: dict[str, Any] = {
-                    "name": f"dev-{p}-{d}",
-                    "attributes": attributes,
-                    "capacity": {"memory": {"value": rng.choice(["32Gi", "64Gi"])}},
-                }
-                if rng.random() < 0.1:
-                    device["taints"] = [{"key": "maintenance", "effect": rng.choice(["NoSchedule", "None"])}]
-                devices.append(device)
-            docs.append(
-                {
-                    "apiVersion": upstream,
-                    "kind": "ResourceSlice",
-                    "metadata": {"name": f"{node}-pool-{p}"},
-                    "spec": {
-                        "driver": DRIVER,
-                        "nodeName": node,
-                        "pool": {"name": f"{node}-{p}", "generation": 0, "resourceSliceCount": 1},
-                        "devices": devices,
-                    },
-                }
-            )
+
+    def device(name: str) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
+        if rng.random() < 0.9:
+            attributes["model"] = {"string": rng.choice("ab")}
+        if rng.random() < 0.9:
+            attributes["numa"] = {"int": rng.randint(0, 1)}
+        made: dict[str, Any] = {
+            "name": name,
+            "attributes": attributes,
+            "capacity": {"memory": {"value": rng.choice(["32Gi", "64Gi"])}},
+        }
+        if rng.random() < 0.1:
+            effect = rng.choice(["NoSchedule", "NoExecute", "None"])
+            made["taints"] = [{"key": "maintenance", "effect": effect}]
+        return made
+
+    def add_slice(
+        name: str, pool: str, scope: dict[str, Any], devices: list[dict[str, Any]], **extra: Any
+    ) -> None:
+        generation, count = extra.pop("generation", 0), extra.pop("count", 1)
+        spec = {
+            "driver": DRIVER,
+            "pool": {"name": pool, "generation": generation, "resourceSliceCount": count},
+            **scope,
+            **extra,
+        }
+        if devices:
+            spec["devices"] = devices
+        docs.append(
+            {"apiVersion": upstream, "kind": "ResourceSlice", "metadata": {"name": name}, "spec": spec}
+        )
+
+    nodes = [f"gen-node-{n}" for n in range(rng.randint(1, 3))]
+    for n, node in enumerate(nodes):
+        docs.append(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"zone": "ab"[n % 2]}}}
+        )
+        for p in range(rng.randint(1, 2)):
+            pool, devices = f"{node}-{p}", [device(f"dev-{p}-{d}") for d in range(rng.randint(2, 5))]
+            shape = rng.random()
+            if shape < 0.15:
+                # Two slices of one pool; sometimes only one is published (incomplete: skipped, All fails).
+                half = len(devices) // 2
+                add_slice(f"{pool}-a", pool, {"nodeName": node}, devices[:half] or devices, count=2)
+                if rng.random() < 0.7:
+                    add_slice(
+                        f"{pool}-b", pool, {"nodeName": node}, devices[half:] or [device("extra")], count=2
+                    )
+            elif shape < 0.25:
+                # An outdated generation next to the current one.
+                add_slice(f"{pool}-old", pool, {"nodeName": node}, [device("old-0")], generation=1)
+                add_slice(f"{pool}-new", pool, {"nodeName": node}, devices, generation=2)
+            elif shape < 0.35:
+                # Partitionable: devices draw on a shared counter of the pool.
+                counters = {"name": "mem", "counters": {"memory": {"value": "64Gi"}}}
+                add_slice(
+                    f"{pool}-counters", pool, {"nodeName": node}, [], count=2, sharedCounters=[counters]
+                )
+                for item in devices:
+                    item["consumesCounters"] = [
+                        {
+                            "counterSet": "mem",
+                            "counters": {"memory": {"value": rng.choice(["16Gi", "32Gi", "64Gi"])}},
+                        }
+                    ]
+                add_slice(f"{pool}-devices", pool, {"nodeName": node}, devices, count=2)
+            else:
+                add_slice(f"{pool}-slice", pool, {"nodeName": node}, devices)
+    if rng.random() < 0.3:
+        add_slice(
+            "gen-global", "global", {"allNodes": True}, [device(f"net-{d}") for d in range(rng.randint(1, 2))]
+        )
+    if rng.random() < 0.3:
+        zone = {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+        }
+        add_slice("gen-zone-a", "zone-a", {"nodeSelector": zone}, [device(f"zone-{d}") for d in range(2)])
+    if rng.random() < 0.3:
+        per_device = []
+        for d in range(rng.randint(1, 3)):
+            item = device(f"port-{d}")
+            if rng.random() < 0.5:
+                item["nodeName"] = rng.choice(nodes)
+            else:
+                item["allNodes"] = True
+            per_device.append(item)
+        add_slice("gen-fabric", "fabric", {"perDeviceNodeSelection": True}, per_device)
 
     def request(name: str, allow_all: bool = True) -> dict[str, Any]:
         exactly: dict[str, Any] = {"deviceClassName": "gen-gpu"}
@@ -418,7 +474,11 @@ def _compare(
                 stored = load_object({**claims[key].to_dict(), "status": {"allocation": theirs}})
                 assert isinstance(stored, ResourceClaim) and stored.status is not None
                 want = _essentials(stored.status.allocation)
-                assert _essentials(outcome.results[key]) == want, f"{case} {name} {claim_name}"
+                got = _essentials(outcome.results[key])
+                assert got == want, (
+                    f"{case} {name} {claim_name} on {decided['spec']['nodeName']}:\n ours {got}\n kube {want}\n"
+                    f" in use before: {json.dumps({'/'.join(k): v for k, v in before.items() if v})}"
+                )
         else:
             conditions = json.dumps(decided["status"].get("conditions"))
             assert not isinstance(outcome, Allocation), (

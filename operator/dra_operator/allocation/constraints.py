@@ -2,8 +2,8 @@
 
 Both follow Kubernetes' structured allocator: the attribute is looked up by its fully qualified name, or by
 the bare name when the domain is the device's driver; a device without it is rejected. matchAttribute compares
-values of the same type (another type rejects); distinctAttribute remembers one value per request name, as
-Kubernetes does, and compares a new value with the remembered ones of the same type.
+values of the same type (another type rejects); distinctAttribute keeps the values of all devices added so far
+(a stack: the search adds and removes in order) and rejects a value equal to any of them (Kubernetes 1.36).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Constraint:
         self.attribute = spec.distinct_attribute or spec.match_attribute or ""
         self._count = 0
         self._value: TypedValue | None = None
-        self._by_request: dict[str, TypedValue] = {}
+        self._values: list[TypedValue] = []
 
     def describe(self) -> str:
         kind = "distinctAttribute" if self.distinct else "matchAttribute"
@@ -75,9 +75,9 @@ class Constraint:
         if value is None:
             return False
         if self.distinct:
-            if self._count and any(v == value for v in self._by_request.values()):
+            if value in self._values:
                 return False
-            self._by_request[request] = value
+            self._values.append(value)
         elif self._count == 0:
             self._value = value
         elif value != self._value:
@@ -89,5 +89,5 @@ class Constraint:
         if not self.applies(request, subrequest):
             return
         if self.distinct:
-            self._by_request.pop(request, None)
+            self._values.pop()
         self._count -= 1

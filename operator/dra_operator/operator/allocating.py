@@ -13,6 +13,11 @@ from typing import Any
 
 import structlog
 
+from dra_operator.allocation.explain import ClassNotFound, SelectorError
+from dra_operator.allocation.nodes import Node
+from dra_operator.allocation.search import Allocation, PodRef, allocate
+from dra_operator.allocation.selectors import SelectorCache
+from dra_operator.allocation.snapshot import Snapshot
 from dra_operator.api.resource import DeviceClass, InvalidObject, ResourceClaim, ResourceSlice, load_object
 
 log = structlog.get_logger("dra_operator.allocating")
@@ -48,10 +53,10 @@ class Failure:
 class Allocator:
     def __init__(self, nvidia_driver: str = NVIDIA_DRIVER) -> None:
         self.nvidia_driver = nvidia_driver
-        self.selectors: Any = None  # the CEL compile cache, made on first use
+        self.selectors = SelectorCache()  # compiled selectors and results per device version
         self._models: dict[tuple[str, str], Any] = {}
         self._bad: set[tuple[str, str]] = set()
-        self._snapshot: Any = None
+        self._snapshot: Snapshot | None = None
         self._signature: Any = None
         self._recorded: dict[tuple[str, str], str] = {}  # claim key -> uid/resourceVersion recorded
         self._uuids: dict[tuple[str, str, str], str] = {}
@@ -78,16 +83,6 @@ class Allocator:
         return [m for m in (self._model(o) for o in objs) if isinstance(m, kind)]
 
     def allocate(self, req: AllocationRequest) -> Placed | Failure:
-        # Imported here so the shell's other modules (and their unit tests) load without the CEL runtime.
-        from dra_operator.allocation.explain import ClassNotFound, SelectorError
-        from dra_operator.allocation.nodes import Node
-        from dra_operator.allocation.search import Allocation, PodRef, allocate
-        from dra_operator.allocation.selectors import SelectorCache
-        from dra_operator.allocation.snapshot import Snapshot
-
-        if self.selectors is None:
-            self.selectors = SelectorCache()
-
         claims: dict[str, ResourceClaim] = {}
         for pod_claim, obj in req.claims.items():
             model = self._model(obj)
@@ -96,7 +91,7 @@ class Allocator:
             claims[pod_claim] = model
         if not req.candidates:
             return Failure("AllocationFailed", "no node satisfies the Pod's own node selector and affinity")
-        snapshot = self._current_snapshot(req, Snapshot, Node)
+        snapshot = self._current_snapshot(req)
         meta = req.pod["metadata"]
         outcome = allocate(
             snapshot,
@@ -120,7 +115,7 @@ class Allocator:
         }
         return Placed(node=outcome.node_name, allocations=allocations, gpu_uuids=self._uuids)
 
-    def _current_snapshot(self, req: AllocationRequest, snapshot_type: Any, node_type: Any) -> Any:
+    def _current_snapshot(self, req: AllocationRequest) -> Snapshot:
         """The kept Snapshot, rebuilt when classes, slices or nodes changed, with in-use devices brought up to
         date claim by claim."""
 
@@ -142,10 +137,10 @@ class Allocator:
             ),
         )
         if signature != self._signature or self._snapshot is None:
-            self._snapshot = snapshot_type.build(
+            self._snapshot = Snapshot.build(
                 self._models_of(req.classes, DeviceClass),
                 self._models_of(req.slices, ResourceSlice),
-                [node_type.from_object(n) for n in req.nodes],
+                [Node.from_object(n) for n in req.nodes],
                 (),
                 cache=self.selectors,
             )

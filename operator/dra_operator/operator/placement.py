@@ -7,9 +7,12 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from dra_operator.admission import names
 from dra_operator.admission.mutation import read_manifest
-from dra_operator.api.resource import API_VERSION
+from dra_operator.allocation.nodes import Node, selector_matches
+from dra_operator.api.resource import API_VERSION, NodeSelector
 
 Json = dict[str, Any]
 
@@ -100,38 +103,6 @@ def claim_state(claim: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- node affinity
 
 
-def _requirement_matches(req: Mapping[str, Any], value: str | None) -> bool:
-    op, values = req.get("operator"), list(req.get("values") or [])
-    if op == "In":
-        return value is not None and value in values
-    if op == "NotIn":
-        return value is None or value not in values
-    if op == "Exists":
-        return value is not None
-    if op == "DoesNotExist":
-        return value is None
-    if op in ("Gt", "Lt") and value is not None and values:
-        try:
-            left, right = int(value), int(values[0])
-        except ValueError:
-            return False
-        return left > right if op == "Gt" else left < right
-    return False
-
-
-def term_matches(term: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
-    """A NodeSelectorTerm against a Node: all matchExpressions (labels) and matchFields (name) hold."""
-    labels = node.get("metadata", {}).get("labels") or {}
-    name = node.get("metadata", {}).get("name")
-    exprs = term.get("matchExpressions") or []
-    fields = term.get("matchFields") or []
-    if not exprs and not fields:
-        return False  # an empty term matches no objects
-    return all(_requirement_matches(r, labels.get(r.get("key"))) for r in exprs) and all(
-        _requirement_matches(r, name if r.get("key") == "metadata.name" else None) for r in fields
-    )
-
-
 def pod_fits_node(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
     """The Pod's own node constraints: nodeName, nodeSelector, required node affinity; not unschedulable."""
     spec = pod.get("spec") or {}
@@ -148,8 +119,13 @@ def pod_fits_node(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
         .get("nodeAffinity", {})
         .get("requiredDuringSchedulingIgnoredDuringExecution")
     )
-    terms = (required or {}).get("nodeSelectorTerms") or []
-    return not terms or any(term_matches(t, node) for t in terms)
+    if not (required or {}).get("nodeSelectorTerms"):
+        return True
+    try:
+        selector = NodeSelector.model_validate(required)
+        return selector_matches(selector, Node.from_object(node))
+    except (ValidationError, ValueError):
+        return False  # the API server validated the Pod; a selector we cannot read matches nothing
 
 
 def pinned_affinity(spec: Mapping[str, Any], node: str) -> Json:

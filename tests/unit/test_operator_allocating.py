@@ -134,3 +134,13 @@ def test_gpu_uuids_come_from_the_nvml_driver_slices() -> None:
     outcome = allocator.allocate(request({"gpu": claim_from_template("c")}, [], [gpu_slice]))
     assert isinstance(outcome, Placed)
     assert outcome.gpu_uuids == {("driver.example.com", "n1", "gpu-0"): "GPU-1234"}
+
+
+def test_runtime_selector_error_is_invalid_selector() -> None:
+    allocator = Allocator()
+    claim = claim_from_template("c")
+    selector = claim["spec"]["devices"]["requests"][0]["exactly"]["selectors"][0]["cel"]
+    selector["expression"] = 'device.attributes["driver.example.com"].missing == "x"'
+    outcome = allocator.allocate(request({"gpu": claim}, [], [slice_for("n1", ["64Gi"])]))
+    assert isinstance(outcome, Failure) and outcome.reason == "InvalidSelector", outcome
+    assert "missing" in outcome.message

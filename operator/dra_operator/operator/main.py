@@ -150,7 +150,12 @@ async def run(args: argparse.Namespace) -> int:
     allocator = Allocator(nvidia_driver=args.nvidia_driver)
     elector: LeaseElector | None = None
     reconciler = Reconciler(
-        kube, state, recorder, allocator, is_leader=lambda: elector is None or elector.leading
+        kube,
+        state,
+        recorder,
+        allocator,
+        is_leader=lambda: elector is None or elector.leading,
+        namespaces=tuple(args.namespace),
     )
     ctx = admission.AdmissionContext(state=state, kube=kube)
     stop = asyncio.Event()

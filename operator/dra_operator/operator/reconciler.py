@@ -51,6 +51,7 @@ class Reconciler:
     recorder: Recorder
     allocator: Allocator
     is_leader: Callable[[], bool] = lambda: True
+    namespaces: tuple[str, ...] = ()  # watched namespaces (empty: all)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     _queued: set[Item] = field(default_factory=set)
     _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
@@ -129,14 +130,17 @@ class Reconciler:
     async def resync(self) -> None:
         """Compare the caches with a LIST: Kopf's relist after a watch error never drops objects deleted
         meanwhile, so Pods and claims that are gone are hidden here and their claims released."""
-        listed_pods = await self.kube.request(
-            "GET", path_of("pods"), query=[("labelSelector", f"{names.MANAGED_LABEL}={names.MANAGED_VALUE}")]
-        )
-        listed_claims = await self.kube.request("GET", ours("resourceclaims"))
-        for kind, listed in ((PODS, listed_pods), (CLAIMS, listed_claims)):
-            present = {_key(o) for o in listed.get("items") or []}
+        selector = [("labelSelector", f"{names.MANAGED_LABEL}={names.MANAGED_VALUE}")]
+        scopes: list[str | None] = list(self.namespaces) or [None]
+        present: dict[str, set[Key]] = {PODS: set(), CLAIMS: set()}
+        for namespace in scopes:
+            pods = await self.kube.request("GET", path_of("pods", namespace=namespace), query=selector)
+            claims = await self.kube.request("GET", ours("resourceclaims", namespace))
+            present[PODS].update(_key(o) for o in pods.get("items") or [])
+            present[CLAIMS].update(_key(o) for o in claims.get("items") or [])
+        for kind in (PODS, CLAIMS):
             for obj in list(self.state.all(kind)):
-                if _key(obj) not in present:
+                if _key(obj) not in present[kind]:
                     log.info("vanished from the cluster", kind=kind, object=_name(obj))
                     self.state.deleted(kind, obj)
                     if kind == PODS:

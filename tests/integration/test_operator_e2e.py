@@ -30,7 +30,8 @@ from dra_operator.api import crdgen
 from dra_operator.controlplane import ApiError, ControlPlane, pod_succeeded_status
 
 SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed"
-JOB_FILE = Path("/work/shared/examples/dra-example-job.yaml")
+# The seed's Job, unchanged (the fixture is a byte-for-byte copy of the shared example; its README says so).
+JOB_FILE = SEED / "dra-example-job.yaml"
 GROUP_PATH = "/apis/resource.dra-operator.io/v1"
 MERGE_PATCH = "application/merge-patch+json"
 Json = dict[str, Any]

@@ -21,8 +21,7 @@ from dra_operator.admission.mutation import (
 )
 from dra_operator.admission.ownership import Lookup, belongs_to_us
 
-SEED_JOB = Path("/work/shared/examples/dra-example-job.yaml")
-LOCAL_SEED_JOB = Path(__file__).parent.parent / "fixtures" / "seed" / "dra-example-job.yaml"
+SEED_JOB = Path(__file__).parent.parent / "fixtures" / "seed" / "dra-example-job.yaml"
 
 
 def pod_spec() -> dict[str, Any]:
@@ -237,8 +236,8 @@ def test_annotation_keys_stay_valid_for_long_names(length: int) -> None:
 
 
 def seed_job() -> dict[str, Any]:
-    path = LOCAL_SEED_JOB if LOCAL_SEED_JOB.exists() else SEED_JOB
-    return yaml.safe_load(path.read_text())
+    job: dict[str, Any] = yaml.safe_load(SEED_JOB.read_text())
+    return job
 
 
 def test_seed_job_template_is_mutated() -> None:

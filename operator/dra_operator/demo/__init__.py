@@ -21,11 +21,10 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from types import FrameType
 
 from dra_operator.controlplane import ApiError, BuildError, ControlPlaneError
 from dra_operator.demo.console import Console
-from dra_operator.demo.processes import DemoError
+from dra_operator.demo.processes import DemoError, Interrupted, raise_interrupted
 from dra_operator.demo.walkthrough import STEPS, Walkthrough
 
 MIN_NODES = 2  # the shared All claim needs a node where the template Pod took no GPU
@@ -52,19 +51,11 @@ def manifests_dir() -> Path:
     return Path(str(resources.files("dra_operator.demo") / "manifests"))
 
 
-class _Terminated(Exception):
-    """SIGTERM, turned into an exception so that the clean-up of every `finally` runs."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
-
-
 def main(args: argparse.Namespace) -> int:
     if args.nodes < MIN_NODES:
         print(f"dra-operator demo: --nodes must be at least {MIN_NODES}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, raise_interrupted)
     console = Console(total_steps=len(STEPS) - (1 if args.keep else 0))
     workdir = Path(tempfile.mkdtemp(prefix="dra-operator-demo-"))
     walkthrough = Walkthrough(console, workdir, manifests_dir(), args.nodes)
@@ -73,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         walkthrough.run(keep=args.keep)
         return 0
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, Interrupted):
         console.print()
         console.print("interrupted: stopping everything the demo started")
         return 130

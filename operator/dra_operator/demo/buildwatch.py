@@ -6,10 +6,12 @@ doing (read from /proc: the package being compiled, the binary being linked) as 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dra_operator.controlplane import build
@@ -17,6 +19,7 @@ from dra_operator.demo.console import Console
 
 _TERMINAL_TICK = 1.0  # a rewritten status line can change often
 _PLAIN_TICK = 20.0  # a log (CI, a pipe) gets a line now and then
+_CLEANUP_WAIT = 15.0
 
 
 def _children_of(root: int) -> list[tuple[int, str, list[str]]]:
@@ -48,6 +51,12 @@ def _children_of(root: int) -> list[tuple[int, str, list[str]]]:
     return found
 
 
+def _stop_descendants() -> None:
+    for pid, _, _ in _children_of(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
 def _flag(argv: list[str], name: str) -> str | None:
     for index, word in enumerate(argv[:-1]):
         if word == name:
@@ -57,7 +66,7 @@ def _flag(argv: list[str], name: str) -> str | None:
 
 @dataclass
 class _Progress:
-    packages: set[str] = field(default_factory=set)
+    compiled_any: bool = False
 
     def describe(self) -> str:
         """What the toolchain under this process does right now, e.g. `compiling k8s.io/api/core/v1`."""
@@ -65,7 +74,7 @@ class _Progress:
         children = _children_of(os.getpid())
         for _, name, argv in children:
             if name == "compile" and (package := _flag(argv, "-p")):
-                self.packages.add(package)
+                self.compiled_any = True
                 doing.append(f"compiling {package}")
             elif name == "link" and (output := _flag(argv, "-o")):
                 doing.append(f"linking {Path(output).name}")
@@ -75,24 +84,26 @@ class _Progress:
             return ", ".join(sorted(doing))
         if not any(name == "go" for _, name, _ in children):
             return "waiting for another build of the same binaries (it holds the lock)"
-        return "downloading Go modules" if not self.packages else "preparing the next package"
+        return "downloading Go modules" if not self.compiled_any else "preparing the next package"
 
 
 def ensure_binaries(console: Console) -> build.BuildResult:
     """build.ensure_binaries in a worker thread while this thread reports progress every few seconds."""
     outcome: dict[str, object] = {}
+    # An Event, not Thread.join: a join interrupted by Ctrl-C can leave is_alive() false on Python 3.11.
+    done = threading.Event()
 
     def work() -> None:
         try:
             outcome["result"] = build.ensure_binaries(progress=False)
         except BaseException as error:  # handed to the waiting thread, which raises it
             outcome["error"] = error
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, name="controlplane-build", daemon=True)
     started = time.monotonic()
-    worker.start()
-    worker.join(timeout=2.0)  # a cache hit answers at once: no progress lines then
-    if worker.is_alive():
+    threading.Thread(target=work, name="controlplane-build", daemon=True).start()
+    if not done.wait(timeout=2.0):  # a cache hit answers at once: no progress lines then
         console.info(
             f"building Kubernetes {build.K8S_VERSION} and etcd {build.ETCD_VERSION} from Go modules into "
             f"{build.bin_dir()}"
@@ -100,12 +111,18 @@ def ensure_binaries(console: Console) -> build.BuildResult:
         console.note("one time only (tens of minutes on 2 cores); later runs reuse the binaries")
         progress = _Progress()
         tick = _TERMINAL_TICK if console.styled else _PLAIN_TICK
-        while worker.is_alive():
-            elapsed = int(time.monotonic() - started)
-            doing = progress.describe()
-            line = f"{elapsed // 60:d}m{elapsed % 60:02d}s  {len(progress.packages)} packages so far  {doing}"
-            console.status(line[:150])
-            worker.join(timeout=tick)
+        try:
+            while not done.is_set():
+                elapsed = int(time.monotonic() - started)
+                console.status(f"{elapsed // 60:d}m{elapsed % 60:02d}s  {progress.describe()}"[:150])
+                done.wait(timeout=tick)
+        except BaseException:
+            # Ctrl-C or SIGTERM: stop the toolchain (it shares our process group only on a terminal), then let
+            # the build remove its temporary directory before the interpreter exits.
+            console.clear_status()
+            _stop_descendants()
+            done.wait(timeout=_CLEANUP_WAIT)
+            raise
         console.clear_status()
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]

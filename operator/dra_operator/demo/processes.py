@@ -9,11 +9,20 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import dra_operator
 from dra_operator.controlplane.launcher import _die_with_parent
 
 _STOP_GRACE = 15.0
+
+
+class Interrupted(Exception):
+    """SIGTERM, raised as an exception (like Ctrl-C's KeyboardInterrupt) so every `finally` runs."""
+
+
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted
 
 
 class DemoError(RuntimeError):

@@ -25,7 +25,7 @@ from dra_operator.controlplane import (
 from dra_operator.controlplane.launcher import free_port
 from dra_operator.demo import buildwatch
 from dra_operator.demo.console import Console, table
-from dra_operator.demo.processes import Children, DemoError, child_env, cli_command, tail
+from dra_operator.demo.processes import Children, DemoError, Interrupted, child_env, cli_command, tail
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -494,17 +494,18 @@ class Walkthrough:
             + str(self.workdir)
         )
         c.print("Ctrl-C stops everything.")
-        while True:
-            self.children.check()
-            self.plane.check()
-            for pod in self.items(PODS):
-                if (
-                    pod["spec"].get("nodeName")
-                    and not _ended(pod)
-                    and not pod["metadata"].get("deletionTimestamp")
-                ):
-                    self.finish(pod)
-            time.sleep(1.0)
+        try:
+            while True:
+                self.children.check()
+                self.plane.check()
+                for pod in self.items(PODS):
+                    gone = pod["metadata"].get("deletionTimestamp")
+                    if pod["spec"].get("nodeName") and not _ended(pod) and not gone:
+                        self.finish(pod)
+                time.sleep(1.0)
+        except (KeyboardInterrupt, Interrupted):
+            c.print()
+            c.print("stopping (--keep ends with Ctrl-C)")
 
     def stop(self) -> None:
         """Stop the operator, the agents and the control plane; safe after any failure, and more than once."""

@@ -148,3 +148,49 @@ def test_objects_without_claims_pass_even_while_cold() -> None:
     ctx.ready.clear()
     plain = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
     assert asyncio.run(review(ctx, "Pod", plain, "ns")) == plain
+
+
+class ConfigServer:
+    def __init__(self, current: Json | None) -> None:
+        self.current = current
+        self.calls: list[tuple[str, Json]] = []
+
+    async def get(self, path: str) -> Json | None:
+        return self.current
+
+    async def create(self, path: str, body: Json) -> Json:
+        self.calls.append(("create", body))
+        return body
+
+    async def replace(self, path: str, body: Json) -> Json:
+        self.calls.append(("replace", body))
+        return body
+
+
+def test_apply_configuration_creates_then_only_replaces_the_webhooks() -> None:
+    from dra_operator.admission.webhook import apply_configuration
+
+    desired = configuration.build(
+        configuration.Endpoint(url="https://127.0.0.1:1"), b"CA", excluded_namespaces=[]
+    )
+    server = ConfigServer(None)
+    asyncio.run(apply_configuration(server, desired))  # type: ignore[arg-type]
+    assert server.calls == [("create", desired)]
+
+    helm_owned = {
+        "metadata": {
+            "name": "dra-operator",
+            "resourceVersion": "7",
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+        },
+        "webhooks": [],
+    }
+    server = ConfigServer(helm_owned)
+    asyncio.run(apply_configuration(server, desired))  # type: ignore[arg-type]
+    ((verb, body),) = server.calls
+    assert verb == "replace" and body["metadata"] == helm_owned["metadata"]
+    assert body["webhooks"] == desired["webhooks"]
+
+    server = ConfigServer({**helm_owned, "webhooks": desired["webhooks"]})
+    asyncio.run(apply_configuration(server, desired))  # type: ignore[arg-type]
+    assert server.calls == []

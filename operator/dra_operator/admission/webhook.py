@@ -125,8 +125,5 @@ async def apply_configuration(kube: Kube, desired: dict[str, Any]) -> None:
         return
     if current.get("webhooks") == desired["webhooks"]:
         return
-    body = {
-        **desired,
-        "metadata": {**desired["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
-    }
-    await kube.replace(path, body)
+    # Only the webhooks are ours: the object's metadata may belong to a Helm release (labels, annotations).
+    await kube.replace(path, {**current, "webhooks": desired["webhooks"]})

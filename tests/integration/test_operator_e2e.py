@@ -606,22 +606,67 @@ def test_pod_deleted_before_allocation_leaves_nothing(
     )
 
 
-def test_missing_template_then_created(
-    operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
+@pytest.mark.parametrize(
+    ("ref", "reason", "create"),
+    [
+        ({"resourceClaimTemplateName": "example-resource-claim-template"}, "TemplateNotFound", "template"),
+        ({"resourceClaimName": "example-resource-claim"}, "ClaimNotFound", "claim"),
+    ],
+)
+def test_missing_object_then_created(
+    operator: Operator,
+    cluster: Cluster,
+    gpu_nodes: list[str],
+    wait_for: WaitFor,
+    ref: Json,
+    reason: str,
+    create: str,
 ) -> None:
+    """Item 3: the Pod waits, gated, with a Warning event, and proceeds by itself once the object appears."""
     ensure_seed_class(cluster)
-    cluster.create(
-        cluster.pods_path(),
-        pod("early", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]),
-    )
-    wait_for(
-        lambda: cluster.events("early", "TemplateNotFound"), timeout=60, message="TemplateNotFound event"
-    )
-    cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    cluster.create(cluster.pods_path(), pod("early", [{"name": "gpu", **ref}]))
+    wait_for(lambda: cluster.events("early", reason), timeout=60, message=f"{reason} event")
+    event = cluster.events("early", reason)[0]
+    assert event["type"] == "Warning" and event["source"]["component"] == "dra-operator"
+    assert not ungated(cluster.get(cluster.pods_path("early")))
+    if create == "template":
+        cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    else:
+        cluster.create(cluster.ours("resourceclaims"), seed("resourceclaim.yaml"))
     wait_for(
         lambda: ungated(cluster.get(cluster.pods_path("early"))),
         timeout=60,
-        message="the Pod to proceed once the template exists",
+        message="the Pod to proceed once the object exists",
+    )
+
+
+def test_finalizer_keeps_a_reserved_claim_until_its_pods_end(
+    operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
+) -> None:
+    """Item 5: deleting a claim in use leaves it Terminating (still allocated) until its last Pod ends."""
+    ensure_seed_class(cluster)
+    cluster.create(cluster.ours("resourceclaims"), claim_selecting("32Gi"))
+    cluster.create(
+        cluster.pods_path(), pod("user", [{"name": "s", "resourceClaimName": "example-resource-claim"}])
+    )
+    user = wait_for(
+        lambda: (
+            (p := cluster.get(cluster.pods_path("user")))
+            and ungated(p)
+            and p.get("spec", {}).get("nodeName")
+            and p
+        ),
+        timeout=60,
+        message="the Pod to be placed",
+    )
+    claim_path = cluster.ours("resourceclaims", "example-resource-claim")
+    cluster.delete(claim_path)
+    claim = cluster.get(claim_path)
+    assert claim is not None and claim["metadata"].get("deletionTimestamp")
+    assert claim["status"]["allocation"] and claim["status"]["reservedFor"]
+    cluster.finish(user)
+    wait_for(
+        lambda: cluster.get(claim_path) is None, timeout=60, message="the claim to go once its Pod ended"
     )
 
 

@@ -82,4 +82,8 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-        console.print(f"demo took {time.monotonic() - started:.0f}s")
+        took = time.monotonic() - started
+        built = walkthrough.build_seconds
+        console.print(
+            f"demo took {took:.0f}s" + (f" ({built:.0f}s of it building binaries)" if built else "")
+        )

@@ -84,6 +84,7 @@ class Walkthrough:
         self.cp: ControlPlane | None = None
         self.children = Children(workdir)
         self.operator_metrics_port = 0
+        self.build_seconds = 0.0
         # The manifests sit in the directory kubectl runs in, so `kubectl apply -f FILE` reads as typed.
         self.files = workdir / "manifests"
         shutil.copytree(manifests, self.files)
@@ -113,7 +114,9 @@ class Walkthrough:
         if show_output:
             self.console.output(text)
         if proc.returncode != 0:
-            raise DemoError(f"kubectl {shlex.join(args)} failed (exit {proc.returncode}):\n{text}")
+            self.children.check()  # a dead operator or agent explains more than kubectl does
+            shown = "see its output above" if show_output else text
+            raise DemoError(f"kubectl {shlex.join(args)} failed (exit {proc.returncode}): {shown}")
         return text
 
     def get(self, path: str) -> Json | None:
@@ -187,6 +190,7 @@ class Walkthrough:
         c = self.console
         c.step(STEPS[0])
         result = buildwatch.ensure_binaries(c)
+        self.build_seconds = 0.0 if result.cached else result.seconds
         how = "found cached" if result.cached else f"built in {result.seconds / 60:.1f} min"
         c.info(f"kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd: {how}")
         c.info(f"in {result.bin_dir}")

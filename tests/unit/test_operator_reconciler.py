@@ -46,6 +46,7 @@ class FakeKube:
         return copy.deepcopy(self.objects.get(path))
 
     async def create(self, path: str, body: Json) -> Json:
+        await asyncio.sleep(0)  # let other workers run in between, as a real API call does
         self.writes[("POST", resource_of(path))] += 1
         body = copy.deepcopy(body)
         if "generateName" in body["metadata"]:
@@ -53,6 +54,7 @@ class FakeKube:
         return self.put(f"{path}/{body['metadata']['name']}", body)
 
     async def replace(self, path: str, body: Json) -> Json:
+        await asyncio.sleep(0)  # let other workers run in between, as a real API call does
         self.writes[("PUT", resource_of(path))] += 1
         base = path.removesuffix("/status")
         current = self.objects[base]
@@ -65,6 +67,7 @@ class FakeKube:
         return self._bump(current)
 
     async def json_patch(self, path: str, ops: list[Json]) -> Json:
+        await asyncio.sleep(0)  # let other workers run in between, as a real API call does
         self.writes[("PATCH", resource_of(path))] += 1
         current = self.objects[path]
         try:
@@ -78,6 +81,7 @@ class FakeKube:
         return result
 
     async def delete(self, path: str, preconditions: Json | None = None) -> Json | None:
+        await asyncio.sleep(0)  # let other workers run in between, as a real API call does
         self.writes[("DELETE", resource_of(path))] += 1
         current = self.objects.get(path)
         if current is None:
@@ -416,3 +420,37 @@ def test_resync_hides_objects_the_watch_missed_and_releases_their_claims() -> No
     assert ("claim", NS, "shared") in w.reconciler._queued
     asyncio.run(w.reconciler.sync_claim(NS, "shared"))
     assert "allocation" not in w.kube.objects[claims_path("shared")]["status"]
+
+
+def test_concurrent_workers_never_double_allocate_nor_create_twice() -> None:
+    w = World()
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
+    names_ = [f"p{i}" for i in range(8)]
+    for name in names_:
+        w.add_pod(name, [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+    w.reconciler.workers = 4
+
+    async def scenario() -> None:
+        runner = asyncio.create_task(w.reconciler.run())
+        for _ in range(3):  # the same Pods enqueued again while in progress, as watch events do
+            for name in names_:
+                w.reconciler.enqueue("pod", NS, name)
+            await asyncio.sleep(0)
+        while w.reconciler.queue.qsize() or w.reconciler._active:  # noqa: ASYNC110 - drain the fake
+            await asyncio.sleep(0)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    claims = w.kube.of("resourceclaims")
+    owners = [c["metadata"]["ownerReferences"][0]["name"] for c in claims]
+    assert sorted(owners) == sorted(names_), "one generated claim per Pod"
+    devices = [
+        r["device"]
+        for c in claims
+        for r in ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get("results", [])
+    ]
+    assert sorted(devices) == ["gpu-0", "gpu-1"]
+    assert sum(not gated(w.pod(n)) for n in names_) == 2

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-seconds", type=int, default=15)
     parser.add_argument("--nvidia-driver", default=NVIDIA_DRIVER, help="driver name of NVML GPUs")
     parser.add_argument(
+        "--workers", type=int, default=4, help="Pods and claims handled at once (allocation stays serialized)"
+    )
+    parser.add_argument(
         "--resync-seconds", type=float, default=300.0, help="how often to check the caches against a LIST"
     )
 
@@ -143,6 +146,13 @@ def _cert_hosts(args: argparse.Namespace) -> list[str]:
 async def run(args: argparse.Namespace) -> int:
     cfg = await _load_configuration(args)
     api = k8s.ApiClient(cfg)
+    try:
+        return await _run(args, cfg, api)
+    finally:
+        await api.close()
+
+
+async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiClient) -> int:
     kube = Kube(api, on_write=lambda verb, resource: metrics.WRITES.labels(verb, resource).inc())
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     state = State()
@@ -156,6 +166,7 @@ async def run(args: argparse.Namespace) -> int:
         allocator,
         is_leader=lambda: elector is None or elector.leading,
         namespaces=tuple(args.namespace),
+        workers=args.workers,
     )
     ctx = admission.AdmissionContext(state=state, kube=kube)
     stop = asyncio.Event()
@@ -312,7 +323,6 @@ async def run(args: argparse.Namespace) -> int:
         for task in tasks:
             task.cancel()
         await recorder.stop()
-        await api.close()
         log.info("stopped", writes={f"{v} {r}": n for (v, r), n in sorted(kube.writes.items())})
     return exit_code
 

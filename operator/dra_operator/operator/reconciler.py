@@ -52,6 +52,10 @@ class Reconciler:
     allocator: Allocator
     is_leader: Callable[[], bool] = lambda: True
     namespaces: tuple[str, ...] = ()  # watched namespaces (empty: all)
+    workers: int = 4  # concurrent items (decisions stay serialized)
+    _active: set[Item] = field(default_factory=set)
+    _again: set[Item] = field(default_factory=set)
+    _decide: asyncio.Lock = field(default_factory=asyncio.Lock)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     _queued: set[Item] = field(default_factory=set)
     _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
@@ -97,35 +101,54 @@ class Reconciler:
             self.enqueue(CLAIM, *_key(claim))
 
     async def run(self) -> None:
+        """`workers` loops over one queue. An item is never processed twice at once (one that comes back while
+        in progress runs again afterwards); allocation decisions and their claim writes are serialized by a
+        lock, while claim creation, Pod patches and releases of different items overlap."""
+        await asyncio.gather(*(self._work() for _ in range(max(1, self.workers))))
+
+    async def _work(self) -> None:
         while True:
             item = await self.queue.get()
             self._queued.discard(item)
             if not self.is_leader():
                 continue
-            kind, namespace, name = item
-            started = time.perf_counter()
+            if item in self._active:
+                self._again.add(item)
+                continue
+            self._active.add(item)
             try:
-                if kind == POD:
-                    await self.sync_pod(namespace, name)
-                else:
-                    await self.sync_claim(namespace, name)
-            except KubeError as exc:
-                # A conflict means we decided on stale data: look again at once; other errors back off.
-                log.info("write failed, retrying", kind=kind, namespace=namespace, name=name, error=str(exc))
-                if exc.conflict or exc.status == 422:
-                    await self._refresh(item)
-                    self.enqueue(*item)
-                elif exc.not_found:
-                    self.enqueue(*item)
-                else:
-                    self.retry_later(item, 2.0)
-            except Exception:
-                log.exception("reconcile failed", kind=kind, namespace=namespace, name=name)
-                self.retry_later(item, 5.0)
+                await self._process(item)
             finally:
-                if kind == POD:
-                    metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
-                metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
+                self._active.discard(item)
+                if item in self._again:
+                    self._again.discard(item)
+                    self.enqueue(*item)
+
+    async def _process(self, item: Item) -> None:
+        kind, namespace, name = item
+        started = time.perf_counter()
+        try:
+            if kind == POD:
+                await self.sync_pod(namespace, name)
+            else:
+                await self.sync_claim(namespace, name)
+        except KubeError as exc:
+            # A conflict means we decided on stale data: look again at once; other errors back off.
+            log.info("write failed, retrying", kind=kind, namespace=namespace, name=name, error=str(exc))
+            if exc.conflict or exc.status == 422:
+                await self._refresh(item)
+                self.enqueue(*item)
+            elif exc.not_found:
+                self.enqueue(*item)
+            else:
+                self.retry_later(item, 2.0)
+        except Exception:
+            log.exception("reconcile failed", kind=kind, namespace=namespace, name=name)
+            self.retry_later(item, 5.0)
+        finally:
+            if kind == POD:
+                metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
+            metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
 
     async def resync(self) -> None:
         """Compare the caches with a LIST: Kopf's relist after a watch error never drops objects deleted
@@ -269,17 +292,46 @@ class Reconciler:
         claims = await self._pod_claims(pod)
         if claims is None:
             return
+        async with self._decide:
+            # Decide on the freshest view (another worker may just have written one of these claims) and write
+            # the claims before anyone else decides: no device can go to two claims of this replica.
+            claims = {pc: self.state.get(CLAIMS, _key(c)) or c for pc, c in claims.items()}
+            placed = await self._decide_and_reserve(pod, claims)
+        if placed is None:
+            return
+        node, allocations, gpu_uuids = placed
+        uid = pod["metadata"]["uid"]
+        annotations = device_annotations(pod, allocations, gpu_uuids)
+        patched = await self.kube.json_patch(
+            path_of("pods", namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"]),
+            pod_patch(pod, node, annotations),
+        )
+        self.state.wrote(PODS, patched)
+        self.recorder.forget(uid)
+        summary = ", ".join(
+            f"{pc}={_name(c)}[{_devices(allocations[pc])}]" for pc, c in sorted(claims.items())
+        )
+        self.recorder.normal(pod, "Allocated", f"claims allocated on node {node}: {summary}")
+        metrics.ALLOCATIONS.inc()
+        seen = self._first_seen.pop(uid, None)
+        metrics.LATENCY.observe(max(0.0, time.monotonic() - seen) if seen is not None else 0.0)
+        log.info("pod ungated", pod=_name(pod), node=node, claims=summary)
+
+    async def _decide_and_reserve(
+        self, pod: Json, claims: dict[str, Json]
+    ) -> tuple[str | None, dict[str, Json], dict[tuple[str, str, str], str]] | None:
+        """Allocate the Pod's claims together and reserve them for it; None (with a Warning) if impossible."""
         uid = pod["metadata"]["uid"]
         for claim in claims.values():
             if uid not in reserved_uids(claim) and len(reserved_uids(claim)) >= RESERVED_FOR_MAX:
                 self._fail(
                     pod, "AllocationFailed", f"ResourceClaim {_name(claim)} is reserved for 256 consumers"
                 )
-                return
+                return None
         missing = self._missing_classes(claims)
         if missing:
             self._fail(pod, "ClassNotFound", "; ".join(missing), claims=list(claims.values()))
-            return
+            return None
         nodes = list(self.state.all(NODES))
         request = AllocationRequest(
             pod=pod,
@@ -293,28 +345,14 @@ class Reconciler:
         outcome = self.allocator.allocate(request)
         if isinstance(outcome, Failure):
             self._fail(pod, outcome.reason, outcome.message, claims=list(claims.values()))
-            return
+            return None
 
         allocations: dict[str, Json] = {}
         for pod_claim, claim in claims.items():
             allocation = outcome.allocations.get(pod_claim)
             claim = await self._reserve(claim, pod, allocation, outcome.node)
             allocations[pod_claim] = claim["status"]["allocation"]
-        annotations = device_annotations(pod, allocations, outcome.gpu_uuids)
-        patched = await self.kube.json_patch(
-            path_of("pods", namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"]),
-            pod_patch(pod, outcome.node, annotations),
-        )
-        self.state.wrote(PODS, patched)
-        self.recorder.forget(uid)
-        placed = ", ".join(
-            f"{pc}={_name(c)}[{_devices(allocations[pc])}]" for pc, c in sorted(claims.items())
-        )
-        self.recorder.normal(pod, "Allocated", f"claims allocated on node {outcome.node}: {placed}")
-        metrics.ALLOCATIONS.inc()
-        seen = self._first_seen.pop(uid, None)
-        metrics.LATENCY.observe(max(0.0, time.monotonic() - seen) if seen is not None else 0.0)
-        log.info("pod ungated", pod=_name(pod), node=outcome.node, claims=placed)
+        return outcome.node, allocations, outcome.gpu_uuids
 
     def _missing_classes(self, claims: Mapping[str, Json]) -> list[str]:
         """`claim X request R: device class C does not exist` for each unallocated request naming no class."""

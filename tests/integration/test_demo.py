@@ -145,16 +145,18 @@ def test_seed_job_is_refused_with_a_reason_per_node(demo_run: subprocess.Complet
 def test_placeable_job_runs_two_at_a_time_to_completion(demo_run: subprocess.CompletedProcess[str]) -> None:
     out = demo_run.stdout
     job = yaml.safe_load((manifests_dir() / "dra-example-job.yaml").read_text())
-    waves = re.findall(r"^\s*wave \d+: (.*)$", out, re.MULTILINE)
-    placed = [pair.split(" -> ") for wave in waves for pair in wave.split(", ")]
+    waves = re.findall(r"^\s*wave \d+ \(shared claim: ([^/]+)/(\S+)\): (.*)$", out, re.MULTILINE)
+    assert waves, out
+    placed = [pair.split(" -> ") for *_, wave in waves for pair in wave.split(", ")]
     assert len(placed) == job["spec"]["completions"], waves
     assert len({pod for pod, _ in placed}) == len(placed), "a Pod counted twice"
-    for wave in waves:
-        pods = wave.split(", ")
-        assert len(pods) <= job["spec"]["parallelism"], wave
-        assert len({p.split(" -> ")[1] for p in pods}) == 1, (
-            f"one wave, one node (the shared claim's): {wave}"
-        )
+    for shared_node, shared_gpus, wave in waves:
+        own = [pair.split(" -> ")[1] for pair in wave.split(", ")]
+        assert len(own) <= job["spec"]["parallelism"], wave
+        # every Pod of the wave on the shared claim's node, with a GPU of its own that the claim does not hold
+        assert all(gpu.startswith(shared_node + "/") for gpu in own), (shared_node, wave)
+        assert len(set(own)) == len(own), wave
+        assert not {gpu.split("/")[1] for gpu in own} & set(shared_gpus.split(",")), wave
     job_rows = rows_where(out, "NAME", "example-dra-job")
     assert job_rows and job_rows[-1]["COMPLETIONS"] == "{0}/{0}".format(job["spec"]["completions"])
 

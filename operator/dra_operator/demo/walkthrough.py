@@ -436,12 +436,7 @@ class Walkthrough:
                 self.show_placements(wave)
                 self.kubectl("get", CLAIMS_KIND)
                 c.info("")
-            self.check_wave(wave)
-            summary = ", ".join(
-                f"{p['metadata']['name']} -> {p['spec']['nodeName']}"
-                for p in sorted(wave, key=lambda p: str(p["metadata"]["name"]))
-            )
-            c.info(f"wave {waves}: {summary}")
+            c.info(f"wave {waves} {self.check_wave(wave)}")
             for pod in wave:
                 self.finish(pod)
                 finished.add(pod["metadata"]["name"])
@@ -457,19 +452,32 @@ class Walkthrough:
             "the Pods shared one node"
         )
 
-    def check_wave(self, wave: list[Json]) -> None:
-        """The Pods of one wave: on one node (the shared claim's), each with a 64Gi GPU of its own."""
-        own: list[str] = []
-        nodes = {p["spec"]["nodeName"] for p in wave}
+    def check_wave(self, wave: list[Json]) -> str:
+        """Check one wave's Pods (one node, the shared claim's; a GPU of that node each, none twice) and
+        describe them from the device annotations their containers read: `(shared claim: ...): pod -> ...`."""
+        own: dict[str, list[str]] = {}
         for pod in wave:
             annotations = pod["metadata"].get("annotations") or {}
-            own += annotations.get(names.devices_annotation("separate-gpu-claim", None), "").split(",")
-        shared = self.get(f"{CLAIMS}/example-resource-claim")
-        shared_nodes = {pool for pool, _ in _devices(shared)}
-        if len(nodes) != 1 or shared_nodes != nodes or len(set(own)) != len(own) or "" in own:
+            devices = annotations.get(names.devices_annotation("separate-gpu-claim", None), "")
+            # each entry is driver/pool/device; pool and node coincide for node-local slices
+            own[pod["metadata"]["name"]] = [d.split("/", 1)[-1] for d in devices.split(",") if d]
+        nodes = {p["spec"]["nodeName"] for p in wave}
+        shared = _devices(self.get(f"{CLAIMS}/example-resource-claim"))
+        shared_nodes = {pool for pool, _ in shared}
+        gpus = [gpu for found in own.values() for gpu in found]
+        if (
+            len(nodes) != 1
+            or shared_nodes != nodes
+            or any(len(found) != 1 for found in own.values())
+            or len(set(gpus)) != len(gpus)
+            or any(gpu.split("/")[0] not in nodes for gpu in gpus)
+        ):
             raise DemoError(
-                f"unexpected placement: Pods on {nodes}, shared claim on {shared_nodes}, own GPUs {own}"
+                f"unexpected placement: Pods on {nodes}, shared claim on {shared}, own GPUs {own}"
             )
+        shared_text = f"{next(iter(shared_nodes))}/{','.join(device for _, device in shared)}"
+        pods = ", ".join(f"{name} -> {','.join(own[name])}" for name in sorted(own))
+        return f"(shared claim: {shared_text}): {pods}"
 
     def clean_up(self) -> None:
         c = self.console

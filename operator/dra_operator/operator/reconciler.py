@@ -495,9 +495,9 @@ class Reconciler:
             claim = await self._drop_finalizer(claim)
             return
 
-        if not status and not _deleting(claim):
-            # A claim nobody wrote a status for yet: say `pending` (kubectl's STATE column) once. Generated
-            # claims are normally allocated before this runs and never pay for it.
+        if not status and not generated and not _deleting(claim):
+            # A user's claim nobody wrote a status for yet: say `pending` (kubectl's STATE column) once.
+            # Generated claims are allocated in their Pod's turn and never pay for it.
             new = copy.deepcopy(claim)
             new["status"] = {"state": "pending"}
             new["status"]["conditions"] = _conditions(new["status"], "Pending")

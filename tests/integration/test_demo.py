@@ -69,16 +69,18 @@ def work_dir(output: str) -> Path:
 
 
 def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that name `text` (the demo's children all name its work directory)."""
+    """Live processes whose command line or environment names `text`: the demo's children all name its work
+    directory (the control plane in its arguments, the agents and the operator in KUBECONFIG)."""
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or proc.name == str(os.getpid()):
             continue
         try:
             argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if text in argv:
+        if text in argv or text in environ:
             found.append(f"{proc.name}: {argv}")
     return found
 
@@ -197,7 +199,7 @@ def test_ctrl_c_stops_everything() -> None:
         assert proc.poll() is None, "".join(seen)
         directory = work_dir("".join(seen))
         running = processes_mentioning(str(directory))
-        assert len(running) >= 4, running  # the agents and the operator name the work directory
+        assert len(running) >= 8, running  # 4 control plane components, 3 agents, the operator
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130, "".join(seen)
     finally:

@@ -41,8 +41,9 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dra_operator.cli", *args]
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+def child_env(base: dict[str, str]) -> dict[str, str]:
+    """`base` (the control plane's: KUBECONFIG, PATH with kubectl), made to run this package unbuffered."""
+    env = {**base, "PYTHONUNBUFFERED": "1"}
     # The source root of this very package first: a checkout run without installation works too.
     source_root = str(Path(dra_operator.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)

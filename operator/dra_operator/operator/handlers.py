@@ -109,6 +109,7 @@ def register(
         namespace, name = key_of(body)
         if type == "DELETED":
             state.forget(CLAIMS, (namespace, name))
+            reconciler.recorder.forget(str(body.get("metadata", {}).get("uid")))
             if (body.get("status") or {}).get("allocation"):
                 reconciler.enqueue_gated()  # its devices are free again
             return

@@ -464,8 +464,16 @@ def _compare(
         outcome, claims = _ours(cluster.plane, decided, claim_names, before)
         k8s_claims = {(c["metadata"]["namespace"], c["metadata"]["name"]): c for c in cluster.claims()}
         if decided["spec"].get("nodeName"):
-            message = "" if isinstance(outcome, Allocation) else outcome.explanation.render()
-            assert isinstance(outcome, Allocation), f"{case} {name}: Kubernetes allocated, not we:\n{message}"
+            if not isinstance(outcome, Allocation):
+                theirs = {
+                    n: (k8s_claims[(cluster.namespace, n)].get("status") or {}).get("allocation")
+                    for n in claim_names
+                }
+                pytest.fail(
+                    f"{case} {name}: Kubernetes allocated on {decided['spec']['nodeName']}, not we:\n"
+                    f"{outcome.explanation.render()}\n kube: {json.dumps(theirs)}",
+                    pytrace=False,
+                )
             for claim_name in claim_names:
                 key = (cluster.namespace, claim_name)
                 theirs = k8s_claims[key]["status"]["allocation"]

@@ -2,8 +2,10 @@
 
 Both follow Kubernetes' structured allocator: the attribute is looked up by its fully qualified name, or by
 the bare name when the domain is the device's driver; a device without it is rejected. matchAttribute compares
-values of the same type (another type rejects); distinctAttribute keeps the values of all devices added so far
-(a stack: the search adds and removes in order) and rejects a value equal to any of them (Kubernetes 1.36).
+values of the same type (another type rejects); distinctAttribute remembers one value per request name and
+rejects a value equal to a remembered one, exactly as the 1.36 allocator does (so two devices of one request
+are only compared with the value the request remembered last, and removing a device forgets the request's
+value).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Constraint:
         self.attribute = spec.distinct_attribute or spec.match_attribute or ""
         self._count = 0
         self._value: TypedValue | None = None
-        self._values: list[TypedValue] = []
+        self._by_request: dict[str, TypedValue] = {}
 
     def describe(self) -> str:
         kind = "distinctAttribute" if self.distinct else "matchAttribute"
@@ -75,9 +77,9 @@ class Constraint:
         if value is None:
             return False
         if self.distinct:
-            if value in self._values:
+            if self._count and value in self._by_request.values():
                 return False
-            self._values.append(value)
+            self._by_request[request] = value
         elif self._count == 0:
             self._value = value
         elif value != self._value:
@@ -89,5 +91,5 @@ class Constraint:
         if not self.applies(request, subrequest):
             return
         if self.distinct:
-            self._values.pop()
+            self._by_request.pop(request, None)
         self._count -= 1

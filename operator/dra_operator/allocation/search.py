@@ -246,9 +246,11 @@ class _NodeSearch:
                         self.all_devices[(ci, ri, si)] = self._all_devices(claim, alt)
                     num = self._num(ci, ri, si, alt)
                     fewest = num if fewest is None else min(fewest, num)
-                minimum += fewest or 0
-            if minimum > RESULTS_MAX:
-                raise _Fatal(TooManyDevices(claim.label, minimum, RESULTS_MAX, self.node.name))
+                # Checked request by request, before later requests are looked at (as Kubernetes does).
+                fewest = fewest or 0
+                if fewest > RESULTS_MAX - minimum:
+                    raise _Fatal(TooManyDevices(claim.label, minimum + fewest, RESULTS_MAX, self.node.name))
+                minimum += fewest
 
     def _all_devices(self, claim: _Claim, alt: _Alt) -> list[int]:
         found: list[int] = []
@@ -285,7 +287,9 @@ class _NodeSearch:
     def _busy(self, id_index: int) -> bool:
         return self.in_use[id_index] > 0 or bool(self.allocating.get(id_index))
 
-    def _step(self, ci: int, ri: int, si: int, di: int, fixed_sub: bool) -> bool:
+    def _step(self, ci: int, ri: int, si: int, di: int, fixed_sub: bool, start: int = 0) -> bool:
+        """One device of one request. `start` is where the next device of the same request is looked for:
+        Kubernetes tries combinations of devices within a request (in device order), not permutations."""
         self.snapshot.search_steps += 1
         claims = self.claims
         if ci >= len(claims):
@@ -337,7 +341,9 @@ class _NodeSearch:
         records = self.records
         in_use = self.in_use
         failed: set[Hashable] | None = None
-        for index in self.snapshot.candidates(alt.signature, self.node):
+        candidates = self.snapshot.candidates(alt.signature, self.node)
+        for position in range(start, len(candidates)):
+            index = candidates[position]
             id_index = records[index].id_index
             if alt.admin:
                 if ci in self.allocating.get(id_index, ()):
@@ -353,7 +359,7 @@ class _NodeSearch:
             if not self._add(ci, alt, index, must=False):
                 continue
             try:
-                done = self._step(ci, ri, si, di + 1, fixed_sub)
+                done = self._step(ci, ri, si, di + 1, fixed_sub, position + 1)
             except _MaxSize:
                 self._undo(ci, alt, index)
                 raise
@@ -478,6 +484,8 @@ class _NodeSearch:
                     device=self.records[index].id[2],
                     admin_access=True if alt.admin else None,
                     tolerations=alt.tolerations,
+                    binding_conditions=self.records[index].device.binding_conditions,
+                    binding_failure_conditions=self.records[index].device.binding_failure_conditions,
                 )
                 for alt, index in self.results[ci]
             ]
@@ -510,14 +518,18 @@ class _NodeSearch:
             ]
             by_class[alt.device_class.name] = entries
             config.extend(entries)
-        names = {alt.request for alt in chosen} | {alt.name for alt in chosen}
         for item in claim.claim.spec.devices.config or ():
-            if not item.requests or any(name in names for name in item.requests):
-                config.append(
-                    DeviceAllocationConfiguration(
-                        source="FromClaim", requests=item.requests, opaque=item.opaque
+            if not item.requests:
+                config.append(DeviceAllocationConfiguration(source="FromClaim", opaque=item.opaque))
+                continue
+            # Once per request it names: Kubernetes appends a config that names two requests twice.
+            for request, alt in zip(claim.requests, chosen, strict=True):
+                if request.name in item.requests or (alt.subrequest and alt.name in item.requests):
+                    config.append(
+                        DeviceAllocationConfiguration(
+                            source="FromClaim", requests=item.requests, opaque=item.opaque
+                        )
                     )
-                )
         return config
 
     def _node_selector(self, ci: int) -> NodeSelector | None:
@@ -719,12 +731,12 @@ def allocate(
         """Allocated claims whose nodeSelector excludes the node."""
         return [label for label, selector in selectors if not selector_matches(selector, node)]
 
-    def candidates(begin: int = 0) -> Iterator[int]:
+    def candidates(begin: int = 0, blocked_too: bool = False) -> Iterator[int]:
         for position in range(begin, len(snapshot.nodes)):
             node = snapshot.nodes[position]
             if allowed is not None and node.name not in allowed:
                 continue
-            if selectors and blocking(node):
+            if not blocked_too and selectors and blocking(node):
                 continue
             yield position
 
@@ -741,7 +753,7 @@ def allocate(
     reused = tuple(claim_key(c) for c in allocated)
 
     first = next(candidates(), None)
-    if not plans or first is None:
+    if not plans:
         if first is not None:
             return Allocation(snapshot.nodes[first].name, {}, reused)
         left_out = excluded()
@@ -749,7 +761,7 @@ def allocate(
             Explanation(pod.label, nodes=tuple(left_out[:DETAILED_NODES]), nodes_total=len(left_out))
         )
 
-    if first is not None:
+    if next(candidates(blocked_too=True), None) is not None:
         # Without All requests the device count is the same on every node: fail before skipping any node.
         for plan in plans:
             if any(alt.all_mode for request in plan.requests for alt in request.alts):
@@ -774,7 +786,9 @@ def allocate(
     start = 0 if full_scan else max((snapshot.frontier(sig) for sig in needs), default=0)
 
     chosen: tuple[Node, _NodeSearch] | None = None
-    for position in candidates(start):
+    # Kubernetes runs the allocator on a node even when an allocated claim rules the node out (the claim
+    # only fails the node afterwards), so when errors are possible those nodes are searched too.
+    for position in candidates(start, blocked_too=full_scan):
         node = snapshot.nodes[position]
         if not full_scan and any(snapshot.free_candidates(sig, node) < n for sig, n in needs.items()):
             continue
@@ -783,7 +797,7 @@ def allocate(
             found = search.run()
         except _Fatal as fatal:
             return Unallocatable(Explanation(pod.label, fatal=fatal.reason))
-        if found and chosen is None:
+        if found and chosen is None and not (selectors and blocking(node)):
             chosen = (node, search)
             if not full_scan:
                 break

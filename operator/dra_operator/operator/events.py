@@ -21,7 +21,7 @@ class Recorder:
         self.kube = kube
         self.host = host
         self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._last: dict[tuple[str, str], str] = {}
+        self._last: dict[str, dict[str, str]] = {}  # object uid -> reason -> last message posted
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -32,15 +32,15 @@ class Recorder:
             self._task.cancel()
 
     def forget(self, uid: str) -> None:
-        for key in [k for k in self._last if k[0] == uid]:
-            del self._last[key]
+        self._last.pop(uid, None)
 
     def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid", ""))
-        if self._last.get((uid, reason)) == message:
+        last = self._last.setdefault(uid, {})
+        if last.get(reason) == message:
             return
-        self._last[(uid, reason)] = message
+        last[reason] = message
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         namespace = meta.get("namespace") or "default"
         event = {

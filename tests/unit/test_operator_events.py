@@ -1,0 +1,60 @@
+"""Events: posted in order in the background, the same message for the same object and reason only once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dra_operator.operator.events import COMPONENT, Recorder
+
+Json = dict[str, Any]
+
+
+class Poster:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, Json]] = []
+
+    async def create(self, path: str, body: Json) -> Json:
+        self.posted.append((path, body))
+        return body
+
+
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "u1"}}
+
+
+def test_repeats_are_dropped_until_forgotten() -> None:
+    async def scenario() -> list[tuple[str, Json]]:
+        poster = Poster()
+        recorder = Recorder(poster, host="h")  # type: ignore[arg-type]
+        recorder.start()
+        recorder.warning(POD, "AllocationFailed", "no node")
+        recorder.warning(POD, "AllocationFailed", "no node")  # same: dropped
+        recorder.warning(POD, "AllocationFailed", "still no node")  # changed: posted
+        recorder.normal(POD, "Allocated", "on n1")
+        recorder.forget("u1")
+        recorder.normal(POD, "Allocated", "on n1")  # forgotten: posted again
+        async with asyncio.timeout(5):
+            while recorder.queue.qsize():  # noqa: ASYNC110 - the fake poster never blocks
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
+        await recorder.stop()
+        return poster.posted
+
+    posted = asyncio.run(scenario())
+    assert [(b["reason"], b["message"]) for _, b in posted] == [
+        ("AllocationFailed", "no node"),
+        ("AllocationFailed", "still no node"),
+        ("Allocated", "on n1"),
+        ("Allocated", "on n1"),
+    ]
+    path, event = posted[0]
+    assert path == "/api/v1/namespaces/ns/events"
+    assert event["type"] == "Warning" and event["source"]["component"] == COMPONENT
+    assert event["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "p",
+        "namespace": "ns",
+        "uid": "u1",
+        "resourceVersion": None,
+    }

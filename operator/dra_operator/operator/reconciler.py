@@ -1,6 +1,7 @@
 """The per-Pod and per-claim flow: generate claims, allocate, reserve, ungate; release and deallocate.
 
-One worker processes one queue of keys, so this replica never races itself; every write carries a precondition
+A few workers share one queue of keys; an item never runs twice at once, and allocation decisions with their
+claim writes are serialized, so this replica never races itself. Every write carries a precondition
 (resourceVersion, or a JSON-patch `test`), so two replicas or a restart can never hand out one device twice.
 Every step is idempotent and starts from what the objects say, so a restart mid-flight resumes where it was.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import structlog
 
 from dra_operator.admission import names
-from dra_operator.api.resource import API_VERSION, RESERVED_FOR_MAX
+from dra_operator.api.resource import RESERVED_FOR_MAX
 from dra_operator.kube.client import Kube, KubeError, ours, path_of
 from dra_operator.operator import metrics
 from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure
@@ -560,25 +561,27 @@ def _devices(allocation: Mapping[str, Any]) -> str:
 
 
 def _conditions(status: Mapping[str, Any], reason: str) -> list[Json]:
+    """The claim's Allocated and Reserved conditions for `status`; a condition whose status did not change
+    keeps its lastTransitionTime (status["conditions"] still holds the previous ones)."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    allocated = bool(status.get("allocation"))
-    reserved = bool(status.get("reservedFor"))
-    return [
-        {
-            "type": "Allocated",
-            "status": "True" if allocated else "False",
-            "reason": reason,
-            "message": "devices allocated" if allocated else "not allocated",
-            "lastTransitionTime": now,
-        },
-        {
-            "type": "Reserved",
-            "status": "True" if reserved else "False",
-            "reason": reason,
-            "message": f"{len(status.get('reservedFor') or [])} consumer(s)",
-            "lastTransitionTime": now,
-        },
-    ]
-
-
-__all__ = ["API_VERSION", "CLAIM", "POD", "Reconciler"]
+    previous = {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+    consumers = len(status.get("reservedFor") or [])
+    allocated = "True" if status.get("allocation") else "False"
+    reserved = "True" if consumers else "False"
+    conditions = []
+    for type_, value, message in (
+        ("Allocated", allocated, "devices allocated" if allocated == "True" else "not allocated"),
+        ("Reserved", reserved, f"{consumers} consumer(s)"),
+    ):
+        before = previous.get(type_) or {}
+        since = before.get("lastTransitionTime") if before.get("status") == value else None
+        conditions.append(
+            {
+                "type": type_,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": since or now,
+            }
+        )
+    return conditions

@@ -86,6 +86,11 @@ def generate_case(rng: random.Random) -> list[dict[str, Any]]:
         if rng.random() < 0.1:
             effect = rng.choice(["NoSchedule", "NoExecute", "None"])
             made["taints"] = [{"key": "maintenance", "effect": effect}]
+        if rng.random() < 0.15:
+            # Shared by consumable capacity, in steps of 8Gi.
+            made["allowMultipleAllocations"] = True
+            policy = {"default": "8Gi", "validRange": {"min": "8Gi", "step": "8Gi"}}
+            made["capacity"]["memory"]["requestPolicy"] = policy
         return made
 
     def add_slice(
@@ -170,6 +175,8 @@ def generate_case(rng: random.Random) -> list[dict[str, Any]]:
             exactly["count"] = rng.choice([1, 1, 2, 3])
         if rng.random() < 0.1:
             exactly["tolerations"] = [{"key": "maintenance", "operator": "Exists"}]
+        if rng.random() < 0.2:
+            exactly["capacity"] = {"requests": {"memory": rng.choice(["8Gi", "12Gi", "20Gi", "48Gi"])}}
         if rng.random() < 0.3:
             subs = []
             for i in range(rng.randint(2, 3)):
@@ -349,7 +356,16 @@ def _pod_claim_names(pod: dict[str, Any]) -> list[str]:
 
 def _essentials(result: Any) -> dict[str, Any]:
     devices = [
-        (r.request, r.driver, r.pool, r.device, bool(r.admin_access)) for r in result.devices.results or []
+        (
+            r.request,
+            r.driver,
+            r.pool,
+            r.device,
+            bool(r.admin_access),
+            r.share_id is not None,  # Kubernetes draws share IDs at random: compare presence only
+            {k: v.value for k, v in (r.consumed_capacity or {}).items()},
+        )
+        for r in result.devices.results or []
     ]
     selector = result.node_selector.to_dict() if result.node_selector is not None else None
     return {"devices": devices, "nodeSelector": selector}
@@ -484,7 +500,8 @@ def _compare(
                 want = _essentials(stored.status.allocation)
                 got = _essentials(outcome.results[key])
                 assert got == want, (
-                    f"{case} {name} {claim_name} on {decided['spec']['nodeName']}:\n ours {got}\n kube {want}\n"
+                    f"{case} {name} {claim_name} on {decided['spec']['nodeName']}:\n"
+                    f" ours {got}\n kube {want}\n"
                     f" in use before: {json.dumps({'/'.join(k): v for k, v in before.items() if v})}"
                 )
         else:

@@ -20,10 +20,14 @@ changing any outcome:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from dra_operator.allocation.capacity import Amounts, as_quantity
+from dra_operator.allocation.capacity import consumption as capacity_consumption
+from dra_operator.allocation.capacity import fits as capacity_fits
 from dra_operator.allocation.constraints import Constraint, lookup_attribute, typed_value
 from dra_operator.allocation.explain import (
     SHOWN_DEVICES,
@@ -54,6 +58,7 @@ from dra_operator.allocation.snapshot import (
     claim_key,
     toleration_key,
 )
+from dra_operator.api.quantity import Quantity
 from dra_operator.api.resource import (
     ALL,
     AllocationResult,
@@ -185,6 +190,7 @@ def _plan(snapshot: Snapshot, claim: ResourceClaim) -> _Claim | ClassNotFound:
                 class_expressions=tuple(s.cel.expression for s in device_class.spec.selectors or ()),
                 request_expressions=tuple(s.cel.expression for s in selectors),
                 tolerations=toleration_key(tolerations),
+                capacity=tuple(sorted((spec.capacity.requests or {}).items())) if spec.capacity else (),
             )
             all_mode = spec.allocation_mode == ALL
             alts.append(
@@ -218,7 +224,11 @@ class _NodeSearch:
         self.view = snapshot.view(node)
         # id index -> claim indices that are allocating the device in this attempt
         self.allocating: dict[int, list[int]] = {}
-        self.results: list[list[tuple[_Alt, int]]] = [[] for _ in claims]
+        # per claim: (request or subrequest, device record, what it consumes of a shared device, whether it
+        # took counters)
+        self.results: list[list[tuple[_Alt, int, Amounts | None, bool]]] = [[] for _ in claims]
+        # shared devices: id index -> capacity consumed by this attempt
+        self.capacity_allocating: dict[int, Amounts] = {}
         self.constraints: list[list[Constraint]] = [
             [Constraint(spec) for spec in c.claim.spec.devices.constraints or ()] for c in claims
         ]
@@ -262,7 +272,10 @@ class _NodeSearch:
                 if isinstance(verdict, SelectorFailure):
                     raise _Fatal(self._selector_error(claim, alt, verdict))
                 record = self.records[index]
-                if verdict and (not record.per_device or record.on_node(self.node)):
+                if not verdict or (record.per_device and not record.on_node(self.node)):
+                    continue
+                used = self.snapshot.shared_use(record) if record.shared else None
+                if capacity_fits(alt.signature.capacity_requests, record.device.capacity or {}, used):
                     found.append(index)
         return found
 
@@ -374,15 +387,22 @@ class _NodeSearch:
     def _add(self, ci: int, alt: _Alt, index: int, must: bool) -> bool:
         record = self.records[index]
         id_index = record.id_index
+        shared = record.shared
         if alt.admin:
-            if ci in self.allocating.get(id_index, ()):
+            if not shared and ci in self.allocating.get(id_index, ()):
                 return False
         elif self._busy(id_index):
             return False
-        if record.device.consumes_counters and not self._take_counters(record):
+        # A shared device already in use has had its counters taken by its first share.
+        skip_counters = shared and (
+            self.snapshot.shared_use(record) is not None or id_index in self.capacity_allocating
+        )
+        counters = bool(record.device.consumes_counters) and not skip_counters
+        if counters and not self._take_counters(record):
             return False
         if record.taints and alt.signature.blocked_by_taint(record.taints):
-            self._return_counters(record)
+            if counters:
+                self._return_counters(record)
             return False
         constraints = self.constraints[ci]
         driver = record.id[0]
@@ -400,10 +420,28 @@ class _NodeSearch:
                     )
                 for earlier in constraints[:position]:
                     earlier.remove(alt.request, alt.subrequest)
-                self._return_counters(record)
+                if counters:
+                    self._return_counters(record)
                 return False
-        self.allocating.setdefault(id_index, []).append(ci)
-        self.results[ci].append((alt, index))
+        share: Amounts | None = None
+        if shared:
+            requests, capacities = alt.signature.capacity_requests, record.device.capacity or {}
+            used = dict(self.snapshot.shared_use(record) or {})
+            for name, amount in self.capacity_allocating.get(id_index, {}).items():
+                used[name] = used.get(name, Fraction(0)) + amount
+            if not capacity_fits(requests, capacities, used):
+                for constraint in constraints:
+                    constraint.remove(alt.request, alt.subrequest)
+                if counters:
+                    self._return_counters(record)
+                return False
+            share = capacity_consumption(requests, capacities)
+            taken = self.capacity_allocating.setdefault(id_index, {})
+            for name, amount in share.items():
+                taken[name] = taken.get(name, Fraction(0)) + amount
+        else:
+            self.allocating.setdefault(id_index, []).append(ci)
+        self.results[ci].append((alt, index, share, counters))
         return True
 
     def _take_counters(self, record: DeviceRecord) -> bool:
@@ -421,8 +459,7 @@ class _NodeSearch:
         return True
 
     def _return_counters(self, record: DeviceRecord) -> None:
-        if record.device.consumes_counters:
-            self._consume(record, self._counters_used[(record.slice.driver, record.slice.pool)], -1)
+        self._consume(record, self._counters_used[(record.slice.driver, record.slice.pool)], -1)
 
     @staticmethod
     def _consume(record: DeviceRecord, used: dict[tuple[str, str], Fraction], sign: int) -> None:
@@ -435,16 +472,24 @@ class _NodeSearch:
         for constraint in self.constraints[ci]:
             constraint.remove(alt.request, alt.subrequest)
         record = self.records[index]
-        self._return_counters(record)
-        self.allocating[record.id_index].remove(ci)
-        self.results[ci].pop()
+        _, _, share, counters = self.results[ci].pop()
+        if counters:
+            self._return_counters(record)
+        if share is not None:
+            taken = self.capacity_allocating[record.id_index]
+            for name, amount in share.items():
+                taken[name] -= amount
+            if not any(taken.values()):
+                del self.capacity_allocating[record.id_index]
+        else:
+            self.allocating[record.id_index].remove(ci)
 
     def _key(self, index: int) -> Hashable:
         """Devices with equal keys are interchangeable for this Pod's search (see the module docstring)."""
         found = self._keys.get(index)
         if found is None:
             record = self.records[index]
-            outcomes: list[object] = []
+            outcomes: list[object] = [("shared", index)] if record.shared else []
             for alt in self._alts:
                 verdict = self.snapshot.verdict(alt.signature, index)
                 if isinstance(verdict, SelectorFailure):
@@ -486,8 +531,10 @@ class _NodeSearch:
                     tolerations=alt.tolerations,
                     binding_conditions=self.records[index].device.binding_conditions,
                     binding_failure_conditions=self.records[index].device.binding_failure_conditions,
+                    share_id=self._share_id(claim, alt, index, position) if share is not None else None,
+                    consumed_capacity=self._consumed(alt, index, share) if share else None,
                 )
-                for alt, index in self.results[ci]
+                for position, (alt, index, share, _) in enumerate(self.results[ci])
             ]
             config = self._config(ci, claim)
             out.append(
@@ -495,6 +542,23 @@ class _NodeSearch:
                     devices=DeviceAllocationResult(results=results, config=config or None),
                     node_selector=self._node_selector(ci),
                 )
+            )
+        return out
+
+    def _share_id(self, claim: _Claim, alt: _Alt, index: int, position: int) -> str:
+        # Kubernetes draws a random UID; a name-based one keeps results reproducible.
+        seed = f"{'/'.join(claim.key)}/{alt.name}/{self.records[index].label}/{position}"
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, seed))
+
+    def _consumed(self, alt: _Alt, index: int, share: Amounts) -> dict[str, Quantity]:
+        capacities = self.records[index].device.capacity or {}
+        requests = alt.signature.capacity_requests or {}
+        out: dict[str, Quantity] = {}
+        for name, amount in share.items():
+            capacity = capacities[name]
+            policy = capacity.request_policy
+            out[name] = as_quantity(
+                amount, requests.get(name), policy.default if policy else None, capacity.value
             )
         return out
 
@@ -537,7 +601,7 @@ class _NodeSearch:
         merged into one term; devices available on all nodes add nothing."""
         expressions: list[NodeSelectorRequirement] = []
         fields: list[NodeSelectorRequirement] = []
-        for _, index in self.results[ci]:
+        for _, index, _, _ in self.results[ci]:
             record = self.records[index]
             node_name = record.node_name()
             if not node_name and record.device.binds_to_node:

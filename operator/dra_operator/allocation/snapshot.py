@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple
 
+from dra_operator.allocation.capacity import fits as capacity_fits
 from dra_operator.allocation.nodes import Node, selector_matches
 from dra_operator.allocation.selectors import Result, SelectorCache, SelectorFailure
+from dra_operator.api.quantity import Quantity
 from dra_operator.api.resource import (
     AllocationResult,
     CounterSet,
@@ -31,6 +33,9 @@ from dra_operator.api.resource import (
     ResourceSlice,
 )
 from dra_operator.cel import CelDevice
+
+SHARED_CANDIDATES = 1 << 30
+"""What `free_candidates` says when a shared device is a candidate: it never limits how many fit."""
 
 DeviceID = tuple[str, str, str]
 """(driver, pool, device): how Kubernetes identifies a device across slices and claims."""
@@ -74,6 +79,11 @@ class RequestSignature(NamedTuple):
     class_expressions: tuple[str, ...]
     request_expressions: tuple[str, ...]
     tolerations: tuple[TolerationKey, ...] = ()
+    capacity: tuple[tuple[str, Quantity], ...] = ()  # capacity.requests (consumable capacity)
+
+    @property
+    def capacity_requests(self) -> dict[str, Quantity] | None:
+        return dict(self.capacity) if self.capacity else None
 
     @property
     def expressions(self) -> tuple[str, ...]:
@@ -124,6 +134,7 @@ class DeviceRecord:
     attributes: Mapping[str, DeviceAttribute]
     taints: tuple[DeviceTaint, ...]
     per_device: bool
+    shared: bool = False  # allowMultipleAllocations: claims share it by consumable capacity
     _cel: CelDevice | None = None
 
     def cel_device(self) -> CelDevice:
@@ -225,12 +236,15 @@ class Snapshot:
         self._ids: list[DeviceID] = []
         self._in_use: list[int] = []  # per id index: how many allocated claims (not adminAccess) hold it
         self._holders: dict[int, list[ClaimKey]] = {}
+        self._shared_used: dict[int, dict[str, Fraction]] = {}
+        self._shares: dict[int, int] = {}  # id index -> allocated shares of the device
         self._allocated: dict[ClaimKey, AllocationResult] = {}
         self._views: dict[str | None, NodeView] = {}
         self._verdicts: dict[RequestSignature, list[Result | None]] = {}
         self._sig_errors: dict[RequestSignature, bool] = {}
         self._relevant: dict[tuple[RequestSignature, str | None], tuple[int, ...]] = {}
         self._candidate_ids: dict[tuple[RequestSignature, str | None], list[int]] = {}
+        self._shared_candidates: set[tuple[RequestSignature, str | None]] = set()
         self._frontier: dict[RequestSignature, int] = {}
         # Search steps taken so far (like Kubernetes' numAllocateOneInvocations), for tests and benchmarks.
         self.search_steps = 0
@@ -308,6 +322,7 @@ class Snapshot:
                     attributes=device.attributes or {},
                     taints=tuple(device.taints or ()),
                     per_device=per_device,
+                    shared=bool(device.allow_multiple_allocations),
                 )
             )
             record.devices.append(index)
@@ -341,6 +356,13 @@ class Snapshot:
             if result.admin_access:
                 continue
             index = self._intern((result.driver, result.pool, result.device))
+            if result.share_id is not None:
+                # A share of a device: it consumes capacity, the device stays available to others.
+                self._shares[index] = self._shares.get(index, 0) + 1
+                used = self._shared_used.setdefault(index, {})
+                for name, amount in (result.consumed_capacity or {}).items():
+                    used[name] = used.get(name, Fraction(0)) + amount.value
+                continue
             self._in_use[index] += 1
             self._holders.setdefault(index, []).append(claim)
 
@@ -353,12 +375,25 @@ class Snapshot:
             if result.admin_access:
                 continue
             index = self._id_index[(result.driver, result.pool, result.device)]
+            if result.share_id is not None:
+                used = self._shared_used.get(index, {})
+                for name, amount in (result.consumed_capacity or {}).items():
+                    used[name] = used.get(name, Fraction(0)) - amount.value
+                self._shares[index] -= 1
+                if not self._shares[index]:
+                    del self._shares[index]
+                    self._shared_used.pop(index, None)
+                continue
             self._in_use[index] -= 1
             holders = self._holders.get(index, [])
             if claim in holders:
                 holders.remove(claim)
         # Devices became free: nodes skipped as full may fit again.
         self._frontier.clear()
+
+    def shared_use(self, record: DeviceRecord) -> dict[str, Fraction] | None:
+        """What allocated claims consume of a shared device (None: no share allocated)."""
+        return self._shared_used.get(record.id_index)
 
     def allocation_of(self, claim: ClaimKey) -> AllocationResult | None:
         return self._allocated.get(claim)
@@ -477,7 +512,10 @@ class Snapshot:
         for slice_ in slices:
             for index in slice_.devices:
                 other = self.records[index]
-                if not other.device.consumes_counters or not self._in_use[other.id_index]:
+                if not other.device.consumes_counters:
+                    continue
+                # A device counts as allocated when a claim holds it or a share of it.
+                if not self._in_use[other.id_index] and other.id_index not in self._shares:
                     continue
                 for consumption in other.device.consumes_counters:
                     for name, counter in consumption.counters.items():
@@ -537,6 +575,10 @@ class Snapshot:
                             continue
                         if record.taints and signature.blocked_by_taint(record.taints):
                             continue
+                        if not record.shared and not capacity_fits(
+                            signature.capacity_requests, record.device.capacity or {}
+                        ):
+                            continue
                         out.append(index)
                     elif verdict is not False:
                         out.append(index)
@@ -545,11 +587,20 @@ class Snapshot:
         return found
 
     def free_candidates(self, signature: RequestSignature, node: Node) -> int:
+        """How many candidates are free; SHARED_CANDIDATES when a shared device (allowMultipleAllocations)
+        is among them, since it can serve several requests."""
         key = (signature, node.name)
         ids = self._candidate_ids.get(key)
         if ids is None:
             records = self.records
-            ids = self._candidate_ids[key] = [records[i].id_index for i in self.candidates(signature, node)]
+            candidates = self.candidates(signature, node)
+            if any(records[i].shared for i in candidates):
+                ids = self._candidate_ids[key] = []
+                self._shared_candidates.add(key)
+            else:
+                ids = self._candidate_ids[key] = [records[i].id_index for i in candidates]
+        if key in self._shared_candidates:
+            return SHARED_CANDIDATES
         in_use = self._in_use
         return [in_use[j] for j in ids].count(0)
 

@@ -380,3 +380,28 @@ def test_runtime_error_names_expression_device_and_key() -> None:
     assert fatal.failure.expression == expression
     assert fatal.failure.device == "driver.example.com/n/gpu-0"
     assert fatal.failure.key == "type"
+
+
+def test_pools_with_binding_conditions_come_last() -> None:
+    gated = node_slice(
+        "n", [{"name": "gated-0", "bindingConditions": ["ready"], "bindingFailureConditions": ["failed"]}]
+    )
+    gated = ResourceSlice.model_validate(
+        {
+            **gated.to_dict(),
+            "spec": {**gated.to_dict()["spec"], "pool": {"name": "a-pool", "resourceSliceCount": 1}},
+        }
+    )
+    plain = node_slice("n", gpus("plain-0"), name="b-pool", slice="b")
+    snapshot = Snapshot.build([device_class()], [gated, plain])
+    first = allocate(snapshot, POD, [claim("c", exactly("gpu"))])
+    assert isinstance(first, Allocation) and devices_of(first, "c") == ["b-pool/plain-0"]
+    first.commit(snapshot)
+    second = allocate(snapshot, POD, [claim("d", exactly("gpu"))])
+    assert isinstance(second, Allocation)
+    (result,) = second.results[("default", "d")].devices.results or []
+    assert (result.device, result.binding_conditions, result.binding_failure_conditions) == (
+        "gated-0",
+        ["ready"],
+        ["failed"],
+    )

@@ -471,6 +471,10 @@ class Snapshot:
                 pools.append(PoolView(key[0], key[1], invalid=invalid))
                 continue
             pools.append(PoolView(key[0], key[1], devices=tuple(devices)))
+        # Pools with binding conditions come last, so that simpler devices are preferred (1.36).
+        last = [p for p in pools if any(self.records[i].device.binding_conditions for i in p.devices)]
+        if last:
+            pools = [p for p in pools if p not in last] + last
         return NodeView(node, tuple(pools))
 
     @staticmethod

@@ -1,21 +1,23 @@
 """The allocation search: one Pod's claims in, an allocation on one node or an explanation out.
 
-Per node this is Kubernetes' structured allocator (1.36): a depth-first search with backtracking over the
-claims (Pod order), their requests (spec order) and each device needed, trying devices in pool order; the
-first complete solution wins. A selector that fails on a device the search touches, an All request that sees
-an incomplete or invalid pool, or more than 32 devices per claim make the whole attempt fail (Kubernetes
-returns an error and the scheduler gives up on the Pod for this round, whatever other nodes offer).
+Per node this is Kubernetes' structured allocator as 1.36 runs it (k8s.io/dynamic-resource-allocation
+v0.36, "incubating"): a depth-first search with backtracking over the claims (Pod order), their requests
+(spec order) and each device needed, trying devices in pool order; the devices of one request are tried as
+combinations (each next one after the previous one), and the first complete solution wins. A selector that
+fails on a device the search touches, an All request that sees an incomplete or invalid pool, or more than
+32 devices per claim make the whole attempt fail (Kubernetes returns an error and the scheduler gives up on
+the Pod for this round, whatever other nodes offer).
 
-Nodes are tried in name order and the first node with a solution is chosen. Two things keep this fast without
-changing any outcome:
-- A subtree that failed for one device is not searched again for an equivalent device (same selector outcomes
-  for every request of the Pod, same constrained attribute values, same in-use state): by symmetry it fails
-  too.
-- When no selector of the Pod can fail on any device and no request uses allocationMode All, no node can raise
-  an error, so the scan stops at the first node that fits and skips nodes that cannot fit (too few free
-  candidates), starting at a per-signature frontier behind which every node is full. Otherwise every candidate
-  node is searched, as kube-scheduler filters every node of a small cluster, so that an error anywhere fails
-  the Pod as it would there.
+Nodes are tried in name order and the first node with a solution is chosen. Two things keep this fast
+without changing any outcome:
+- A subtree that failed for one device is not searched again for an equivalent later device (same selector
+  outcomes for every request of the Pod, same constrained attribute values, same in-use state, no shared
+  capacity): by symmetry it fails too.
+- When no selector of the Pod can fail on any device and no request uses allocationMode All, no node can
+  raise an error, so the scan stops at the first node that fits and skips nodes that cannot fit (too few
+  free candidates), starting at a per-signature frontier behind which every node is full. Otherwise every
+  node is searched, as kube-scheduler filters every node of a small cluster (and runs the allocator even on
+  nodes that an allocated claim rules out), so that an error anywhere fails the Pod as it would there.
 """
 
 from __future__ import annotations

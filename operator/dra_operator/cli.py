@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("dra_operator.agent.main", "publish this node's devices as ResourceSlices"),
     "simulate": ("dra_operator.simulate", "allocate claims offline from YAML files, no cluster needed"),
     "demo": ("dra_operator.demo", "run the seed walkthrough on an embedded control plane"),
-    "controlplane": ("dra_operator.controlplane.main", "build or start the embedded Kubernetes control plane"),
+    "controlplane": ("dra_operator.controlplane.main", "build or start the embedded control plane"),
     "crds": ("dra_operator.api.crdgen", "print or write the CustomResourceDefinitions"),
 }
 

@@ -149,6 +149,8 @@ def operator(
     op.start()
     wait_for(op.ready, timeout=90, message="the operator to be ready and leading")
     yield op
+    # Shown by pytest only when the test failed: what the operator did.
+    print(f"--- operator log ({op.log_file}) ---\n{op.log(120)}")
     op.stop()
     with contextlib.suppress(ApiError):
         control_plane.request(

@@ -454,3 +454,21 @@ def test_concurrent_workers_never_double_allocate_nor_create_twice() -> None:
     ]
     assert sorted(devices) == ["gpu-0", "gpu-1"]
     assert sum(not gated(w.pod(n)) for n in names_) == 2
+
+
+def test_pod_bound_at_creation_gets_a_warning_not_an_allocation() -> None:
+    w = World()
+    raw = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "bound", "namespace": NS},
+        "spec": {
+            "nodeName": "n1",
+            "containers": [{"name": "c", "resources": {"claims": [{"name": "g"}]}}],
+            "resourceClaims": [{"name": "g", "resourceClaimName": "shared"}],
+        },
+    }
+    w.kube.put(pods_path("bound"), mutate(raw, "Pod").obj)
+    w.sync()
+    w.run(w.reconciler.sync_pod(NS, "bound"))
+    assert w.recorder.reasons("bound") == ["NotGated"] and w.allocator.calls == 0

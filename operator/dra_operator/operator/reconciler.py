@@ -216,6 +216,18 @@ class Reconciler:
                 self.enqueue(CLAIM, *_key(claim))
             return
         if not is_gated(pod):
+            annotations = pod["metadata"].get("annotations") or {}
+            if (pod.get("spec") or {}).get("nodeName") and not any(
+                key.startswith(names.DEVICES_ANNOTATION_PREFIX) for key in annotations
+            ):
+                # Bound at creation (spec.nodeName set): the API server allows no scheduling gate, so the Pod
+                # may start before any device is chosen. Say so instead of allocating behind its back.
+                self.recorder.warning(
+                    pod,
+                    "NotGated",
+                    "spec.nodeName was set at creation, so the Pod could not be held until its claims were "
+                    "allocated; create it without nodeName (use node affinity) to get devices",
+                )
             return
         self._first_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
         await self._allocate_pod(pod)

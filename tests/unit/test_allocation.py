@@ -111,7 +111,8 @@ def test_duplicate_device_names_make_the_pool_invalid_but_not_fatal_for_exact_co
     failed = allocate(only_bad, POD, [claim("c", exactly("gpu"))])
     assert isinstance(failed, Unallocatable)
     assert any(isinstance(r, (InvalidPools, RequestUnsatisfiable)) for r in failed.explanation.reasons)
-    assert "driver.example.com/node-a" in failed.explanation.render()
+    # The node's own pool is named node-neutrally (its name is the node's here), by its driver.
+    assert "pools: the node's own driver.example.com pool" in failed.explanation.render()
 
     all_claim = claim("c", {"name": "all", "exactly": {"deviceClassName": "gpu", "allocationMode": "All"}})
     fatal = allocate(only_bad, POD, [all_claim])
@@ -281,7 +282,9 @@ def test_seed_job_conflict_is_explained_as_contention() -> None:
     assert isinstance(reason, DevicesContended)
     assert [m[:2] for m in reason.members] == [("default/job-0-gpu", "gpu-claim"), ("default/shared", "all")]
     assert reason.available.total == 2
-    assert "together they need 3 distinct devices but only 2" in outcome.explanation.render()
+    assert "together they need 3 distinct devices, only 2 match on this node (gpu-0, gpu-1)" in (
+        outcome.explanation.render()
+    )
 
 
 def test_summary_fits_an_event_message() -> None:

@@ -114,8 +114,8 @@ def test_seed_job_as_written_cannot_be_allocated_and_says_why(capsys: pytest.Cap
     code, out, err = run(capsys, *SEED_OBJECTS, SEED / "dra-example-job.yaml")
     assert code == 1, err
     # Both claims select the same 64Gi GPUs; All takes every one of a node, the template claim needs one more.
-    assert "takes all 3 matching devices: together they need 4 distinct devices but only 3" in out
-    assert "takes all 2 matching devices: together they need 3 distinct devices but only 2" in out
+    assert "takes all 3 matching devices: together they need 4 distinct devices, only 3 match" in out
+    assert "takes all 2 matching devices: together they need 3 distinct devices, only 2 match" in out
     assert "node-a:" in out and "node-b:" in out
 
 

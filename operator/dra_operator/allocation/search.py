@@ -708,7 +708,7 @@ def _diagnose(snapshot: Snapshot, node: Node, claims: Sequence[_Claim]) -> NodeF
         reasons.append(InvalidPools(skipped))
     if not reasons:
         reasons.append(NoCombination())
-    return NodeFailure(node.name, tuple(reasons))
+    return NodeFailure(node.name, tuple(reasons), snapshot.own_pools(node))
 
 
 def _counters_fit(snapshot: Snapshot, record: DeviceRecord) -> bool:

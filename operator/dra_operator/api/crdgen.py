@@ -1,18 +1,16 @@
-"""CustomResourceDefinitions for the four kinds, generated from the pydantic models; `dra-operator crds`.
+"""CustomResourceDefinitions for the four kinds, generated from the pydantic models.
 
 The schema is structural OpenAPI v3 built by walking the models (not pydantic's JSON schema): every node
 typed, no $ref, quantities as `x-kubernetes-int-or-string` with a pattern, limits as maxItems / maxLength /
 maxProperties, the models' `crd_rules` as `x-kubernetes-validations`, and list-map keys where Kubernetes has
-them. Generation is pure (`generate()` returns dicts); only `main` reads or writes files.
+them. Generation is pure (`generate()` returns dicts, `rendered()` file texts); the files are read and
+written by the `dra-operator crds` command (dra_operator.crds).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import types
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
@@ -32,7 +30,6 @@ from dra_operator.api.resource import (
 )
 
 CATEGORY = "dra"
-DEFAULT_DIR = Path("crds")
 
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
@@ -275,58 +272,3 @@ def render(crd: dict[str, Any]) -> str:
 def rendered() -> dict[str, str]:
     """File name -> file text, exactly as `--write` writes it."""
     return {name: render(crd) for name, crd in generate().items()}
-
-
-def stale_files(directory: Path) -> list[str]:
-    """Names of files in `directory` that differ from the generated output, are missing, or are left over."""
-    expected = rendered()
-    problems = [
-        name
-        for name, text in expected.items()
-        if not (directory / name).is_file() or (directory / name).read_text() != text
-    ]
-    if directory.is_dir():
-        problems += sorted(p.name for p in directory.glob("*.yaml") if p.name not in expected)
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", metavar="DIR", type=Path, help="write one file per CRD into DIR")
-    mode.add_argument(
-        "--check",
-        metavar="DIR",
-        type=Path,
-        nargs="?",
-        const=DEFAULT_DIR,
-        help=f"exit 1 if the files in DIR (default {DEFAULT_DIR}/) differ from the generated CRDs",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.write is not None:
-        directory: Path = args.write
-        directory.mkdir(parents=True, exist_ok=True)
-        expected = rendered()
-        for leftover in directory.glob(f"{GROUP}_*.yaml"):
-            if leftover.name not in expected:
-                leftover.unlink()
-        for name, text in expected.items():
-            (directory / name).write_text(text)
-        print(f"wrote {len(expected)} CRDs to {directory}/")
-        return 0
-    if args.check is not None:
-        stale = stale_files(args.check)
-        if stale:
-            print(
-                f"{args.check}/ is stale ({', '.join(stale)}): run `dra-operator crds --write {args.check}`",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{args.check}/ is up to date")
-        return 0
-    sys.stdout.write("---\n".join(rendered().values()))
-    return 0

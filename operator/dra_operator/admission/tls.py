@@ -1,4 +1,4 @@
-"""Serving certificates for the webhook: a self-signed CA and a server certificate made with `cryptography`.
+"""Serving certificates for the webhook: a self-signed CA and a server certificate (made by dra_operator.pki).
 
 Used when no certificate files are given (--tls-cert-file/--tls-key-file/--tls-ca-file, e.g. from
 cert-manager; Kopf's WebhookServer re-reads those when they change). Not Kopf's own self-signed path: that

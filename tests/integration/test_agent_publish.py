@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import get_or_none
 from kubernetes_asyncio import client, config
 
 from dra_operator.agent.health import DeviceHealth, HealthEvent
@@ -25,7 +26,7 @@ from dra_operator.agent.publisher import PLURAL, SlicePublisher
 from dra_operator.agent.simulated import SimulatedBackend
 from dra_operator.agent.slices import MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, node_selector, slice_name
 from dra_operator.api.resource import GROUP, VERSION, ResourceSlice
-from dra_operator.controlplane import ApiError, ControlPlane
+from dra_operator.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
 SLICE_CRD = REPO / "crds" / "resource.dra-operator.io_resourceslices.yaml"
@@ -88,13 +89,7 @@ async def eventually(check: Callable[[], Awaitable[T | None]], within: float, me
 
 
 def get_slice(plane: ControlPlane, name: str) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = plane.request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}")
-    except ApiError as error:
-        if error.status == 404:
-            return None
-        raise
-    return found
+    return get_or_none(plane, f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}")
 
 
 def our_slices(plane: ControlPlane, node_name: str) -> list[dict[str, Any]]:

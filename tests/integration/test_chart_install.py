@@ -15,7 +15,6 @@ import contextlib
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -26,14 +25,13 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import SEED, free_port, get_or_none, operator_env, scrape_metrics, seed
 
 from dra_operator.admission import names
 from dra_operator.controlplane import ApiError, ControlPlane
 from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
 
-REPO = Path(__file__).resolve().parents[2]
 CHART = chart_dir()
-SEED = REPO / "tests" / "fixtures" / "seed"
 VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
     path.name.removesuffix("-values.yaml"): [path] for path in sorted((CHART / "ci").glob("*-values.yaml"))
 }
@@ -49,12 +47,6 @@ WaitFor = Callable[..., Any]
 @pytest.fixture(scope="module")
 def helm() -> Path:
     return ensure_helm()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------- 1. dry-run
@@ -116,8 +108,7 @@ class Process:
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.log_file = log_dir / f"{name}.log"
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        full_env["PYTHONPATH"] = str(REPO / "operator") + os.pathsep + os.environ.get("PYTHONPATH", "")
+        full_env = operator_env(env)
         with self.log_file.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dra_operator.cli", *args],
@@ -167,13 +158,7 @@ class Install:
         return run_helm([*args, "--namespace", self.ns], helm=self.helm, env=self.helm_env)
 
     def get(self, path: str) -> Json | None:
-        try:
-            found: Json = self.cp.request("GET", path)
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        return found
+        return get_or_none(self.cp, path)
 
     def workload(self, kind: str) -> Json:
         plural = {"Deployment": "deployments", "DaemonSet": "daemonsets"}[kind]
@@ -220,19 +205,6 @@ class Install:
         return "\n".join(f"--- {p.name}\n{p.log()}" for p in self.processes)
 
 
-def metrics(port: int) -> dict[str, float]:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return {}
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
-
-
 def local_operator_args(container: Json, kubeconfig: Path, ports: dict[str, int]) -> list[str]:
     """The installed container's args, with what only makes sense inside the cluster swapped for loopback:
     the API server here reaches the webhook at https://127.0.0.1 (not the Service), with a certificate the
@@ -277,11 +249,6 @@ def downward_env(container: Json, namespace: str, node: str | None = None) -> di
         else:
             env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
-
-
-def seed(name: str) -> Json:
-    obj: Json = yaml.safe_load((SEED / name).read_text())
-    return obj
 
 
 def claim_pod(name: str, claims: list[Json]) -> Json:
@@ -420,7 +387,7 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
         for process in install.processes:
             process.alive()
         for ports in replicas:
-            m = metrics(ports["metrics"])
+            m = scrape_metrics(ports["metrics"])
             states.append((m.get("dra_operator_ready"), m.get("dra_operator_leader")))
         return all(ready == 1.0 for ready, _ in states) and sorted(leader for _, leader in states) == [
             0.0,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import install_crds
 
-from dra_operator.api import crdgen
 from dra_operator.api.resource import API_VERSION, GROUP, UPSTREAM_API_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,11 +22,7 @@ Kubectl = Callable[..., CompletedProcess[str]]
 
 @pytest.fixture
 def crds(kubectl: Kubectl) -> None:
-    """Apply crds/ (idempotent) and wait until every CRD is Established."""
-    applied = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), check=False)
-    assert applied.returncode == 0, f"the apiserver refused crds/: {applied.stderr}"
-    for crd in crdgen.generate().values():
-        kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+    install_crds(kubectl)
 
 
 def _dry_run(kubectl: Kubectl, namespace: str, obj: dict[str, Any], *flags: str) -> CompletedProcess[str]:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,24 +23,17 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import SEED, free_port, get_or_none, install_crds, operator_env, scrape_metrics, seed
 
 from dra_operator.admission import names
-from dra_operator.api import crdgen
 from dra_operator.controlplane import ApiError, ControlPlane, pod_succeeded_status
 
-SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed"
 # The seed's Job, unchanged (the fixture is a byte-for-byte copy of the shared example; its README says so).
 JOB_FILE = SEED / "dra-example-job.yaml"
 GROUP_PATH = "/apis/resource.dra-operator.io/v1"
 MERGE_PATCH = "application/merge-patch+json"
 Json = dict[str, Any]
 WaitFor = Callable[..., Any]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------------ harness
@@ -66,9 +58,7 @@ class Operator:
     def start(self) -> None:
         self.runs += 1
         self.metrics_port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        operator_src = Path(__file__).resolve().parents[2] / "operator"
-        env["PYTHONPATH"] = str(operator_src) + os.pathsep + env.get("PYTHONPATH", "")
+        env = operator_env()
         with self.log_file.open("wb") as out:
             self.proc = subprocess.Popen(
                 [
@@ -91,17 +81,7 @@ class Operator:
             )
 
     def metrics(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        try:
-            text = urllib.request.urlopen(url, timeout=2).read().decode()
-        except OSError:
-            return {}
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = float(value)
-        return values
+        return scrape_metrics(self.metrics_port)
 
     def ready(self) -> bool:
         assert self.proc is not None
@@ -133,12 +113,7 @@ class Operator:
 
 @pytest.fixture(scope="module")
 def crds(control_plane: ControlPlane) -> None:
-    for crd in crdgen.generate().values():
-        control_plane.kubectl("apply", "-f", "-", input=json.dumps(crd))
-    for crd in crdgen.generate().values():
-        control_plane.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s"
-        )
+    install_crds(control_plane.kubectl)
 
 
 @pytest.fixture
@@ -181,11 +156,6 @@ def slice_for(node: str, gpus: dict[str, str], driver: str = "driver.example.com
             ],
         },
     }
-
-
-def seed(name: str) -> Json:
-    obj: Json = yaml.safe_load((SEED / name).read_text())
-    return obj
 
 
 def claim_selecting(memory: str) -> Json:
@@ -233,13 +203,7 @@ class Cluster:
         return f"/api/v1/namespaces/{self.ns}/pods" + (f"/{name}" if name else "")
 
     def get(self, path: str) -> Json | None:
-        try:
-            result: Json = self.cp.request("GET", path)
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        return result
+        return get_or_none(self.cp, path)
 
     def items(self, path: str) -> list[Json]:
         items: list[Json] = self.cp.request("GET", path)["items"]

@@ -1,0 +1,688 @@
+"""dra-operator against the built-in DRA of the same control plane (a benchmark, not a test).
+
+One embedded control plane (Kubernetes 1.36: resource.k8s.io/v1 served, kube-scheduler's DynamicResources
+plugin and the resourceclaim controller on), N fake Nodes (no kubelet) with 8 GPUs each
+(`driver.example.com`, type=gpu, memory 64Gi, one node-local slice and pool per Node). Two scenarios run one
+after the other, each in its own namespace with its own DeviceClass, ResourceClaimTemplate and ResourceSlices:
+
+- built-in: resource.k8s.io/v1 objects; the resourceclaim controller creates each Pod's claim from the
+  template, kube-scheduler allocates it and binds the Pod;
+- dra-operator: the same objects in resource.dra-operator.io/v1 and `dra-operator run` as a subprocess; its
+  webhook gates each Pod, the operator creates and allocates the claim and ungates, kube-scheduler binds.
+
+Each creates P Pods (one GPU each, the seed's selector) one after the other from one client. Columns:
+`create s` the client's P create requests (the operator's webhook answers inside each); `wall s` from the
+first create to the last Pod bound (spec.nodeName, seen on a watch); `Pods/s` = P / wall; `p50/p95 ms` per Pod
+from just before its create request to its binding seen on the watch (creationTimestamp has only second
+resolution); `writes/Pod`: the apiserver's own apiserver_request_total (POST/PUT/PATCH/DELETE/APPLY, any
+answer) over placement and release, divided by P, events apart, without the benchmark's own Pod POSTs and
+DELETEs and without Lease renewals (time-based, not per Pod); the counters are cluster-wide and nothing else
+writes in the window (windows end when the counters stop moving); `cleanup s`: Pods deleted (grace 0: no
+kubelet) until every claim of the namespace is gone; `operator RSS MiB`: VmRSS of the operator process when
+ready / peak (VmHWM) / after cleanup. Device capacity N x 8 must be at least P, so no Pod waits for a device.
+
+Kubernetes' client rate limits (controller manager 20/s, scheduler 50/s) bound the built-in path at these
+sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them.
+
+    .venv/bin/python bench/operator_vs_builtin.py [--nodes 20] [--pods 100] [--client-qps N] [--timeout 180]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dra_operator.controlplane import ApiError, ControlPlane, node_manifest, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER = "driver.example.com"
+PER_NODE = 8
+SELECTOR = (
+    f'device.attributes["{DRIVER}"].type == "gpu" && device.capacity["{DRIVER}"].memory == quantity("64Gi")'
+)
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
+Json = dict[str, Any]
+WriteKey = tuple[str, str, str, str, bool]  # verb, group, resource, subresource, answered non-2xx
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """One scenario's API group and the words to print for it."""
+
+    label: str
+    api_version: str
+    namespace: str
+
+    @property
+    def group_path(self) -> str:
+        return f"/apis/{self.api_version}"
+
+
+BUILTIN = Flavour("built-in", "resource.k8s.io/v1", "bench-builtin")
+OURS = Flavour("dra-operator", "resource.dra-operator.io/v1", "bench-operator")
+
+
+@dataclass
+class Result:
+    flavour: Flavour
+    pods: int
+    creating: float
+    wall: float
+    latencies_ms: list[float]
+    cleanup: float
+    writes: dict[WriteKey, float]
+    rss_mib: tuple[float, float, float] | None = None
+
+    @property
+    def writes_per_pod(self) -> float:
+        return sum(v for k, v in self.writes.items() if not is_event(k)) / self.pods
+
+    @property
+    def events_per_pod(self) -> float:
+        return sum(v for k, v in self.writes.items() if is_event(k)) / self.pods
+
+
+def is_event(key: WriteKey) -> bool:
+    return key[2] == "events"
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+class Client:
+    """HTTPS to the apiserver as admin, with a streaming watch (ControlPlane.request answers JSON only)."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.port = int(cp.server.rsplit(":", 1)[1])
+        self.context = ssl.create_default_context(cafile=str(cp.ca_file))
+        self.context.load_cert_chain(str(cp.admin_cert_file), str(cp.admin_key_file))
+
+    def connect(self, timeout: float = 30.0) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=timeout)
+
+    def writes(self) -> dict[WriteKey, float]:
+        """apiserver_request_total summed by (verb, group, resource, subresource), write verbs only."""
+        conn = self.connect()
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        totals: dict[WriteKey, float] = {}
+        prefix = "apiserver_request_total{"
+        for line in text.splitlines():
+            if not line.startswith(prefix):
+                continue
+            labels_text, _, value = line.rpartition(" ")
+            labels = {
+                k: v.strip('"')
+                for k, _, v in (item.partition("=") for item in labels_text[len(prefix) : -1].split(","))
+            }
+            if labels.get("verb") in WRITE_VERBS:
+                key = (
+                    labels["verb"],
+                    labels.get("group", ""),
+                    labels.get("resource", ""),
+                    labels.get("subresource", ""),
+                    not labels.get("code", "").startswith("2"),
+                )
+                totals[key] = totals.get(key, 0.0) + float(value)
+        return totals
+
+
+class BindingWatch:
+    """Watches a namespace's Pods and notes when each is first seen with spec.nodeName set."""
+
+    def __init__(self, client: Client, namespace: str) -> None:
+        self.bound: dict[str, float] = {}
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        listed = client.cp.request("GET", path)
+        self.conn = client.connect(timeout=600)
+        rv = listed["metadata"]["resourceVersion"]
+        self.conn.request("GET", f"{path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=false")
+        self.response = self.conn.getresponse()
+        if self.response.status != 200:
+            raise RuntimeError(f"watch {path}: HTTP {self.response.status}")
+        self.error: BaseException | None = None
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name=f"watch-{namespace}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while line := self.response.readline():
+                seen = time.monotonic()
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") in ("ADDED", "MODIFIED") and (obj.get("spec") or {}).get("nodeName"):
+                    self.bound.setdefault(obj["metadata"]["name"], seen)
+            if not self.closing:
+                self.error = RuntimeError("the watch ended")
+        except Exception as error:  # http.client fails in several ways on a socket shut down under it
+            if not self.closing:
+                self.error = error
+
+    def close(self) -> None:
+        # Unblocks the reader: shutting the socket down ends its readline().
+        self.closing = True
+        with contextlib.suppress(OSError):
+            if self.conn.sock is not None:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+        self.conn.close()
+        self.thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------------------------ objects
+
+
+def device_class(flavour: Flavour) -> Json:
+    return {
+        "apiVersion": flavour.api_version,
+        "kind": "DeviceClass",
+        "metadata": {"name": f"{flavour.namespace}-gpu"},
+        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]},
+    }
+
+
+def resource_slice(flavour: Flavour, node: str) -> Json:
+    return {
+        "apiVersion": flavour.api_version,
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{flavour.namespace}-{node}"},
+        "spec": {
+            "driver": DRIVER,
+            "nodeName": node,
+            "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+            "devices": [
+                {
+                    "name": f"gpu-{i}",
+                    "attributes": {"type": {"string": "gpu"}},
+                    "capacity": {"memory": {"value": "64Gi"}},
+                }
+                for i in range(PER_NODE)
+            ],
+        },
+    }
+
+
+def claim_template(flavour: Flavour) -> Json:
+    request = {
+        "name": "gpu",
+        "exactly": {
+            "deviceClassName": f"{flavour.namespace}-gpu",
+            "selectors": [{"cel": {"expression": SELECTOR}}],
+        },
+    }
+    return {
+        "apiVersion": flavour.api_version,
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "gpu"},
+        "spec": {"spec": {"devices": {"requests": [request]}}},
+    }
+
+
+def pod(name: str) -> Json:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.invalid/noop:1",
+                    "resources": {"claims": [{"name": "gpu"}]},
+                }
+            ],
+            "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "gpu"}],
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------ operator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Operator:
+    """`dra-operator run` as a subprocess; ready when its metrics say ready, leader and webhook configured."""
+
+    def __init__(self, cp: ControlPlane, log_file: Path, workers: int | None) -> None:
+        self.metrics_port = free_port()
+        self.log_file = log_file
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = str(ROOT / "operator") + os.pathsep + env.get("PYTHONPATH", "")
+        args = [
+            sys.executable,
+            "-m",
+            "dra_operator.cli",
+            "run",
+            f"--kubeconfig={cp.kubeconfig}",
+            "--webhook-host=127.0.0.1",
+            f"--webhook-port={free_port()}",
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-host=127.0.0.1",
+            "--lease-namespace=default",
+        ]
+        if workers is not None:
+            args.append(f"--workers={workers}")
+        with log_file.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def metrics(self) -> dict[str, float]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=2)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        except (OSError, http.client.HTTPException):
+            return {}
+        finally:
+            conn.close()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        return values
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log()}")
+        m = self.metrics()
+        names = ("dra_operator_ready", "dra_operator_leader", "dra_operator_webhook_configured")
+        return all(m.get(name) == 1.0 for name in names)
+
+    def memory_mib(self, field_name: str = "VmRSS") -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024  # kB
+        raise RuntimeError(f"{field_name} not in /proc/{self.proc.pid}/status")
+
+    def log(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------------------------------------ scenario
+
+
+@dataclass
+class Bench:
+    cp: ControlPlane
+    client: Client
+    nodes: list[str]
+    pods: int
+    timeout: float
+    log: Callable[[str], None] = field(default=print)
+
+    def setup(self, flavour: Flavour) -> None:
+        self.cp.request("POST", "/api/v1/namespaces", {"metadata": {"name": flavour.namespace}})
+        # Pods are refused until the namespace's default ServiceAccount exists.
+        wait_until(
+            lambda: self.cp.request("GET", f"/api/v1/namespaces/{flavour.namespace}/serviceaccounts/default"),
+            timeout=60,
+            message=f"the default ServiceAccount of {flavour.namespace}",
+        )
+        group = flavour.group_path
+        self.cp.request("POST", f"{group}/deviceclasses", device_class(flavour))
+        for node in self.nodes:
+            self.cp.request("POST", f"{group}/resourceslices", resource_slice(flavour, node))
+        self.cp.request(
+            "POST", f"{group}/namespaces/{flavour.namespace}/resourceclaimtemplates", claim_template(flavour)
+        )
+
+    def teardown(self, flavour: Flavour) -> None:
+        group = flavour.group_path
+        self.cp.request("DELETE", f"{group}/namespaces/{flavour.namespace}/resourceclaimtemplates/gpu")
+        for node in self.nodes:
+            self.cp.request("DELETE", f"{group}/resourceslices/{flavour.namespace}-{node}")
+        self.cp.request("DELETE", f"{group}/deviceclasses/{flavour.namespace}-gpu")
+
+    def claims(self, flavour: Flavour) -> list[Json]:
+        items: list[Json] = self.cp.request(
+            "GET", f"{flavour.group_path}/namespaces/{flavour.namespace}/resourceclaims"
+        )["items"]
+        return items
+
+    def quiet_writes(self) -> dict[WriteKey, float]:
+        """The write counters once they stop moving (trailing status updates and batched events are in)."""
+        previous: list[dict[WriteKey, float]] = [self.client.writes()]
+
+        def settled() -> dict[WriteKey, float]:
+            # Sampled once a second (the interval is what "quiet" means, not a wait for an outcome): two equal
+            # scrapes in a row, leases aside, mean nothing is in flight. An empty answer means "not yet".
+            time.sleep(1.0)
+            now = self.client.writes()
+            same = without_leases(now) == without_leases(previous[-1])
+            previous.append(now)
+            return now if same else {}
+
+        return wait_until(settled, timeout=30, message="the apiserver's writes to settle")
+
+    def run(self, flavour: Flavour, operator: Operator | None) -> Result:
+        ns = flavour.namespace
+        pods_path = f"/api/v1/namespaces/{ns}/pods"
+        watch = BindingWatch(self.client, ns)
+        rss_before = operator.memory_mib() if operator else 0.0
+        before = self.quiet_writes()
+        created: dict[str, float] = {}
+        try:
+            for index in range(self.pods):
+                name = f"p{index:04}"
+                created[name] = time.monotonic()
+                self.cp.request("POST", pods_path, pod(name))
+            creating = time.monotonic() - created["p0000"]
+
+            def all_bound() -> bool:
+                if watch.error is not None:
+                    raise RuntimeError(f"watch failed: {watch.error}")
+                return len(watch.bound) >= self.pods
+
+            try:
+                wait_until(
+                    all_bound, timeout=self.timeout, message=f"{self.pods} Pods bound ({flavour.label})"
+                )
+            except TimeoutError:
+                self.log(self.diagnose(flavour, operator, set(created) - set(watch.bound)))
+                raise
+        finally:
+            watch.close()
+        first = min(created.values())
+        wall = max(watch.bound.values()) - first
+        latencies = [(watch.bound[name] - created[name]) * 1000 for name in created]
+        rss_peak = operator.memory_mib("VmHWM") if operator else 0.0
+
+        started = time.monotonic()
+        options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
+        for name in created:
+            self.cp.request("DELETE", f"{pods_path}/{name}", options)
+        wait_until(
+            lambda: not self.cp.request("GET", pods_path)["items"] and not self.claims(flavour),
+            timeout=self.timeout,
+            message=f"Pods and claims of {ns} to be gone",
+        )
+        cleanup = time.monotonic() - started
+        released = self.quiet_writes()
+        rss_after = operator.memory_mib() if operator else 0.0
+
+        writes = {k: v - before.get(k, 0.0) for k, v in without_leases(released).items()}
+        # The benchmark's own requests: one POST and one DELETE per Pod, the same in both scenarios.
+        for own in (("POST", "", "pods", "", False), ("DELETE", "", "pods", "", False)):
+            writes[own] = writes.get(own, 0.0) - self.pods
+        writes = {k: v for k, v in writes.items() if v}
+        rss = (rss_before, rss_peak, rss_after) if operator else None
+        return Result(flavour, self.pods, creating, wall, latencies, cleanup, writes, rss)
+
+    def diagnose(self, flavour: Flavour, operator: Operator | None, unbound: set[str]) -> str:
+        """Why Pods were not bound: one of them, its claim(s), events, and the operator's log tail."""
+        ns = flavour.namespace
+        name = sorted(unbound)[0]
+        lines = [f"{len(unbound)} Pods not bound, e.g. {name}:"]
+        with contextlib.suppress(ApiError):
+            p = self.cp.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+            lines.append(
+                json.dumps(
+                    {"spec.schedulingGates": p["spec"].get("schedulingGates"), "status": p.get("status")}
+                )
+            )
+        for claim in self.claims(flavour)[:2]:
+            lines.append(json.dumps({"claim": claim["metadata"]["name"], "status": claim.get("status")}))
+        for event in self.cp.request("GET", f"/api/v1/namespaces/{ns}/events")["items"][-8:]:
+            lines.append(
+                f"event {event['involvedObject'].get('name')}: {event.get('reason')}: {event.get('message')}"
+            )
+        lines.append(self.cp.logs("kube-scheduler", 15))
+        if operator:
+            lines.append(operator.log())
+        return "\n".join(lines)
+
+
+def without_leases(writes: dict[WriteKey, float]) -> dict[WriteKey, float]:
+    return {k: v for k, v in writes.items() if k[2] != "leases"}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def percentile(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+    )
+
+
+def row(cells: list[str], widths: list[int]) -> str:
+    return " | ".join(
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+
+
+def report(builtin: Result, ours: Result) -> str:
+    header = [
+        "scenario",
+        "Pods",
+        "create s",
+        "wall s",
+        "Pods/s",
+        "p50 ms",
+        "p95 ms",
+        "writes/Pod",
+        "events/Pod",
+        "cleanup s",
+        "operator RSS MiB",
+    ]
+
+    def cells(r: Result) -> list[str]:
+        rss = "-" if r.rss_mib is None else "/".join(f"{v:.0f}" for v in r.rss_mib)
+        return [
+            r.flavour.label,
+            str(r.pods),
+            f"{r.creating:.2f}",
+            f"{r.wall:.2f}",
+            f"{r.pods / r.wall:.1f}",
+            f"{percentile(r.latencies_ms, 50):.0f}",
+            f"{percentile(r.latencies_ms, 95):.0f}",
+            f"{r.writes_per_pod:.2f}",
+            f"{r.events_per_pod:.2f}",
+            f"{r.cleanup:.2f}",
+            rss,
+        ]
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "-"
+
+    ratios = [
+        "ratio ours/built-in",
+        "",
+        ratio(ours.creating, builtin.creating),
+        ratio(ours.wall, builtin.wall),
+        ratio(ours.pods / ours.wall, builtin.pods / builtin.wall),
+        ratio(percentile(ours.latencies_ms, 50), percentile(builtin.latencies_ms, 50)),
+        ratio(percentile(ours.latencies_ms, 95), percentile(builtin.latencies_ms, 95)),
+        ratio(ours.writes_per_pod, builtin.writes_per_pod),
+        ratio(ours.events_per_pod, builtin.events_per_pod),
+        ratio(ours.cleanup, builtin.cleanup),
+        "",
+    ]
+    table = [header, cells(builtin), cells(ours), ratios]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = [row(table[0], widths), "-+-".join("-" * w for w in widths)]
+    lines += [row(r, widths) for r in table[1:]]
+
+    lines += [
+        "",
+        "writes per Pod by kind, placement + release (in brackets: of those, answered non-2xx, e.g. 409),",
+        "the benchmark's own Pod POST/DELETE and Lease renewals are not counted:",
+    ]
+    kinds = sorted(
+        {k[:4] for k in (*builtin.writes, *ours.writes)}, key=lambda k: (k[2] == "events", k[2], k[3], k[0])
+    )
+    table = [["kind", builtin.flavour.label, ours.flavour.label]]
+    for verb, group, res, sub in kinds:
+        name = f"{verb} {res}{'/' + sub if sub else ''}" + (f" ({group})" if group else "")
+        table.append([name, *(by_kind(r, (verb, group, res, sub)) for r in (builtin, ours))])
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
+    lines += ["  " + row(r, widths) for r in table]
+    return "\n".join(lines)
+
+
+def by_kind(result: Result, kind: tuple[str, str, str, str]) -> str:
+    total = sum(v for k, v in result.writes.items() if k[:4] == kind) / result.pods
+    failed = result.writes.get((*kind, True), 0.0) / result.pods
+    if not total:
+        return "-"
+    return f"{total:.2f}" + (f" ({failed:.2f})" if failed else "")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+class TunedControlPlane(ControlPlane):
+    """The same control plane with the client rate limits of the controller manager and scheduler raised.
+
+    Kubernetes' defaults are 20 requests/s (burst 30) for the controller manager, whose resourceclaim
+    controller creates claims, writes Pod status and releases, and 50/s (burst 100) for the scheduler, which
+    writes claims and binds; at 100 Pods both wait seconds on them ("client-side throttling" in the
+    controller manager's log). ControlPlane takes no flags for either, so this extends its argument list and
+    scheduler configuration (private methods: kept to these two overrides).
+    """
+
+    def __init__(self, qps: int) -> None:
+        super().__init__()
+        self.qps = qps
+
+    def _controller_manager_args(self) -> list[str]:
+        return [
+            *super()._controller_manager_args(),
+            f"--kube-api-qps={self.qps}",
+            f"--kube-api-burst={2 * self.qps}",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        args = super()._scheduler_args()  # writes the configuration file that --config names
+        config_file = self.run_dir / "kube-scheduler.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["clientConnection"].update(qps=self.qps, burst=2 * self.qps)
+        config_file.write_text(yaml.safe_dump(config))
+        return args
+
+
+@contextlib.contextmanager
+def stage(what: str) -> Iterator[None]:
+    started = time.monotonic()
+    print(f"... {what}", flush=True)
+    yield
+    print(f"    done in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=20, help="fake Nodes, 8 GPUs each (default 20)")
+    parser.add_argument("--pods", type=int, default=100, help="Pods per scenario, one GPU each (default 100)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for placement/cleanup")
+    parser.add_argument("--workers", type=int, default=None, help="operator --workers (default: its own)")
+    parser.add_argument(
+        "--client-qps",
+        type=int,
+        default=None,
+        help="client rate limit of kube-controller-manager and kube-scheduler (burst twice that); "
+        "default: Kubernetes' own, 20/30 and 50/100",
+    )
+    args = parser.parse_args()
+    capacity = args.nodes * PER_NODE
+    if capacity < args.pods:
+        parser.error(f"{args.nodes} nodes x {PER_NODE} GPUs = {capacity} < {args.pods} Pods: Pods would wait")
+
+    plane = ControlPlane() if args.client_qps is None else TunedControlPlane(args.client_qps)
+    with plane as cp, tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
+        print(f"control plane up in {cp.startup_seconds:.1f}s; binaries {cp.bin_dir}", flush=True)
+        client = Client(cp)
+        nodes = [f"bench-node-{i:03}" for i in range(args.nodes)]
+        with stage(f"{args.nodes} fake Nodes and the CRDs"):
+            for node in nodes:
+                cp.request("POST", "/api/v1/nodes", node_manifest(node))
+            cp.kubectl("apply", "-f", str(ROOT / "crds"))
+            cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            # The control plane's start-up probe namespace is being deleted: not our writes to count.
+            wait_until(
+                lambda: all(
+                    (n.get("status") or {}).get("phase") != "Terminating"
+                    for n in cp.request("GET", "/api/v1/namespaces")["items"]
+                ),
+                timeout=120,
+                message="no namespace terminating",
+            )
+        bench = Bench(cp, client, nodes, args.pods, args.timeout)
+
+        with stage(f"built-in DRA: {args.pods} Pods"):
+            bench.setup(BUILTIN)
+            builtin = bench.run(BUILTIN, None)
+            bench.teardown(BUILTIN)
+
+        operator = Operator(cp, Path(tmp) / "operator.log", args.workers)
+        try:
+            with stage("operator start"):
+                wait_until(operator.ready, timeout=90, message="the operator to be ready and leading")
+            with stage(f"dra-operator: {args.pods} Pods"):
+                bench.setup(OURS)
+                ours = bench.run(OURS, operator)
+                bench.teardown(OURS)
+        except BaseException:
+            print(f"--- operator log ---\n{operator.log()}", file=sys.stderr)
+            raise
+        finally:
+            operator.stop()
+
+    print()
+    qps = (
+        "Kubernetes defaults (controller manager 20/30, scheduler 50/100)"
+        if args.client_qps is None
+        else f"{args.client_qps}/{2 * args.client_qps} for both (--client-qps)"
+    )
+    print(f"client rate limits (qps/burst) of kube-controller-manager and kube-scheduler: {qps}")
+    print(
+        f"Kubernetes control plane (embedded, no kubelet), {args.nodes} Nodes x {PER_NODE} GPUs = {capacity} "
+        f"devices >= {args.pods} Pods (no Pod waits for a device); one client creates the Pods in turn"
+    )
+    print(report(builtin, ours))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

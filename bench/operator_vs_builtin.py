@@ -48,8 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dra_operator.controlplane import ApiError, ControlPlane, node_manifest, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -571,36 +569,6 @@ def by_kind(result: Result, kind: tuple[str, str, str, str]) -> str:
 # ------------------------------------------------------------------------------------------------ main
 
 
-class TunedControlPlane(ControlPlane):
-    """The same control plane with the client rate limits of the controller manager and scheduler raised.
-
-    Kubernetes' defaults are 20 requests/s (burst 30) for the controller manager, whose resourceclaim
-    controller creates claims, writes Pod status and releases, and 50/s (burst 100) for the scheduler, which
-    writes claims and binds; at 100 Pods both wait seconds on them ("client-side throttling" in the
-    controller manager's log). ControlPlane takes no flags for either, so this extends its argument list and
-    scheduler configuration (private methods: kept to these two overrides).
-    """
-
-    def __init__(self, qps: int) -> None:
-        super().__init__()
-        self.qps = qps
-
-    def _controller_manager_args(self) -> list[str]:
-        return [
-            *super()._controller_manager_args(),
-            f"--kube-api-qps={self.qps}",
-            f"--kube-api-burst={2 * self.qps}",
-        ]
-
-    def _scheduler_args(self) -> list[str]:
-        args = super()._scheduler_args()  # writes the configuration file that --config names
-        config_file = self.run_dir / "kube-scheduler.yaml"
-        config = yaml.safe_load(config_file.read_text())
-        config["clientConnection"].update(qps=self.qps, burst=2 * self.qps)
-        config_file.write_text(yaml.safe_dump(config))
-        return args
-
-
 @contextlib.contextmanager
 def stage(what: str) -> Iterator[None]:
     started = time.monotonic()
@@ -629,7 +597,7 @@ def main() -> int:
     if capacity < args.pods:
         parser.error(f"{args.nodes} nodes x {PER_NODE} GPUs = {capacity} < {args.pods} Pods: Pods would wait")
 
-    plane = ControlPlane() if args.client_qps is None else TunedControlPlane(args.client_qps)
+    plane = ControlPlane(client_qps=args.client_qps)
     with plane as cp, tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         print(f"control plane up in {cp.startup_seconds:.1f}s; binaries {cp.bin_dir}", flush=True)
         client = Client(cp)

@@ -138,6 +138,7 @@ class ControlPlane:
         keep_run_dir: bool = False,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         extra_apiserver_args: Sequence[str] = (),
+        client_qps: int | None = None,
         verbosity: int = 1,
     ) -> None:
         self._bin_dir = bin_dir
@@ -145,6 +146,9 @@ class ControlPlane:
         self.keep_run_dir = keep_run_dir
         self.start_timeout = start_timeout
         self.extra_apiserver_args = tuple(extra_apiserver_args)
+        # Client rate limit of the controller manager and the scheduler (burst twice that); None keeps
+        # Kubernetes' defaults (20/s and 50/s), which throttle the built-in DRA controllers under load.
+        self.client_qps = client_qps
         self.verbosity = verbosity
         self._components: list[_Component] = []
         self._run_dir: Path | None = None
@@ -371,8 +375,14 @@ class ControlPlane:
             f"--cluster-signing-key-file={pki.ca_key_file}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allocate-node-cidrs=false",
+            *self._client_rate_args(),
             f"--v={self.verbosity}",
         ]
+
+    def _client_rate_args(self) -> list[str]:
+        if self.client_qps is None:
+            return []
+        return [f"--kube-api-qps={self.client_qps}", f"--kube-api-burst={2 * self.client_qps}"]
 
     def _scheduler_args(self) -> list[str]:
         config = self.run_dir / "kube-scheduler.yaml"
@@ -381,7 +391,14 @@ class ControlPlane:
                 {
                     "apiVersion": "kubescheduler.config.k8s.io/v1",
                     "kind": "KubeSchedulerConfiguration",
-                    "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+                    "clientConnection": {
+                        "kubeconfig": str(self.kubeconfig),
+                        **(
+                            {"qps": self.client_qps, "burst": 2 * self.client_qps}
+                            if self.client_qps is not None
+                            else {}
+                        ),
+                    },
                     "leaderElection": {"leaderElect": False},
                 }
             )

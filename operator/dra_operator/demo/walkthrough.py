@@ -7,7 +7,6 @@ import shlex
 import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,10 +23,10 @@ from dra_operator.controlplane import (
     node_manifest,
     pod_succeeded_status,
 )
-from dra_operator.controlplane.launcher import free_port
 from dra_operator.demo import buildwatch
 from dra_operator.demo.console import Console, table
-from dra_operator.demo.processes import Children, DemoError, Interrupted, child_env, cli_command, tail
+from dra_operator.demo.processes import Children, DemoError, Interrupted
+from dra_operator.operator.local import LocalOperator, LocalProcess, ProcessExited
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -83,7 +82,6 @@ class Walkthrough:
         self.node_names = [f"gpu-node-{index}" for index in range(node_count)]
         self.cp: ControlPlane | None = None
         self.children = Children(workdir)
-        self.operator_metrics_port = 0
         self.build_seconds = 0.0
         # The manifests sit in the directory kubectl runs in, so `kubectl apply -f FILE` reads as typed.
         self.files = workdir / "manifests"
@@ -143,11 +141,13 @@ class Walkthrough:
                 value = predicate()
             except ApiError as error:  # e.g. a kind whose CRD is still being established
                 last, value = error, None
+            except ProcessExited as exited:  # died between check() and predicate()
+                raise DemoError(str(exited)) from None
             if value:
                 return value
             if time.monotonic() > deadline:
                 logs = "".join(
-                    f"\n--- last lines of {c.log}:\n{tail(c.log, 15)}" for c in self.children.children
+                    f"\n--- last lines of {c.log_file}:\n{c.log(15)}" for c in self.children.children
                 )
                 raise DemoError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){logs}")
             time.sleep(0.2)
@@ -222,10 +222,9 @@ class Walkthrough:
             args = ["agent", "--backend=simulated", "--inventory=inventory.yaml", f"--node={node}"]
             c.command(shlex.join(["dra-operator", *args]) + " &")
             self.children.start(
-                f"agent-{node}",
-                cli_command(*args),
-                env=child_env(self.plane.env()),
-                cwd=self.files,
+                LocalProcess(
+                    args, log_file=self.workdir / f"agent-{node}.log", env=self.plane.env(), cwd=self.files
+                )
             )
 
         inventory = yaml.safe_load((self.files / "inventory.yaml").read_text())
@@ -243,34 +242,20 @@ class Walkthrough:
     def start_operator(self) -> None:
         c = self.console
         c.step(STEPS[3])
-        webhook_port = free_port()
-        self.operator_metrics_port = free_port()
-        args = [
-            "run",
-            "--webhook-host=127.0.0.1",
-            f"--webhook-port={webhook_port}",
-            "--metrics-host=127.0.0.1",
-            f"--metrics-port={self.operator_metrics_port}",
-            "--lease-namespace=kube-system",
-        ]
-        c.command(shlex.join(["dra-operator", *args]) + " &")
+        # $KUBECONFIG (the plane's env) rather than --kubeconfig: the command shown is the one a user types
+        operator = LocalOperator(
+            None,
+            extra_args=["--lease-namespace=kube-system"],
+            env=self.plane.env(),
+            log_file=self.workdir / "operator.log",
+        )
+        c.command(shlex.join(["dra-operator", *operator.args]) + " &")
         started = time.monotonic()
-        self.children.start("operator", cli_command(*args), env=child_env(self.plane.env()))
-        self.wait(self.operator_ready, "the operator to fill its caches, lead and configure its webhook", 90)
+        self.children.start(operator)
+        self.wait(operator.ready, "the operator to fill its caches, lead and configure its webhook", 90)
         seconds = time.monotonic() - started
         c.info(f"ready in {seconds:.1f}s: caches filled, leader (Lease kube-system/dra-operator),")
-        c.info(f"admission webhook registered at https://127.0.0.1:{webhook_port}")
-
-    def operator_ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.operator_metrics_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return False
-        values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-        wanted = ("dra_operator_ready", "dra_operator_leader", "dra_operator_webhook_configured")
-        return all(values.get(name) == "1.0" for name in wanted)
+        c.info(f"admission webhook registered at https://127.0.0.1:{operator.webhook_port}")
 
     def identify_devices(self) -> None:
         c = self.console
@@ -537,7 +522,7 @@ class Walkthrough:
             return
         c = self.console
         c.step(STEPS[-1])
-        pids = [child.process.pid for child in self.children.children]
+        pids = [child.pid for child in self.children.children]
         self.children.stop()
         if self.cp is not None:
             pids += list(self.cp.pids.values())

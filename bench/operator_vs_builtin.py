@@ -33,12 +33,9 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
-import signal
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from dra_operator.controlplane import ApiError, ControlPlane, node_manifest, wait_until
+from dra_operator.operator.local import LocalOperator
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = "driver.example.com"
@@ -261,79 +259,11 @@ def pod(name: str) -> Json:
 # ------------------------------------------------------------------------------------------------ operator
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Operator:
-    """`dra-operator run` as a subprocess; ready when its metrics say ready, leader and webhook configured."""
-
-    def __init__(self, cp: ControlPlane, log_file: Path, workers: int | None) -> None:
-        self.metrics_port = free_port()
-        self.log_file = log_file
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = str(ROOT / "operator") + os.pathsep + env.get("PYTHONPATH", "")
-        args = [
-            sys.executable,
-            "-m",
-            "dra_operator.cli",
-            "run",
-            f"--kubeconfig={cp.kubeconfig}",
-            "--webhook-host=127.0.0.1",
-            f"--webhook-port={free_port()}",
-            f"--metrics-port={self.metrics_port}",
-            "--metrics-host=127.0.0.1",
-            "--lease-namespace=default",
-        ]
-        if workers is not None:
-            args.append(f"--workers={workers}")
-        with log_file.open("wb") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def metrics(self) -> dict[str, float]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=2)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        except (OSError, http.client.HTTPException):
-            return {}
-        finally:
-            conn.close()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = float(value)
-        return values
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log()}")
-        m = self.metrics()
-        names = ("dra_operator_ready", "dra_operator_leader", "dra_operator_webhook_configured")
-        return all(m.get(name) == 1.0 for name in names)
-
-    def memory_mib(self, field_name: str = "VmRSS") -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) / 1024  # kB
-        raise RuntimeError(f"{field_name} not in /proc/{self.proc.pid}/status")
-
-    def log(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+def memory_mib(pid: int, field_name: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field_name} not in /proc/{pid}/status")
 
 
 # ------------------------------------------------------------------------------------------------ scenario
@@ -392,11 +322,11 @@ class Bench:
 
         return wait_until(settled, timeout=30, message="the apiserver's writes to settle")
 
-    def run(self, flavour: Flavour, operator: Operator | None) -> Result:
+    def run(self, flavour: Flavour, operator: LocalOperator | None) -> Result:
         ns = flavour.namespace
         pods_path = f"/api/v1/namespaces/{ns}/pods"
         watch = BindingWatch(self.client, ns)
-        rss_before = operator.memory_mib() if operator else 0.0
+        rss_before = memory_mib(operator.pid) if operator else 0.0
         before = self.quiet_writes()
         created: dict[str, float] = {}
         try:
@@ -423,7 +353,7 @@ class Bench:
         first = min(created.values())
         wall = max(watch.bound.values()) - first
         latencies = [(watch.bound[name] - created[name]) * 1000 for name in created]
-        rss_peak = operator.memory_mib("VmHWM") if operator else 0.0
+        rss_peak = memory_mib(operator.pid, "VmHWM") if operator else 0.0
 
         started = time.monotonic()
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
@@ -436,7 +366,7 @@ class Bench:
         )
         cleanup = time.monotonic() - started
         released = self.quiet_writes()
-        rss_after = operator.memory_mib() if operator else 0.0
+        rss_after = memory_mib(operator.pid) if operator else 0.0
 
         writes = {k: v - before.get(k, 0.0) for k, v in without_leases(released).items()}
         # The benchmark's own requests: one POST and one DELETE per Pod, the same in both scenarios.
@@ -446,7 +376,7 @@ class Bench:
         rss = (rss_before, rss_peak, rss_after) if operator else None
         return Result(flavour, self.pods, creating, wall, latencies, cleanup, writes, rss)
 
-    def diagnose(self, flavour: Flavour, operator: Operator | None, unbound: set[str]) -> str:
+    def diagnose(self, flavour: Flavour, operator: LocalOperator | None, unbound: set[str]) -> str:
         """Why Pods were not bound: one of them, its claim(s), events, and the operator's log tail."""
         ns = flavour.namespace
         name = sorted(unbound)[0]
@@ -623,10 +553,15 @@ def main() -> int:
             builtin = bench.run(BUILTIN, None)
             bench.teardown(BUILTIN)
 
-        operator = Operator(cp, Path(tmp) / "operator.log", args.workers)
+        workers = [] if args.workers is None else [f"--workers={args.workers}"]
+        operator = LocalOperator(
+            cp.kubeconfig,
+            extra_args=["--lease-namespace=default", *workers],
+            log_file=Path(tmp) / "operator.log",
+        ).start()
         try:
             with stage("operator start"):
-                wait_until(operator.ready, timeout=90, message="the operator to be ready and leading")
+                operator.wait_ready(timeout=90)
             with stage(f"dra-operator: {args.pods} Pods"):
                 bench.setup(OURS)
                 ours = bench.run(OURS, operator)

@@ -1,10 +1,7 @@
-"""Helpers the integration tests share: free ports, the operator subprocess and its metrics, GETs, CRDs."""
+"""Helpers the integration tests share: seed manifests, GETs, CRDs (the operator process: operator.local)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -21,37 +18,10 @@ Json = dict[str, Any]
 Kubectl = Callable[..., CompletedProcess[str]]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def seed(name: str) -> Json:
     """A manifest from tests/fixtures/seed, as written there."""
     obj: Json = yaml.safe_load((SEED / name).read_text())
     return obj
-
-
-def operator_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for `python -m dra_operator.cli ...`: this checkout's sources, unbuffered output."""
-    env = {**os.environ, **(extra or {}), "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = str(REPO / "operator") + os.pathsep + os.environ.get("PYTHONPATH", "")
-    return env
-
-
-def scrape_metrics(port: int) -> dict[str, float]:
-    """The Prometheus samples served on 127.0.0.1:`port`/metrics ({} while nothing answers)."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
 
 
 def get_or_none(cp: ControlPlane, path: str) -> Json | None:

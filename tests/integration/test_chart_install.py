@@ -14,9 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,10 +22,17 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SEED, free_port, get_or_none, operator_env, scrape_metrics, seed
+from helpers import SEED, get_or_none, seed
 
 from dra_operator.admission import names
 from dra_operator.controlplane import ApiError, ControlPlane
+from dra_operator.operator.local import (
+    LocalOperator,
+    LocalProcess,
+    ProcessExited,
+    free_port,
+    scrape_metrics,
+)
 from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
 
 CHART = chart_dir()
@@ -102,50 +106,13 @@ def test_rendered_chart_passes_server_side_dry_run(
 # ------------------------------------------------------------------------------ 2. install and run it
 
 
-class Process:
-    """One `dra-operator ...` subprocess with its log in a file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_file = log_dir / f"{name}.log"
-        full_env = operator_env(env)
-        with self.log_file.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dra_operator.cli", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                start_new_session=True,
-            )
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}", pytrace=False)
-        return True
-
-    def log(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
 class Install:
     """A helm release on the control plane plus the processes standing in for its Pods."""
 
     def __init__(self, cp: ControlPlane, helm: Path, namespace: str, work: Path) -> None:
         self.cp, self.helm, self.ns, self.work = cp, helm, namespace, work
         self.release = f"chart-{uuid.uuid4().hex[:6]}"
-        self.processes: list[Process] = []
+        self.processes: list[LocalProcess] = []
         self.helm_env = {
             **os.environ,
             "KUBECONFIG": str(cp.kubeconfig),
@@ -196,33 +163,48 @@ class Install:
         result = self.cp.kubectl(f"--kubeconfig={kubeconfig}", "auth", "can-i", *args, check=False)
         return result.stdout.strip() == "yes"
 
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> Process:
-        process = Process(name, args, env, self.work)
-        self.processes.append(process)
+    def start(self, process: LocalProcess) -> LocalProcess:
+        self.processes.append(process.start())
         return process
+
+    def alive(self) -> None:
+        """Fail the test, with its log's tail, if one of the processes has exited."""
+        for process in self.processes:
+            try:
+                process.check()
+            except ProcessExited as exited:
+                pytest.fail(str(exited), pytrace=False)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log()}" for p in self.processes)
 
 
-def local_operator_args(container: Json, kubeconfig: Path, ports: dict[str, int]) -> list[str]:
-    """The installed container's args, with what only makes sense inside the cluster swapped for loopback:
-    the API server here reaches the webhook at https://127.0.0.1 (not the Service), with a certificate the
-    operator makes for that address (not the chart's, which names the Service); ports are free ones."""
+def local_operator(
+    container: Json, kubeconfig: Path, ports: dict[str, int], env: dict[str, str], log_file: Path
+) -> LocalOperator:
+    """The installed container's `run` with its args, with what only makes sense inside the cluster swapped
+    for loopback: the API server here reaches the webhook at https://127.0.0.1 (not the Service), with a
+    certificate the operator makes for that address (not the chart's, which names the Service); ports are
+    free ones. LocalOperator adds --kubeconfig and the webhook and metrics hosts and ports."""
+    command, *flags = container["args"]
+    if command != "run":
+        raise ValueError(f"the operator container runs {command!r}, not `run`")
     in_cluster_only = ("--webhook-service=", "--tls-cert-file=", "--tls-key-file=", "--tls-ca-file=",
                        "--liveness=", "--metrics-port=", "--webhook-port=")  # fmt: skip
-    args = [a for a in container["args"] if not a.startswith(in_cluster_only)]
-    (liveness,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--liveness=")]
+    (liveness,) = [a.split("=", 1)[1] for a in flags if a.startswith("--liveness=")]
     path = liveness.split("/", 3)[3]
-    return [
-        *args,
-        f"--kubeconfig={kubeconfig}",
-        "--webhook-host=127.0.0.1",
-        f"--webhook-port={ports['webhook']}",
-        f"--metrics-port={ports['metrics']}",
-        "--metrics-host=127.0.0.1",
-        f"--liveness=http://127.0.0.1:{ports['health']}/{path}",
-    ]
+    return LocalOperator(
+        kubeconfig,
+        webhook_port=ports["webhook"],
+        metrics_port=ports["metrics"],
+        extra_args=[
+            *(a for a in flags if not a.startswith(in_cluster_only)),
+            f"--liveness=http://127.0.0.1:{ports['health']}/{path}",
+        ],
+        env={**os.environ, **env},
+        log_file=log_file,
+        name=log_file.stem,
+    )
 
 
 def probe_ok(container: Json, probe: str, ports: dict[str, int]) -> bool:
@@ -361,11 +343,11 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
             for a in agent_container["args"]
         ]
         env = {**downward_env(agent_container, ns, node), "KUBECONFIG": str(agent_config)}
-        install.start(f"agent-{node}", args, env)
+        log_file = install.work / f"agent-{node}.log"
+        install.start(LocalProcess(args, log_file=log_file, env={**os.environ, **env}))
 
     def published() -> bool:
-        for process in install.processes:
-            process.alive()
+        install.alive()
         slices = cp.request("GET", f"{OURS}/resourceslices")["items"]
         by_node = {s["spec"].get("nodeName"): len(s["spec"]["devices"]) for s in slices}
         return all(by_node.get(node) == local["agent"]["simulated"]["inventory"]["pools"][0]["gpus"]["count"]
@@ -379,13 +361,13 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
     for index in range(deployment["spec"]["replicas"]):
         ports = {p["name"]: free_port() for p in operator_container["ports"]}
         replicas.append(ports)
-        args = local_operator_args(operator_container, operator_config, ports)
-        install.start(f"operator-{index}", args, downward_env(operator_container, ns))
+        env = downward_env(operator_container, ns)
+        log_file = install.work / f"operator-{index}.log"
+        install.start(local_operator(operator_container, operator_config, ports, env, log_file))
 
     def one_leader_all_ready() -> bool:
         states = []
-        for process in install.processes:
-            process.alive()
+        install.alive()
         for ports in replicas:
             m = scrape_metrics(ports["metrics"])
             states.append((m.get("dra_operator_ready"), m.get("dra_operator_leader")))

@@ -11,9 +11,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import urllib.request
 import uuid
@@ -23,10 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SEED, free_port, get_or_none, install_crds, operator_env, scrape_metrics, seed
+from helpers import SEED, get_or_none, install_crds, seed
 
 from dra_operator.admission import names
 from dra_operator.controlplane import ApiError, ControlPlane, pod_succeeded_status
+from dra_operator.operator.local import LocalOperator, free_port
 
 # The seed's Job, unchanged (the fixture is a byte-for-byte copy of the shared example; its README says so).
 JOB_FILE = SEED / "dra-example-job.yaml"
@@ -39,76 +37,13 @@ WaitFor = Callable[..., Any]
 # ------------------------------------------------------------------------------------------------ harness
 
 
-class Operator:
-    """`dra-operator run` in a subprocess against the control plane."""
-
-    def __init__(self, cp: ControlPlane, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
-        self.cp = cp
-        self.log_dir = log_dir
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_port = 0
-        self.webhook_port = free_port()
-        self.runs = 0
-
-    @property
-    def log_file(self) -> Path:
-        return self.log_dir / f"operator-{self.runs}.log"
-
-    def start(self) -> None:
-        self.runs += 1
-        self.metrics_port = free_port()
-        env = operator_env()
-        with self.log_file.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dra_operator.cli",
-                    "run",
-                    f"--kubeconfig={self.cp.kubeconfig}",
-                    "--webhook-host=127.0.0.1",
-                    f"--webhook-port={self.webhook_port}",
-                    f"--metrics-port={self.metrics_port}",
-                    "--metrics-host=127.0.0.1",
-                    "--lease-namespace=default",
-                    "--lease-seconds=5",
-                    *self.extra_args,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def metrics(self) -> dict[str, float]:
-        return scrape_metrics(self.metrics_port)
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.log()}")
-        m = self.metrics()
-        return (
-            m.get("dra_operator_ready") == 1.0
-            and m.get("dra_operator_leader") == 1.0
-            and m.get("dra_operator_webhook_configured") == 1.0
-        )
-
-    def log(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+def local_operator(cp: ControlPlane, log_dir: Path, extra_args: tuple[str, ...] = ()) -> LocalOperator:
+    """`dra-operator run` against the control plane (not started); a short Lease, for the kill tests."""
+    return LocalOperator(
+        cp.kubeconfig,
+        extra_args=("--lease-namespace=default", "--lease-seconds=5", *extra_args),
+        log_file=log_dir / "operator.log",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +54,8 @@ def crds(control_plane: ControlPlane) -> None:
 @pytest.fixture
 def operator(
     control_plane: ControlPlane, crds: None, tmp_path: Path, wait_for: WaitFor
-) -> Iterator[Operator]:
-    op = Operator(control_plane, tmp_path)
-    op.start()
+) -> Iterator[LocalOperator]:
+    op = local_operator(control_plane, tmp_path).start()
     wait_for(op.ready, timeout=90, message="the operator to be ready and leading")
     yield op
     # Shown by pytest only when the test failed: what the operator did.
@@ -307,7 +241,7 @@ def gpu_nodes(control_plane: ControlPlane, make_node: Callable[..., Json], crds:
 
 
 def test_seed_walkthrough(
-    operator: Operator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
 ) -> None:
     ns = cluster.ns
     cp = cluster.cp
@@ -495,7 +429,7 @@ def test_seed_walkthrough(
 
 
 def test_not_enough_devices_waits_for_a_node(
-    operator: Operator,
+    operator: LocalOperator,
     cluster: Cluster,
     control_plane: ControlPlane,
     make_node: Callable[..., Json],
@@ -548,7 +482,7 @@ def test_not_enough_devices_waits_for_a_node(
 
 
 def test_pod_deleted_before_allocation_leaves_nothing(
-    operator: Operator, cluster: Cluster, wait_for: WaitFor, crds: None
+    operator: LocalOperator, cluster: Cluster, wait_for: WaitFor, crds: None
 ) -> None:
     template = seed("resourceclaimtemplate.yaml")
     template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] = (
@@ -580,7 +514,7 @@ def test_pod_deleted_before_allocation_leaves_nothing(
     ],
 )
 def test_missing_object_then_created(
-    operator: Operator,
+    operator: LocalOperator,
     cluster: Cluster,
     gpu_nodes: list[str],
     wait_for: WaitFor,
@@ -607,7 +541,7 @@ def test_missing_object_then_created(
 
 
 def test_finalizer_keeps_a_reserved_claim_until_its_pods_end(
-    operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
 ) -> None:
     """Item 5: deleting a claim in use leaves it Terminating (still allocated) until its last Pod ends."""
     ensure_seed_class(cluster)
@@ -641,7 +575,7 @@ def test_finalizer_keeps_a_reserved_claim_until_its_pods_end(
     [{"name": "gpu"}, {"name": "gpu", "resourceClaimName": "a", "resourceClaimTemplateName": "b"}],
 )
 def test_reference_with_neither_or_both_names_is_rejected(
-    operator: Operator, cluster: Cluster, ref: Json
+    operator: LocalOperator, cluster: Cluster, ref: Json
 ) -> None:
     with pytest.raises(ApiError) as info:
         cluster.create(cluster.pods_path(), pod("bad", [ref]))
@@ -649,7 +583,7 @@ def test_reference_with_neither_or_both_names_is_rejected(
     assert "must specify one of: resourceClaimName, resourceClaimTemplateName" in str(info.value)
 
 
-def test_builtin_claims_are_left_to_kubernetes(operator: Operator, cluster: Cluster) -> None:
+def test_builtin_claims_are_left_to_kubernetes(operator: LocalOperator, cluster: Cluster) -> None:
     """Item 8e: with built-in DRA served, a name that exists only as a resource.k8s.io claim is not ours."""
     builtin = {
         "apiVersion": "resource.k8s.io/v1",
@@ -675,7 +609,7 @@ def test_builtin_claims_are_left_to_kubernetes(operator: Operator, cluster: Clus
 
 
 def test_workload_templates_are_mutated_so_their_pods_are_born_gated(
-    operator: Operator, cluster: Cluster, wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, wait_for: WaitFor
 ) -> None:
     template = {
         "metadata": {"labels": {"app": "w"}},
@@ -706,7 +640,7 @@ def test_workload_templates_are_mutated_so_their_pods_are_born_gated(
 
 
 def test_kill_and_restart_never_double_allocates(
-    operator: Operator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
 ) -> None:
     ensure_seed_class(cluster)
     template = seed("resourceclaimtemplate.yaml")
@@ -725,7 +659,7 @@ def test_kill_and_restart_never_double_allocates(
         timeout=60,
         message="a first Pod to be allocated",
     )
-    operator.stop(kill=True)
+    operator.kill()
     assert_no_double_allocation(cluster.claims())
     operator.start()
     wait_for(operator.ready, timeout=90, message="the restarted operator to lead")
@@ -763,7 +697,7 @@ def apiserver_writes(kubectl: Any) -> dict[tuple[str, str, str, str], float]:
 
 
 def test_api_writes_per_pod(
-    operator: Operator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
 ) -> None:
     """Item 9: the operator's writes per Pod with one template claim, from the API server's own counters."""
     ensure_seed_class(cluster)
@@ -848,15 +782,14 @@ def test_api_writes_per_pod(
 
 
 def test_two_replicas_one_leader_and_failover(
-    operator: Operator, cluster: Cluster, gpu_nodes: list[str], tmp_path: Path, wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], tmp_path: Path, wait_for: WaitFor
 ) -> None:
     """Item 1: every replica watches and serves admission, only the Lease holder writes; a standby takes
     over."""
     ensure_seed_class(cluster)
     cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
     (tmp_path / "standby").mkdir()
-    standby = Operator(cluster.cp, tmp_path / "standby")
-    standby.start()
+    standby = local_operator(cluster.cp, tmp_path / "standby").start()
     try:
         wait_for(
             lambda: standby.metrics().get("dra_operator_ready") == 1.0,
@@ -869,7 +802,7 @@ def test_two_replicas_one_leader_and_failover(
         wait_for(lambda: ungated(cluster.get(cluster.pods_path("before"))), timeout=60)
         assert standby.metrics().get("dra_operator_allocations_total", 0.0) == 0.0, "the standby wrote"
 
-        operator.stop(kill=True)  # no Lease hand-over: the standby waits for it to expire
+        operator.kill()  # no Lease hand-over: the standby waits for it to expire
         wait_for(standby.ready, timeout=60, message="the standby to take the Lease and configure the webhook")
         cluster.create(cluster.pods_path(), pod("after", ref))
         wait_for(lambda: ungated(cluster.get(cluster.pods_path("after"))), timeout=60)
@@ -877,12 +810,12 @@ def test_two_replicas_one_leader_and_failover(
         assert_no_double_allocation(cluster.claims())
     finally:
         # the fixture's teardown releases the Pods through a running operator: keep the standby up for it
-        operator.proc = standby.proc
+        operator.process = standby.process
         operator.metrics_port = standby.metrics_port
 
 
 def test_certificate_files_and_liveness(
-    operator: Operator, cluster: Cluster, tmp_path: Path, wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, tmp_path: Path, wait_for: WaitFor
 ) -> None:
     """Item 1: the webhook served with given certificate files (as cert-manager mounts them), and Kopf's
     liveness endpoint answering."""
@@ -890,7 +823,7 @@ def test_certificate_files_and_liveness(
     cert, key = cluster.cp.issue_serving_cert(tmp_path / "tls", "webhook", ("127.0.0.1",))
     liveness = free_port()
     (tmp_path / "logs").mkdir()
-    own = Operator(
+    own = local_operator(
         cluster.cp,
         tmp_path / "logs",
         (
@@ -916,4 +849,4 @@ def test_certificate_files_and_liveness(
             assert answer.status == 200
     finally:
         # the fixture's teardown releases the Pods through a running operator: hand it this one
-        operator.proc, operator.metrics_port = own.proc, own.metrics_port
+        operator.process, operator.metrics_port = own.process, own.metrics_port

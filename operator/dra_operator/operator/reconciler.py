@@ -1,8 +1,10 @@
 """The per-Pod and per-claim flow: generate claims, allocate, reserve, ungate; release and deallocate.
 
 A few workers share one queue of keys; an item never runs twice at once, and allocation decisions with their
-claim writes are serialized, so this replica never races itself. Every write carries a precondition
-(resourceVersion, or a JSON-patch `test`), so two replicas or a restart can never hand out one device twice.
+claim writes are serialized, so this replica never races itself. Only the Lease holder decides (a former
+leader exits before its lease could pass on), so no two replicas allocate at once; every write carries a
+precondition (resourceVersion, or a JSON-patch `test`), so a decision made from a stale cache — after a
+restart, or a claim changed meanwhile — fails and is retried instead of handing out one device twice.
 Every step is idempotent and starts from what the objects say, so a restart mid-flight resumes where it was.
 """
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dra_operator.controlplane import ApiError, ControlPlane, node_manifest, wait_until
+from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest, node_manifest, wait_until
 from dra_operator.operator.local import LocalOperator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,24 +200,13 @@ def device_class(flavour: Flavour) -> Json:
 
 
 def resource_slice(flavour: Flavour, node: str) -> Json:
-    return {
-        "apiVersion": flavour.api_version,
-        "kind": "ResourceSlice",
-        "metadata": {"name": f"{flavour.namespace}-{node}"},
-        "spec": {
-            "driver": DRIVER,
-            "nodeName": node,
-            "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
-            "devices": [
-                {
-                    "name": f"gpu-{i}",
-                    "attributes": {"type": {"string": "gpu"}},
-                    "capacity": {"memory": {"value": "64Gi"}},
-                }
-                for i in range(PER_NODE)
-            ],
-        },
-    }
+    return gpu_slice_manifest(
+        node,
+        {f"gpu-{i}": "64Gi" for i in range(PER_NODE)},
+        driver=DRIVER,
+        api_version=flavour.api_version,
+        name=f"{flavour.namespace}-{node}",
+    )
 
 
 def claim_template(flavour: Flavour) -> Json:

@@ -23,7 +23,7 @@ import yaml
 from helpers import SEED, get_or_none, install_crds, seed
 
 from dra_operator.admission import names
-from dra_operator.controlplane import ApiError, ControlPlane, pod_succeeded_status
+from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest, pod_succeeded_status
 from dra_operator.operator.local import LocalOperator, free_port
 
 # The seed's Job, unchanged (the fixture is a byte-for-byte copy of the shared example; its README says so).
@@ -72,24 +72,7 @@ def operator(
 
 def slice_for(node: str, gpus: dict[str, str], driver: str = "driver.example.com") -> Json:
     """One node-local ResourceSlice: device name -> memory capacity."""
-    return {
-        "apiVersion": "resource.dra-operator.io/v1",
-        "kind": "ResourceSlice",
-        "metadata": {"name": f"{node}-{driver.replace('.', '-')}"},
-        "spec": {
-            "driver": driver,
-            "nodeName": node,
-            "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
-            "devices": [
-                {
-                    "name": name,
-                    "attributes": {"type": {"string": "gpu"}},
-                    "capacity": {"memory": {"value": memory}},
-                }
-                for name, memory in gpus.items()
-            ],
-        },
-    }
+    return gpu_slice_manifest(node, gpus, driver=driver)
 
 
 def claim_selecting(memory: str) -> Json:

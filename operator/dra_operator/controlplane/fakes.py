@@ -1,4 +1,5 @@
-"""Stand-ins for real machines: Ready fake Node manifests (no kubelet) and the pod status a kubelet sets."""
+"""Stand-ins for real machines: Ready fake Node manifests (no kubelet), node-local GPU ResourceSlices (no node
+agent), and the pod status a kubelet sets."""
 
 from __future__ import annotations
 
@@ -56,6 +57,35 @@ def node_manifest(
                 "systemUUID": "",
                 "bootID": "",
             },
+        },
+    }
+
+
+def gpu_slice_manifest(
+    node: str,
+    gpus: Mapping[str, str],
+    *,
+    driver: str = "driver.example.com",
+    api_version: str = "resource.dra-operator.io/v1",
+    name: str | None = None,
+) -> dict[str, Any]:
+    """One node-local ResourceSlice (pool = node) of `type: gpu` devices: device name -> memory capacity."""
+    return {
+        "apiVersion": api_version,
+        "kind": "ResourceSlice",
+        "metadata": {"name": name or f"{node}-{driver.replace('.', '-')}"},
+        "spec": {
+            "driver": driver,
+            "nodeName": node,
+            "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+            "devices": [
+                {
+                    "name": device,
+                    "attributes": {"type": {"string": "gpu"}},
+                    "capacity": {"memory": {"value": memory}},
+                }
+                for device, memory in gpus.items()
+            ],
         },
     }
 

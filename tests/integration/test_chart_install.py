@@ -384,6 +384,12 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
     lease_name = next(a.split("=", 1)[1] for a in operator_container["args"] if a.startswith("--lease-name="))
     lease = install.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{lease_name}")
     assert lease is not None and lease["spec"]["holderIdentity"]
+    # The leader fills the configuration after it takes the Lease: wait for that write, do not race it.
+    wait_for(
+        lambda: bool((install.get(webhook_path) or {}).get("webhooks")),
+        timeout=60,
+        message=f"the leader to fill the webhook configuration\n{install.logs()}",
+    )
     filled = install.get(webhook_path)
     assert filled is not None and filled["webhooks"], "the operator fills the chart's webhook configuration"
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,10 +85,13 @@ def _ldflags() -> str:
     return " ".join(flags)
 
 
-def _sources_digest() -> str:
+def _sources_digest(modules: tuple[str, ...] = ("k8s", "etcd")) -> str:
     digest = hashlib.sha256()
     for path in sorted(
-        p for p in GOMOD_DIR.rglob("*") if p.is_file() and p.suffix in {".mod", ".sum", ".go"}
+        p
+        for module in modules
+        for p in (GOMOD_DIR / module).rglob("*")
+        if p.is_file() and p.suffix in {".mod", ".sum", ".go"}
     ):
         digest.update(str(path.relative_to(GOMOD_DIR)).encode())
         digest.update(path.read_bytes())
@@ -96,14 +99,7 @@ def _sources_digest() -> str:
 
 
 def expected_stamp(go_version: str) -> dict[str, object]:
-    return {
-        "recipe": _RECIPE,
-        "kubernetes": K8S_VERSION,
-        "etcd": ETCD_VERSION,
-        "go": go_version,
-        "sources": _sources_digest(),
-        "ldflags": _ldflags(),
-    }
+    return CONTROL_PLANE.stamp(go_version)
 
 
 @dataclass(frozen=True)
@@ -113,14 +109,14 @@ class BuildResult:
     seconds: float
 
 
-def _stamp_matches(directory: Path, stamp: dict[str, object]) -> bool:
+def _stamp_matches(directory: Path, stamp: dict[str, object], binaries: tuple[str, ...] = BINARIES) -> bool:
     try:
         recorded = json.loads((directory / "stamp.json").read_text())
     except (OSError, ValueError):
         return False
     recorded.pop("built_at", None)
     recorded.pop("build_seconds", None)
-    return recorded == stamp and all((directory / name).is_file() for name in BINARIES)
+    return recorded == stamp and all((directory / name).is_file() for name in binaries)
 
 
 @contextlib.contextmanager
@@ -172,44 +168,148 @@ def go_version(go: str, env: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
+@dataclass(frozen=True)
+class Bundle:
+    """A set of binaries built together into one cache directory with one stamp.
+
+    `steps(out)` lists the go invocations: (consumer module directory under gomod/, go arguments).
+    """
+
+    name: str
+    binaries: tuple[str, ...]
+    steps: Callable[[Path], list[tuple[str, list[str]]]]
+    versions: tuple[tuple[str, str], ...]
+    modules: tuple[str, ...]
+    description: str
+
+    def directory(self) -> Path:
+        return cache_root() / f"{self.name}-{K8S_VERSION}"
+
+    def stamp(self, go_version: str) -> dict[str, object]:
+        return {
+            "recipe": _RECIPE,
+            **dict(self.versions),
+            "go": go_version,
+            "sources": _sources_digest(self.modules),
+            "ldflags": _ldflags(),
+        }
+
+
+_COMMON = ["build", "-trimpath"]
+
+
+def _control_plane_steps(out: Path) -> list[tuple[str, list[str]]]:
+    # One invocation for the four Kubernetes commands: they share most packages, compiled once.
+    packages = [f"k8s.io/kubernetes/cmd/{name}" for name in K8S_COMMANDS]
+    return [
+        ("k8s", [*_COMMON, "-tags", "selinux,notest", "-ldflags", _ldflags(), "-o", f"{out}/", *packages]),
+        # etcd stays in its own module: it needs newer gRPC than the Kubernetes staging modules pin.
+        ("etcd", [*_COMMON, "-ldflags", "-s -w", "-o", str(out / "etcd"), "."]),
+    ]
+
+
+CNI_VERSION = "v1.10.0"
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+_CNI_PACKAGES = ("main/bridge", "ipam/host-local", "main/loopback", "meta/portmap")
+NODE_BINARIES = ("kubelet", "pause", *CNI_PLUGINS)
+
+
+def _node_steps(out: Path) -> list[tuple[str, list[str]]]:
+    plugins = [f"github.com/containernetworking/plugins/plugins/{package}" for package in _CNI_PACKAGES]
+    return [
+        # Same module, tags and version stamp as the control plane, so the kubelet reports v1.36.5 too.
+        (
+            "k8s",
+            [
+                *_COMMON,
+                "-tags",
+                "selinux,notest",
+                "-ldflags",
+                _ldflags(),
+                "-o",
+                f"{out}/",
+                "k8s.io/kubernetes/cmd/kubelet",
+            ],
+        ),
+        ("cni", [*_COMMON, "-ldflags", "-s -w", "-o", f"{out}/", *plugins]),
+        ("pause", [*_COMMON, "-ldflags", "-s -w", "-o", str(out / "pause"), "."]),
+    ]
+
+
+CONTROL_PLANE = Bundle(
+    name="k8s",
+    binaries=BINARIES,
+    steps=_control_plane_steps,
+    versions=(("kubernetes", K8S_VERSION), ("etcd", ETCD_VERSION)),
+    modules=("k8s", "etcd"),
+    description=f"Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION}",
+)
+# The kubelet, CNI plugins and sandbox program of the real test nodes: only built when real nodes are asked
+# for, so the demo and the fake-node tests never wait for them.
+NODE = Bundle(
+    name="node",
+    binaries=NODE_BINARIES,
+    steps=_node_steps,
+    versions=(("kubernetes", K8S_VERSION), ("cni-plugins", CNI_VERSION)),
+    modules=("k8s", "cni", "pause"),
+    description=f"kubelet {K8S_VERSION}, CNI plugins {CNI_VERSION} and pause",
+)
+
+
 def ensure_binaries(force: bool = False, jobs: int = 2, progress: bool = True) -> BuildResult:
     """Return the directory holding all of BINARIES, building them first unless a matching cache exists.
 
     `DRA_OPERATOR_K8S_BIN_DIR` points at a directory of prebuilt binaries instead (no build, no stamp check).
     """
+    return ensure_bundle(CONTROL_PLANE, "DRA_OPERATOR_K8S_BIN_DIR", force=force, jobs=jobs, progress=progress)
+
+
+def ensure_node_binaries(force: bool = False, jobs: int = 2, progress: bool = True) -> BuildResult:
+    """Return the directory holding NODE_BINARIES (kubelet, pause, CNI plugins), building them when needed.
+
+    `DRA_OPERATOR_NODE_BIN_DIR` points at a directory of prebuilt binaries instead.
+    """
+    return ensure_bundle(NODE, "DRA_OPERATOR_NODE_BIN_DIR", force=force, jobs=jobs, progress=progress)
+
+
+def ensure_bundle(
+    bundle: Bundle, override_env: str, *, force: bool = False, jobs: int = 2, progress: bool = True
+) -> BuildResult:
     started = time.monotonic()
-    override = os.environ.get("DRA_OPERATOR_K8S_BIN_DIR")
+    override = os.environ.get(override_env)
     if override:
         directory = Path(override)
-        missing = [name for name in BINARIES if not (directory / name).is_file()]
+        missing = [name for name in bundle.binaries if not (directory / name).is_file()]
         if missing:
-            raise BuildError(f"DRA_OPERATOR_K8S_BIN_DIR={override} lacks {', '.join(missing)}")
+            raise BuildError(f"{override_env}={override} lacks {', '.join(missing)}")
         return BuildResult(directory, cached=True, seconds=time.monotonic() - started)
 
     go, extra = find_go()
     env = _go_env(extra)
-    stamp = expected_stamp(go_version(go, env))
-    target = bin_dir()
-    if not force and _stamp_matches(target, stamp):
+    stamp = bundle.stamp(go_version(go, env))
+    target = bundle.directory()
+    if not force and _stamp_matches(target, stamp, bundle.binaries):
         return BuildResult(target, cached=True, seconds=time.monotonic() - started)
-    with file_lock(cache_root() / f"k8s-{K8S_VERSION}.lock"):
+    with file_lock(cache_root() / f"{bundle.name}-{K8S_VERSION}.lock"):
         # Another process may have finished the same build while we waited for the lock.
-        if not force and _stamp_matches(target, stamp):
+        if not force and _stamp_matches(target, stamp, bundle.binaries):
             return BuildResult(target, cached=True, seconds=time.monotonic() - started)
         if progress:
             print(
-                f"building Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION} into {target} "
-                "(a cold build takes tens of minutes on 2 cores; later runs reuse it)",
+                f"building {bundle.description} into {target} "
+                "(a cold build takes minutes to tens of minutes on 2 cores; later runs reuse it)",
                 file=sys.stderr,
                 flush=True,
             )
-        _build(go, env, target, stamp, jobs)
+        _build(go, env, bundle, target, stamp, jobs)
     return BuildResult(target, cached=False, seconds=time.monotonic() - started)
 
 
-def _build(go: str, env: dict[str, str], target: Path, stamp: dict[str, object], jobs: int) -> None:
+def _build(
+    go: str, env: dict[str, str], bundle: Bundle, target: Path, stamp: dict[str, object], jobs: int
+) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".k8s-{K8S_VERSION}-build-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{bundle.name}-{K8S_VERSION}-build-", dir=target.parent))
     try:
         # Build from a copy: the installed package may be read-only, and go must not touch its files.
         src = work / "src"
@@ -218,13 +318,8 @@ def _build(go: str, env: dict[str, str], target: Path, stamp: dict[str, object],
         out.mkdir()
         log = work / "build.log"
         started = time.monotonic()
-        common = ["build", "-p", str(jobs), "-trimpath"]
-        # One invocation for the four Kubernetes commands: they share most packages, compiled once.
-        packages = [f"k8s.io/kubernetes/cmd/{name}" for name in K8S_COMMANDS]
-        k8s_args = [*common, "-tags", "selinux,notest", "-ldflags", _ldflags(), "-o", f"{out}/", *packages]
-        _go(go, k8s_args, src / "k8s", env, log)
-        # etcd stays in its own module: it needs newer gRPC than the Kubernetes staging modules pin.
-        _go(go, [*common, "-ldflags", "-s -w", "-o", str(out / "etcd"), "."], src / "etcd", env, log)
+        for module, args in bundle.steps(out):
+            _go(go, [args[0], "-p", str(jobs), *args[1:]], src / module, env, log)
         recorded = {**stamp, "built_at": time.time(), "build_seconds": round(time.monotonic() - started, 1)}
         (out / "stamp.json").write_text(json.dumps(recorded, indent=2) + "\n")
         shutil.copy(log, out / "build.log")

@@ -30,6 +30,8 @@ class ControlPlanePKI:
     service_account_pub_file: Path
     front_proxy_cert_file: Path
     front_proxy_key_file: Path
+    kubelet_client_cert_file: Path
+    kubelet_client_key_file: Path
 
 
 # The apiserver is reached as 127.0.0.1/localhost by us, and as the `kubernetes` Service (first IP of the
@@ -57,6 +59,11 @@ def generate_pki(directory: Path, ca: CertificateAuthority | None = None) -> Con
     admin_cert, admin_key = ca.issue("admin", organizations=("system:masters",), client=True)
     # The aggregation layer's client identity; components verify it against the requestheader CA (ours).
     proxy_cert, proxy_key = ca.issue(FRONT_PROXY_CLIENT, client=True)
+    # The apiserver's identity towards kubelets (logs, exec, port-forward); kubelets authorize it through a
+    # SubjectAccessReview, which system:masters passes.
+    kubelet_cert, kubelet_key = ca.issue(
+        "kube-apiserver-kubelet-client", organizations=("system:masters",), client=True
+    )
     # RSA because every Kubernetes release and client library accepts RS256 service-account tokens.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_pub = sa_key.public_key().public_bytes(
@@ -73,6 +80,8 @@ def generate_pki(directory: Path, ca: CertificateAuthority | None = None) -> Con
         service_account_pub_file=write_pem(directory / "sa.pub", sa_pub),
         front_proxy_cert_file=write_pem(directory / "front-proxy-client.crt", proxy_cert),
         front_proxy_key_file=write_pem(directory / "front-proxy-client.key", proxy_key, private=True),
+        kubelet_client_cert_file=write_pem(directory / "kubelet-client.crt", kubelet_cert),
+        kubelet_client_key_file=write_pem(directory / "kubelet-client.key", kubelet_key, private=True),
     )
 
 

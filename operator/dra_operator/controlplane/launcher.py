@@ -90,7 +90,7 @@ def _sweep_stale_run_dirs() -> None:
             continue
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel to SIGKILL it when its parent thread dies.
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -98,7 +98,7 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -264,7 +264,7 @@ class ControlPlane:
         """Stop every component (newest first) and remove the run directory; safe to call more than once."""
         atexit.unregister(self.stop)
         for component in reversed(self._components):
-            _terminate(component.process)
+            terminate(component.process)
         self._components.clear()
         if self._run_dir is not None and not self.keep_run_dir and self._requested_run_dir is None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
@@ -347,6 +347,14 @@ class ControlPlane:
             f"--proxy-client-cert-file={pki.front_proxy_cert_file}",
             f"--proxy-client-key-file={pki.front_proxy_key_file}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Real kubelets (dra_operator.realnodes): `kubectl logs/exec` reach them with this identity,
+            # at the InternalIP they report; without kubelets these flags are inert.
+            f"--kubelet-client-certificate={pki.kubelet_client_cert_file}",
+            f"--kubelet-client-key={pki.kubelet_client_key_file}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            # Webhooks and APIServices named by Service are called at one of its endpoints' addresses:
+            # there is no kube-proxy to make ClusterIPs answer.
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             # This plugin taints every new Node not-ready:NoSchedule until node lifecycle (off here, see the
             # controller manager) sees it Ready; fake Nodes would never be schedulable.
@@ -454,7 +462,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 cwd=self.run_dir,
                 start_new_session=True,  # its own process group, so stop() reaches any helper it forks
-                preexec_fn=_die_with_parent,  # only calls prctl(2)
+                preexec_fn=die_with_parent,  # only calls prctl(2)
             )
         component = _Component(name, process, log)
         self._components.append(component)
@@ -462,7 +470,7 @@ class ControlPlane:
 
     def _fail(self, component: _Component, reason: str) -> ControlPlaneError:
         return ControlPlaneError(
-            f"{component.name} {reason}; last lines of {component.log}:\n{_tail(component.log)}"
+            f"{component.name} {reason}; last lines of {component.log}:\n{log_tail(component.log)}"
         )
 
     def _wait(self, component: _Component, deadline: float, ready: Callable[[], bool]) -> None:
@@ -564,7 +572,7 @@ class ControlPlane:
 
     def logs(self, component: str, lines: int = 50) -> str:
         """The last lines of a component's log, e.g. for an assertion message."""
-        return _tail(self.run_dir / f"{component}.log", lines)
+        return log_tail(self.run_dir / f"{component}.log", lines)
 
     @staticmethod
     def _require(value: _T | None) -> _T:
@@ -597,7 +605,7 @@ def _insecure_ssl() -> ssl.SSLContext:
     return context
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
+def terminate(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):

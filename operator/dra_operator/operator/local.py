@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Self
 
 import dra_operator
-from dra_operator.controlplane.launcher import _die_with_parent, free_port
+from dra_operator.controlplane.launcher import die_with_parent, free_port
 
 __all__ = [
     "READY_METRICS",
@@ -110,7 +110,7 @@ class LocalProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # only calls prctl(2)
+                preexec_fn=die_with_parent,  # only calls prctl(2)
             )
         return self
 

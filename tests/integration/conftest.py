@@ -6,7 +6,8 @@ the control plane cannot start, every test that uses it FAILS with the reason (n
 Fixtures: control_plane (session; a dra_operator.controlplane.ControlPlane), kubeconfig (str path), kubectl
 (callable: kubectl(*args, input=None, check=True) -> CompletedProcess), make_node(name, labels=None,
 capacity=None) -> Node dict (deleted after the test), wait_for(predicate, timeout=30, message="") -> the
-predicate's first truthy value, namespace (a fresh namespace name, deleted after the test).
+predicate's first truthy value, namespace (a fresh namespace name, deleted after the test), real_cluster
+(session; a second ControlPlane with two dra_operator.realnodes.RealNodes, for tests that run containers).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dra_operator.controlplane import (
     node_manifest,
     polling,
 )
+from dra_operator.realnodes import RealNodes, RealNodesError, RealNodesUnavailable
 
 T = TypeVar("T")
 _HERE = Path(__file__).resolve().parent
@@ -145,3 +147,36 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     except ApiError as error:
         if error.status != 404:
             raise
+
+
+# ------------------------------------------------------------------------------------------------ real nodes
+
+
+class _RealStartup:
+    error: str | None = None
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[tuple[ControlPlane, RealNodes]]:
+    """A control plane of its own with two real nodes (kubelet + containerd), for tests that run containers.
+
+    Separate from `control_plane`: fake-node tests create Nodes and Pods that real kubelets must not meet.
+    Fails (never skips) when real nodes cannot run here: CI runs as root on cgroup v1, where they can.
+    """
+    if _RealStartup.error is not None:
+        pytest.fail(_RealStartup.error, pytrace=False)
+    plane = ControlPlane()
+    nodes = RealNodes(plane, count=2)
+    try:
+        plane.start()
+        nodes.start()
+    except (build.BuildError, ControlPlaneError, RealNodesError, RealNodesUnavailable, OSError) as error:
+        _RealStartup.error = f"real nodes unavailable: {error}"
+        nodes.stop()
+        plane.stop()
+        pytest.fail(_RealStartup.error, pytrace=False)
+    try:
+        yield plane, nodes
+    finally:
+        nodes.stop()
+        plane.stop()

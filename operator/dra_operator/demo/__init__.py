@@ -5,8 +5,10 @@ simulated `dra-operator agent`, installs the CRDs, starts `dra-operator run`, th
 to Workloads with DRA" with our apiVersion using the real kubectl: DeviceClasses, a ResourceClaimTemplate and
 a ResourceClaim, a Pod with the template, Pods sharing the claim, the seed's Job as written (it cannot be
 placed: the demo shows why) and a variant whose shared claim selects other GPUs (it runs to completion, two
-Pods at a time). There is no kubelet: the demo plays it by marking bound Pods Succeeded. It ends with the
-seed's clean-up and stops every process it started, on success, on error and on Ctrl-C.
+Pods at a time). Where this machine can run real nodes (root, cgroup v1: dra_operator.realnodes), every node
+runs a kubelet and containerd and the containers print the devices they got; elsewhere the Nodes are fake and
+the demo plays the kubelet by marking bound Pods Succeeded; it says which. It ends with the seed's clean-up
+and stops every process it started, on success, on error and on Ctrl-C.
 
 The manifests it applies are in `manifests/` beside this file (the seed's, ported; see the notes in them).
 """
@@ -40,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default 3, at least {MIN_NODES})",
     )
     parser.add_argument(
+        "--nodes-kind",
+        choices=("auto", "real", "fake"),
+        default="auto",
+        help="real: kubelet + containerd nodes that run the Pods (root, cgroup v1); fake: Node objects only, "
+        "the demo plays the kubelet; auto (default): real where this machine can run them",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="after the walkthrough, skip the clean-up and keep everything running until Ctrl-C "
@@ -58,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, raise_interrupted)
     console = Console(total_steps=len(STEPS) - (1 if args.keep else 0))
     workdir = Path(tempfile.mkdtemp(prefix="dra-operator-demo-"))
-    walkthrough = Walkthrough(console, workdir, manifests_dir(), args.nodes)
+    walkthrough = Walkthrough(console, workdir, manifests_dir(), args.nodes, args.nodes_kind)
     keep_logs = False
     started = time.monotonic()
     try:

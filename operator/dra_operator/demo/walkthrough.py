@@ -27,6 +27,7 @@ from dra_operator.demo import buildwatch
 from dra_operator.demo.console import Console, table
 from dra_operator.demo.processes import Children, DemoError, Interrupted
 from dra_operator.operator.local import LocalOperator, LocalProcess, ProcessExited
+from dra_operator.realnodes import BUSYBOX_IMAGE, RealNodes, RealNodesError, RealNodesUnavailable, available
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -41,11 +42,15 @@ JOB_PODS = f"{PODS}?labelSelector=job-name%3Dexample-dra-job"
 CLAIMS_KIND = "resourceclaims.resource.dra-operator.io"
 MERGE_PATCH = "application/merge-patch+json"
 WAIT = 60.0
+# What a container of the demo runs on real nodes: print the device variables it was given, then exit.
+PRINT_DEVICES = 'env | grep -E "^(DRA_[A-Z0-9_]*_DEVICES|NVIDIA_VISIBLE_DEVICES)=" | sort; true'
+# The manifests whose containers run on real nodes (their ubuntu image is swapped for a local busybox).
+RUNNABLE = ("pod-with-template.yaml", "pods-sharing-claim.yaml", "dra-example-job.yaml")
 
 STEPS = (
     "Control plane binaries",
     "Control plane",
-    "CRDs, fake GPU nodes and their node agents",
+    "CRDs, GPU nodes and their node agents",
     "The operator",
     "Identify devices to claim",
     "Claim resources: a ResourceClaimTemplate and a ResourceClaim",
@@ -76,11 +81,15 @@ def _devices(claim: Json | None) -> list[tuple[str, str]]:
 
 
 class Walkthrough:
-    def __init__(self, console: Console, workdir: Path, manifests: Path, node_count: int) -> None:
+    def __init__(
+        self, console: Console, workdir: Path, manifests: Path, node_count: int, nodes_kind: str = "auto"
+    ) -> None:
         self.console = console
         self.workdir = workdir
         self.node_names = [f"gpu-node-{index}" for index in range(node_count)]
+        self.nodes_kind = nodes_kind
         self.cp: ControlPlane | None = None
+        self.real: RealNodes | None = None
         self.children = Children(workdir)
         self.build_seconds = 0.0
         # The manifests sit in the directory kubectl runs in, so `kubectl apply -f FILE` reads as typed.
@@ -213,12 +222,10 @@ class Walkthrough:
         self.kubectl("apply", "--server-side", "-f", "crds/")
         self.kubectl("wait", "--for=condition=Established", "-f", "crds/", "--timeout=60s")
         c.info("")
-        c.note(
-            "Nodes without a kubelet (Ready, nothing runs on them); one simulated agent per node publishes"
-        )
-        c.note("its devices (inventory.yaml: four 64Gi and two 32Gi GPUs of driver.example.com) as a slice")
+        self.start_real_or_fake_nodes()
+        c.note("one simulated agent per node publishes its devices (inventory.yaml: four 64Gi and two 32Gi")
+        c.note("GPUs of driver.example.com) as a slice")
         for node in self.node_names:
-            self.plane.request("POST", "/api/v1/nodes", node_manifest(node))
             args = ["agent", "--backend=simulated", "--inventory=inventory.yaml", f"--node={node}"]
             c.command(shlex.join(["dra-operator", *args]) + " &")
             self.children.start(
@@ -238,6 +245,49 @@ class Walkthrough:
         self.wait(published, "each agent to publish its node's ResourceSlice")
         self.kubectl("get", "nodes")
         self.kubectl("get", "resourceslices.resource.dra-operator.io")
+
+    def start_real_or_fake_nodes(self) -> None:
+        """Real nodes (kubelet + containerd) where this machine can run them, else fake Nodes; say which."""
+        c = self.console
+        ok, why = available()
+        if self.nodes_kind == "real" and not ok:
+            raise DemoError(f"--nodes-kind=real: {why}")
+        if self.nodes_kind != "fake" and ok:
+            c.note(
+                "mode: REAL NODES: each node runs a kubelet, containerd, runc and CNI (built once, cached);"
+            )
+            c.note("containers really run, and print the devices they were given")
+            self.real = RealNodes(self.plane, count=len(self.node_names), prefix="gpu-node")
+            try:
+                self.real.start()
+            except (RealNodesError, RealNodesUnavailable) as error:
+                raise DemoError(f"real nodes failed to start: {error}") from None
+            c.info(f"{len(self.node_names)} nodes Ready in {self.real.startup_seconds or 0:.1f}s")
+            self.make_runnable()
+            return
+        reason = "--nodes-kind=fake" if self.nodes_kind == "fake" else why
+        c.note(f"mode: FAKE NODES ({reason}): Node objects without a kubelet (Ready, nothing runs on them);")
+        c.note("the demo plays the kubelet by marking bound Pods Succeeded")
+        for node in self.node_names:
+            self.plane.request("POST", "/api/v1/nodes", node_manifest(node))
+
+    def make_runnable(self) -> None:
+        """No registry here: the Pods' ubuntu image becomes a local busybox that prints its devices."""
+        for name in RUNNABLE:
+            path = self.files / name
+            documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+            for document in documents:
+                spec = document["spec"]
+                pod_spec = spec["template"]["spec"] if document["kind"] == "Job" else spec
+                for container in pod_spec["containers"]:
+                    container.update(
+                        image=BUSYBOX_IMAGE, imagePullPolicy="Never", command=["sh", "-c", PRINT_DEVICES]
+                    )
+            path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+        self.console.note(
+            f"{', '.join(RUNNABLE)}: image {BUSYBOX_IMAGE} (imported into each node), which prints"
+        )
+        self.console.note("the container's DRA_*_DEVICES and NVIDIA_VISIBLE_DEVICES and exits")
 
     def start_operator(self) -> None:
         c = self.console
@@ -290,9 +340,21 @@ class Walkthrough:
         self.show_placements(pods)
         self.kubectl("get", CLAIMS_KIND)
         c.info("")
-        c.note("no kubelet here: the demo marks the bound Pods Succeeded, as a kubelet does when they end")
-        for pod in pods:
-            self.finish(pod)
+        if self.real is None:
+            c.note(
+                "no kubelet here: the demo marks the bound Pods Succeeded, as a kubelet does when they end"
+            )
+            for pod in pods:
+                self.finish(pod)
+        else:
+            self.wait(
+                lambda: all(
+                    _phase(p) == "Succeeded" for p in self.items(PODS) if p["metadata"]["name"] in wanted
+                ),
+                "the kubelets to run the three Pods to completion",
+                120,
+            )
+            self.show_container_devices(pods)
 
         def released() -> bool:
             claims = self.items(CLAIMS)
@@ -303,6 +365,22 @@ class Walkthrough:
         self.kubectl("get", CLAIMS_KIND)
         c.check("the template Pod's claim was deleted with it; the shared claim is deallocated (no consumer)")
         self.kubectl("delete", "-f", "pod-with-template.yaml", "-f", "pods-sharing-claim.yaml")
+
+    def show_container_devices(self, pods: list[Json]) -> None:
+        """`kubectl logs` of each Pod: what its container printed, checked against its claims' devices."""
+        claims = self.items(CLAIMS)
+        by_name = {x["metadata"]["name"]: x for x in claims}
+        for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+            name = pod["metadata"]["name"]
+            text = self.kubectl("logs", name)
+            for ref in read_manifest(pod["metadata"].get("annotations"))["resourceClaims"]:
+                claim = self._claim_of(pod, ref, claims, by_name)
+                expected = ",".join(f"driver.example.com/{pool}/{device}" for pool, device in _devices(claim))
+                shown = dict(line.partition("=")[::2] for line in text.splitlines())
+                got = shown.get(names.env_name(ref["name"]), "")
+                if sorted(got.split(",")) != sorted(expected.split(",")):
+                    raise DemoError(f"{name} printed {got!r} for claim {ref['name']}, allocated {expected!r}")
+        self.console.check("each container printed exactly its claims' devices (DRA_<CLAIM>_DEVICES)")
 
     def show_placements(self, pods: list[Json]) -> None:
         """The table Pods -> nodes -> claims -> devices from the Pods and the claims' allocations, checked."""
@@ -422,6 +500,9 @@ class Walkthrough:
             expected = min(parallelism, completions - len(finished))
             return bound if expected > 0 and len(bound) >= expected else None
 
+        if self.real is not None:
+            self.run_job_on_real_nodes(completions, parallelism)
+            return
         c.note(
             f"the demo's kubelet ends the Pods once {parallelism} of them are bound (the Job's parallelism)"
         )
@@ -447,6 +528,30 @@ class Walkthrough:
         c.check(
             f"{completions} Pods completed in {waves} waves, at most {most_at_once} at a time; in each wave "
             "the Pods shared one node"
+        )
+
+    def run_job_on_real_nodes(self, completions: int, parallelism: int) -> None:
+        c = self.console
+        c.note(
+            f"the kubelets run the Job's Pods, {parallelism} at a time, each container printing its devices"
+        )
+
+        def complete() -> bool:
+            status = (self.get(JOB) or {}).get("status") or {}
+            if int(status.get("failed") or 0):
+                raise DemoError(f"Pods of the Job failed: {status}")
+            return int(status.get("succeeded") or 0) >= completions
+
+        self.wait(complete, f"the Job to count {completions} completions", 300)
+        self.kubectl("get", "job", "example-dra-job")
+        pods = sorted(self.items(JOB_PODS), key=lambda p: str(p["status"].get("startTime")))
+        shared_nodes = {p["spec"]["nodeName"] for p in pods}
+        first = pods[0]["metadata"]["name"]
+        self.kubectl("logs", first, "--all-containers", "--prefix")
+        if len(shared_nodes) != 1:
+            raise DemoError(f"the Job's Pods ran on {sorted(shared_nodes)}, not on the shared claim's node")
+        c.check(
+            f"{completions} Pods ran to completion on {next(iter(shared_nodes))}, the shared claim's node"
         )
 
     def check_wave(self, wave: list[Json]) -> str:
@@ -498,16 +603,19 @@ class Walkthrough:
         c.info(f"export PATH={shlex.quote(str(self.plane.bin_dir))}:$PATH")
         c.info(f"cd {shlex.quote(str(self.files))}   # the walkthrough's manifests")
         c.info("kubectl get pods,resourceclaims.resource.dra-operator.io -o wide")
-        c.note(
-            "bound Pods are marked Succeeded within a second (there is no kubelet); logs in "
-            + str(self.workdir)
-        )
+        if self.real is None:
+            c.note(
+                "bound Pods are marked Succeeded within a second (there is no kubelet); logs in "
+                + str(self.workdir)
+            )
+        else:
+            c.note(f"real nodes: Pods run for real; logs in {self.workdir}")
         c.print("Ctrl-C stops everything.")
         try:
             while True:
                 self.children.check()
                 self.plane.check()
-                for pod in self.items(PODS):
+                for pod in self.items(PODS) if self.real is None else []:
                     gone = pod["metadata"].get("deletionTimestamp")
                     if pod["spec"].get("nodeName") and not _ended(pod) and not gone:
                         self.finish(pod)
@@ -524,6 +632,9 @@ class Walkthrough:
         c.step(STEPS[-1])
         pids = [child.pid for child in self.children.children]
         self.children.stop()
+        if self.real is not None:
+            self.real.stop()
+            self.real = None
         if self.cp is not None:
             pids += list(self.cp.pids.values())
             self.cp.stop()

@@ -198,6 +198,8 @@ def test_hadolint_finds_nothing() -> None:
 
 
 # --- skaffold.yaml --------------------------------------------------------------------------------
+# These checks read the file as data and need no skaffold build; test_skaffold.py has skaffold itself diagnose
+# and render it (profiles, templates, the image the chart ends up running).
 
 SKAFFOLD = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
 

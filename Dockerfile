@@ -1,6 +1,9 @@
-# syntax=docker/dockerfile:1.7
 # The dra-operator image: one entry point for the operator (`dra-operator run`) and the node agent
 # (`dra-operator agent`). Build: docker build -t dra-operator:dev .   (skaffold.yaml does this for you)
+# Without registry access: python -m dra_operator.tools.image (a Debian base of its own as PYTHON_IMAGE).
+#
+# No `# syntax=` line: it would make BuildKit fetch a frontend image, which an offline build cannot, and the
+# frontend built into BuildKit (Docker 20.10 and later) already understands RUN --mount.
 #
 # The base is pinned to an exact Python patch release on an exact Debian release, so a rebuild gets the same
 # interpreter; pin its digest too in your registry mirror (`FROM ...@sha256:...`) for byte-for-byte rebuilds.

@@ -34,7 +34,7 @@ NAMESPACE = "gpu-system"
 RELEASE = "rel"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap", "Secret",
-    "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor",
+    "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor", "Lease", "Job",
 }  # fmt: skip
 CLUSTER_KINDS = {
     "ClusterRole",
@@ -45,10 +45,12 @@ CLUSTER_KINDS = {
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's coalescing of values: maps merge key by key, anything else replaces."""
+    """Helm's coalescing of values: maps merge key by key, null removes a key, anything else replaces."""
     result = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
             result[key] = merge(result[key], value)
         else:
             result[key] = copy.deepcopy(value)
@@ -244,7 +246,12 @@ def test_operator_named_permissions(rendered: Rendered) -> None:
         assert allowed(rules, coordination, "leases", "update", namespace=NAMESPACE, name=lease)
         assert not allowed(rules, coordination, "leases", "update", namespace=NAMESPACE, name="other")
         assert not allowed(rules, coordination, "leases", "update", namespace="kube-system", name=lease)
+        # The chart makes the Lease (so uninstall removes it); the operator never creates one.
+        (made,) = rendered.of_kind("Lease")
+        assert made["metadata"]["name"] == lease and made["metadata"]["namespace"] == NAMESPACE
+        assert not allowed(rules, coordination, "leases", "create", namespace=NAMESPACE)
     else:
+        assert not rendered.of_kind("Lease")
         assert "--no-leader-election" in args and "--leader-election" not in args
         assert not allowed(rules, "coordination.k8s.io", "leases", "create", namespace=NAMESPACE)
     # The webhook certificate is mounted: the operator reads no Secret through the API, not even its own.
@@ -449,7 +456,7 @@ def test_agent_daemonset(rendered: Rendered) -> None:
     assert args["--driver"] == [values["driver"] or default_driver]
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    assert pod.get("nodeSelector", {}) == values["nodeSelector"]
+    assert pod.get("nodeSelector", {}) == values.get("nodeSelector", {})  # a null in the values removes it
     assert pod.get("tolerations", []) == values["tolerations"]
     assert pod.get("runtimeClassName", "") == values["runtimeClassName"]
     if values["backend"] == "nvml":
@@ -493,3 +500,35 @@ def test_container_args_are_understood_by_the_cli(rendered: Rendered) -> None:
         parsed = parse_with_cli(agent["spec"]["template"]["spec"]["containers"][0]["args"])
         assert parsed.backend == rendered.values["agent"]["backend"]
         assert parsed.log_level == rendered.values["logLevel"]
+
+
+def test_agent_cleanup_runs_after_uninstall_with_only_what_it_needs(rendered: Rendered) -> None:
+    """A post-delete Job withdraws the agents' slices (owned by Nodes, nothing else removes them)."""
+    jobs = rendered.of_kind("Job")
+    if not rendered.values["agent"]["enabled"]:
+        assert not jobs
+        return
+    (job,) = jobs
+    hook_objects = [o for o in rendered.objects if "helm.sh/hook" in (o["metadata"].get("annotations") or {})]
+    assert {o["kind"] for o in hook_objects} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"}
+    for obj in hook_objects:
+        annotations = obj["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]  # nothing of it stays behind
+    # RBAC first, then the Job that needs it.
+    weight = {o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hook_objects}
+    assert weight["Job"] > max(weight[k] for k in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"))
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["agent", "--withdraw-all"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    rules = rules_of(rendered, pod["serviceAccountName"])
+    group = "resource.dra-operator.io"
+    assert allowed(rules, group, "resourceslices", "list") and allowed(
+        rules, group, "resourceslices", "delete"
+    )
+    for verb in ("create", "update", "patch"):
+        assert not allowed(rules, group, "resourceslices", verb)
+    assert [rule for rule, _ in rules] == [{"apiGroups": [group], "resources": ["resourceslices"],
+                                           "verbs": ["list", "delete"]}]  # fmt: skip

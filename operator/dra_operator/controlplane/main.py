@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_build = sub.add_parser("build", help="build (or reuse the cached) Kubernetes and etcd binaries")
     p_build.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p_build.add_argument("-p", "--jobs", type=int, default=2, help="parallel compile jobs (go build -p)")
+    p_build.add_argument(
+        "--nodes",
+        action="store_true",
+        help="also the real nodes' kubelet, CNI plugins and pause, and (as root) the Debian packages they "
+        "run with: containerd, runc, iptables, socat, busybox-static",
+    )
     p_start = sub.add_parser("start", help="start a control plane and keep it running until Ctrl-C")
     p_start.add_argument(
         "--run-dir", type=Path, help="keep certificates, data and logs here (default: temp dir)"
@@ -58,6 +64,17 @@ def _build(args: argparse.Namespace) -> int:
         f"{how} Kubernetes {build.K8S_VERSION} + etcd {build.ETCD_VERSION} "
         f"in {result.seconds:.1f}s: {result.bin_dir}"
     )
+    if args.nodes:
+        from dra_operator.realnodes import RealNodesUnavailable, ensure_host_packages
+
+        nodes = build.ensure_node_binaries(force=args.force, jobs=args.jobs)
+        how = "cached" if nodes.cached else "built"
+        print(f"{how} {build.NODE.description} in {nodes.seconds:.1f}s: {nodes.bin_dir}")
+        try:
+            ensure_host_packages()
+        except RealNodesUnavailable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

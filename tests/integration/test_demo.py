@@ -4,6 +4,10 @@ The assertions read the evidence out of the demo's own output (its placement tab
 and describe excerpt) and check it against itself: every Pod sits on the node of its claims and devices, the
 seed's Job is refused with a reason for each node, the placeable Job completes with at most `parallelism` Pods
 at a time, no claim is left, and no process or directory of the demo survives it (also after Ctrl-C).
+
+It runs in both modes: `real` (kubelets run the Pods; `kubectl logs` shows each container's devices),
+what `make demo` picks here (root, cgroup v1), and `fake` (no kubelet; the demo marks Pods Succeeded),
+what it falls back to on a machine that cannot run real nodes.
 """
 
 from __future__ import annotations
@@ -85,10 +89,10 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def demo_run() -> Iterator[subprocess.CompletedProcess[str]]:
+@pytest.fixture(scope="module", params=["real", "fake"])
+def demo_run(request: pytest.FixtureRequest) -> Iterator[subprocess.CompletedProcess[str]]:
     proc = subprocess.run(
-        demo_command(),
+        demo_command(f"--nodes-kind={request.param}"),
         env=demo_env(),
         capture_output=True,
         text=True,
@@ -98,6 +102,15 @@ def demo_run() -> Iterator[subprocess.CompletedProcess[str]]:
     if proc.returncode != 0:  # every test below reads this output: fail them all with the demo's own words
         pytest.fail(f"demo exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
     yield proc
+
+
+def real(run: subprocess.CompletedProcess[str]) -> bool:
+    return "--nodes-kind=real" in run.args
+
+
+def test_demo_says_which_mode_it_ran_in(demo_run: subprocess.CompletedProcess[str]) -> None:
+    said = re.findall(r"# mode: (REAL NODES|FAKE NODES)", demo_run.stdout)
+    assert said == (["REAL NODES"] if real(demo_run) else ["FAKE NODES"]), demo_run.stdout
 
 
 def test_demo_exits_zero_in_time(demo_run: subprocess.CompletedProcess[str]) -> None:
@@ -110,7 +123,8 @@ def test_pods_sit_on_their_claims_nodes(demo_run: subprocess.CompletedProcess[st
     out = demo_run.stdout
     placements = tables(out, "POD")
     claim_tables = [(at, rows) for at, rows in tables(out, "NAME") if rows and "STATE" in rows[0]]
-    assert len(placements) == 2, out  # the Pods of step 7, the first wave of the placeable Job
+    # The Pods of step 7, and (fake nodes, where the demo ends the Pods) the first wave of the placeable Job.
+    assert len(placements) == (1 if real(demo_run) else 2), out
     nodes = {row["NAME"] for row in rows_where(out, "STATUS", "Ready")}
     assert len(nodes) == 3, out
     for at, placement in placements:
@@ -144,9 +158,52 @@ def test_seed_job_is_refused_with_a_reason_per_node(demo_run: subprocess.Complet
         assert re.search(rf"(?<![\w.-]){re.escape(node)}(?=[,:]| and )", explanation), (node, explanation)
 
 
+def logged(out: str, pod: str) -> dict[str, set[str]]:
+    """What `kubectl logs POD` printed in the demo's output: variable -> devices (pool/name)."""
+    text = out[out.index(f"$ kubectl logs {pod}") :].splitlines()[1:]
+    found: dict[str, set[str]] = {}
+    for line in text:
+        key, sep, value = line.strip().rpartition("] ")[2].partition("=")
+        if not sep:
+            break
+        found[key] = {device.split("/", 1)[1] for device in value.split(",") if "/" in device}
+    return found
+
+
+def test_real_containers_print_exactly_their_claims_devices(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
+    if not real(demo_run):
+        assert "$ kubectl logs" not in demo_run.stdout  # nothing runs on fake nodes
+        return
+    out = demo_run.stdout
+    (_, placement), *_ = tables(out, "POD")
+    for row in placement:
+        pool, _, devices = row["DEVICES (POOL: NAMES)"].partition(": ")
+        variable = "DRA_GPU_DEVICES" if row["POD CLAIM"] == "gpu" else "DRA_SHARED_GPU_DEVICES"
+        assert logged(out, row["POD"]) == {
+            variable: {f"{pool}/{device}" for device in devices.split(",")},
+            "NVIDIA_VISIBLE_DEVICES": set(),  # `void`: no NVML GPU in these claims
+        }, row
+    assert "✓ each container printed exactly its claims' devices" in out
+
+
 def test_placeable_job_runs_two_at_a_time_to_completion(demo_run: subprocess.CompletedProcess[str]) -> None:
     out = demo_run.stdout
     job = yaml.safe_load((manifests_dir() / "dra-example-job.yaml").read_text())
+    if real(demo_run):
+        ((_, rows),) = tables(out, "JOB POD")
+        assert len(rows) == job["spec"]["completions"] and {r["PHASE"] for r in rows} == {"Succeeded"}, out
+        (node,) = {r["NODE"] for r in rows}
+        (shared,) = {r["SHARED GPUS"] for r in rows}
+        assert all(r["OWN GPU (POOL/NAME)"].startswith(node + "/") for r in rows), rows
+        assert not {r["OWN GPU (POOL/NAME)"] for r in rows} & set(shared.split(",")), rows
+        first = logged(out, rows[0]["JOB POD"])
+        assert first["DRA_SEPARATE_GPU_CLAIM_DEVICES"] == {rows[0]["OWN GPU (POOL/NAME)"]}, first
+        assert first["DRA_SHARED_GPU_CLAIM_DEVICES"] == set(shared.split(",")), first
+        job_rows = rows_where(out, "NAME", "example-dra-job")
+        assert job_rows[-1]["COMPLETIONS"] == "{0}/{0}".format(job["spec"]["completions"])
+        return
     waves = re.findall(r"^\s*wave \d+ \(shared claim: ([^/]+)/(\S+)\): (.*)$", out, re.MULTILINE)
     assert waves, out
     placed = [pair.split(" -> ") for *_, wave in waves for pair in wave.split(", ")]
@@ -171,6 +228,12 @@ def test_clean_up_leaves_no_claim_and_no_process(demo_run: subprocess.CompletedP
     directory = work_dir(out)
     assert not directory.exists(), f"{directory} left behind"
     assert processes_mentioning(str(directory)) == []
+    if real(demo_run):
+        match = re.search(r"nodes' directories \(.*\): (\S+)", out)
+        assert match, out
+        nodes_dir = match.group(1)
+        assert not Path(nodes_dir).exists(), f"{nodes_dir} left behind"
+        assert processes_mentioning(nodes_dir) == []  # kubelets, containerds, shims, containers
 
 
 def test_ctrl_c_stops_everything() -> None:

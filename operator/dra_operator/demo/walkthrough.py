@@ -263,6 +263,7 @@ class Walkthrough:
             except (RealNodesError, RealNodesUnavailable) as error:
                 raise DemoError(f"real nodes failed to start: {error}") from None
             c.info(f"{len(self.node_names)} nodes Ready in {self.real.startup_seconds or 0:.1f}s")
+            c.note(f"nodes' directories (kubelet and containerd logs, removed at the end): {self.real.run_dir}")
             self.make_runnable()
             return
         reason = "--nodes-kind=fake" if self.nodes_kind == "fake" else why
@@ -545,13 +546,35 @@ class Walkthrough:
         self.wait(complete, f"the Job to count {completions} completions", 300)
         self.kubectl("get", "job", "example-dra-job")
         pods = sorted(self.items(JOB_PODS), key=lambda p: str(p["status"].get("startTime")))
-        shared_nodes = {p["spec"]["nodeName"] for p in pods}
+        rows: list[list[str]] = []
+        for pod in pods:
+            annotations = pod["metadata"].get("annotations") or {}
+            own = annotations.get(names.devices_annotation("separate-gpu-claim", None), "")
+            shared = annotations.get(names.devices_annotation("shared-gpu-claim", None), "")
+            rows.append(
+                [
+                    pod["metadata"]["name"],
+                    pod["spec"].get("nodeName") or "-",
+                    _phase(pod),
+                    ",".join(d.split("/", 1)[-1] for d in own.split(",") if d),
+                    ",".join(d.split("/", 1)[-1] for d in shared.split(",") if d),
+                ]
+            )
+        c.info("")
+        c.info(table(["JOB POD", "NODE", "PHASE", "OWN GPU (POOL/NAME)", "SHARED GPUS"], rows))
+        c.info("")
         first = pods[0]["metadata"]["name"]
         self.kubectl("logs", first, "--all-containers", "--prefix")
-        if len(shared_nodes) != 1:
-            raise DemoError(f"the Job's Pods ran on {sorted(shared_nodes)}, not on the shared claim's node")
+        shared_nodes = {row[1] for row in rows}
+        if len(shared_nodes) != 1 or len({row[4] for row in rows}) != 1:
+            raise DemoError(
+                f"the Job's Pods ran on {sorted(shared_nodes)}, not all with the same shared claim"
+            )
+        if any(row[3] in row[4].split(",") or not row[3] for row in rows):
+            raise DemoError(f"a Pod's own GPU is missing or also the shared claim's: {rows}")
         c.check(
-            f"{completions} Pods ran to completion on {next(iter(shared_nodes))}, the shared claim's node"
+            f"{completions} Pods ran to completion on {next(iter(shared_nodes))}, the shared claim's node, "
+            "each with a GPU of its own"
         )
 
     def check_wave(self, wave: list[Json]) -> str:

@@ -263,7 +263,9 @@ class Walkthrough:
             except (RealNodesError, RealNodesUnavailable) as error:
                 raise DemoError(f"real nodes failed to start: {error}") from None
             c.info(f"{len(self.node_names)} nodes Ready in {self.real.startup_seconds or 0:.1f}s")
-            c.note(f"nodes' directories (kubelet and containerd logs, removed at the end): {self.real.run_dir}")
+            c.note(
+                f"nodes' directories (kubelet and containerd logs, removed at the end): {self.real.run_dir}"
+            )
             self.make_runnable()
             return
         reason = "--nodes-kind=fake" if self.nodes_kind == "fake" else why

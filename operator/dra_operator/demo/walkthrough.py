@@ -657,9 +657,12 @@ class Walkthrough:
         c.step(STEPS[-1])
         pids = [child.pid for child in self.children.children]
         self.children.stop()
+        nodes = ""
         if self.real is not None:
+            # Its kubelets, containerds, shims and containers, namespaces, bridge and cgroups go with it.
             self.real.stop()
             self.real = None
+            nodes = f"{len(self.node_names)} real nodes, "
         if self.cp is not None:
             pids += list(self.cp.pids.values())
             self.cp.stop()
@@ -668,7 +671,10 @@ class Walkthrough:
         if alive:
             c.print(f"processes still alive: {alive}")
         else:
-            c.check(f"operator, {len(self.node_names)} agents, control plane stopped ({len(pids)} processes)")
+            c.check(
+                f"operator, {len(self.node_names)} agents, {nodes}control plane stopped "
+                f"({len(pids)} processes)"
+            )
 
 
 def _device_cell(devices: list[tuple[str, str]]) -> str:

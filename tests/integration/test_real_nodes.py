@@ -71,10 +71,9 @@ def operator(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
     yield op
     print(f"--- operator log ({op.log_file}) ---\n{op.log(80)}")
     op.stop()
-    with contextlib.suppress(ApiError):
-        cluster.request(
-            "DELETE", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/dra-operator"
-        )
+    for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        with contextlib.suppress(ApiError):
+            cluster.request("DELETE", f"/apis/admissionregistration.k8s.io/v1/{plural}/dra-operator")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import ipaddress
 import ssl
 from pathlib import Path
@@ -129,7 +130,10 @@ def test_review_rejects_neither_name() -> None:
     }
     with pytest.raises(kopf.AdmissionError) as info:
         asyncio.run(review(ctx, "Pod", bad, "ns"))
-    assert "must specify one of: resourceClaimName, resourceClaimTemplateName" in str(info.value)
+    assert str(info.value) == (
+        'Pod "p" is invalid: spec.resourceClaims[0]: must specify one of: `resourceClaimName`, '
+        "`resourceClaimTemplateName`"
+    )
 
 
 def test_review_refuses_while_caches_are_cold(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,20 +155,29 @@ def test_objects_without_claims_pass_even_while_cold() -> None:
 
 
 class ConfigServer:
+    """Holds one object per configuration collection (mutating, validating), as the apiserver would."""
+
     def __init__(self, current: Json | None) -> None:
-        self.current = current
-        self.calls: list[tuple[str, Json]] = []
+        self.current = {plural: copy.deepcopy(current) for plural in PLURALS}
+        self.calls: list[tuple[str, str, Json]] = []
+
+    @staticmethod
+    def _plural(path: str) -> str:
+        return next(p for p in PLURALS if f"/{p}" in path)
 
     async def get(self, path: str) -> Json | None:
-        return self.current
+        return self.current[self._plural(path)]
 
     async def create(self, path: str, body: Json) -> Json:
-        self.calls.append(("create", body))
+        self.calls.append(("create", self._plural(path), body))
         return body
 
     async def replace(self, path: str, body: Json) -> Json:
-        self.calls.append(("replace", body))
+        self.calls.append(("replace", self._plural(path), body))
         return body
+
+
+PLURALS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
 
 
 def test_apply_configuration_creates_then_only_replaces_the_webhooks() -> None:
@@ -173,9 +186,10 @@ def test_apply_configuration_creates_then_only_replaces_the_webhooks() -> None:
     desired = configuration.build(
         configuration.Endpoint(url="https://127.0.0.1:1"), b"CA", excluded_namespaces=[]
     )
+    validating = configuration.validating_from(desired)
     server = ConfigServer(None)
     asyncio.run(apply_configuration(server, desired))  # type: ignore[arg-type]
-    assert server.calls == [("create", desired)]
+    assert server.calls == [("create", PLURALS[0], desired), ("create", PLURALS[1], validating)]
 
     helm_owned = {
         "metadata": {
@@ -187,10 +201,14 @@ def test_apply_configuration_creates_then_only_replaces_the_webhooks() -> None:
     }
     server = ConfigServer(helm_owned)
     asyncio.run(apply_configuration(server, desired))  # type: ignore[arg-type]
-    ((verb, body),) = server.calls
-    assert verb == "replace" and body["metadata"] == helm_owned["metadata"]
-    assert body["webhooks"] == desired["webhooks"]
+    assert [(verb, plural) for verb, plural, _ in server.calls] == [("replace", p) for p in PLURALS]
+    for (_, _, body), wanted in zip(server.calls, (desired, validating), strict=True):
+        assert body["metadata"] == helm_owned["metadata"] and body["webhooks"] == wanted["webhooks"]
 
-    server = ConfigServer({**helm_owned, "webhooks": desired["webhooks"]})
+    server = ConfigServer(helm_owned)
+    server.current = {
+        PLURALS[0]: {**helm_owned, "webhooks": desired["webhooks"]},
+        PLURALS[1]: {**helm_owned, "webhooks": validating["webhooks"]},
+    }
     asyncio.run(apply_configuration(server, desired))  # type: ignore[arg-type]
     assert server.calls == []

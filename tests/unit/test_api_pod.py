@@ -89,7 +89,10 @@ def test_no_claims_anywhere() -> None:
             [("spec.resourceClaims[0]", AT_MOST_ONE_MESSAGE)],
         ),
         (_spec([GPU, GPU]), [("spec.resourceClaims[1].name", 'Duplicate value: "gpu"')]),
-        (_spec([{**GPU, "name": "GPU"}]), [("spec.resourceClaims[0].name", "DNS label")]),
+        (
+            _spec([{**GPU, "name": "GPU"}]),
+            [("spec.resourceClaims[0].name", 'Invalid value: "GPU": a lowercase RFC 1123 label must')],
+        ),
         (
             _spec([GPU], [_container("a", {"name": "other"})]),
             [
@@ -109,7 +112,7 @@ def test_no_claims_anywhere() -> None:
         ),
         (
             _spec([GPU], [_container("a", {"name": "gpu", "request": "Bad_Req"})]),
-            [("spec.containers[0].resources.claims[0].request", "DNS label")],
+            [("spec.containers[0].resources.claims[0].request", "RFC 1123 label")],
         ),
         (
             _spec([GPU], [_container("a", {"name": "gpu"}, {"name": "gpu"})]),

@@ -41,6 +41,7 @@ CLUSTER_KINDS = {
     "ClusterRoleBinding",
     "CustomResourceDefinition",
     "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
 }
 
 
@@ -211,6 +212,7 @@ OPERATOR_NEEDS = [
     ("", "nodes", "list"),
     ("", "events", "create"),
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create"),
 ]
 # What neither component may do: the least-privilege half.
 NOBODY_MAY = [
@@ -221,7 +223,7 @@ NOBODY_MAY = [
     ("", "nodes", "patch"),
     ("resource.dra-operator.io", "deviceclasses", "create"),
     ("rbac.authorization.k8s.io", "clusterroles", "create"),
-    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create"),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies", "create"),
 ]
 
 
@@ -235,11 +237,14 @@ def test_operator_named_permissions(rendered: Rendered) -> None:
     deployment = rendered.one("Deployment", "operator")
     args = args_of(deployment["spec"]["template"]["spec"]["containers"][0])
     config = args["--webhook-config-name"][0]
-    (shell,) = rendered.of_kind("MutatingWebhookConfiguration")  # the chart owns it, so uninstall removes it
-    assert shell["metadata"]["name"] == config and shell["webhooks"] == []
     group = "admissionregistration.k8s.io"
-    assert allowed(rules, group, "mutatingwebhookconfigurations", "update", name=config)
-    assert not allowed(rules, group, "mutatingwebhookconfigurations", "update", name="someone-elses")
+    # The chart owns both configurations (empty), so uninstall removes them; the operator fills them in.
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        (shell,) = rendered.of_kind(kind)
+        assert shell["metadata"]["name"] == config and shell["webhooks"] == []
+        plural = kind.lower() + "s"
+        assert allowed(rules, group, plural, "update", name=config)
+        assert not allowed(rules, group, plural, "update", name="someone-elses")
     if rendered.values["operator"]["leaderElection"]["enabled"]:
         lease = args["--lease-name"][0]
         coordination = "coordination.k8s.io"

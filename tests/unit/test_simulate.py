@@ -151,7 +151,7 @@ BAD_INPUT = {
     "pod-claim-without-source": (
         "kind: Pod\napiVersion: v1\nmetadata: {name: p}\n"
         "spec: {containers: [{name: c, image: x}], resourceClaims: [{name: gpu}]}\n",
-        ["Pod p", "must specify one of: resourceClaimName, resourceClaimTemplateName"],
+        ["Pod p", "must specify one of: `resourceClaimName`, `resourceClaimTemplateName`"],
     ),
     "invalid-cel": (
         "kind: DeviceClass\napiVersion: resource.k8s.io/v1\nmetadata: {name: gpu}\n"

@@ -67,7 +67,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-metrics" (include "dra-operator.fullname" .) }}
 {{- end }}
 
-{{/* The cluster-scoped MutatingWebhookConfiguration the operator creates and keeps up to date. */}}
+{{/* The cluster-scoped Mutating- and ValidatingWebhookConfiguration (one name) the operator keeps up to date. */}}
 {{- define "dra-operator.webhookConfigurationName" -}}
 {{- include "dra-operator.fullname" . }}
 {{- end }}

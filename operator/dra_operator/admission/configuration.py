@@ -1,8 +1,15 @@
-"""The MutatingWebhookConfiguration the operator owns and applies at start (not Kopf's managed mode).
+"""The Mutating- and ValidatingWebhookConfiguration the operator owns and applies at start (not Kopf's
+managed mode).
 
-One webhook per kind, each sent only objects whose Pod (template) carries `spec.resourceClaims`
-(matchConditions), failing closed (a Pod with claims must never slip past ungated), with a short timeout and
-a namespaceSelector that leaves kube-system and the operator's own namespace alone.
+Mutating: one webhook per workload kind, each sent only objects whose Pod (template) carries
+`spec.resourceClaims` (matchConditions), failing closed (a Pod with claims must never slip past ungated), with
+a short timeout and a namespaceSelector that leaves kube-system and the operator's own namespace alone.
+
+Validating: one webhook per DRA kind with CEL selectors (see dra_operator.admission.validation), sent only
+objects that carry selectors (or, for templates, claim metadata) and only on create or when the spec changed,
+so the operator's own metadata writes (finalizers) never depend on it; failing closed too, as the built-in
+API never stores a selector that does not compile. Both share the endpoint and CA, so the validating one is
+derived from the mutating one (`validating_from`) and the two are always applied together.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
+from dra_operator.admission import validation
 from dra_operator.admission.mutation import TEMPLATE_PATHS
+from dra_operator.api.resource import GROUP, VERSION
 
 CONFIGURATION_NAME = "dra-operator"
 WEBHOOK_SUFFIX = ".resource.dra-operator.io"
@@ -31,6 +40,38 @@ KINDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 def handler_path(kind: str) -> str:
     """The URL path (and Kopf handler id) of one kind's webhook."""
     return "mutate-" + KINDS[kind][2]
+
+
+def validate_path(kind: str) -> str:
+    """The URL path (and Kopf handler id) of one DRA kind's validating webhook."""
+    return "validate-" + validation.KINDS[kind]
+
+
+#: CEL over a ResourceClaimSpec at `spec`: some request carries selectors (directly or in a subrequest).
+_CLAIM_SELECTORS = (
+    "has({spec}.devices) && has({spec}.devices.requests) && {spec}.devices.requests.exists(r, "
+    "(has(r.exactly) && has(r.exactly.selectors) && size(r.exactly.selectors) > 0) || "
+    "(has(r.firstAvailable) && r.firstAvailable.exists(s, has(s.selectors) && size(s.selectors) > 0)))"
+)
+
+#: kind -> (scope, operations, CEL matchCondition: the object carries something the webhook checks)
+VALIDATED: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "DeviceClass": (
+        "Cluster",
+        ("CREATE", "UPDATE"),
+        "has(object.spec) && has(object.spec.selectors) && size(object.spec.selectors) > 0",
+    ),
+    "ResourceClaim": ("Namespaced", ("CREATE", "UPDATE"), _CLAIM_SELECTORS.format(spec="object.spec")),
+    "ResourceClaimTemplate": (
+        "Namespaced",
+        ("CREATE", "UPDATE"),
+        "has(object.spec.metadata) || (has(object.spec.spec) && "
+        + _CLAIM_SELECTORS.format(spec="object.spec.spec")
+        + ")",
+    ),
+}
+#: Updates are only sent when the spec changed: unchanged selectors were checked when they were stored.
+SPEC_CHANGED = "request.operation == 'CREATE' || !has(oldObject.spec) || object.spec != oldObject.spec"
 
 
 def claims_condition(kind: str) -> str:
@@ -116,5 +157,54 @@ def build(
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "dra-operator"}},
+        "webhooks": webhooks,
+    }
+
+
+def _retarget(client_config: dict[str, Any], path: str) -> dict[str, Any]:
+    """The same endpoint and CA as `client_config`, at another URL path."""
+    config = dict(client_config)
+    if "service" in config:
+        config["service"] = {**config["service"], "path": "/" + path}
+    else:
+        config["url"] = str(config.get("url", "")).rsplit("/", 1)[0] + "/" + path
+    return config
+
+
+def validating_from(mutating: dict[str, Any]) -> dict[str, Any]:
+    """The ValidatingWebhookConfiguration of the same name, endpoint and CA as a `build` result."""
+    client_config = mutating["webhooks"][0]["clientConfig"]
+    timeout = mutating["webhooks"][0].get("timeoutSeconds", 5)
+    webhooks = []
+    for kind, (scope, operations, condition) in VALIDATED.items():
+        plural = validation.KINDS[kind]
+        webhooks.append(
+            {
+                "name": plural + WEBHOOK_SUFFIX,
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": _retarget(client_config, validate_path(kind)),
+                "rules": [
+                    {
+                        "apiGroups": [GROUP],
+                        "apiVersions": [VERSION],
+                        "resources": [plural],
+                        "operations": list(operations),
+                        "scope": scope,
+                    }
+                ],
+                "matchConditions": [
+                    {"name": "spec-changed", "expression": SPEC_CHANGED},
+                    {"name": "has-checked-fields", "expression": condition},
+                ],
+                "failurePolicy": "Fail",
+                "matchPolicy": "Equivalent",
+                "sideEffects": "None",
+                "timeoutSeconds": timeout,
+            }
+        )
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": mutating["metadata"]["name"], "labels": dict(mutating["metadata"]["labels"])},
         "webhooks": webhooks,
     }

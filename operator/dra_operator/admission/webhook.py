@@ -1,4 +1,5 @@
-"""Kopf mutating-admission handlers (one async handler per kind) and applying our webhook configuration."""
+"""Kopf admission handlers (mutating: one per workload kind; validating: one per DRA kind with CEL selectors)
+and applying our webhook configurations."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import Any
 
 import kopf
 
-from dra_operator.admission import configuration
-from dra_operator.admission.mutation import AdmissionRejected, claim_references, mutate
+from dra_operator.admission import configuration, validation
+from dra_operator.admission.mutation import AdmissionRejected, claim_references, invalid_message, mutate
 from dra_operator.admission.ownership import Lookup, belongs_to_us
-from dra_operator.api.resource import UPSTREAM_API_VERSION
+from dra_operator.api.resource import GROUP, UPSTREAM_API_VERSION, VERSION
 from dra_operator.kube.client import Kube, KubeError, path_of
 from dra_operator.operator.state import CLAIMS, TEMPLATES, State
 
@@ -85,8 +86,17 @@ async def review(
     return mutate(obj, kind, ours=lambda ref: ref["name"] in owned).obj
 
 
+def validate(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+    """Refuse (kopf.AdmissionError, 422) a DRA object the built-in API would refuse for a CEL selector or
+    claim metadata; answers from the object alone, so it needs no cache and no readiness."""
+    found = validation.problems(kind, body, old)
+    if found:
+        raise kopf.AdmissionError(invalid_message(kind, body, found), code=422)
+
+
 def register(registry: kopf.OperatorRegistry, ctx: AdmissionContext) -> None:
-    """One async mutate handler per kind, at URL path `mutate-<plural>` (the handler id)."""
+    """One async mutate handler per workload kind, at URL path `mutate-<plural>` (the handler id), and one
+    validate handler per DRA kind at `validate-<plural>`."""
     for kind, (group, version, plural, operations) in configuration.KINDS.items():
         resource = (version, plural) if not group else (group, version, plural)
 
@@ -110,15 +120,36 @@ def register(registry: kopf.OperatorRegistry, ctx: AdmissionContext) -> None:
             registry=registry,
         )(make(kind))
 
+    for kind in validation.KINDS:
+
+        def make_validator(kind: str) -> Any:
+            async def handler(body: kopf.Body, old: kopf.Body | None = None, **_: Any) -> None:
+                validate(kind, body, old)
+
+            return handler
+
+        _, operations, _ = configuration.VALIDATED[kind]
+        kopf.on.validate(
+            GROUP,
+            VERSION,
+            validation.KINDS[kind],
+            id=configuration.validate_path(kind),
+            operations=list(operations),  # type: ignore[arg-type]
+            registry=registry,
+        )(make_validator(kind))
+
 
 async def apply_configuration(kube: Kube, desired: dict[str, Any]) -> None:
-    """Create the MutatingWebhookConfiguration, or replace it when it differs (idempotent on restarts)."""
-    path = path_of(
-        "mutatingwebhookconfigurations",
-        group="admissionregistration.k8s.io",
-        name=desired["metadata"]["name"],
-    )
-    collection = path_of("mutatingwebhookconfigurations", group="admissionregistration.k8s.io")
+    """Create or update the MutatingWebhookConfiguration `desired` and the ValidatingWebhookConfiguration
+    derived from it (configuration.validating_from): idempotent on restarts, one endpoint and CA for both."""
+    await _apply(kube, "mutatingwebhookconfigurations", desired)
+    await _apply(kube, "validatingwebhookconfigurations", configuration.validating_from(desired))
+
+
+async def _apply(kube: Kube, plural: str, desired: dict[str, Any]) -> None:
+    """Create the configuration, or replace its webhooks when they differ."""
+    path = path_of(plural, group="admissionregistration.k8s.io", name=desired["metadata"]["name"])
+    collection = path_of(plural, group="admissionregistration.k8s.io")
     current = await kube.get(path)
     if current is None:
         await kube.create(collection, desired)

@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from dra_operator.api.formats import DNSLabel, DNSSubdomain, dns_label_error
+from dra_operator.api.formats import DNSLabel, DNSSubdomain
+from dra_operator.api.meta import dns_label_messages, dns_subdomain_messages, invalid_value
 from dra_operator.api.resource import InvalidObject, problems_of
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "template_path",
 ]
 
-ONE_OF_MESSAGE = "must specify one of: resourceClaimName, resourceClaimTemplateName"
+ONE_OF_MESSAGE = "must specify one of: `resourceClaimName`, `resourceClaimTemplateName`"
 AT_MOST_ONE_MESSAGE = "at most one of `resourceClaimName` or `resourceClaimTemplateName` may be specified"
 
 ContainerKind = Literal["initContainers", "containers"]
@@ -176,32 +177,52 @@ def claims_used_by_container(obj: dict[str, Any], container: str) -> list[Contai
 # ------------------------------------------------------------------------------------------ validating
 
 
+def _pod_claim_entry_problems(raw: Any, base: str, pod_names: set[str]) -> list[tuple[str, str]]:
+    """One `spec.resourceClaims` entry, checked in the apiserver's order and words; records its name."""
+    if not isinstance(raw, dict):
+        return [(base, "must be an object")]
+    problems: list[tuple[str, str]] = [
+        (f"{base}.{key}", "unknown field") for key in raw if key not in _POD_CLAIM_FIELDS
+    ]
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append((f"{base}.name", "Required value"))
+    elif name in pod_names:
+        problems.append((f"{base}.name", f"Duplicate value: {_q(name)}"))
+    else:
+        problems += [(f"{base}.name", invalid_value(name, m)) for m in dns_label_messages(name)]
+    if isinstance(name, str) and name:
+        pod_names.add(name)
+    claim, template = raw.get("resourceClaimName"), raw.get("resourceClaimTemplateName")
+    if claim and template:
+        problems.append((base, AT_MOST_ONE_MESSAGE))
+    elif not claim and not template:
+        problems.append((base, ONE_OF_MESSAGE))
+    for key, value in (("resourceClaimName", claim), ("resourceClaimTemplateName", template)):
+        if value:
+            text = str(value)
+            problems += [(f"{base}.{key}", invalid_value(text, m)) for m in dns_subdomain_messages(text)]
+    return problems
+
+
+_POD_CLAIM_FIELDS = frozenset({"name", "resourceClaimName", "resourceClaimTemplateName"})
+
+
 def pod_claim_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
     """All problems with the claim references of a Pod or template, as (field path, message); [] when valid.
 
     Paths and messages are the apiserver's (checked against kube-apiserver 1.36), with a short explanation
     added where Kubernetes only says "Duplicate value".
 
-    Rules (core/v1 Pod validation): pod claim names are unique DNS labels with exactly one source; a container
-    claim names a pod claim, its `request` is a DNS label, and a container lists neither the same name/request
-    twice nor a whole claim together with one of that claim's requests.
+    Rules (core/v1 Pod validation): pod claim names are unique DNS labels with exactly one source, which is a
+    DNS subdomain; a container claim names a pod claim, its `request` is a DNS label, and a container lists
+    neither the same name/request twice nor a whole claim together with one of that claim's requests.
     """
     spec = pod_spec_of(obj)
     problems: list[tuple[str, str]] = []
     pod_names: set[str] = set()
     for index, raw in enumerate(_raw_pod_claims(spec)):
-        base = f"spec.resourceClaims[{index}]"
-        try:
-            claim = PodResourceClaim.model_validate(raw)
-        except ValidationError as err:
-            problems.extend((_join(base, path), message) for path, message in problems_of(err))
-            name = raw.get("name") if isinstance(raw, dict) else None
-            if isinstance(name, str):
-                pod_names.add(name)
-            continue
-        if claim.name in pod_names:
-            problems.append((f"{base}.name", f"Duplicate value: {_q(claim.name)}"))
-        pod_names.add(claim.name)
+        problems += _pod_claim_entry_problems(raw, f"spec.resourceClaims[{index}]", pod_names)
 
     per_container: dict[tuple[str, int], set[str]] = {}
     for ref in container_claims(obj):
@@ -211,9 +232,8 @@ def pod_claim_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         key = ref.name
         if ref.request is not None:
-            problem = dns_label_error(ref.request)
-            if problem is not None:
-                problems.append((f"{ref.path}.request", f"{problem}: {ref.request!r}"))
+            path = f"{ref.path}.request"
+            problems += [(path, invalid_value(ref.request, m)) for m in dns_label_messages(ref.request)]
             key = f"{ref.name}/{ref.request}"
         if key in seen:
             problems.append((ref.path, f"Duplicate value: {_q(key)}"))

@@ -27,6 +27,7 @@ from dra_operator.api.formats import (
     QuantityValue,
     RequestReference,
 )
+from dra_operator.api.meta import annotation_problems, label_problems
 
 GROUP = "resource.dra-operator.io"
 VERSION = "v1"
@@ -134,6 +135,17 @@ class ClaimTemplateMeta(KubeModel):
 
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _keys_and_values(self) -> ClaimTemplateMeta:
+        # Generated claims carry these; the apiserver would refuse each claim, so refuse the template (as
+        # Kubernetes does) with its words.
+        found = label_problems(self.labels or {}, "labels") + annotation_problems(
+            self.annotations or {}, "annotations"
+        )
+        if found:
+            raise ValueError("; ".join(f"{path}: {message}" for path, message in found))
+        return self
 
 
 # ------------------------------------------------------------------------------------- core/v1 mirrors
@@ -898,7 +910,16 @@ def _display_name(obj: dict[str, Any]) -> str | None:
 
 def is_dra_object(obj: Any) -> bool:
     """Whether `obj` is a dict for one of the four kinds, in either API group."""
-    return isinstance(obj, dict) and obj.get("apiVersion") in API_VERSIONS and obj.get("kind") in KINDS
+    if not isinstance(obj, dict):
+        return False
+    kind, api_version = obj.get("kind"), obj.get("apiVersion")
+    # Only strings can be members: a list or dict from malformed input is unhashable, not an error to raise.
+    return (
+        isinstance(kind, str)
+        and isinstance(api_version, str)
+        and api_version in API_VERSIONS
+        and kind in KINDS
+    )
 
 
 def load_object(obj: Any, *, source: str | None = None) -> DraObject:
@@ -907,7 +928,7 @@ def load_object(obj: Any, *, source: str | None = None) -> DraObject:
         raise InvalidObject([("", f"expected an object, got {type(obj).__name__}")], source=source)
     kind = obj.get("kind")
     name = _display_name(obj)
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise InvalidObject(
             [("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")],
             kind=str(kind),

@@ -373,6 +373,29 @@ def _declarations() -> list[Any]:
 
 
 @cache
+def typed_environment() -> Any:
+    """The environment for type-checking only: `device.<field>` as `device_<field>` variables with
+    Kubernetes' field types (see source.typed_device_fields). Never used to evaluate: the device binding is
+    one map (fast to build per device), whose fields would all be dyn to the checker."""
+    quantity = _T(QUANTITY_TYPE_NAME)
+    return cel.NewEnv(
+        POOL,
+        variables={
+            "device_driver": _T.STRING,
+            "device_attributes": _T.Map(_T.STRING, _T.Map(_T.STRING, _T.DYN)),
+            "device_capacity": _T.Map(_T.STRING, _T.Map(_T.STRING, quantity)),
+            "device_allowMultipleAllocations": _T.BOOL,
+        },
+        extensions=[
+            ext_strings.ExtStrings(version=2),
+            ext_optional.ExtOptional(),
+            ext_bindings.ExtBindings(),
+        ],
+        functions=_declarations(),
+    )
+
+
+@cache
 def environment() -> Any:
     """The one DRA CEL environment (built on first use; compiling against it is thread-compatible)."""
     return cel.NewEnv(

@@ -1,8 +1,9 @@
 """Compiling DRA CEL selectors once (cached by expression) and evaluating them on devices.
 
 Compilation type-checks the original text (so error positions are the user's), rejects expressions whose
-result type is neither bool nor dyn, and then compiles a second, optimized text for evaluation: literal
-`quantity()`/`semver()` calls turned into constants, their comparison members into string comparisons.
+result type is neither bool nor dyn (once more with `device`'s fields typed as in Kubernetes), and then
+compiles a second, optimized text for evaluation: literal `quantity()`/`semver()` calls turned into
+constants, their comparison members into string comparisons.
 Evaluation turns every failure into a CelEvaluationError that names the expression, the device and, for a
 missing key, the key ("no such key: memory", Kubernetes' words).
 """
@@ -17,8 +18,8 @@ from cel_expr_python import cel
 
 from dra_operator.cel.device import CelDevice
 from dra_operator.cel.errors import CelCompileError, CelEvaluationError
-from dra_operator.cel.library import environment
-from dra_operator.cel.source import analyze, position, rewrite_comparisons
+from dra_operator.cel.library import environment, typed_environment
+from dra_operator.cel.source import analyze, position, rewrite_comparisons, typed_device_fields
 
 __all__ = ["MAX_EXPRESSION_LENGTH", "CompiledSelector", "compile_selector"]
 
@@ -29,6 +30,7 @@ MAX_EXPRESSION_LENGTH: Final = 10 * 1024
 
 _POSITION = re.compile(r"<input>:(-?\d+):(-?\d+): (.*)")
 _STATUS = re.compile(r"^[A-Z_]+: ")
+_STATUS_SUFFIX = re.compile(r"\s*\[[A-Z_]+\]\s*$")  # cel-cpp's status code: [INVALID_ARGUMENT], [CANCELLED]
 _MISSING_KEY = re.compile(r'Key not found in map ?: ?"?(.*?)"?$')
 _NO_SUCH_KEY = re.compile(r"no such key: ?(.*)$")
 _ERROR_TYPE: Final[Any] = cel.Type.ERROR
@@ -38,9 +40,7 @@ def _compile_failure(expression: str, err: Exception) -> CelCompileError:
     text = str(err)
     found = _POSITION.search(text)
     if found is None:
-        reason = _STATUS.sub("", text.splitlines()[0] if text else repr(err)).replace(
-            " [INVALID_ARGUMENT]", ""
-        )
+        reason = _STATUS_SUFFIX.sub("", _STATUS.sub("", text.splitlines()[0] if text else repr(err)))
         return CelCompileError(expression, reason.strip())
     line, column = int(found.group(1)), int(found.group(2))
     reason = found.group(3).strip()
@@ -50,8 +50,10 @@ def _compile_failure(expression: str, err: Exception) -> CelCompileError:
 
 
 def _type_name(cel_type: Any) -> str:
-    name = cel_type.name()
-    return str(name).lower() if name else str(cel_type)
+    name = str(cel_type.name() or "")
+    # cel-cpp spells built-in types in capitals (STRING); message types keep their names, as cel-go prints
+    # them (kubernetes.Quantity).
+    return (name.lower() if name.isupper() else name) or str(cel_type)
 
 
 class CompiledSelector:
@@ -100,12 +102,36 @@ class CompiledSelector:
         return f"CompiledSelector({self.expression!r})"
 
 
+def _check_types(expression: str) -> None:
+    """Type-check with Kubernetes' field types of `device` (the evaluation environment sees them as dyn)."""
+    typed = typed_device_fields(expression)
+    if typed is None:
+        return
+    try:
+        checked = typed_environment().compile(typed)
+    except Exception as err:  # cel-expr-python raises RuntimeError for every compile failure
+        failure = _compile_failure(expression, err)
+        # Positions are the user's (same length); the message may name a renamed variable.
+        failure.reason = failure.reason.replace("device_", "device.")
+        raise CelCompileError(expression, failure.reason, failure.line, failure.column) from None
+    result_type = _type_name(checked.return_type())
+    if result_type not in ("bool", "dyn"):
+        raise CelCompileError(expression, f"must evaluate to bool or the unknown type, not {result_type}")
+
+
 @lru_cache(maxsize=4096)
 def compile_selector(expression: str) -> CompiledSelector:
     """Compiles (and caches) a selector; raises CelCompileError naming the expression and the position."""
     if not isinstance(expression, str):
         raise CelCompileError(repr(expression), "a CEL expression must be a string")
-    size = len(expression.encode())
+    try:
+        size = len(expression.encode())
+    except UnicodeEncodeError as err:  # a lone surrogate, e.g. from a "\ud800" escape in YAML or JSON
+        bad = err.object[err.start]
+        raise CelCompileError(
+            expression.encode(errors="backslashreplace").decode(),
+            f"expression is not valid Unicode text (character {bad!r} at offset {err.start})",
+        ) from None
     if size > MAX_EXPRESSION_LENGTH:
         raise CelCompileError(
             expression, f"expression is {size} bytes long, more than the limit of {MAX_EXPRESSION_LENGTH}"
@@ -132,6 +158,7 @@ def compile_selector(expression: str) -> CompiledSelector:
             line,
             column,
         )
+    _check_types(expression)
     # Optimizations that remove Python callbacks (and cel-expr-python's per-call leak); each is only kept when
     # the result compiles, so they can never turn a valid expression into an invalid one.
     program = checked

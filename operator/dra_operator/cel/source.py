@@ -11,7 +11,8 @@ proper (cel-cpp) still parses and type-checks the original text; this only drive
 - `X.compareTo(Y)`, `X.isGreaterThan(Y)`, `X.isLessThan(Y)` on quantities/semvers become comparisons of the
   messages' `order` strings, again sparing a Python callback (and its leak) per evaluation;
 - `device.<field>` must be one of driver, attributes, capacity (Kubernetes declares `device` as an object
-  type).
+  type), and `typed_device_fields` turns each into a typed variable of its own so that the result type is
+  checked as Kubernetes checks it (`device.driver` alone is a string, not a bool).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from dra_operator.api.quantity import Quantity
 from dra_operator.api.semver import Semver
 from dra_operator.cel.values import quantity_literal, semver_literal
 
-__all__ = ["DEVICE_FIELDS", "Analysis", "Token", "analyze", "position", "rewrite_comparisons", "tokenize"]
+__all__ = [
+    "DEVICE_FIELDS",
+    "Analysis",
+    "Token",
+    "analyze",
+    "position",
+    "rewrite_comparisons",
+    "tokenize",
+    "typed_device_fields",
+]
 
 DEVICE_FIELDS: Final = frozenset({"driver", "attributes", "capacity", "allowMultipleAllocations"})
 _IDENT_START: Final = frozenset("_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -299,3 +309,33 @@ def _rewrite_one(text: str) -> str | None:
             replacement = f"({left} > {right} ? 1 : ({left} < {right} ? -1 : 0))"
         return text[: tokens[start].start] + replacement + text[tokens[close].end :]
     return None
+
+
+def typed_device_fields(source: str) -> str | None:
+    """`source` with every `device.<field>` written `device_<field>` (same length, so positions hold), for
+    type-checking against one variable per field; None when `device` is used any other way (bare, indexed,
+    spaced), where only the untyped check applies."""
+    try:
+        tokens = tokenize(source)
+    except ValueError:
+        return None
+    text = list(source)
+    for k, token in enumerate(tokens):
+        if token.kind != "ident" or token.text != "device":
+            continue
+        if k > 0 and tokens[k - 1].text == "." and tokens[k - 1].kind == "punct":
+            continue  # a member named `device`, e.g. attributes["d"].device
+        dot = tokens[k + 1] if k + 1 < len(tokens) else None
+        field = tokens[k + 2] if k + 2 < len(tokens) else None
+        if (
+            dot is None
+            or dot.text != "."
+            or dot.start != token.end
+            or field is None
+            or field.kind != "ident"
+            or field.start != dot.end
+            or field.text not in DEVICE_FIELDS
+        ):
+            return None
+        text[dot.start] = "_"
+    return "".join(text)

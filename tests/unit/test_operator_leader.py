@@ -1,5 +1,6 @@
 """Lease leader election: one holder at a time, takeover only after expiry, a holder that cannot renew
-stops."""
+stands down (and campaigns again), a paused holder knows on waking that it no longer leads, and the renew
+deadline follows the lease."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import copy
 import itertools
 from typing import Any
 
+import pytest
+
 from dra_operator.kube.client import KubeError
-from dra_operator.operator.leader import LeaseElector
+from dra_operator.operator.leader import LeaseElector, LeaseTooShort, timings
 
 Json = dict[str, Any]
 
@@ -106,7 +109,7 @@ def test_graceful_release_hands_over_at_once() -> None:
     assert asyncio.run(scenario()) == (False, True)
 
 
-def test_holder_that_cannot_renew_stops() -> None:
+def test_holder_that_cannot_renew_stands_down_and_leads_again() -> None:
     async def scenario() -> list[str]:
         server = LeaseServer()
         events: list[str] = []
@@ -114,7 +117,52 @@ def test_holder_that_cannot_renew_stops() -> None:
         task = asyncio.create_task(a.run())
         await until(lambda: a.leading)
         server.down = True
-        await asyncio.wait_for(task, timeout=2)  # run() returns after on_stopped
+        await until(lambda: "a stopped" in events)  # within the renew deadline, without exiting
+        assert not a.leading and not task.done()
+        server.down = False
+        await until(lambda: a.leading)  # nobody else took it: its own record is renewed
+        task.cancel()
         return events
 
-    assert asyncio.run(scenario()) == ["a started", "a stopped"]
+    assert asyncio.run(scenario()) == ["a started", "a stopped", "a started"]
+
+
+def test_a_paused_holder_does_not_lead_on_waking() -> None:
+    """`leading` is read from the clock: after a pause past the renew deadline it is False at once, before
+    the renew loop runs again (the writes it guards are withheld)."""
+    now = [100.0]
+    server = LeaseServer()
+    a = LeaseElector(
+        server,  # type: ignore[arg-type]
+        "ns",
+        "lease",
+        "a",
+        lease_seconds=6,
+        clock=lambda: now[0],
+    )
+    assert (a.renew_deadline, a.retry) == (4.0, 0.8)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(a.run())
+        await until(lambda: a.leading)
+        task.cancel()
+
+    asyncio.run(scenario())
+    now[0] += 3.9
+    assert a.leading
+    now[0] += 0.2  # past the renew deadline (SIGSTOP, a starved CPU): no renewal ran meanwhile
+    assert not a.leading
+
+
+@pytest.mark.parametrize(("lease", "deadline", "retry"), [(15, 10.0, 2.0), (5, 10 / 3, 2 / 3), (3, 2.0, 0.4)])
+def test_renew_deadline_follows_the_lease(lease: int, deadline: float, retry: float) -> None:
+    assert timings(lease) == pytest.approx((deadline, retry))
+    assert retry < deadline < lease
+
+
+@pytest.mark.parametrize("lease", [0, 1, 2])
+def test_a_lease_too_short_is_refused(lease: int) -> None:
+    with pytest.raises(LeaseTooShort, match="too short to renew safely"):
+        timings(lease)
+    with pytest.raises(LeaseTooShort):
+        LeaseElector(None, "ns", "n", "a", lease_seconds=lease)  # type: ignore[arg-type]

@@ -201,19 +201,37 @@ class Agent:
         await self.publisher.sync(shown)
 
     async def run(self) -> None:
+        failures = 0
         while not self.stopping.is_set():
             self.wake.clear()
+            wait = self.interval
             try:
                 await self.run_once()
+                failures = 0
             except ValidationError as error:
                 log.error("inventory breaks a ResourceSlice limit; not published", error=str(error))
-            except Exception as error:  # the API server may be away for a while; retry on the next pass
-                log.error("publishing failed; retrying", error=f"{type(error).__name__}: {error}")
+            except Exception as error:
+                # The API server may be away for a while (restarting): expected, so a warning, and tried again
+                # sooner than the interval (1 s doubling), so the slices are back soon after it is.
+                failures += 1
+                wait = min(self.interval, 2.0 ** (failures - 1))
+                what = "API server unavailable" if _unavailable(error) else "publishing failed"
+                log.warning(f"{what}; retrying", error=f"{type(error).__name__}: {error}", retry_in=wait)
             self.passes += 1
             waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
-            await asyncio.wait(waiters, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+
+
+def _unavailable(error: Exception) -> bool:
+    """No answer from the API server, or a server-side error (5xx, 429): it heals by itself."""
+    status = getattr(error, "status", None)
+    return (
+        isinstance(error, OSError)
+        or type(error).__module__.startswith("aiohttp")
+        or (isinstance(status, int) and (status >= 500 or status == 429))
+    )
 
 
 async def _api_client(kubeconfig: str | None) -> ApiClient:

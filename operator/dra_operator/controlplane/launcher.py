@@ -14,6 +14,8 @@ Python API (used by the test fixtures, the demo and the benchmarks)::
         cp.kubectl("get", "nodes", "-o", "json")    # CompletedProcess (text); check=True by default
         cp.request("GET", "/api/v1/nodes")          # parsed JSON from the apiserver, as admin
         cp.issue_serving_cert(directory, "webhook") # (cert, key) for 127.0.0.1/localhost signed by cp.ca_file
+        cp.restart("kube-apiserver")                # or "etcd": fault injection, same ports and data
+        cp.stop_component("etcd"); cp.start_component("etcd")   # the same in two steps, to act in between
 
 Every port is picked free at start, so several control planes (test sessions, engineers) run side by side.
 What runs: etcd (in the run directory, no fsync), kube-apiserver (RBAC+Node authorization, default admission
@@ -22,6 +24,11 @@ kube-controller-manager (every default controller except node lifecycle, so fake
 Ready; service-account tokens and root CA published), kube-scheduler (no leader election). Ready means: etcd
 healthy, apiserver /readyz, scheduler /readyz, and the controller-manager gave a fresh namespace its `default`
 ServiceAccount.
+
+stop_component(name) terminates one component the same way stop() does and start_component(name) starts it
+again with the same arguments — same ports, same etcd data, same certificates, its log appended to — and
+waits until it answers (etcd /health, apiserver /readyz, scheduler /readyz); restart(name) does both. Tests
+use it to show that clients ride through an API server or etcd restart.
 
 stop() terminates each component's process group (SIGTERM, then SIGKILL after a grace period) and removes the
 run directory unless `keep_run_dir` is set or start failed. It also runs at interpreter exit, and each child
@@ -151,6 +158,7 @@ class ControlPlane:
         self.client_qps = client_qps
         self.verbosity = verbosity
         self._components: list[_Component] = []
+        self._stopped: dict[str, int] = {}  # component stopped by stop_component -> its place in the order
         self._run_dir: Path | None = None
         self._pki: ControlPlanePKI | None = None
         self._ports: _Ports | None = None
@@ -194,6 +202,11 @@ class ControlPlane:
     @property
     def running(self) -> bool:
         return bool(self._components) and all(c.process.poll() is None for c in self._components)
+
+    @property
+    def stopped(self) -> list[str]:
+        """Components stopped by stop_component() and not started again."""
+        return sorted(self._stopped)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -260,12 +273,49 @@ class ControlPlane:
         self.startup_seconds = time.monotonic() - started
         return self
 
+    def stop_component(self, name: str) -> None:
+        """Stop one running component (its process group: SIGTERM, SIGKILL after a grace period)."""
+        for index, component in enumerate(self._components):
+            if component.name == name:
+                terminate(component.process)
+                del self._components[index]
+                self._stopped[name] = index
+                return
+        raise ControlPlaneError(f"{name} is not running (running: {', '.join(self.pids) or 'nothing'})")
+
+    def start_component(self, name: str, timeout: float | None = None) -> None:
+        """Start a component stop_component() stopped, as it was started (same ports, data, certificates,
+        log), and wait until it answers; ControlPlaneError (with its log's tail) if it does not in time."""
+        if name not in self._stopped:
+            raise ControlPlaneError(f"{name} was not stopped by stop_component()")
+        ports = self._ports_()
+        args, ready = {
+            "etcd": (self._etcd_args, lambda: self._http_ok(ports.etcd_client, "/health", tls=False)),
+            "kube-apiserver": (self._apiserver_args, lambda: self._http_ok(ports.apiserver, "/readyz")),
+            "kube-controller-manager": (self._controller_manager_args, lambda: True),
+            "kube-scheduler": (
+                self._scheduler_args,
+                lambda: self._http_ok(ports.scheduler, "/readyz", verify=False),
+            ),
+        }[name]
+        index = self._stopped.pop(name)
+        component = self._spawn(name, args())
+        self._components.remove(component)
+        self._components.insert(min(index, len(self._components)), component)  # stop() keeps its order
+        self._wait(component, time.monotonic() + (timeout or self.start_timeout), ready)
+
+    def restart(self, name: str, timeout: float | None = None) -> None:
+        """stop_component(name), then start_component(name)."""
+        self.stop_component(name)
+        self.start_component(name, timeout)
+
     def stop(self) -> None:
         """Stop every component (newest first) and remove the run directory; safe to call more than once."""
         atexit.unregister(self.stop)
         for component in reversed(self._components):
             terminate(component.process)
         self._components.clear()
+        self._stopped.clear()
         if self._run_dir is not None and not self.keep_run_dir and self._requested_run_dir is None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -24,14 +25,29 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 class KubeError(Exception):
-    """An API call failed; `status` is the HTTP status (409 conflict, 404 not found, 422 invalid, ...)."""
+    """An API call failed; `status` is the HTTP status (409 conflict, 404 not found, 422 invalid, ...), or 0
+    when no answer came (the API server unreachable); `method` and `path` name the call when known."""
 
-    def __init__(self, status: int, reason: str, body: Any = None) -> None:
+    def __init__(
+        self, status: int, reason: str, body: Any = None, *, method: str = "", path: str = ""
+    ) -> None:
         self.status = status
         self.reason = reason
         self.body = body
-        message = body.get("message") if isinstance(body, dict) else None
-        super().__init__(f"{status} {reason}: {message or body}")
+        self.method = method
+        self.path = path
+        super().__init__(f"{status} {reason}: {self.message}")
+
+    @property
+    def message(self) -> str:
+        """The Status message; for a refused object its causes (`field: why`), which leave out the object's
+        name — a generated name differs on every try, and the message should not."""
+        body = self.body if isinstance(self.body, dict) else {}
+        causes = [c for c in (body.get("details") or {}).get("causes") or [] if isinstance(c, dict)]
+        if causes:
+            return "; ".join(f"{c['field']}: {c.get('message')}" if c.get("field") else str(c.get("message"))
+                             for c in causes)  # fmt: skip
+        return str(body.get("message") or self.body)
 
     @property
     def conflict(self) -> bool:
@@ -40,6 +56,31 @@ class KubeError(Exception):
     @property
     def not_found(self) -> bool:
         return self.status == 404
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status == 0
+
+    @property
+    def permanent(self) -> bool:
+        """Repeating the same request cannot succeed: it was refused as invalid (400, or 422 with reason
+        Invalid) or forbidden (403). A failed JSON-patch `test` is also a 422, but with another reason: that
+        is a precondition, and a fresh read fixes it."""
+        if self.status in (400, 403):
+            return True
+        return self.status == 422 and isinstance(self.body, dict) and self.body.get("reason") == "Invalid"
+
+
+class NotLeading(KubeError):
+    """A write refused by this process itself: it no longer holds the leader Lease (see Kube.may_write)."""
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(0, "NotLeading", "not the leader: write withheld", method=method, path=path)
+
+
+#: What a request raises when no HTTP answer came: refused or reset connections, TLS failures, timeouts
+#: (TimeoutError is an OSError).
+UNREACHABLE = (aiohttp.ClientError, OSError)
 
 
 def path_of(
@@ -84,10 +125,23 @@ def resource_of(path: str) -> str:
 class Kube:
     """JSON calls against the API server; counts writes per (verb, resource) for the API-cost figures."""
 
-    def __init__(self, api: k8s.ApiClient, on_write: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        on_write: Callable[[str, str], None] | None = None,
+        may_write: Callable[[str], bool] | None = None,
+        on_reachable: Callable[[bool], None] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.api = api
+        # kubernetes_asyncio waits forever by default; a call that hangs (etcd away) would hold its item.
+        self.timeout = timeout
         self.writes: collections.Counter[tuple[str, str]] = collections.Counter()
         self.on_write = on_write
+        # Asked right before each write is sent (given its path): a fence for a leader that may have lost its
+        # Lease while it was between two awaits (paused, starved), so no stale decision reaches the server.
+        self.may_write = may_write
+        self.on_reachable = on_reachable
 
     async def request(
         self,
@@ -97,8 +151,11 @@ class Kube:
         *,
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - handed to aiohttp, which enforces it
     ) -> Json:
         if method != "GET":
+            if self.may_write is not None and not self.may_write(path):
+                raise NotLeading(method, path)
             resource = resource_of(path)
             self.writes[(method, resource)] += 1
             if self.on_write is not None:
@@ -113,14 +170,26 @@ class Kube:
                 response_types_map={200: "object", 201: "object", 202: "object"},
                 auth_settings=["BearerToken"],
                 _return_http_data_only=True,
+                _request_timeout=timeout or self.timeout,
             )
         except ApiException as exc:
+            self._reachable(True)
             try:
                 parsed = json.loads(exc.body) if exc.body else None
             except ValueError:
                 parsed = exc.body
-            raise KubeError(int(exc.status or 0), str(exc.reason), parsed) from None
+            raise KubeError(int(exc.status or 0), str(exc.reason), parsed, method=method, path=path) from None
+        except UNREACHABLE as exc:
+            # No answer at all: an expected condition (apiserver restarting), reported without a traceback.
+            self._reachable(False)
+            detail = f"{type(exc).__name__}: {exc}"
+            raise KubeError(0, "Unreachable", detail, method=method, path=path) from None
+        self._reachable(True)
         return data if isinstance(data, dict) else {}
+
+    def _reachable(self, reachable: bool) -> None:
+        if self.on_reachable is not None:
+            self.on_reachable(reachable)
 
     async def get(self, path: str) -> Json | None:
         """GET an object; None when it does not exist."""
@@ -158,6 +227,8 @@ class Kube:
         """Whether the API server serves `plural` in `group/version` (discovery)."""
         try:
             doc = await self.request("GET", f"/apis/{group_version}")
-        except KubeError:
+        except KubeError as exc:
+            if exc.unreachable or exc.status >= 500:
+                raise  # no answer is not a "no": the caller waits for one
             return False
         return any(r.get("name") == plural for r in doc.get("resources", []))

@@ -1,9 +1,20 @@
 """Leader election with a coordination.k8s.io/v1 Lease: one replica writes, every replica watches and indexes.
 
 As client-go does it: a candidate takes the Lease when it is free or when its record has not changed for
-leaseDurationSeconds as observed on the candidate's own clock (no clock comparison between replicas); the
-holder renews every `retry` seconds and, if it cannot renew within `renew_deadline`, gives up leadership —
-the operator then exits so that no write of a former leader can follow a new leader's.
+leaseDurationSeconds as observed on the candidate's own clock (no clock comparison between replicas). The
+holder renews every `retry` seconds and counts itself the leader only until `renew_deadline` seconds after
+the start of its last successful renewal, on its own monotonic clock. `leading` is computed from that clock
+when it is read, not set by the renew loop, so a process that was paused (SIGSTOP, a long GC, a starved CPU)
+sees at once on waking that it no longer leads — before the loop had a chance to run — and withholds its
+writes.
+
+Why the deadline is safe: a renewal starts at t0 (our clock) and lands in the Lease at some t1 >= t0; any
+candidate first sees that record at t2 >= t1 and may take over only after t2 + leaseDuration. We stop at
+t0 + renew_deadline < t2 + leaseDuration because renew_deadline < leaseDuration, with the difference as the
+margin for clock-rate drift and the candidate's own delays.
+
+A holder that loses the Lease stands down (stops writing, campaigns again); it does not exit, so an API server
+restart longer than the deadline costs a hand-over, not a crash loop.
 """
 
 from __future__ import annotations
@@ -19,6 +30,28 @@ from dra_operator.kube.client import Kube, KubeError, path_of
 
 log = logging.getLogger(__name__)
 
+#: The shortest lease accepted: its renew deadline (2/3) must leave room for a few renewal attempts, each a
+#: GET and a PUT that may take a second on a loaded API server.
+MIN_LEASE_SECONDS = 3
+#: renewDeadline / leaseDuration and retryPeriod / renewDeadline: client-go's defaults (15 s, 10 s, 2 s).
+RENEW_FRACTION = 2 / 3
+RETRY_FRACTION = 1 / 5
+
+
+class LeaseTooShort(ValueError):
+    """The lease duration leaves no safe renew deadline."""
+
+
+def timings(lease_seconds: float) -> tuple[float, float]:
+    """(renew_deadline, retry) for a lease of `lease_seconds`: 15 -> (10, 2) (client-go), 5 -> (3.3, 0.67)."""
+    if lease_seconds < MIN_LEASE_SECONDS:
+        raise LeaseTooShort(
+            f"a lease of {lease_seconds:g}s is too short to renew safely: the leader must stop within 2/3 "
+            f"of it and renew several times before; use at least {MIN_LEASE_SECONDS}s (client-go uses 15s)"
+        )
+    renew_deadline = lease_seconds * RENEW_FRACTION
+    return renew_deadline, renew_deadline * RETRY_FRACTION
+
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -33,17 +66,37 @@ class LeaseElector:
         identity: str,
         *,
         lease_seconds: int = 15,
-        renew_deadline: float = 10.0,
-        retry: float = 2.0,
+        renew_deadline: float | None = None,
+        retry: float | None = None,
         on_started: Callable[[], None] = lambda: None,
         on_stopped: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        derived_deadline, derived_retry = (
+            timings(lease_seconds) if renew_deadline is None or retry is None else (renew_deadline, retry)
+        )
+        renew_deadline = derived_deadline if renew_deadline is None else renew_deadline
+        retry = derived_retry if retry is None else retry
+        if not 0 < retry < renew_deadline < lease_seconds:
+            raise LeaseTooShort(
+                f"need 0 < retry ({retry:g}s) < renew deadline ({renew_deadline:g}s) "
+                f"< lease ({lease_seconds}s)"
+            )
         self.kube = kube
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_seconds, self.renew_deadline, self.retry = lease_seconds, renew_deadline, retry
         self.on_started, self.on_stopped = on_started, on_stopped
-        self.leading = False
+        self._clock = clock
+        self._valid_until: float | None = (
+            None  # our clock: the end of the leadership the last renewal gave us
+        )
+        self._announced = False  # on_started was called and on_stopped not yet
         self._observed: tuple[Any, float] = (None, 0.0)  # (record, monotonic time it was first seen)
+
+    @property
+    def leading(self) -> bool:
+        """Whether this replica may act as the leader right now (see the module docstring)."""
+        return self._valid_until is not None and self._clock() < self._valid_until
 
     @property
     def _path(self) -> str:
@@ -77,9 +130,9 @@ class LeaseElector:
         holder = spec.get("holderIdentity")
         record = (holder, spec.get("renewTime"), spec.get("acquireTime"))
         if record != self._observed[0]:
-            self._observed = (record, time.monotonic())
+            self._observed = (record, self._clock())
         duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)
-        expired = time.monotonic() - self._observed[1] > duration
+        expired = self._clock() - self._observed[1] > duration
         if holder and holder != self.identity and not expired:
             return False
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
@@ -89,40 +142,50 @@ class LeaseElector:
         spec = updated.get("spec") or {}
         self._observed = (
             (spec.get("holderIdentity"), spec.get("renewTime"), spec.get("acquireTime")),
-            time.monotonic(),
+            self._clock(),
         )
         return True
 
     async def run(self) -> None:
-        """Campaign until leading, then renew until that fails for renew_deadline seconds."""
-        last_renewed = 0.0
+        """Campaign, lead while renewals succeed, stand down when the deadline passes, campaign again."""
         while True:
+            started = self._clock()
             try:
-                held = await self._try()
+                # A renewal that hangs must not hold the loop past the deadline it is racing.
+                async with asyncio.timeout(self.renew_deadline):
+                    held = await self._try()
             except KubeError as exc:
                 log.info("lease attempt failed: %s", exc)
                 held = False
-            now = time.monotonic()
+            except TimeoutError:
+                log.info("lease attempt timed out after %.1fs", self.renew_deadline)
+                held = False
             if held:
-                last_renewed = now
-                if not self.leading:
-                    self.leading = True
+                self._valid_until = started + self.renew_deadline
+                if not self._announced:
+                    self._announced = True
                     log.info(
                         "became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity
                     )
                     self.on_started()
-            elif self.leading and now - last_renewed > self.renew_deadline:
-                self.leading = False
-                log.error("lost the lease %s/%s", self.namespace, self.name)
+            elif self._announced and not self.leading:
+                self._announced = False
+                self._valid_until = None
+                log.warning(
+                    "lost the lease %s/%s (not renewed within %.1fs): standing down",
+                    self.namespace,
+                    self.name,
+                    self.renew_deadline,
+                )
                 self.on_stopped()
-                return
             await asyncio.sleep(self.retry)
 
     async def release(self) -> None:
         """On a graceful stop: hand the Lease over at once (empty holder) instead of letting it expire."""
         if not self.leading:
             return
-        self.leading = False
+        self._valid_until = None
+        self._announced = False
         try:
             lease = await self.kube.get(self._path)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:

@@ -8,6 +8,21 @@ import sys
 import structlog
 
 
+class RetriesAreWarnings(logging.Filter):
+    """Kopf logs each retried API request at ERROR ("Request attempt #N failed; will retry"): while the API
+    server restarts that is expected and handled, so it is a WARNING; an escalated one stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and record.name.startswith("kopf")
+            and "will retry" in str(record.msg)
+            and not record.exc_info
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup(level: str = "INFO") -> None:
     """One JSON object per line on stderr, for our structlog loggers and stdlib ones (Kopf, aiohttp)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
@@ -33,6 +48,7 @@ def setup(level: str = "INFO") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(RetriesAreWarnings())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import socket
-import tempfile
+import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,8 @@ from kubernetes_asyncio import config as k8s_config
 from dra_operator.admission import configuration, tls
 from dra_operator.admission import webhook as admission
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
-from dra_operator.kube.client import Kube
-from dra_operator.operator import handlers, logs, metrics
+from dra_operator.kube.client import Kube, KubeError, NotLeading
+from dra_operator.operator import handlers, leader, logs, metrics
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.leader import LeaseElector
@@ -72,7 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     election.add_argument("--no-leader-election", dest="leader_election", action="store_false")
     parser.add_argument("--lease-namespace", default=None)
     parser.add_argument("--lease-name", default="dra-operator")
-    parser.add_argument("--lease-seconds", type=int, default=15)
+    parser.add_argument(
+        "--lease-seconds",
+        type=int,
+        default=15,
+        help=f"Lease seconds (at least {leader.MIN_LEASE_SECONDS}); renew deadline 2/3, retry 1/5 of that",
+    )
     parser.add_argument("--nvidia-driver", default=NVIDIA_DRIVER, help="driver name of NVML GPUs")
     parser.add_argument(
         "--workers", type=int, default=4, help="Pods and claims handled at once (allocation stays serialized)"
@@ -143,6 +150,36 @@ def _cert_hosts(args: argparse.Namespace) -> list[str]:
     return hosts
 
 
+#: Seconds between checks that the API server answers (readiness), and the most a check may take.
+PROBE_SECONDS = 2.0
+PROBE_TIMEOUT = 5.0
+
+
+class EndlessBackoffs:
+    """Kopf's `networking.error_backoffs` that never run out: 0.5, 1, 2, 4, then 5 s forever.
+
+    With Kopf's finite default, a request that fails for about a minute (API server down) escalates, its watch
+    task dies and the whole operator exits; an API server restart must be waited for, not crashed on. An
+    iterable (not a generator) so that each request gets a fresh sequence, and not Sized, so Kopf counts none.
+    """
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((0.5, 1.0, 2.0, 4.0), itertools.repeat(5.0))
+
+
+async def wait_for_apiserver(kube: Kube, group_version: str, plural: str) -> bool:
+    """Whether `group_version` serves `plural`, asked until the API server answers (a replica started while it
+    is down waits for it, instead of exiting)."""
+    delay = 0.5
+    while True:
+        try:
+            return await kube.served(group_version, plural)
+        except KubeError as exc:
+            log.warning("waiting for the API server", error=str(exc), retry_in=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
 async def run(args: argparse.Namespace) -> int:
     cfg = await _load_configuration(args)
     api = k8s.ApiClient(cfg)
@@ -153,18 +190,38 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiClient) -> int:
-    kube = Kube(api, on_write=lambda verb, resource: metrics.WRITES.labels(verb, resource).inc())
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    elector: LeaseElector | None = None
+    warm = False
+    reachable = {"now": True}  # the API server's last answer (or its absence)
+
+    def leading() -> bool:
+        return elector is None or elector.leading
+
+    def may_write(path: str) -> bool:
+        # Every write but the Lease's own is a leader's: withheld the moment leadership lapses.
+        return leading() or "/leases" in path
+
+    def on_reachable(answered: bool) -> None:
+        reachable["now"] = answered
+        metrics.REACHABLE.set(1 if answered else 0)
+        metrics.READY.set(1 if warm and answered else 0)
+
+    kube = Kube(
+        api,
+        on_write=lambda verb, resource: metrics.WRITES.labels(verb, resource).inc(),
+        may_write=may_write,
+        on_reachable=on_reachable,
+    )
     state = State()
     recorder = Recorder(kube, host=socket.gethostname())
     allocator = Allocator(nvidia_driver=args.nvidia_driver)
-    elector: LeaseElector | None = None
     reconciler = Reconciler(
         kube,
         state,
         recorder,
         allocator,
-        is_leader=lambda: elector is None or elector.leading,
+        is_leader=leading,
         namespaces=tuple(args.namespace),
         workers=args.workers,
     )
@@ -173,7 +230,8 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     exit_code = 0
     tasks: list[asyncio.Task[Any]] = []
 
-    ctx.builtin_dra = await kube.served("resource.k8s.io/v1", "resourceclaims")
+    metrics.serve(args.metrics_port, args.metrics_host)
+    ctx.builtin_dra = await wait_for_apiserver(kube, "resource.k8s.io/v1", "resourceclaims")
     log.info("cluster inspected", builtin_dra=ctx.builtin_dra)
 
     if args.tls_cert_file:
@@ -183,7 +241,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
             ca=Path(args.tls_ca_file or args.tls_cert_file),
         )
     else:
-        certs = tls.generate(Path(tempfile.mkdtemp(prefix="dra-operator-tls-")), _cert_hosts(args))
+        certs = tls.in_memory(_cert_hosts(args))
 
     excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
 
@@ -201,12 +259,22 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         if args.no_webhook_config:
             metrics.CONFIGURED.set(1)
             return
-        try:
-            desired = desired_configuration()
-            await admission.apply_configuration(kube, desired)
-        except Exception:
-            log.exception("webhook configuration not applied")
-            raise
+        delay = 0.5
+        while True:
+            try:
+                desired = desired_configuration()
+                await admission.apply_configuration(kube, desired)
+                break
+            except NotLeading:
+                return  # the new leader configures it
+            except KubeError as exc:
+                if exc.permanent:
+                    log.error("webhook configuration refused", error=str(exc))
+                    raise
+                # The API server is away (restarting): it is configured once it answers.
+                log.warning("webhook configuration not applied yet", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
         metrics.CONFIGURED.set(1)
         log.info("webhook configured", webhook=desired["webhooks"][0]["clientConfig"].get("url", "service"))
 
@@ -229,13 +297,23 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
                 except Exception:  # logged there; try again at the next change or restart
                     bundle = b""
 
-    def leading() -> bool:
-        return elector is None or elector.leading
+    async def probe_apiserver() -> None:
+        """Ask the API server (and through it etcd: a LIST is a quorum read) whether it answers, so readiness
+        follows it even while nothing else calls; the answer lands in on_reachable."""
+        while True:
+            try:
+                await kube.request("GET", "/api/v1/namespaces", query=[("limit", "1")], timeout=PROBE_TIMEOUT)
+            except KubeError as exc:
+                if exc.unreachable or exc.status >= 500:
+                    on_reachable(False)
+            await asyncio.sleep(PROBE_SECONDS)
 
     def on_warm() -> None:
         # Every replica: caches are complete, so admission may answer; the leader also starts writing.
+        nonlocal warm
+        warm = True
         ctx.ready.set()
-        metrics.READY.set(1)
+        on_reachable(True)
         log.info("caches filled: serving admission")
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if args.resync_seconds > 0:
@@ -251,10 +329,10 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
             reconciler.enqueue_everything()
 
     def on_lost() -> None:
-        nonlocal exit_code
+        # Stand down, do not exit: writes are already withheld (may_write), queued items are skipped, and the
+        # elector campaigns again. Exiting would turn every API server restart longer than the renew deadline
+        # into a crash loop.
         metrics.LEADER.set(0)
-        exit_code = 3
-        stop.set()
 
     if args.leader_election:
         elector = LeaseElector(
@@ -295,8 +373,15 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
 
+    settings.networking.error_backoffs = EndlessBackoffs()
+
+    @kopf.on.probe(id="apiserver", registry=registry)
+    def apiserver_probe(**_: Any) -> bool:
+        # Shown in Kopf's /healthz answer; liveness shares that endpoint, so it reports and never fails.
+        return reachable["now"]
+
     recorder.start()
-    metrics.serve(args.metrics_port, args.metrics_host)
+    tasks.append(asyncio.create_task(probe_apiserver(), name="apiserver-probe"))
     if elector is not None:
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
     if args.tls_cert_file:
@@ -329,6 +414,12 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
 
 def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
+    if args.leader_election:
+        try:
+            leader.timings(args.lease_seconds)
+        except leader.LeaseTooShort as exc:
+            print(f"dra-operator run: --lease-seconds {args.lease_seconds}: {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

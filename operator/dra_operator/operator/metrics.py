@@ -35,7 +35,18 @@ RELEASES = Counter(
     "dra_operator_deallocations", "Claims deallocated after their last consumer left", registry=REGISTRY
 )
 READY = Gauge(
-    "dra_operator_ready", "1 once the caches are filled (admission is served from then on)", registry=REGISTRY
+    "dra_operator_ready",
+    "1 while the caches are filled and the API server answers (0 before, and while it is unreachable)",
+    registry=REGISTRY,
+)
+REACHABLE = Gauge(
+    "dra_operator_apiserver_reachable", "1 while the API server answers this replica", registry=REGISTRY
+)
+REJECTED_WRITES = Counter(
+    "dra_operator_rejected_writes",
+    "Writes the API server refused for good (400, 403, 422 Invalid), by HTTP status; retried with backoff",
+    ["status"],
+    registry=REGISTRY,
 )
 CONFIGURED = Gauge(
     "dra_operator_webhook_configured",

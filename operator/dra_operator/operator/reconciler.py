@@ -6,6 +6,13 @@ leader exits before its lease could pass on), so no two replicas allocate at onc
 precondition (resourceVersion, or a JSON-patch `test`), so a decision made from a stale cache — after a
 restart, or a claim changed meanwhile — fails and is retried instead of handing out one device twice.
 Every step is idempotent and starts from what the objects say, so a restart mid-flight resumes where it was.
+
+Failed writes are retried by kind: a failed precondition (409, a JSON-patch `test`) or a vanished object at
+once after a fresh read; an error that cannot heal by itself (400, 403, 422 Invalid) is told to the user — a
+Warning event `WriteRejected` on the Pod (or claim) and a `WriteRejected` condition on the claim written to —
+and retried with exponential backoff (1 s doubling to PERMANENT_BACKOFF_CAP); every other error (5xx, no
+answer) with backoff up to TRANSIENT_BACKOFF_CAP. A watch event on the Pod, a claim or a template enqueues the
+item at once whatever its backoff, so fixing the input is acted on without waiting.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import structlog
 
 from dra_operator.admission import names
 from dra_operator.api.resource import RESERVED_FOR_MAX
-from dra_operator.kube.client import Kube, KubeError, ours, path_of
+from dra_operator.kube.client import Kube, KubeError, NotLeading, ours, path_of
 from dra_operator.operator import metrics
 from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure
 from dra_operator.operator.events import Recorder
@@ -46,6 +53,18 @@ log = structlog.get_logger("dra_operator.reconciler")
 POD, CLAIM = "pod", "claim"
 Item = tuple[str, str, str]  # (POD|CLAIM, namespace, name)
 
+#: Backoff of an item whose writes keep failing: 1 s, 2 s, 4 s, ... up to these caps (seconds).
+PERMANENT_BACKOFF_CAP = 300.0  # refused (400, 403, 422 Invalid): only a change of the inputs can help
+TRANSIENT_BACKOFF_CAP = 30.0  # 5xx, no answer, unexpected errors: the server or the network heals
+#: Failed preconditions in a row retried at once (a fresh read fixes them) before they back off too.
+IMMEDIATE_RETRIES = 3
+WRITE_REJECTED = "WriteRejected"
+
+
+def backoff(failures: int, cap: float) -> float:
+    """Seconds to wait after the `failures`-th failure in a row: 1, 2, 4, ... capped at `cap`."""
+    return float(min(cap, 2.0 ** max(0, failures - 1)))
+
 
 @dataclass
 class Reconciler:
@@ -62,6 +81,8 @@ class Reconciler:
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     _queued: set[Item] = field(default_factory=set)
     _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
+    # Item -> failures in a row (reset by a success), for the backoff.
+    _failures: dict[Item, int] = field(default_factory=dict)
     # Pod uid -> when this replica first saw it gated (monotonic), for the allocation latency histogram.
     _first_seen: dict[str, float] = field(default_factory=dict)
 
@@ -135,23 +156,99 @@ class Reconciler:
                 await self.sync_pod(namespace, name)
             else:
                 await self.sync_claim(namespace, name)
+        except NotLeading:
+            # The Lease passed on while this item was in flight: it is the new leader's now.
+            log.info("not leading any more: item dropped", kind=kind, namespace=namespace, name=name)
         except KubeError as exc:
-            # A conflict means we decided on stale data: look again at once; other errors back off.
-            log.info("write failed, retrying", kind=kind, namespace=namespace, name=name, error=str(exc))
-            if exc.conflict or exc.status == 422:
-                await self._refresh(item)
-                self.enqueue(*item)
-            elif exc.not_found:
-                self.enqueue(*item)
-            else:
-                self.retry_later(item, 2.0)
+            await self._failed(item, exc)
         except Exception:
-            log.exception("reconcile failed", kind=kind, namespace=namespace, name=name)
-            self.retry_later(item, 5.0)
+            failures = self._failures[item] = self._failures.get(item, 0) + 1
+            delay = backoff(failures, TRANSIENT_BACKOFF_CAP)
+            log.exception("reconcile failed", kind=kind, namespace=namespace, name=name, retry_in=delay)
+            self.retry_later(item, delay)
+        else:
+            self._failures.pop(item, None)
         finally:
             if kind == POD:
                 metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
             metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
+
+    async def _failed(self, item: Item, exc: KubeError) -> None:
+        """Schedule the retry a failed write deserves (see the module docstring), and say why when it was
+        refused for good."""
+        kind, namespace, name = item
+        failures = self._failures[item] = self._failures.get(item, 0) + 1
+        where = {"kind": kind, "namespace": namespace, "name": name, "call": f"{exc.method} {exc.path}"}
+        if exc.permanent:
+            delay = backoff(failures, PERMANENT_BACKOFF_CAP)
+            metrics.REJECTED_WRITES.labels(str(exc.status)).inc()
+            log.warning("write refused", **where, error=str(exc), failures=failures, retry_in=delay)
+            await self._report_rejection(item, exc)
+            self.retry_later(item, delay)
+        elif exc.conflict or exc.status == 422 or exc.not_found:
+            # Decided on stale data (or the object went): read again and look once more.
+            log.info("precondition failed, retrying", **where, error=str(exc), failures=failures)
+            await self._refresh(item)
+            if failures <= IMMEDIATE_RETRIES:
+                self.enqueue(*item)
+            else:
+                self.retry_later(item, backoff(failures - IMMEDIATE_RETRIES, TRANSIENT_BACKOFF_CAP))
+        else:
+            delay = backoff(failures, TRANSIENT_BACKOFF_CAP)
+            # No answer or a server error: expected while the API server or etcd restarts; no traceback.
+            log.warning("write failed, retrying", **where, error=str(exc), failures=failures, retry_in=delay)
+            self.retry_later(item, delay)
+
+    async def _report_rejection(self, item: Item, exc: KubeError) -> None:
+        """A Warning event on the item's object and a WriteRejected condition on the claim written to (for a
+        refused Pod patch: on the Pod's claims). A new claim that could not be created has no condition to
+        carry: its Pod's event says why."""
+        kind, namespace, name = item
+        what = _refused_call(exc)
+        obj = self.state.get(PODS if kind == POD else CLAIMS, (namespace, name))
+        targets: list[Json] = []
+        claim_name = _claim_in_path(exc.path)
+        if claim_name is not None:
+            claim = self.state.get(CLAIMS, (namespace, claim_name))
+            targets = [claim] if claim is not None else []
+        elif obj is not None and kind == POD and "/pods/" in exc.path:
+            targets = self._claims_of_pod(obj)
+        if obj is not None:
+            hint = (
+                "fix the template, claim or Pod: it is retried at once when one of them changes"
+                if kind == POD
+                else "it is retried when the claim or its Pods change"
+            )
+            self.recorder.warning(obj, WRITE_REJECTED, f"{what}; {hint}")
+        for claim in targets:
+            await self._set_condition(claim, _rejection_reason(exc), what)
+
+    async def _set_condition(self, claim: Json, reason: str, message: str) -> None:
+        """Merge-patch a WriteRejected=True condition into the claim's status (unless it says so already)."""
+        status = claim.get("status") or {}
+        conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
+        current = next((c for c in conditions if c.get("type") == WRITE_REJECTED), None)
+        if current and current.get("reason") == reason and current.get("message") == message:
+            return  # its watch event would only bring this item back: write nothing
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        condition = {
+            "type": WRITE_REJECTED,
+            "status": "True",
+            "reason": reason,
+            "message": message[:1024],
+            "lastTransitionTime": (current or {}).get("lastTransitionTime") or now,
+        }
+        rest = [c for c in conditions if c.get("type") != WRITE_REJECTED]
+        try:
+            written = await self.kube.merge_patch(
+                ours("resourceclaims", *_key(claim), subresource="status"),
+                {"status": {"conditions": [*rest, condition]}},
+            )
+        except KubeError as exc:  # the report is best effort; the event and the log carry it too
+            log.warning("condition not written", claim=_name(claim), error=str(exc))
+            return
+        if written.get("metadata"):
+            self.state.wrote(CLAIMS, written)
 
     async def resync(self) -> None:
         """Compare the caches with a LIST: Kopf's relist after a watch error never drops objects deleted
@@ -572,6 +669,38 @@ def _deleting(obj: Mapping[str, Any]) -> bool:
 def _devices(allocation: Mapping[str, Any]) -> str:
     results = (allocation.get("devices") or {}).get("results") or []
     return ",".join(f"{r.get('driver')}/{r.get('pool')}/{r.get('device')}" for r in results)
+
+
+def _claim_in_path(path: str) -> str | None:
+    """The claim a REST path names (`.../resourceclaims/NAME[/status]`), None for the collection or others."""
+    parts = path.split("?")[0].rstrip("/").split("/")
+    if "resourceclaims" in parts:
+        index = parts.index("resourceclaims")
+        if index + 1 < len(parts):
+            return parts[index + 1]
+    return None
+
+
+def _rejection_reason(exc: KubeError) -> str:
+    """The condition reason: the Status reason the API server gave (Invalid, Forbidden, BadRequest)."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return str(body.get("reason") or exc.reason or exc.status).replace(" ", "")
+
+
+def _refused_call(exc: KubeError) -> str:
+    """`the API server refused to create a ResourceClaim (422 Invalid): <its message>`."""
+    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+    parts = exc.path.split("?")[0].rstrip("/").split("/")
+    plural = next((p for p in reversed(parts) if p in ("resourceclaims", "pods", "events")), parts[-1])
+    target = _claim_in_path(exc.path) or (parts[-1] if plural == "pods" and parts[-2] == "pods" else "")
+    noun = {"resourceclaims": "ResourceClaim", "pods": "Pod", "events": "Event"}.get(plural, plural)
+    what = f"{noun} {target}".strip() if target else f"a {noun}"
+    status = "status of " if parts[-1] == "status" else ""
+    verb = verbs.get(exc.method, exc.method.lower() or "write")
+    return (
+        f"the API server refused to {verb} {status}{what} ({exc.status} {_rejection_reason(exc)}): "
+        f"{exc.message}"
+    )
 
 
 def _conditions(status: Mapping[str, Any], reason: str) -> list[Json]:

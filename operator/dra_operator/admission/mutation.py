@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dra_operator.admission import names
-from dra_operator.api.pod import ONE_OF_MESSAGE
-
-# One message for neither *and* both names, as the issue asks (Kubernetes says "at most one of ..." for both).
+from dra_operator.api.pod import pod_claim_problems
 
 #: Where each supported kind keeps its Pod template (an empty path: the object is the Pod itself).
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -83,23 +81,33 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def claim_references(obj: Mapping[str, Any], kind: str) -> list[Reference]:
-    """The Pod (template)'s `spec.resourceClaims`, validated like the API server does it."""
+    """The Pod (template)'s `spec.resourceClaims`, after the whole core/v1 claim validation.
+
+    Runs before anything is moved: once the references are off the Pod the apiserver can no longer check
+    them, so every rule it would apply (see dra_operator.api.pod.pod_claim_problems) is applied here, with its
+    field paths and messages. Raises AdmissionRejected listing every problem.
+    """
     template = template_of(obj, kind)
     if template is None:
         return []
     spec = template.get("spec")
     refs = _as_list(spec.get("resourceClaims")) if isinstance(spec, Mapping) else []
-    prefix = ".".join(TEMPLATE_PATHS[kind] + ("spec", "resourceClaims"))
-    for index, ref in enumerate(refs):
-        if not isinstance(ref, Mapping):
-            raise AdmissionRejected(f"{prefix}[{index}]: must be an object")
-        has_claim = bool(ref.get("resourceClaimName"))
-        has_template = bool(ref.get("resourceClaimTemplateName"))
-        if has_claim == has_template:
-            raise AdmissionRejected(f"{prefix}[{index}]: {ONE_OF_MESSAGE}")
-        if not ref.get("name"):
-            raise AdmissionRejected(f"{prefix}[{index}].name: Required value")
+    problems = pod_claim_problems({"spec": spec}) if isinstance(spec, dict) else []
+    if problems:
+        prefix = "".join(key + "." for key in TEMPLATE_PATHS[kind])
+        raise AdmissionRejected(invalid_message(kind, obj, [(prefix + path, msg) for path, msg in problems]))
     return [dict(ref) for ref in refs]
+
+
+def invalid_message(kind: str, obj: Mapping[str, Any], problems: list[tuple[str, str]]) -> str:
+    """The apiserver's StatusError text: `Kind "name" is invalid: path: detail` (several in brackets)."""
+    metadata = obj.get("metadata")
+    name = ""
+    if isinstance(metadata, Mapping):
+        name = str(metadata.get("name") or metadata.get("generateName") or "")
+    errors = [f"{path}: {message}" if path else message for path, message in problems]
+    listed = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+    return f"{kind} {json.dumps(name)} is invalid: {listed}"
 
 
 def read_manifest(annotations: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -116,10 +124,22 @@ def read_manifest(annotations: Mapping[str, Any] | None) -> dict[str, Any]:
         manifest = {}
     if not isinstance(manifest, dict):
         manifest = {}
-    manifest.setdefault("resourceClaims", [])
-    manifest.setdefault("containers", {})
-    manifest.setdefault("initContainers", {})
-    manifest.setdefault("devices", {})
+    # Anyone can write the annotation (or copy it from elsewhere): parts of the wrong shape are dropped.
+    refs = _as_list(manifest.get("resourceClaims"))
+    manifest["resourceClaims"] = [r for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)]
+    for list_key in ("containers", "initContainers"):
+        containers = manifest.get(list_key)
+        manifest[list_key] = {
+            str(name): [r for r in entries if isinstance(r, dict) and isinstance(r.get("name"), str)]
+            for name, entries in (containers.items() if isinstance(containers, dict) else ())
+            if isinstance(entries, list)
+        }
+    devices = manifest.get("devices")
+    manifest["devices"] = {
+        str(key): {**spec, "claims": [c for c in spec["claims"] if isinstance(c, dict)]}
+        for key, spec in (devices.items() if isinstance(devices, dict) else ())
+        if isinstance(spec, dict) and isinstance(spec.get("claims"), list)
+    }
     return manifest
 
 
@@ -142,7 +162,11 @@ def _claim_requests(refs: list[Reference]) -> dict[str, list[str] | None]:
 
 def _set_env(container: dict[str, Any], env: list[dict[str, Any]]) -> None:
     ours = {item["name"] for item in env}
-    kept = [item for item in _as_list(container.get("env")) if item.get("name") not in ours]
+    kept = [
+        item
+        for item in _as_list(container.get("env"))
+        if not (isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"] in ours)
+    ]
     container["env"] = kept + env
 
 
@@ -153,8 +177,8 @@ def _field_ref(annotation: str) -> dict[str, Any]:
 def mutate(obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True) -> Mutation:
     """Move this operator's claim references off the Pod (template) in `obj`; see the module docstring.
 
-    Raises AdmissionRejected for a reference with neither or both claim names. Returns the unchanged copy
-    (`changed` False) when no reference is ours.
+    Raises AdmissionRejected for claim references the apiserver would reject (see `claim_references`).
+    Returns the unchanged copy (`changed` False) when no reference is ours.
     """
     new: dict[str, Any] = copy.deepcopy(dict(obj))
     refs = claim_references(new, kind)
@@ -176,8 +200,9 @@ def mutate(obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True) -> 
     metadata: dict[str, Any] = template.setdefault("metadata", {})
     if not isinstance(metadata, dict):
         metadata = template["metadata"] = {}
-    annotations: dict[str, Any] = metadata.setdefault("annotations", {}) or {}
-    metadata["annotations"] = annotations
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, dict):
+        annotations = metadata["annotations"] = {}
     manifest = read_manifest(annotations)
     by_name = {ref["name"]: ref for ref in manifest["resourceClaims"]}
     by_name.update({ref["name"]: ref for ref in moved})

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
@@ -23,13 +20,7 @@ from helpers import install_crds
 from dra_operator.api.resource import API_VERSION, UPSTREAM_API_VERSION
 from dra_operator.controlplane import ApiError, ControlPlane, polling
 from dra_operator.operator.local import LocalOperator
-
-_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "admission" / "corpus.py"
-_spec = importlib.util.spec_from_file_location("_admission_corpus", _FILE)
-assert _spec is not None and _spec.loader is not None
-corpus: Any = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = corpus  # dataclasses look their module up there
-_spec.loader.exec_module(corpus)
+from fixtures.admission import corpus
 
 Verdict = tuple[bool, str]  # (accepted, kubectl's stderr)
 CONFIGURATIONS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")

@@ -33,7 +33,7 @@ from dra_operator.operator.local import (
     free_port,
     scrape_metrics,
 )
-from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
+from dra_operator.tools.helm import chart_dir, ensure_helm, isolated_env, run_helm, template
 
 CHART = chart_dir()
 VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
@@ -113,13 +113,7 @@ class Install:
         self.cp, self.helm, self.ns, self.work = cp, helm, namespace, work
         self.release = f"chart-{uuid.uuid4().hex[:6]}"
         self.processes: list[LocalProcess] = []
-        self.helm_env = {
-            **os.environ,
-            "KUBECONFIG": str(cp.kubeconfig),
-            "HELM_CACHE_HOME": str(work / "helm-cache"),
-            "HELM_CONFIG_HOME": str(work / "helm-config"),
-            "HELM_DATA_HOME": str(work / "helm-data"),
-        }
+        self.helm_env = isolated_env(cp.kubeconfig, work)
 
     def helm_run(self, *args: str) -> str:
         return run_helm([*args, "--namespace", self.ns], helm=self.helm, env=self.helm_env)

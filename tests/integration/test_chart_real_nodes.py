@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from helpers import seed
 from dra_operator.controlplane import ApiError, ControlPlane
 from dra_operator.realnodes import BUSYBOX_IMAGE, RealNodes
 from dra_operator.tools import image as images
-from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm
+from dra_operator.tools.helm import chart_dir, ensure_helm, isolated_env, run_helm
 
 Json = dict[str, Any]
 WaitFor = Callable[..., Any]
@@ -70,13 +69,7 @@ class Release:
     def __init__(self, cp: ControlPlane, work: Path) -> None:
         self.cp = cp
         self.helm = ensure_helm()
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(cp.kubeconfig),
-            "HELM_CACHE_HOME": str(work / "helm-cache"),
-            "HELM_CONFIG_HOME": str(work / "helm-config"),
-            "HELM_DATA_HOME": str(work / "helm-data"),
-        }
+        self.env = isolated_env(cp.kubeconfig, work)
 
     def helm_run(self, *args: str) -> str:
         return run_helm([*args, "--namespace", NAMESPACE], helm=self.helm, env=self.env)

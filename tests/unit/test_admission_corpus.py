@@ -3,9 +3,6 @@ the mutating webhook's Pod validation and the validating webhook's, plus the mod
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +10,7 @@ import pytest
 from dra_operator.admission import validation
 from dra_operator.admission.mutation import TEMPLATE_PATHS, AdmissionRejected, invalid_message, mutate
 from dra_operator.api.resource import API_VERSION, InvalidObject, load_object
-
-_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "admission" / "corpus.py"
-_spec = importlib.util.spec_from_file_location("_admission_corpus", _FILE)
-assert _spec is not None and _spec.loader is not None
-corpus: Any = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = corpus  # dataclasses look their module up there
-_spec.loader.exec_module(corpus)
+from fixtures.admission import corpus
 
 
 def our_refusal(case: Any) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import copy
 import importlib
 import io
 import re
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from dra_operator.agent.simulated import parse_inventory
 from dra_operator.cli import SUBCOMMANDS
-from dra_operator.tools.helm import chart_dir, ensure_helm, run_helm, template
+from dra_operator.tools.helm import chart_dir, coalesce_values, ensure_helm, run_helm, template
 
 CHART = chart_dir()
 VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
@@ -45,23 +44,10 @@ CLUSTER_KINDS = {
 }
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's coalescing of values: maps merge key by key, null removes a key, anything else replaces."""
-    result = copy.deepcopy(base)
-    for key, value in override.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
-
-
 def effective_values(files: list[Path]) -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
     for path in files:
-        values = merge(values, yaml.safe_load(path.read_text()))
+        values = coalesce_values(values, yaml.safe_load(path.read_text()))
     return values
 
 

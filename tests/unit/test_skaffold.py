@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dra_operator.tools.helm import chart_dir, ensure_helm
+from dra_operator.tools.helm import chart_dir, coalesce_values, ensure_helm
 from dra_operator.tools.skaffold import GOMOD_DIR, SKAFFOLD_MODULE, SKAFFOLD_VERSION, ensure_skaffold
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,21 +152,9 @@ def skaffold(tmp_path_factory: pytest.TempPathFactory, docker_host: str) -> Skaf
 
 def values(*files: str) -> dict[str, Any]:
     """The chart's values after `files`, merged as helm merges them (maps key by key, null removes)."""
-
-    def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-        result = dict(base)
-        for key, value in override.items():
-            if value is None:
-                result.pop(key, None)
-            elif isinstance(value, dict) and isinstance(result.get(key), dict):
-                result[key] = merge(result[key], value)
-            else:
-                result[key] = value
-        return result
-
     merged: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
     for name in files:
-        merged = merge(merged, yaml.safe_load((ROOT / name).read_text()))
+        merged = coalesce_values(merged, yaml.safe_load((ROOT / name).read_text()))
     return merged
 
 

@@ -113,10 +113,45 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 @dataclass
-class _Component:
+class Component:
+    """A child process started by `spawn`: its name, process and log (shared by the control plane and the
+    real nodes)."""
+
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+
+    @classmethod
+    def spawn(
+        cls,
+        name: str,
+        argv: list[str],
+        log: Path,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Component:
+        """Start `argv` with its output appended to `log`, in its own process group (so a stop reaches any
+        helper it forks), killed by the kernel when the starting thread dies."""
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # only calls prctl(2)
+            )
+        return cls(name, process, log)
+
+    def exited(self) -> str | None:
+        """None while it runs, else what happened with the tail of its log (for an error message)."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        return f"{self.name} exited with code {code}; last lines of {self.log}:\n{log_tail(self.log)}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +192,7 @@ class ControlPlane:
         # Kubernetes' defaults (20/s and 50/s), which throttle the built-in DRA controllers under load.
         self.client_qps = client_qps
         self.verbosity = verbosity
-        self._components: list[_Component] = []
+        self._components: list[Component] = []
         self._stopped: dict[str, int] = {}  # component stopped by stop_component -> its place in the order
         self._run_dir: Path | None = None
         self._pki: ControlPlanePKI | None = None
@@ -502,28 +537,19 @@ class ControlPlane:
 
     # ---- processes and readiness -----------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> _Component:
-        log = self.run_dir / f"{name}.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.run_dir,
-                start_new_session=True,  # its own process group, so stop() reaches any helper it forks
-                preexec_fn=die_with_parent,  # only calls prctl(2)
-            )
-        component = _Component(name, process, log)
+    def _spawn(self, name: str, args: list[str]) -> Component:
+        component = Component.spawn(
+            name, [str(self.bin_dir / name), *args], self.run_dir / f"{name}.log", cwd=self.run_dir
+        )
         self._components.append(component)
         return component
 
-    def _fail(self, component: _Component, reason: str) -> ControlPlaneError:
+    def _fail(self, component: Component, reason: str) -> ControlPlaneError:
         return ControlPlaneError(
             f"{component.name} {reason}; last lines of {component.log}:\n{log_tail(component.log)}"
         )
 
-    def _wait(self, component: _Component, deadline: float, ready: Callable[[], bool]) -> None:
+    def _wait(self, component: Component, deadline: float, ready: Callable[[], bool]) -> None:
         while True:
             for running in self._components:
                 code = running.process.poll()
@@ -570,7 +596,7 @@ class ControlPlane:
         finally:
             conn.close()
 
-    def _wait_default_service_account(self, kcm: _Component, deadline: float) -> None:
+    def _wait_default_service_account(self, kcm: Component, deadline: float) -> None:
         namespace = f"dra-controlplane-ready-{uuid.uuid4().hex[:8]}"
         self.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
         path = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"

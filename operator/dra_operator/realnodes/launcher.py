@@ -45,11 +45,12 @@ import yaml
 
 from dra_operator.controlplane import build
 from dra_operator.controlplane.certs import load_ca
-from dra_operator.controlplane.launcher import ApiError, ControlPlane, die_with_parent, log_tail, terminate
+from dra_operator.controlplane.launcher import ApiError, Component, ControlPlane, log_tail, terminate
 from dra_operator.controlplane.polling import wait_until
 from dra_operator.pki import write_pem
 from dra_operator.realnodes import config, host
 from dra_operator.realnodes.images import busybox_image, pause_image
+from dra_operator.tools.docker import DockerError, apt_install
 
 DEFAULT_START_TIMEOUT = 180.0
 # Debian packages that provide what the nodes run beside our own builds (kubelet, CNI plugins, pause).
@@ -86,27 +87,14 @@ def available() -> tuple[bool, str]:
 
 
 def ensure_host_packages() -> None:
-    """Install the Debian packages of HOST_PACKAGES that are missing (root; apt-get)."""
+    """Install the Debian packages of HOST_PACKAGES that are missing (root; apt-get, as the image build)."""
     missing = sorted({package for command, package in HOST_PACKAGES.items() if not shutil.which(command)})
     if not missing:
         return
-    if not shutil.which("apt-get"):
-        raise RealNodesUnavailable(f"missing {', '.join(missing)} and no apt-get to install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
-        # A fresh machine has no package lists yet.
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
-        result = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RealNodesUnavailable(f"apt-get install {' '.join(missing)} failed: {result.stderr[-2000:]}")
-
-
-@dataclass
-class _Process:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    try:
+        apt_install(missing)
+    except DockerError as error:
+        raise RealNodesUnavailable(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -144,7 +132,7 @@ class RealNodes:
         self.start_timeout = start_timeout
         self.keep_run_dir = keep_run_dir
         self.nodes: list[Node] = []
-        self._processes: list[_Process] = []
+        self._processes: list[Component] = []
         self._state: host.ClusterState | None = None
         self._lock: IO[str] | None = None
         self._bin_dir: Path | None = None
@@ -430,28 +418,13 @@ class RealNodes:
 
     def _check(self) -> None:
         for process in self._processes:
-            code = process.process.poll()
-            if code is not None:
-                last = log_tail(process.log)
-                raise RealNodesError(
-                    f"{process.name} exited with code {code}; last lines of {process.log}:\n{last}"
-                )
+            if (exited := process.exited()) is not None:
+                raise RealNodesError(exited)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = self.run_dir / f"{name}.log"
         env = dict(os.environ)
         env["PATH"] = f"{self._bin()}{os.pathsep}{env.get('PATH', '')}"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=die_with_parent,  # only calls prctl(2)
-            )
-        self._processes.append(_Process(name, process, log))
+        self._processes.append(Component.spawn(name, argv, self.run_dir / f"{name}.log", env=env))
 
     def _delete_node_objects(self) -> None:
         # The control plane may outlive these nodes (a session fixture): leave no NotReady Node behind.

@@ -45,7 +45,7 @@ from types import TracebackType
 from typing import IO
 
 from dra_operator.controlplane.build import cache_root
-from dra_operator.controlplane.launcher import die_with_parent
+from dra_operator.controlplane.launcher import die_with_parent, log_tail
 from dra_operator.tools.gotool import ensure_go_tool
 
 Log = Callable[[str], None]
@@ -270,13 +270,6 @@ def client_env(base: Mapping[str, str], *, run_dir: Path, config_dir: Path | Non
 # ---- processes --------------------------------------------------------------------------------------------
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -435,7 +428,7 @@ class DockerDaemon:
         return result
 
     def logs(self, lines: int = 30) -> str:
-        return _tail(self.run_dir / "dockerd.log", lines)
+        return log_tail(self.run_dir / "dockerd.log", lines)
 
     def __enter__(self) -> DockerDaemon:
         return self.start()
@@ -576,11 +569,13 @@ class DockerDaemon:
                 if other is not None and other.poll() is not None:
                     log = self.run_dir / f"{other_name}.log"
                     raise DockerError(
-                        f"{other_name} exited with code {other.returncode}; {log}:\n{_tail(log)}"
+                        f"{other_name} exited with code {other.returncode}; {log}:\n{log_tail(log)}"
                     )
             log = self.run_dir / f"{name}.log"
             if time.monotonic() > deadline:
-                raise DockerError(f"{name} not ready after {self.start_timeout:.0f}s; {log}:\n{_tail(log)}")
+                raise DockerError(
+                    f"{name} not ready after {self.start_timeout:.0f}s; {log}:\n{log_tail(log)}"
+                )
             time.sleep(0.1)
 
 

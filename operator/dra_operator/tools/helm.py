@@ -10,6 +10,8 @@ dra_operator.tools.gotool, shared with the other tools built from Go modules.
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import subprocess
 import sys
 import tempfile
@@ -97,6 +99,31 @@ def template(
             args += ["--set-string", f"{key}={value}"]
         text = run_helm([*args, *extra_args], helm=helm)
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def coalesce_values(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of values files: maps merge key by key, null removes a key, the rest replaces."""
+    result = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = coalesce_values(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def isolated_env(kubeconfig: Path, work: Path) -> dict[str, str]:
+    """The environment for helm against `kubeconfig` with its cache, config and data under `work`, so
+    repositories and plugins of the user's own helm never leak in."""
+    return {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "HELM_CACHE_HOME": str(work / "helm-cache"),
+        "HELM_CONFIG_HOME": str(work / "helm-config"),
+        "HELM_DATA_HOME": str(work / "helm-data"),
+    }
 
 
 class HelmError(RuntimeError):

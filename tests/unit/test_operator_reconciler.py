@@ -16,6 +16,7 @@ from dra_operator.admission import names
 from dra_operator.admission.mutation import mutate
 from dra_operator.kube.client import KubeError, resource_of
 from dra_operator.operator.allocating import AllocationRequest, Failure, Placed
+from dra_operator.operator.placement import generated_claim
 from dra_operator.operator.reconciler import Reconciler
 from dra_operator.operator.state import CLAIMS, CLASSES, INDEXES, NODES, PODS, TEMPLATES, State, key_of
 
@@ -472,3 +473,126 @@ def test_pod_bound_at_creation_gets_a_warning_not_an_allocation() -> None:
     w.sync()
     w.run(w.reconciler.sync_pod(NS, "bound"))
     assert w.recorder.reasons("bound") == ["NotGated"] and w.allocator.calls == 0
+
+
+class NodeAwareAllocator:
+    """Places the Pod on the node its allocated claims share (n1 if none), giving each unallocated claim a
+    free device there; fails when they are on different nodes or the node is full, like the real one."""
+
+    def __init__(self, devices: dict[str, list[str]]) -> None:
+        self.devices = devices
+        self.calls = 0
+
+    def allocate(self, req: AllocationRequest) -> Placed | Failure:
+        self.calls += 1
+        nodes = {
+            (c.get("status") or {}).get("nodeName")
+            for c in req.claims.values()
+            if (c.get("status") or {}).get("allocation")
+        }
+        if len(nodes) > 1:
+            return Failure("AllocationFailed", f"claims allocated on different nodes: {sorted(nodes)}")
+        node = next(iter(nodes), None) or "n1"
+        used = {
+            r["device"]
+            for c in req.all_claims
+            for r in ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get("results", [])
+        }
+        free = [d for d in self.devices[node] if d not in used]
+        allocations = {}
+        for pod_claim, claim in req.claims.items():
+            if (claim.get("status") or {}).get("allocation"):
+                continue
+            if not free:
+                return Failure("AllocationFailed", f"node {node}: all devices in use")
+            allocations[pod_claim] = allocation_on(node, free.pop(0))
+        return Placed(node=node, allocations=allocations)
+
+
+def allocation_on(node: str, device: str) -> Json:
+    return {
+        "devices": {
+            "results": [{"request": "gpu", "driver": "d.example.com", "pool": node, "device": device}]
+        },
+        "nodeSelector": {
+            "nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+            ]
+        },
+    }
+
+
+def test_claims_of_an_unplaceable_pod_are_withdrawn_and_it_is_placed_on_the_next_try() -> None:
+    """The state a failed write or a leader change can leave (issue 10): Pod p's template claim allocated on
+    n2 and reserved for p alone, its shared claim allocated on n1 for a running Pod q. p cannot run on both
+    nodes; its reservation is withdrawn, the template claim deallocated, and the next try puts both on n1.
+    The shared claim keeps q."""
+    w = World()
+    w.allocator = NodeAwareAllocator({"n1": ["gpu-0", "gpu-1"], "n2": ["gpu-9"]})  # type: ignore[assignment]
+    w.reconciler.allocator = w.allocator  # type: ignore[assignment]
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
+    w.add(claims_path("shared"), copy.deepcopy(CLAIM))
+    w.add_pod("q", [{"name": "s", "resourceClaimName": "shared"}])
+    w.run(w.reconciler.sync_pod(NS, "q"))
+    assert not gated(w.pod("q"))
+
+    p = w.add_pod(
+        "p",
+        [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}, {"name": "s", "resourceClaimName": "shared"}],
+    )
+    template = w.kube.objects[
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl"
+    ]
+    made = asyncio.run(w.kube.create(claims_path(), generated_claim(p, "gpu", template)))
+    stray = w.kube.objects[claims_path(made["metadata"]["name"])]
+    stray["metadata"]["finalizers"] = [names.CLAIM_FINALIZER]
+    stray["status"] = {
+        "allocation": allocation_on("n2", "gpu-9"),
+        "nodeName": "n2",
+        "reservedFor": [{"resource": "pods", "name": "p", "uid": p["metadata"]["uid"]}],
+    }
+    w.kube._bump(stray)
+    w.sync()
+
+    w.run(w.reconciler.sync_pod(NS, "p"))  # fails, withdraws, and queues p again
+    assert gated(w.pod("p"))
+    withdrawn = w.kube.objects[claims_path(made["metadata"]["name"])]
+    assert "allocation" not in withdrawn["status"] and not withdrawn["status"].get("reservedFor")
+    assert ("pod", NS, "p") in w.reconciler._queued
+    assert [r["name"] for r in w.kube.objects[claims_path("shared")]["status"]["reservedFor"]] == ["q"]
+    assert "Deallocated" in w.recorder.reasons(made["metadata"]["name"])
+
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert not gated(w.pod("p"))
+    placed = w.kube.objects[claims_path(made["metadata"]["name"])]
+    assert placed["status"]["nodeName"] == "n1"
+    assert placed["status"]["allocation"]["devices"]["results"][0]["device"] == "gpu-1"
+    assert [r["name"] for r in w.kube.objects[claims_path("shared")]["status"]["reservedFor"]] == ["q", "p"]
+
+
+def test_a_release_waits_for_an_allocation_decision_in_flight() -> None:
+    """Releases take the decision lock: a claim is never deallocated between a Pod's decision and its
+    reservation (issue 10's 409 after a release in between)."""
+    w = World()
+    w.add(claims_path("shared"), copy.deepcopy(CLAIM))
+    w.add_pod("a", [{"name": "s", "resourceClaimName": "shared"}])
+    w.run(w.reconciler.sync_pod(NS, "a"))
+    w.finish("a")
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        async with w.reconciler._decide:
+            release = asyncio.create_task(w.reconciler.sync_claim(NS, "shared"))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            order.append("decision" if not release.done() else "release")
+        await release
+        order.append("release")
+        return order
+
+    assert asyncio.run(scenario()) == ["decision", "release"]
+    w.sync()
+    assert "allocation" not in w.kube.objects[claims_path("shared")]["status"]

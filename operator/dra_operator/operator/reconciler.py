@@ -457,6 +457,7 @@ class Reconciler:
         outcome = self.allocator.allocate(request)
         if isinstance(outcome, Failure):
             self._fail(pod, outcome.reason, outcome.message, claims=list(claims.values()))
+            await self._withdraw(pod, claims)
             return None
 
         allocations: dict[str, Json] = {}
@@ -465,6 +466,50 @@ class Reconciler:
             claim = await self._reserve(claim, pod, allocation, outcome.node)
             allocations[pod_claim] = claim["status"]["allocation"]
         return outcome.node, allocations, outcome.gpu_uuids
+
+    async def _withdraw(self, pod: Json, claims: Mapping[str, Json]) -> None:
+        """Undo what an unplaceable Pod holds, as kube-scheduler's PostFilter does: its reservation on each of
+        its claims goes, and a claim left with no consumer is deallocated, so the next attempt chooses every
+        claim afresh instead of being pinned to a node where the Pod cannot run (a template claim allocated on
+        one node and a shared claim on another, after a failed write or a leader change between the two).
+        Safe because the Pod is gated: nothing runs on its reservations, and other consumers keep theirs."""
+        uid = pod["metadata"]["uid"]
+        undone = False
+        for claim in claims.values():
+            claim = self.state.get(CLAIMS, _key(claim)) or claim
+            if uid not in reserved_uids(claim):
+                continue
+            keep = [r for r in (claim.get("status") or {}).get("reservedFor") or [] if r.get("uid") != uid]
+            await self._write_consumers(
+                claim, keep, f"pod {_name(pod)} cannot be placed: its reservation was withdrawn"
+            )
+            undone = True
+        if undone:
+            log.info("allocation withdrawn for an unplaceable pod", pod=_name(pod))
+            self.enqueue(POD, *_key(pod))
+
+    async def _write_consumers(self, claim: Json, keep: list[Json], why: str) -> Json:
+        """Write `keep` as the claim's consumers (one status PUT with its resourceVersion); with none left,
+        the allocation goes too. Returns the claim as written."""
+        new = copy.deepcopy(claim)
+        new_status = new.setdefault("status", {}) or {}
+        new["status"] = new_status
+        deallocate = not keep and bool(new_status.get("allocation"))
+        if deallocate:
+            for key in ("allocation", "nodeName", "reservedFor", "devices"):
+                new_status.pop(key, None)
+        else:
+            new_status["reservedFor"] = keep
+        new_status["state"] = claim_state(new)
+        new_status["conditions"] = _conditions(new_status, "Deallocated" if deallocate else "Released")
+        written = await self.kube.replace(ours("resourceclaims", *_key(claim), subresource="status"), new)
+        self.state.wrote(CLAIMS, written)
+        if deallocate:
+            metrics.RELEASES.inc()
+            self.recorder.normal(written, "Deallocated", f"{why}: devices released")
+            log.info("claim deallocated", claim=_name(claim))
+            self.enqueue_gated()
+        return written
 
     def _missing_classes(self, claims: Mapping[str, Json]) -> list[str]:
         """`claim X request R: device class C does not exist` for each unallocated request naming no class."""
@@ -550,7 +595,14 @@ class Reconciler:
     # -------------------------------------------------------------------------------------------- claims
 
     async def sync_claim(self, namespace: str, name: str) -> None:
-        """Drop consumers that ended or vanished; deallocate an unused claim; delete ended Pods' claims."""
+        """Drop consumers that ended or vanished; deallocate an unused claim; delete ended Pods' claims.
+
+        Under the decision lock, like allocation: a release decided between another Pod's allocation and
+        its reservation of this claim would leave that Pod's claims on different nodes."""
+        async with self._decide:
+            await self._sync_claim(namespace, name)
+
+    async def _sync_claim(self, namespace: str, name: str) -> None:
         claim = self.state.get(CLAIMS, (namespace, name))
         if claim is None:
             return
@@ -580,26 +632,9 @@ class Reconciler:
 
         deallocated = False
         if keep != reserved or (not keep and allocated):
-            new = copy.deepcopy(claim)
-            new_status = new["status"]
-            deallocate = not keep and allocated
-            if deallocate:
-                for key in ("allocation", "nodeName", "reservedFor", "devices"):
-                    new_status.pop(key, None)
-            else:
-                new_status["reservedFor"] = keep
-            new_status["state"] = claim_state(new)
-            new_status["conditions"] = _conditions(new_status, "Deallocated" if deallocate else "Released")
-            claim = await self.kube.replace(
-                ours("resourceclaims", namespace, name, subresource="status"), new
-            )
-            self.state.wrote(CLAIMS, claim)
-            if deallocate:
-                metrics.RELEASES.inc()
-                self.recorder.normal(claim, "Deallocated", "no consumer left: devices released")
-                log.info("claim deallocated", claim=f"{namespace}/{name}")
-                self.enqueue_gated()
-            allocated, deallocated = not deallocate, deallocate
+            deallocated = not keep and allocated
+            claim = await self._write_consumers(claim, keep, "no consumer left")
+            allocated = not deallocated
 
         if finalized and not keep and not allocated and (deallocated or _deleting(claim)):
             # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new

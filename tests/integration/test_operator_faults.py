@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,6 +59,15 @@ def start_agent(cp: ControlPlane, inventory: Path, node: str, log_dir: Path, int
     args = ["agent", "--backend=simulated", f"--inventory={inventory}", f"--node={node}"]
     args += [f"--kubeconfig={cp.kubeconfig}", f"--interval={interval}"]
     return LocalProcess(args, log_file=log_dir / "agent.log").start()
+
+
+def readyz(op: LocalOperator) -> int:
+    """The HTTP status of the replica's /readyz (the chart's readiness probe)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/readyz", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def error_tracebacks(log_file: Path) -> list[str]:
@@ -189,6 +200,8 @@ def test_operator_webhook_and_agent_ride_through_a_restart(
             message="readiness to drop while the API server cannot answer",
         )
         dropped = time.monotonic() - down
+        assert readyz(operator) == 503, "the readiness probe's endpoint must fail while the server is away"
+        operator.check()  # and liveness holds: the process waits, it does not exit
         late = None
         if component == "kube-apiserver":
             # A replica started now waits for the API server instead of exiting.
@@ -203,6 +216,7 @@ def test_operator_webhook_and_agent_ride_through_a_restart(
         up = time.monotonic()
         wait_for(operator.ready, timeout=60, message="the operator to be ready again")
         recovered = time.monotonic() - up
+        assert readyz(operator) == 200
         print(f"{component}: readiness dropped after {dropped:.1f}s, back {recovered:.1f}s after restart")
         if late is not None:
             wait_for(

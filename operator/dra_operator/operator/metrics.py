@@ -1,8 +1,11 @@
-"""Prometheus metrics of the operator, served on --metrics-port."""
+"""Prometheus metrics of the operator and its readiness, served on --metrics-port (/metrics, /readyz)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from http.server import ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, MetricsHandler
 
 REGISTRY = CollectorRegistry()
 
@@ -56,7 +59,31 @@ CONFIGURED = Gauge(
 LEADER = Gauge("dra_operator_leader", "1 while this replica holds the leader Lease", registry=REGISTRY)
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Start the /metrics HTTP endpoint (a daemon thread)."""
-    if port:
-        start_http_server(port, addr=addr, registry=REGISTRY)
+class _Handler(MetricsHandler):
+    """/readyz: 200 while READY is 1, else 503, for the readiness probe (Kopf's /healthz serves liveness and
+    must not fail while the API server is away, or the kubelet would restart a replica that only waits).
+    Every other path: the metrics."""
+
+    registry = REGISTRY
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] != "/readyz":
+            super().do_GET()
+            return
+        ready = REGISTRY.get_sample_value("dra_operator_ready") == 1.0
+        body = b"ok\n" if ready else b"not ready: caches cold or the API server unreachable\n"
+        self.send_response(200 if ready else 503)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+    """Start the /metrics and /readyz HTTP endpoint (a daemon thread)."""
+    if not port:
+        return None
+    server = ThreadingHTTPServer((addr, port), _Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -350,6 +350,13 @@ CASES: list[tuple[str, dict[str, Any], list[str] | None]] = [
         ["at most 32 entries, got 33"],
     ),
     ("capacity bad quantity", _slice(None, [_device(capacity={"memory": {"value": "64Gb"}})]), ["capacity"]),
+    ("int attribute int64 max", _slice(None, [_device(attributes={"n": {"int": 2**63 - 1}})]), None),
+    ("int attribute int64 min", _slice(None, [_device(attributes={"n": {"int": -(2**63)}})]), None),
+    (
+        "int attribute beyond int64",
+        _slice(None, [_device(attributes={"n": {"int": 2**63}})]),
+        ["out of range for an int64 attribute"],
+    ),
 ]
 CASES.append(
     (

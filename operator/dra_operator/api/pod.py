@@ -122,8 +122,8 @@ def _raw_pod_claims(spec: dict[str, Any]) -> list[Any]:
     return claims if isinstance(claims, list) else []
 
 
-def pod_resource_claims(obj: dict[str, Any]) -> list[PodResourceClaim]:
-    """`spec.resourceClaims` as models; raises InvalidObject naming the first bad entries."""
+def pod_resource_claims(obj: dict[str, Any], *, source: str | None = None) -> list[PodResourceClaim]:
+    """`spec.resourceClaims` as models; raises InvalidObject naming the bad entries (and `source`)."""
     problems: list[tuple[str, str]] = []
     result: list[PodResourceClaim] = []
     for index, raw in enumerate(_raw_pod_claims(pod_spec_of(obj))):
@@ -133,7 +133,7 @@ def pod_resource_claims(obj: dict[str, Any]) -> list[PodResourceClaim]:
             for path, message in problems_of(err):
                 problems.append((_join(f"spec.resourceClaims[{index}]", path), message))
     if problems:
-        raise InvalidObject(problems, kind=_kind(obj), name=_name(obj))
+        raise InvalidObject(problems, kind=_kind(obj), name=_name(obj), source=source)
     return result
 
 
@@ -266,7 +266,7 @@ def check_pod_claims(obj: dict[str, Any], *, source: str | None = None) -> list[
     problems = pod_claim_problems(obj)
     if problems:
         raise InvalidObject(problems, kind=_kind(obj), name=_name(obj), source=source)
-    return pod_resource_claims(obj)
+    return pod_resource_claims(obj, source=source)
 
 
 def _q(value: str) -> str:

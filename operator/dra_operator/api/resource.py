@@ -549,6 +549,14 @@ class DeviceAttribute(KubeModel):
         ),
     )
 
+    @field_validator("int_value")
+    @classmethod
+    def _int64(cls, value: int | None) -> int | None:
+        # The API's type is int64 (the CRD says `format: int64`); CEL's int is int64 too.
+        if value is not None and not -(2**63) <= value < 2**63:
+            raise ValueError(f"{value} is out of range for an int64 attribute")
+        return value
+
     @model_validator(mode="after")
     def _one_type(self) -> DeviceAttribute:
         given = (

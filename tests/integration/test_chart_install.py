@@ -129,12 +129,20 @@ class Install:
         ]
         return found
 
-    def token_kubeconfig(self, service_account: str) -> Path:
-        """A kubeconfig authenticating as the ServiceAccount (a TokenRequest: `kubectl create token`)."""
+    def token_kubeconfig(self, service_account: str, pod: Json | None = None) -> Path:
+        """A kubeconfig authenticating as the ServiceAccount (a TokenRequest: `kubectl create token`); bound
+        to `pod` when given, as the kubelet's projected token is, so it names the Pod's node."""
+        bound = []
+        if pod is not None:
+            meta = pod["metadata"]
+            bound = ["--bound-object-kind=Pod", f"--bound-object-name={meta['name']}",
+                     f"--bound-object-uid={meta['uid']}"]  # fmt: skip
         token = self.cp.kubectl(
-            "create", "token", service_account, "-n", self.ns, "--duration=2h"
+            "create", "token", service_account, "-n", self.ns, "--duration=2h", *bound
         ).stdout.strip()
-        path = self.work / f"{service_account}.kubeconfig"
+        path = (
+            self.work / f"{service_account}-{(pod or {}).get('spec', {}).get('nodeName', 'any')}.kubeconfig"
+        )
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -152,6 +160,14 @@ class Install:
         }
         path.write_text(yaml.safe_dump(config))
         return path
+
+    def daemon_pod(self, node: str) -> Json | None:
+        """The DaemonSet's Pod bound to `node` (it never runs here: the nodes are fake), or None yet."""
+        for pod in self.cp.request("GET", f"/api/v1/namespaces/{self.ns}/pods")["items"]:
+            owners = [o["kind"] for o in pod["metadata"].get("ownerReferences") or []]
+            if "DaemonSet" in owners and pod["spec"].get("nodeName") == node:
+                return dict(pod)
+        return None
 
     def can(self, kubeconfig: Path, *args: str) -> bool:
         result = self.cp.kubectl(f"--kubeconfig={kubeconfig}", "auth", "can-i", *args, check=False)
@@ -336,7 +352,11 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
             a if not a.startswith("--inventory=") else f"--inventory={inventory}"
             for a in agent_container["args"]
         ]
-        env = {**downward_env(agent_container, ns, node), "KUBECONFIG": str(agent_config)}
+        # The token the kubelet would mount into this node's agent Pod: bound to it, naming the node, which
+        # the chart's agent-slices policy requires.
+        pod = wait_for(lambda n=node: install.daemon_pod(n), timeout=60, message=f"the agent Pod on {node}")
+        config = install.token_kubeconfig(daemonset["spec"]["template"]["spec"]["serviceAccountName"], pod)
+        env = {**downward_env(agent_container, ns, node), "KUBECONFIG": str(config)}
         log_file = install.work / f"agent-{node}.log"
         install.start(LocalProcess(args, log_file=log_file, env={**os.environ, **env}))
 

@@ -41,6 +41,8 @@ CLUSTER_KINDS = {
     "CustomResourceDefinition",
     "MutatingWebhookConfiguration",
     "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }
 
 
@@ -523,3 +525,33 @@ def test_agent_cleanup_runs_after_uninstall_with_only_what_it_needs(rendered: Re
         assert not allowed(rules, group, "resourceslices", verb)
     assert [rule for rule, _ in rules] == [{"apiGroups": [group], "resources": ["resourceslices"],
                                            "verbs": ["list", "delete"]}]  # fmt: skip
+
+
+def test_admission_policies_name_the_releases_service_accounts(rendered: Rendered) -> None:
+    """Each policy has its binding; the operator's and the agent's users are this release's ServiceAccounts;
+    the device-env policy leaves the release's namespace out (the agent sets NVIDIA_VISIBLE_DEVICES)."""
+    policies = {
+        o["metadata"]["name"]: o for o in rendered.objects if o["kind"] == "ValidatingAdmissionPolicy"
+    }
+    bindings = [o for o in rendered.objects if o["kind"] == "ValidatingAdmissionPolicyBinding"]
+    if not rendered.values.get("admissionPolicies", {}).get("enabled", True):
+        assert not policies and not bindings
+        return
+    assert sorted(b["spec"]["policyName"] for b in bindings) == sorted(policies)
+    assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings)
+    accounts = {  # the ServiceAccounts the operator and agent Pods run as
+        o["spec"]["template"]["spec"]["serviceAccountName"]
+        for o in rendered.objects
+        if o["kind"] in ("Deployment", "DaemonSet")
+    }
+    users = {
+        c["expression"].split('"')[1]
+        for p in policies.values()
+        for c in p["spec"].get("matchConditions") or []
+        if "username" in c["expression"]
+    }
+    assert users and all(u.startswith(f"system:serviceaccount:{NAMESPACE}:") for u in users)
+    assert {u.rsplit(":", 1)[1] for u in users} <= accounts
+    (env_policy,) = [p for name, p in policies.items() if name.endswith("-device-env")]
+    selector = env_policy["spec"]["matchConstraints"]["namespaceSelector"]["matchExpressions"][0]
+    assert selector["operator"] == "NotIn" and NAMESPACE in selector["values"]

@@ -596,3 +596,26 @@ def test_a_release_waits_for_an_allocation_decision_in_flight() -> None:
     assert asyncio.run(scenario()) == ["decision", "release"]
     w.sync()
     assert "allocation" not in w.kube.objects[claims_path("shared")]["status"]
+
+
+def test_a_pod_ungated_by_hand_before_allocation_is_deleted_and_told_why() -> None:
+    """Where the chart's admission policy is not installed, someone may remove the gate before allocation:
+    the Pod would run without devices. The event says what happened (not "nodeName at creation") and the Pod
+    is deleted."""
+    w = World()
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
+    w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+    pod = w.kube.objects[pods_path("p")]
+    pod["spec"]["schedulingGates"] = []
+    pod["spec"]["nodeName"] = "n1"  # kube-scheduler bound it at once
+    w.kube._bump(pod)
+    w.sync()
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert pods_path("p") not in w.kube.objects
+    (event,) = [e for e in w.recorder.events if e[0] == "p"]
+    assert event[1:3] == ("Warning", "UngatedBeforeAllocation")
+    assert "removed by someone other than dra-operator" in event[3] and "nodeName" not in event[3]
+    assert w.allocator.calls == 0

@@ -242,6 +242,8 @@ def mutate(obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True) -> 
             env.append({"name": names.NVIDIA_ENV, "valueFrom": _field_ref(nvidia_key)})
             _set_env(container, env)
 
+    # Whether the Pod was born gated: the operator tells "ungated by hand" from "bound at creation" by it.
+    manifest["gated"] = not spec.get("nodeName")
     annotations[names.CLAIMS_ANNOTATION] = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
     labels = metadata.get("labels")
     if not isinstance(labels, dict):

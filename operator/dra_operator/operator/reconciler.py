@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from dra_operator.admission import names
+from dra_operator.admission.mutation import read_manifest
 from dra_operator.api.resource import RESERVED_FOR_MAX
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours, path_of
 from dra_operator.operator import metrics
@@ -315,21 +316,48 @@ class Reconciler:
                 self.enqueue(CLAIM, *_key(claim))
             return
         if not is_gated(pod):
-            annotations = pod["metadata"].get("annotations") or {}
-            if (pod.get("spec") or {}).get("nodeName") and not any(
-                key.startswith(names.DEVICES_ANNOTATION_PREFIX) for key in annotations
-            ):
-                # Bound at creation (spec.nodeName set): the API server allows no scheduling gate, so the Pod
-                # may start before any device is chosen. Say so instead of allocating behind its back.
-                self.recorder.warning(
-                    pod,
-                    "NotGated",
-                    "spec.nodeName was set at creation, so the Pod could not be held until its claims were "
-                    "allocated; create it without nodeName (use node affinity) to get devices",
-                )
+            await self._check_ungated(pod)
             return
         self._first_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
         await self._allocate_pod(pod)
+
+    async def _check_ungated(self, pod: Json) -> None:
+        """A managed Pod without our gate and without devices: it was bound at creation, or someone removed
+        the gate before its claims were allocated (the chart's admission policy refuses that; this is what
+        happens where the policy is not installed). Say which, truthfully; a Pod ungated by hand is deleted,
+        because it would run without the devices it asked for and nothing can give them to it any more (the
+        kubelet of built-in DRA refuses to start such a Pod); its controller, if any, makes a new one, which
+        waits properly."""
+        annotations = pod["metadata"].get("annotations") or {}
+        if any(key.startswith(names.DEVICES_ANNOTATION_PREFIX) for key in annotations):
+            return  # allocated: ungated by us
+        gated_at_creation = read_manifest(annotations).get("gated")
+        if gated_at_creation is True:
+            message = (
+                f"the scheduling gate {names.SCHEDULING_GATE} was removed by someone other than dra-operator "
+                "before the Pod's claims were allocated, so it would run without its devices: the Pod is "
+                "deleted (its controller, if any, creates a new one that waits for its devices)"
+            )
+            self.recorder.warning(pod, "UngatedBeforeAllocation", message)
+            log.warning("pod ungated by hand before allocation: deleted", pod=_name(pod))
+            await self.kube.delete(
+                path_of("pods", namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"]),
+                preconditions={"uid": pod["metadata"]["uid"]},
+            )
+            return
+        if not (pod.get("spec") or {}).get("nodeName"):
+            return  # neither gated nor bound: not ours to judge yet
+        if gated_at_creation is False:
+            message = (
+                "spec.nodeName was set at creation, so the Pod could not be held until its claims were "
+                "allocated; create it without nodeName (use node affinity) to get devices"
+            )
+        else:  # created before the webhook recorded how it admitted the Pod
+            message = (
+                "the Pod runs without its devices: it was bound at creation (spec.nodeName), or its "
+                "scheduling gate was removed by hand before its claims were allocated"
+            )
+        self.recorder.warning(pod, "NotGated", message)
 
     def _claims_of_pod(self, pod: Json) -> list[Json]:
         uid = pod["metadata"]["uid"]

@@ -99,6 +99,11 @@ def test_rendered_chart_passes_server_side_dry_run(
         name == "hostlib"
     ):  # the documented exception: NVML from a hostPath on nodes without the NVIDIA runtime
         assert warnings and all("hostPath" in line for line in warnings), result.stderr
+    elif name == "deviceplugin":  # the documented exception: root and the kubelet's device-plugin directory
+        assert warnings, result.stderr
+        for line in warnings:
+            assert "hostPath" in line and "runAsNonRoot" in line and "runAsUser" in line, line
+            assert "privileged" not in line and "capabilities" not in line, line
     else:
         assert not warnings, f"not restricted:\n{result.stderr}"
 

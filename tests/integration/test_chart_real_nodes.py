@@ -30,8 +30,11 @@ GROUP = "/apis/resource.dra-operator.io/v1"
 NAMESPACE = "dra-system"
 RELEASE = "dra-operator"
 # Print the device variables, then stay until deleted (the claims are read while the Pods hold them).
+# With the device plugin on, also the device files the kubelet had mounted (FILES=driver/pool/device,...).
 PRINT_AND_STAY = (
     'trap "exit 0" TERM; env | grep -E "^(DRA_[A-Z0-9_]*_DEVICES|NVIDIA_VISIBLE_DEVICES)=" | sort; '
+    'echo "FILES=$(cd /var/run/dra-devices 2>/dev/null && find . -type f | sed s,^./,, | sort | tr "\\n" ,)" '
+    '| sed "s/,$//"; '
     "echo ---; while true; do sleep 1; done"
 )
 # Namespaced kinds a release could leave behind, and cluster-scoped ones (listed by API path).
@@ -79,9 +82,13 @@ class Release:
         return found
 
 
-def values(image: images.BuiltImage, gpus: int) -> list[str]:
+def values(image: images.BuiltImage, gpus: int, devices_dir: Path) -> list[str]:
+    """local-values with the image built here, two operator replicas, and the agents as device plugins
+    (their simulated device files under `devices_dir`, which goes with the nodes)."""
     repository, tag = image.reference.rsplit(":", 1)
     return [
+        "--set", "agent.devicePlugin.enabled=true",
+        "--set", f"agent.devicePlugin.simulatedDevicesDir={devices_dir}",
         "-f", str(chart_dir() / "ci" / "local-values.yaml"),
         "--set", f"image.repository={repository}",
         "--set", f"image.tag={tag}",
@@ -157,8 +164,9 @@ def test_helm_install_on_real_nodes_seed_upgrade_uninstall(
     wait_for: WaitFor,
 ) -> None:
     cp, nodes = real_cluster
+    devices = nodes.run_dir / "devices"  # the simulated device files: removed with the nodes
     release.helm_run(
-        "install", RELEASE, str(chart_dir()), "--create-namespace", *values(operator_image, gpus=4),
+        "install", RELEASE, str(chart_dir()), "--create-namespace", *values(operator_image, 4, devices),
         "--wait", "--timeout=240s",
     )  # fmt: skip
 
@@ -256,8 +264,11 @@ def test_helm_install_on_real_nodes_seed_upgrade_uninstall(
     shared_devices = {f"{r['driver']}/{r['pool']}/{r['device']}" for r in results}
     for name in ("sharing-1", "sharing-2"):
         assert printed(cp, namespace, name)["DRA_GPU_DEVICES"] == shared_devices
+        # Delivered by the kubelet through the agent's device plugin: the shared device, nothing else.
+        assert printed(cp, namespace, name)["FILES"] == shared_devices
     own = printed(cp, namespace, "with-template")["DRA_GPU_DEVICES"]
     assert len(own) == 1 and own.isdisjoint(shared_devices)
+    assert printed(cp, namespace, "with-template")["FILES"] == own
     cp.request("DELETE", f"/api/v1/namespaces/{namespace}")
     wait_for(
         lambda: not release.get(f"{GROUP}/namespaces/{namespace}/resourceclaims")["items"],
@@ -268,7 +279,7 @@ def test_helm_install_on_real_nodes_seed_upgrade_uninstall(
     # ---- helm upgrade: six GPUs per node; the agents roll and publish them ----
     before = {p["metadata"]["uid"] for p in agents}
     release.helm_run(
-        "upgrade", RELEASE, str(chart_dir()), *values(operator_image, gpus=6), "--wait", "--timeout=240s"
+        "upgrade", RELEASE, str(chart_dir()), *values(operator_image, 6, devices), "--wait", "--timeout=240s"
     )
     wait_for(
         lambda: slice_counts(release) == dict.fromkeys(nodes.names, 6),

@@ -300,14 +300,23 @@ def test_restricted_security_contexts(rendered: Rendered) -> None:
         assert pod["securityContext"]["runAsUser"] > 0
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+        plugin = workload["kind"] == "DaemonSet" and rendered.values["agent"]["devicePlugin"]["enabled"]
         for container in pod["containers"]:
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False
             assert sc["readOnlyRootFilesystem"] is True
             assert sc["capabilities"] == {"drop": ["ALL"]}
             assert not sc.get("privileged")
+            # The documented device-plugin exception: root (no capability) for the kubelet's directory.
+            assert (sc.get("runAsUser") == 0) == plugin and (sc.get("runAsNonRoot") is False) == plugin
             assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
         for volume in pod.get("volumes", []):
+            if plugin and volume["name"] in ("device-plugins", "simulated-devices"):
+                assert volume["hostPath"]["path"] in (
+                    rendered.values["agent"]["devicePlugin"]["kubeletDir"],
+                    rendered.values["agent"]["devicePlugin"]["simulatedDevicesDir"],
+                )
+                continue
             if "hostPath" in volume:  # only the documented NVML exception, read-only, one file
                 assert rendered.values["agent"]["nvml"]["driverLibraryPath"]
                 assert volume["hostPath"]["type"] == "File"

@@ -205,7 +205,7 @@ class World:
                 self.state.indexes[name].clear()  # type: ignore[attr-defined]
                 self.state.indexes[name].update(indexes[name])  # type: ignore[attr-defined]
 
-    def add_pod(self, name: str, refs: list[Json]) -> Json:
+    def add_pod(self, name: str, refs: list[Json], delivery_resource: str | None = None) -> Json:
         raw = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -215,7 +215,7 @@ class World:
                 "resourceClaims": refs,
             },
         }
-        obj = self.kube.put(pods_path(name), mutate(raw, "Pod").obj)
+        obj = self.kube.put(pods_path(name), mutate(raw, "Pod", delivery_resource=delivery_resource).obj)
         self.sync()
         return obj
 
@@ -619,3 +619,40 @@ def test_a_pod_ungated_by_hand_before_allocation_is_deleted_and_told_why() -> No
     assert event[1:3] == ("Warning", "UngatedBeforeAllocation")
     assert "removed by someone other than dra-operator" in event[3] and "nodeName" not in event[3]
     assert w.allocator.calls == 0
+
+
+def test_with_the_device_plugin_a_node_gets_one_newly_placed_pod_at_a_time() -> None:
+    """The kubelet's Allocate names no Pod: the next Pod for a node is ungated only once the kubelet admitted
+    the one before (its container statuses appear). Claims are allocated and reserved at once all the same."""
+    w = World()
+    w.reconciler.device_plugin = True
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
+    for name in ("p1", "p2"):
+        w.add_pod(name, [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}], names.DEVICE_PLUGIN_RESOURCE)
+    w.run(w.reconciler.sync_pod(NS, "p1"))
+    first = w.pod("p1")
+    assert not gated(first)
+    assert first["metadata"]["annotations"][names.NODE_ANNOTATION] == "n1"
+    assert names.UNGATED_AT_ANNOTATION in first["metadata"]["annotations"]
+
+    async def second_try() -> None:
+        await w.reconciler.sync_pod(NS, "p2")
+        for handle in w.reconciler._retry.values():
+            handle.cancel()
+
+    w.run(second_try())
+    assert gated(w.pod("p2")), "p1 is still in delivery on n1"
+    reserved = [c for c in w.kube.of("resourceclaims") if (c.get("status") or {}).get("reservedFor")]
+    assert len(reserved) == 2, "p2's claim is allocated and reserved meanwhile"
+
+    # The kubelet admitted p1 (it wrote container statuses): p2 is queued again and goes.
+    w.kube.objects[pods_path("p1")]["status"] = {"phase": "Pending", "containerStatuses": [{"name": "c"}]}
+    w.kube._bump(w.kube.objects[pods_path("p1")])
+    w.sync()
+    w.run(w.reconciler.sync_pod(NS, "p1"))
+    assert ("pod", NS, "p2") in w.reconciler._queued
+    w.run(w.reconciler.sync_pod(NS, "p2"))
+    assert not gated(w.pod("p2"))

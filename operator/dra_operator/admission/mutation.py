@@ -174,8 +174,28 @@ def _field_ref(annotation: str) -> dict[str, Any]:
     return {"fieldRef": {"apiVersion": "v1", "fieldPath": f"metadata.annotations['{annotation}']"}}
 
 
-def mutate(obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True) -> Mutation:
+def _ask_for_delivery(container: dict[str, Any], resource: str) -> None:
+    """One unit of the device plugin's extended resource in the container's limits (requests follow limits
+    for extended resources): the kubelet then asks the plugin to deliver this container's devices."""
+    resources = container.setdefault("resources", {})
+    if not isinstance(resources, dict):
+        resources = container["resources"] = {}
+    for section in ("limits", "requests"):
+        values = resources.get(section)
+        if section == "requests" and not isinstance(values, dict):
+            continue  # requests default to limits
+        if not isinstance(values, dict):
+            values = resources[section] = {}
+        values[resource] = "1"
+
+
+def mutate(
+    obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True, delivery_resource: str | None = None
+) -> Mutation:
     """Move this operator's claim references off the Pod (template) in `obj`; see the module docstring.
+
+    With `delivery_resource` (the node device plugin's extended resource), every container that uses a moved
+    claim also asks for one unit of it, so its node's kubelet has the plugin deliver its devices.
 
     Raises AdmissionRejected for claim references the apiserver would reject (see `claim_references`).
     Returns the unchanged copy (`changed` False) when no reference is ours.
@@ -241,6 +261,8 @@ def mutate(obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True) -> 
             }
             env.append({"name": names.NVIDIA_ENV, "valueFrom": _field_ref(nvidia_key)})
             _set_env(container, env)
+            if delivery_resource:
+                _ask_for_delivery(container, delivery_resource)
 
     # Whether the Pod was born gated: the operator tells "ungated by hand" from "bound at creation" by it.
     manifest["gated"] = not spec.get("nodeName")

@@ -23,6 +23,16 @@ POD_CLAIM_NAME_ANNOTATION = PREFIX + "pod-claim-name"
 #: Finalizer on allocated and reserved claims.
 CLAIM_FINALIZER = PREFIX + "delete-protection"
 
+#: The extended resource each container that uses claims asks for when devices are delivered by the node's
+#: device plugin (the agent): the kubelet then calls the plugin's Allocate for that container. One unit per
+#: container, whatever its devices: the plugin advertises slots, not devices, so shared claims are never
+#: blocked by the kubelet's accounting.
+DEVICE_PLUGIN_RESOURCE = PREFIX + "devices"
+#: On a Pod the operator ungated: the node its claims were allocated on, and when it was ungated (RFC 3339);
+#: a node's device plugin serves one such Pod at a time (see dra_operator.agent.delivery).
+NODE_ANNOTATION = PREFIX + "node"
+UNGATED_AT_ANNOTATION = PREFIX + "ungated-at"
+
 NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES"
 #: What NVIDIA_VISIBLE_DEVICES holds for a container whose claims hold no NVML GPU: the runtime exposes none
 #: (an unset or empty value lets images such as CUDA's default to "all").

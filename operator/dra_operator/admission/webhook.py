@@ -34,6 +34,9 @@ class AdmissionContext:
     kube: Kube | None = None
     builtin_dra: bool = False
     reviews: int = 0
+    # The node device plugin's extended resource, asked for by each container that uses claims; None when
+    # devices are not delivered by a device plugin (env vars only).
+    delivery_resource: str | None = None
 
 
 async def owned_references(ctx: AdmissionContext, namespace: str, refs: list[dict[str, Any]]) -> set[str]:
@@ -83,7 +86,9 @@ async def review(
             ) from None
     ns = namespace or str((obj.get("metadata") or {}).get("namespace") or "default")
     owned = await owned_references(ctx, ns, refs)
-    return mutate(obj, kind, ours=lambda ref: ref["name"] in owned).obj
+    return mutate(
+        obj, kind, ours=lambda ref: ref["name"] in owned, delivery_resource=ctx.delivery_resource
+    ).obj
 
 
 def validate(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:

@@ -28,6 +28,7 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
+from dra_operator.agent.deviceplugin import DEVICE_PLUGIN_PATH
 from dra_operator.agent.health import DeviceHealth, HealthEvent, Policy
 from dra_operator.agent.inventory import Inventory
 from dra_operator.agent.nvml import NvmlBackend, NvmlUnavailable
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # the client is imported only when publishing, so --print nev
     from dra_operator.agent.publisher import SlicePublisher
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
+DEFAULT_SLOTS = 128  # the device plugin's slots (see dra_operator.agent.deviceplugin.plugin)
 NODE_ENV = "NODE_NAME"
 INVENTORY_ENV = "DRA_AGENT_INVENTORY"
 EXIT_USAGE = 2
@@ -99,6 +101,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("withdraw", "taint"),
         default="withdraw",
         help="after a critical Xid: drop the device (default) or keep it with a NoSchedule taint",
+    )
+    plugin = parser.add_argument_group("device plugin (delivers the allocated devices to containers)")
+    plugin.add_argument(
+        "--device-plugin",
+        action="store_true",
+        help="serve the kubelet device-plugin API: each container that uses claims gets its devices' device "
+        "nodes, mounts, env and CDI names from the kubelet (the operator must run with --device-plugin too)",
+    )
+    plugin.add_argument(
+        "--device-plugin-dir",
+        default=DEVICE_PLUGIN_PATH,
+        metavar="DIR",
+        help=f"the kubelet's device-plugin directory (default {DEVICE_PLUGIN_PATH})",
+    )
+    plugin.add_argument(
+        "--device-plugin-slots",
+        type=int,
+        default=DEFAULT_SLOTS,
+        metavar="N",
+        help=f"containers with claims this node runs at once, at most (default {DEFAULT_SLOTS})",
+    )
+    plugin.add_argument(
+        "--cdi", action="store_true", help="also name GPUs as CDI devices (nvidia.com/gpu=UUID)"
+    )
+    plugin.add_argument(
+        "--simulated-devices-dir",
+        default="/var/lib/dra-operator/devices",
+        metavar="DIR",
+        help="--backend simulated: host directory of the per-device files containers get mounted",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -270,10 +301,35 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
             watcher = XidWatcher(hand_over)
             monitored = await asyncio.to_thread(watcher.start)
             log.info("watching critical Xid events", gpus=monitored)
-        log.info("agent started", node=node, backend=args.backend, interval=args.interval)
+        plugin_task = None
+        if args.device_plugin:
+            from dra_operator.agent.deviceplugin.plugin import (
+                DevicePlugin,
+                DevicePluginService,
+                Options,
+                pod_lister,
+            )
+
+            options = Options(
+                # Simulated GPUs have no /dev/nvidia<minor>: every simulated device is delivered as a file.
+                nvidia_driver=args.driver if args.backend == "nvml" else "",
+                simulated_dir=Path(args.simulated_devices_dir) if args.backend == "simulated" else None,
+                cdi=args.cdi,
+            )
+            service = DevicePluginService(
+                node, pod_lister(api, node), options, slots=args.device_plugin_slots
+            )
+            plugin = DevicePlugin(service, Path(args.device_plugin_dir))
+            plugin_task = asyncio.create_task(plugin.run(), name="device-plugin")
+        log.info("agent started", node=node, backend=args.backend, interval=args.interval,
+                 device_plugin=args.device_plugin)  # fmt: skip
         try:
             await agent.run()
         finally:
+            if plugin_task is not None:
+                plugin_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await plugin_task
             if watcher is not None:
                 await asyncio.to_thread(watcher.stop)
         log.info("agent stopped", node=node, writes=dict(agent.publisher.writes))

@@ -18,7 +18,7 @@ import structlog
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from dra_operator.admission import configuration, tls
+from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
 from dra_operator.kube.client import Kube, KubeError, NotLeading
@@ -86,6 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resync-seconds", type=float, default=300.0, help="how often to check the caches against a LIST"
+    )
+    parser.add_argument(
+        "--device-plugin",
+        action="store_true",
+        help=(
+            "devices are delivered by the agents' device plugin: containers that use claims ask for one "
+            f"{names.DEVICE_PLUGIN_RESOURCE}, and each node gets one newly placed Pod at a time"
+        ),
     )
 
 
@@ -224,8 +232,13 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         is_leader=leading,
         namespaces=tuple(args.namespace),
         workers=args.workers,
+        device_plugin=args.device_plugin,
     )
-    ctx = admission.AdmissionContext(state=state, kube=kube)
+    ctx = admission.AdmissionContext(
+        state=state,
+        kube=kube,
+        delivery_resource=names.DEVICE_PLUGIN_RESOURCE if args.device_plugin else None,
+    )
     stop = asyncio.Event()
     exit_code = 0
     tasks: list[asyncio.Task[Any]] = []

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from dra_operator.admission import names
+from dra_operator.admission import delivery, names
 from dra_operator.admission.mutation import read_manifest
 from dra_operator.api.resource import RESERVED_FOR_MAX
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours, path_of
@@ -57,6 +57,9 @@ Item = tuple[str, str, str]  # (POD|CLAIM, namespace, name)
 #: Backoff of an item whose writes keep failing: 1 s, 2 s, 4 s, ... up to these caps (seconds).
 PERMANENT_BACKOFF_CAP = 300.0  # refused (400, 403, 422 Invalid): only a change of the inputs can help
 TRANSIENT_BACKOFF_CAP = 30.0  # 5xx, no answer, unexpected errors: the server or the network heals
+#: Seconds between looks at a node whose device plugin is busy with another Pod (a watch event on that Pod
+#: usually comes first).
+DELIVERY_RECHECK = 2.0
 #: Failed preconditions in a row retried at once (a fresh read fixes them) before they back off too.
 IMMEDIATE_RETRIES = 3
 WRITE_REJECTED = "WriteRejected"
@@ -76,6 +79,9 @@ class Reconciler:
     is_leader: Callable[[], bool] = lambda: True
     namespaces: tuple[str, ...] = ()  # watched namespaces (empty: all)
     workers: int = 4  # concurrent items (decisions stay serialized)
+    # Devices are delivered by the agents' device plugin: one Pod in delivery per node at a time (see
+    # dra_operator.admission.delivery for why).
+    device_plugin: bool = False
     _active: set[Item] = field(default_factory=set)
     _again: set[Item] = field(default_factory=set)
     _decide: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -84,6 +90,10 @@ class Reconciler:
     _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
     # Item -> failures in a row (reset by a success), for the backoff.
     _failures: dict[Item, int] = field(default_factory=dict)
+    # Node -> Pods placed there waiting for the Pod in delivery before them to be admitted.
+    _deferred: dict[str, set[Item]] = field(default_factory=dict)
+    # Node -> (uid, since (monotonic), name) of the Pod this replica last ungated there, until it is admitted.
+    _ungating: dict[str, tuple[str, float, Key]] = field(default_factory=dict)
     # Pod uid -> when this replica first saw it gated (monotonic), for the allocation latency histogram.
     _first_seen: dict[str, float] = field(default_factory=dict)
 
@@ -316,10 +326,31 @@ class Reconciler:
                 self.enqueue(CLAIM, *_key(claim))
             return
         if not is_gated(pod):
+            node = delivery.node_of(pod)
+            if node is not None and (delivery.admitted(pod) or is_done(pod) or _deleting(pod)):
+                self._delivered(node, pod["metadata"]["uid"])
             await self._check_ungated(pod)
             return
         self._first_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
         await self._allocate_pod(pod)
+
+    def _ungating_elsewhere(self, node: str, uid: str) -> bool:
+        """Another Pod this replica ungated on `node` may still be waiting for its kubelet."""
+        if node not in self._ungating:
+            return False
+        other, since, key = self._ungating[node]
+        pod = self.state.get(PODS, key)
+        gone = pod is None or pod["metadata"].get("uid") != other or _deleting(pod)
+        if other == uid or gone or delivery.admitted(pod or {}) or is_done(pod or {}):
+            return False
+        return time.monotonic() - since < delivery.DELIVERY_TIMEOUT
+
+    def _delivered(self, node: str, uid: str) -> None:
+        """The Pod in delivery on `node` was admitted (or ended, or is going): the next Pods may go."""
+        if (self._ungating.get(node) or ("",))[0] == uid:
+            del self._ungating[node]
+        for item in self._deferred.pop(node, set()):
+            self.enqueue(*item)
 
     async def _check_ungated(self, pod: Json) -> None:
         """A managed Pod without our gate and without devices: it was bound at creation, or someone removed
@@ -442,6 +473,22 @@ class Reconciler:
         node, allocations, gpu_uuids = placed
         uid = pod["metadata"]["uid"]
         annotations = device_annotations(pod, allocations, gpu_uuids)
+        if self.device_plugin and node and delivery.delivery_containers(pod):
+            now = datetime.datetime.now(datetime.UTC)
+            busy = delivery.busy_with(self.state.all(PODS), node, now, exclude_uid=uid)
+            if self._ungating_elsewhere(node, uid):
+                busy.append(f"{'/'.join(self._ungating[node][2])} (being ungated)")
+            if busy:
+                # Its claims stay reserved; it is ungated once the kubelet admitted the Pod before it.
+                log.info("pod waits for its node's device plugin", pod=_name(pod), node=node, behind=busy)
+                self._deferred.setdefault(node, set()).add((POD, *_key(pod)))
+                self.retry_later((POD, *_key(pod)), DELIVERY_RECHECK)
+                return
+            annotations[names.NODE_ANNOTATION] = node
+            annotations[names.UNGATED_AT_ANNOTATION] = delivery.timestamp(now)
+            # Taken before the patch is sent (no await since the check): another worker deciding for the
+            # same node meanwhile must not see it free because the patch has not come back yet.
+            self._ungating[node] = (uid, time.monotonic(), _key(pod))
         patched = await self.kube.json_patch(
             path_of("pods", namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"]),
             pod_patch(pod, node, annotations),

@@ -1,0 +1,249 @@
+"""The agent as its node's device plugin: registers with the kubelet, advertises delivery slots, and answers
+Allocate with exactly the devices allocated to the container the call is for.
+
+The kubelet API (gRPC over unix sockets in the kubelet's device-plugin directory): the plugin serves
+`DevicePlugin` on its own socket and registers it through the kubelet's `Registration` socket, naming the
+extended resource (names.DEVICE_PLUGIN_RESOURCE). ListAndWatch advertises `slots` interchangeable IDs; the
+webhook makes each container that uses claims ask for one, so the kubelet calls Allocate for that container
+and not otherwise. Which Pod and container a call is for: see dra_operator.admission.delivery.
+
+What a container gets, per device of its claims (`respond`):
+- an NVML GPU (`gpu-<minor>`, or a MIG device `gpu-<minor>-mig-...` of it): its device node
+  /dev/nvidia<minor> and the driver's control nodes that exist on the host (/dev/nvidiactl, /dev/nvidia-uvm,
+  /dev/nvidia-uvm-tools), as DeviceSpecs: the runtime creates them and the device cgroup allows them;
+- the NVML GPU UUIDs as NVIDIA_VISIBLE_DEVICES for runtimes that read it, as the NVIDIA toolkit's volume-mount
+  list (/var/run/nvidia-container-devices/<uuid>) for runtimes that refuse env-var devices from unprivileged
+  containers, and as CDI device names (nvidia.com/gpu=<uuid>) where the runtime has CDI (`cdi`);
+- any other device, when the agent simulates devices (`simulated_dir`): a file per device on the host,
+  mounted read-only at /var/run/dra-devices/<driver>/<pool>/<device>, so a container can list what it got.
+When the kubelet restarts it removes every plugin socket; the plugin then serves and registers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+
+from dra_operator.admission import delivery, names
+from dra_operator.agent import deviceplugin
+from dra_operator.agent.deviceplugin import api_pb2, api_pb2_grpc
+
+log = structlog.get_logger("dra_operator.agent.deviceplugin")
+
+SOCKET_NAME = "dra-operator.sock"
+DEFAULT_SLOTS = 128
+NVIDIA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+NVIDIA_VOLUME_DIR = "/var/run/nvidia-container-devices"
+SIMULATED_MOUNT_DIR = "/var/run/dra-devices"
+_GPU_NAME = re.compile(r"^gpu-(\d+)(?:-mig-.*)?$")
+
+Json = dict[str, Any]
+PodLister = Callable[[], Awaitable[list[Json]]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the plugin hands the kubelet for one container (a ContainerAllocateResponse, as plain data)."""
+
+    devices: tuple[tuple[str, str, str], ...] = ()  # (container path, host path, permissions)
+    mounts: tuple[tuple[str, str, bool], ...] = ()  # (container path, host path, read only)
+    envs: tuple[tuple[str, str], ...] = ()
+    cdi_devices: tuple[str, ...] = ()
+
+    def message(self) -> api_pb2.ContainerAllocateResponse:
+        return api_pb2.ContainerAllocateResponse(
+            envs=dict(self.envs),
+            mounts=[api_pb2.Mount(container_path=c, host_path=h, read_only=r) for c, h, r in self.mounts],
+            devices=[
+                api_pb2.DeviceSpec(container_path=c, host_path=h, permissions=p) for c, h, p in self.devices
+            ],
+            cdi_devices=[api_pb2.CDIDevice(name=n) for n in self.cdi_devices],
+        )
+
+
+@dataclass(frozen=True)
+class Options:
+    nvidia_driver: str = "gpu.nvidia.com"
+    simulated_dir: Path | None = None  # host directory of the simulated devices' files; None: not simulated
+    cdi: bool = False
+    exists: Callable[[str], bool] = field(default=lambda path: Path(path).exists())
+
+
+def respond(wanted: delivery.ContainerDevices, options: Options) -> Delivery:
+    """The container's delivery (pure apart from `options.exists`): see the module docstring."""
+    devices: list[tuple[str, str, str]] = []
+    mounts: list[tuple[str, str, bool]] = []
+    for ref in wanted.devices:
+        driver, _, rest = ref.partition("/")
+        pool, _, device = rest.partition("/")
+        if driver == options.nvidia_driver:
+            match = _GPU_NAME.match(device)
+            if match:
+                node = f"/dev/nvidia{match.group(1)}"
+                if (node, node, "rw") not in devices:
+                    devices.append((node, node, "rw"))
+        elif options.simulated_dir is not None and pool and device:
+            host = options.simulated_dir / driver / pool / device
+            mounts.append((f"{SIMULATED_MOUNT_DIR}/{driver}/{pool}/{device}", str(host), True))
+    if devices:
+        devices += [(n, n, "rw") for n in NVIDIA_CONTROL_NODES if options.exists(n)]
+    envs: list[tuple[str, str]] = []
+    cdi: list[str] = []
+    if wanted.gpu_uuids:
+        envs.append((names.NVIDIA_ENV, ",".join(wanted.gpu_uuids)))
+        mounts += [(f"{NVIDIA_VOLUME_DIR}/{uuid}", "/dev/null", True) for uuid in wanted.gpu_uuids]
+        if options.cdi:
+            cdi += [f"nvidia.com/gpu={uuid}" for uuid in wanted.gpu_uuids]
+    return Delivery(tuple(devices), tuple(mounts), tuple(envs), tuple(cdi))
+
+
+def ensure_simulated_files(wanted: delivery.ContainerDevices, options: Options) -> None:
+    """The host files a simulated delivery mounts: one per device, naming it (made on first use)."""
+    if options.simulated_dir is None:
+        return
+    for ref in wanted.devices:
+        driver, pool, device = [*ref.split("/"), "", ""][:3]
+        if driver == options.nvidia_driver or not (pool and device):
+            continue
+        path = options.simulated_dir / driver / pool / device
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{ref}\n")
+
+
+class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
+    """The DevicePlugin gRPC service of one node."""
+
+    def __init__(self, node: str, list_pods: PodLister, options: Options, slots: int = DEFAULT_SLOTS) -> None:
+        self.node, self.list_pods, self.options, self.slots = node, list_pods, options, slots
+        self.served = delivery.Served()
+        self.stopping = asyncio.Event()
+        self.allocations = 0  # containers served
+        self._lock = asyncio.Lock()
+
+    async def GetDevicePluginOptions(self, request: Any, context: Any) -> api_pb2.DevicePluginOptions:
+        return api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=False)
+
+    async def ListAndWatch(self, request: Any, context: Any) -> Any:
+        slots = [
+            api_pb2.Device(ID=f"slot-{index:04d}", health=deviceplugin.HEALTHY) for index in range(self.slots)
+        ]
+        yield api_pb2.ListAndWatchResponse(devices=slots)
+        await self.stopping.wait()  # the stream stays open: the kubelet reads it as "still there"
+
+    async def GetPreferredAllocation(self, request: Any, context: Any) -> api_pb2.PreferredAllocationResponse:
+        return api_pb2.PreferredAllocationResponse()
+
+    async def PreStartContainer(self, request: Any, context: Any) -> api_pb2.PreStartContainerResponse:
+        return api_pb2.PreStartContainerResponse()
+
+    async def Allocate(self, request: Any, context: Any) -> api_pb2.AllocateResponse:
+        async with self._lock:  # calls come one at a time from the kubelet; keep `served` consistent anyway
+            try:
+                pods = await self.list_pods()
+            except Exception as error:  # the API server is away: the kubelet fails this admission, retried
+                log.warning("allocate: cannot list this node's pods", error=str(error))
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"dra-operator agent: cannot list pods: {error}"
+                )
+            now = datetime.datetime.now(datetime.UTC)
+            delivery.forget_admitted(self.served, pods)
+            responses = []
+            for _ in request.container_requests:
+                try:
+                    pod, container = delivery.next_container(pods, self.node, self.served, now)
+                except delivery.NotServable as refusal:
+                    log.warning("allocate refused", node=self.node, reason=str(refusal))
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"dra-operator: {refusal}")
+                wanted = delivery.container_devices(pod, container)
+                ensure_simulated_files(wanted, self.options)
+                given = respond(wanted, self.options)
+                delivery.mark_served(self.served, pod)
+                self.allocations += 1
+                meta = pod.get("metadata") or {}
+                log.info(
+                    "devices delivered",
+                    pod=f"{meta.get('namespace')}/{meta.get('name')}",
+                    container=container,
+                    devices=list(wanted.devices),
+                    gpus=list(wanted.gpu_uuids),
+                )
+                responses.append(given.message())
+            return api_pb2.AllocateResponse(container_responses=responses)
+
+
+class DevicePlugin:
+    """Serves `service` on `directory`/SOCKET_NAME and registers it with the kubelet there; again whenever
+    the kubelet restarts (it deletes the plugin sockets when it starts)."""
+
+    def __init__(
+        self, service: DevicePluginService, directory: Path, resource: str = names.DEVICE_PLUGIN_RESOURCE
+    ):
+        self.service, self.directory, self.resource = service, directory, resource
+        self.registrations = 0
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / SOCKET_NAME
+
+    async def register(self) -> None:
+        kubelet = self.directory / deviceplugin.KUBELET_SOCKET_NAME
+        async with grpc.aio.insecure_channel(f"unix://{kubelet}") as channel:
+            await api_pb2_grpc.RegistrationStub(channel).Register(  # type: ignore[no-untyped-call]
+                api_pb2.RegisterRequest(
+                    version=deviceplugin.VERSION,
+                    endpoint=SOCKET_NAME,
+                    resource_name=self.resource,
+                    options=api_pb2.DevicePluginOptions(),
+                ),
+                timeout=10,
+            )
+        self.registrations += 1
+        log.info("registered with the kubelet", resource=self.resource, socket=str(self.socket))
+
+    async def run(self, poll: float = 1.0) -> None:
+        """Until cancelled: serve, register (retrying while the kubelet is away), and start over when the
+        socket disappears."""
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket.unlink()
+            server = grpc.aio.server()
+            api_pb2_grpc.add_DevicePluginServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
+            server.add_insecure_port(f"unix://{self.socket}")
+            await server.start()
+            try:
+                while True:
+                    try:
+                        await self.register()
+                        break
+                    except grpc.aio.AioRpcError as error:
+                        log.info("kubelet not answering registration yet", error=error.details())
+                        await asyncio.sleep(poll)
+                while self.socket.exists():  # noqa: ASYNC110 - a file's disappearance has no event to wait on here
+                    await asyncio.sleep(poll)
+                log.info("plugin socket removed (kubelet restarted?): serving and registering again")
+            finally:
+                await server.stop(grace=None)
+
+
+def pod_lister(api_client: Any, node: str) -> PodLister:
+    """Pods bound to `node`, as plain dicts (one LIST per call: Allocate must see the latest bindings)."""
+
+    async def list_pods() -> list[Json]:
+        from kubernetes_asyncio import client
+
+        core = client.CoreV1Api(api_client)
+        answer = await core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")
+        items: list[Json] = api_client.sanitize_for_serialization(answer).get("items") or []
+        return items
+
+    return list_pods

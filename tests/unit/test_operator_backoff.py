@@ -22,6 +22,23 @@ INVALID = {
     "kind": "Status",
     "reason": "Invalid",
     "message": 'ResourceClaim.resource.dra-operator.io "p-gpu-x" is invalid: metadata.labels: Invalid value',
+    "details": {
+        "name": "p-gpu-x",
+        "group": "resource.dra-operator.io",
+        "kind": "ResourceClaim",
+        "causes": [{"reason": "FieldValueInvalid", "message": "Invalid value", "field": "metadata.labels"}],
+    },
+}
+# What kube-apiserver 1.36 answers to a JSON patch whose `test` op fails (measured).
+TEST_FAILED = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "metadata": {},
+    "status": "Failure",
+    "message": "the server rejected our request due to an error in our request",
+    "reason": "Invalid",
+    "details": {},
+    "code": 422,
 }
 TEMPLATES = f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl"
 
@@ -36,8 +53,8 @@ def test_backoff_schedule() -> None:
 def test_permanent_vs_precondition() -> None:
     assert KubeError(422, "Unprocessable Entity", INVALID).permanent
     assert KubeError(403, "Forbidden", {"reason": "Forbidden"}).permanent
-    # A failed JSON-patch `test` is a 422 without reason Invalid: a fresh read fixes it.
-    assert not KubeError(422, "Unprocessable Entity", {"message": "testing value failed"}).permanent
+    # A failed JSON-patch `test` is a 422 Invalid with empty details: a precondition, a fresh read fixes it.
+    assert not KubeError(422, "Unprocessable Entity", TEST_FAILED).permanent
     assert not KubeError(409, "Conflict").permanent
     assert not KubeError(0, "Unreachable").permanent
 

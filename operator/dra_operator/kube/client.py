@@ -64,11 +64,16 @@ class KubeError(Exception):
     @property
     def permanent(self) -> bool:
         """Repeating the same request cannot succeed: it was refused as invalid (400, or 422 with reason
-        Invalid) or forbidden (403). A failed JSON-patch `test` is also a 422, but with another reason: that
-        is a precondition, and a fresh read fixes it."""
+        Invalid naming the object and its field errors) or forbidden (403). A failed JSON-patch `test` is a
+        422 with reason Invalid too, but with empty details and the generic message "the server rejected
+        our request due to an error in our request" (measured on kube-apiserver 1.36): that is a
+        precondition, and a fresh read fixes it."""
         if self.status in (400, 403):
             return True
-        return self.status == 422 and isinstance(self.body, dict) and self.body.get("reason") == "Invalid"
+        if self.status != 422 or not isinstance(self.body, dict) or self.body.get("reason") != "Invalid":
+            return False
+        details = self.body.get("details")
+        return isinstance(details, dict) and bool(details.get("causes") or details.get("name"))
 
 
 class NotLeading(KubeError):

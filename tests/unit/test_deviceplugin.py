@@ -296,3 +296,40 @@ def test_registers_advertises_slots_allocates_and_registers_again(tmp_path: Path
             await server.stop(grace=None)
 
     asyncio.run(scenario())
+
+
+def test_a_container_allocated_an_unhealthy_gpu_is_refused() -> None:
+    from dra_operator.agent.deviceplugin.plugin import unhealthy_refusal
+
+    wanted = delivery.ContainerDevices("a", ("gpu.nvidia.com/n1/gpu-3", "driver.example.com/n1/dev-7"))
+    assert unhealthy_refusal(wanted, {}) is None
+    assert unhealthy_refusal(wanted, {"gpu.nvidia.com/gpu-1": "gpu.nvidia.com/xid=79"}) is None
+    refusal = unhealthy_refusal(wanted, {"gpu.nvidia.com/gpu-3": "gpu.nvidia.com/xid=79"})
+    assert refusal == (
+        "unhealthy devices allocated to container a: gpu.nvidia.com/n1/gpu-3 (gpu.nvidia.com/xid=79)"
+    )
+
+
+def test_the_service_refuses_allocate_for_an_unhealthy_device(tmp_path: Path) -> None:
+    pod = placed_pod("p")
+    pod["metadata"]["annotations"][names.UNGATED_AT_ANNOTATION] = delivery.timestamp(
+        datetime.datetime.now(datetime.UTC)
+    )
+
+    async def list_pods() -> list[Json]:
+        return [copy.deepcopy(pod)]
+
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise RuntimeError(f"{code.name}: {details}")
+
+    options = Options(
+        unhealthy=lambda: {"gpu.nvidia.com/gpu-3": "gpu.nvidia.com/xid=79"}, exists=lambda _: False
+    )
+    service = DevicePluginService("n1", list_pods, options)
+    request = api_pb2.AllocateRequest(
+        container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["s"])]
+    )
+    with pytest.raises(RuntimeError, match="FAILED_PRECONDITION: dra-operator: unhealthy devices allocated"):
+        asyncio.run(service.Allocate(request, Context()))
+    assert service.allocations == 0

@@ -209,6 +209,14 @@ class Agent:
         self.stopping = asyncio.Event()
         self.passes = 0  # completed read-and-sync passes, failed ones included
 
+    def unhealthy(self) -> dict[str, str]:
+        """`driver/device` -> the taint it is marked with (`key=value`), for the device plugin."""
+        return {
+            f"{driver}/{name}": f"{taint.key}={taint.value}" if taint.value else taint.key
+            for driver, health in self.health.items()
+            for name, taint in health.marked.items()
+        }
+
     def on_health_event(self, event: HealthEvent) -> None:
         """Called in the event loop (the watcher thread hands over with call_soon_threadsafe)."""
         for pool in self.pools:
@@ -315,6 +323,7 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
                 nvidia_driver=args.driver if args.backend == "nvml" else "",
                 simulated_dir=Path(args.simulated_devices_dir) if args.backend == "simulated" else None,
                 cdi=args.cdi,
+                unhealthy=agent.unhealthy,
             )
             service = DevicePluginService(
                 node, pod_lister(api, node), options, slots=args.device_plugin_slots

@@ -16,7 +16,11 @@ What a container gets, per device of its claims (`respond`):
   containers, and as CDI device names (nvidia.com/gpu=<uuid>) where the runtime has CDI (`cdi`);
 - any other device, when the agent simulates devices (`simulated_dir`): a file per device on the host,
   mounted read-only at /var/run/dra-devices/<driver>/<pool>/<device>, so a container can list what it got.
-When the kubelet restarts it removes every plugin socket; the plugin then serves and registers again.
+A container allocated a device the agent has marked unhealthy (a critical Xid, a GPU lost) is refused: the
+kubelet fails the Pod's admission instead of starting it on a broken GPU (the slots the plugin advertises are
+not devices, so health is not told through ListAndWatch; the slice withdraws or taints the device, so no new
+claim gets it). When the kubelet restarts it removes every plugin socket; the plugin then serves and
+registers again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import asyncio
 import contextlib
 import datetime
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +80,8 @@ class Options:
     simulated_dir: Path | None = None  # host directory of the simulated devices' files; None: not simulated
     cdi: bool = False
     exists: Callable[[str], bool] = field(default=lambda path: Path(path).exists())
+    # `driver/device` -> why it is unhealthy (the agent's health marks), read at each Allocate.
+    unhealthy: Callable[[], Mapping[str, str]] = field(default=lambda: {})
 
 
 def respond(wanted: delivery.ContainerDevices, options: Options) -> Delivery:
@@ -104,6 +110,20 @@ def respond(wanted: delivery.ContainerDevices, options: Options) -> Delivery:
         if options.cdi:
             cdi += [f"nvidia.com/gpu={uuid}" for uuid in wanted.gpu_uuids]
     return Delivery(tuple(devices), tuple(mounts), tuple(envs), tuple(cdi))
+
+
+def unhealthy_refusal(wanted: delivery.ContainerDevices, unhealthy: Mapping[str, str]) -> str | None:
+    """Why the container must not start (one of its devices is marked unhealthy: `driver/device` -> what
+    happened), or None. Such a device is already withdrawn or tainted in its slice, so no new claim gets it;
+    this stops a Pod allocated it before the fault from starting on a broken GPU."""
+    bad = []
+    for ref in wanted.devices:
+        driver, _, rest = ref.partition("/")
+        device = rest.partition("/")[2]
+        reason = unhealthy.get(f"{driver}/{device}")
+        if reason is not None:
+            bad.append(f"{ref} ({reason})")
+    return f"unhealthy devices allocated to container {wanted.container}: {', '.join(bad)}" if bad else None
 
 
 def ensure_simulated_files(wanted: delivery.ContainerDevices, options: Options) -> None:
@@ -161,10 +181,14 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             for _ in request.container_requests:
                 try:
                     pod, container = delivery.next_container(pods, self.node, self.served, now)
-                except delivery.NotServable as refusal:
-                    log.warning("allocate refused", node=self.node, reason=str(refusal))
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"dra-operator: {refusal}")
+                except delivery.NotServable as unservable:
+                    log.warning("allocate refused", node=self.node, reason=str(unservable))
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"dra-operator: {unservable}")
                 wanted = delivery.container_devices(pod, container)
+                refusal = unhealthy_refusal(wanted, self.options.unhealthy())
+                if refusal is not None:
+                    log.warning("allocate refused", node=self.node, reason=refusal)
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"dra-operator: {refusal}")
                 ensure_simulated_files(wanted, self.options)
                 given = respond(wanted, self.options)
                 delivery.mark_served(self.served, pod)

@@ -295,7 +295,7 @@ def test_seed_walkthrough(
     assert_no_double_allocation(cluster.claims())
 
     describe = kubectl("describe", "pod", "solo", "-n", ns).stdout
-    assert "Allocated" in describe and "ClaimCreated" in describe
+    assert "Allocated" in describe and "from template" in describe
     describe_claim = kubectl(
         "describe", "resourceclaims.resource.dra-operator.io", gen["metadata"]["name"], "-n", ns
     ).stdout

@@ -281,7 +281,9 @@ def test_template_pod_costs_three_writes_and_is_ungated_on_the_node() -> None:
     assert pod["metadata"]["annotations"][names.nvidia_annotation("c")] == names.NVIDIA_NONE
     terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["n1"]
-    assert w.recorder.reasons("p") == ["ClaimCreated", "Allocated"]
+    assert w.recorder.reasons("p") == ["Allocated"]  # plus the claim's own: two events per Pod
+    assert w.recorder.reasons(claim["metadata"]["name"]) == ["Allocated"]
+    assert "(from template tmpl)" in next(e[3] for e in w.recorder.events if e[0] == "p")
 
     # Again: nothing to do (idempotent), no write.
     w.kube.writes.clear()
@@ -342,7 +344,7 @@ def test_missing_class_is_reported_before_allocating() -> None:
     w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
     w.run(w.reconciler.sync_pod(NS, "p"))
     assert gated(w.pod("p")) and w.allocator.calls == 0
-    assert w.recorder.reasons("p") == ["ClaimCreated", "ClassNotFound"]
+    assert w.recorder.reasons("p") == ["ClassNotFound"]
     assert "device class nope does not exist" in w.recorder.events[-1][3]
 
 

@@ -57,6 +57,8 @@ Item = tuple[str, str, str]  # (POD|CLAIM, namespace, name)
 #: Backoff of an item whose writes keep failing: 1 s, 2 s, 4 s, ... up to these caps (seconds).
 PERMANENT_BACKOFF_CAP = 300.0  # refused (400, 403, 422 Invalid): only a change of the inputs can help
 TRANSIENT_BACKOFF_CAP = 30.0  # 5xx, no answer, unexpected errors: the server or the network heals
+#: Seconds between counts of the waiting-Pods gauge (a scan of every Pod).
+WAITING_EVERY = 1.0
 #: Seconds between looks at a node whose device plugin is busy with another Pod (a watch event on that Pod
 #: usually comes first).
 DELIVERY_RECHECK = 2.0
@@ -94,6 +96,8 @@ class Reconciler:
     _deferred: dict[str, set[Item]] = field(default_factory=dict)
     # Node -> (uid, since (monotonic), name) of the Pod this replica last ungated there, until it is admitted.
     _ungating: dict[str, tuple[str, float, Key]] = field(default_factory=dict)
+    # When the waiting-Pods gauge was last counted (monotonic).
+    _waiting_counted: float = 0.0
     # Pod uid -> when this replica first saw it gated (monotonic), for the allocation latency histogram.
     _first_seen: dict[str, float] = field(default_factory=dict)
 
@@ -182,7 +186,9 @@ class Reconciler:
         finally:
             if kind == POD:
                 metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
-            metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
+            if time.monotonic() - self._waiting_counted > WAITING_EVERY:  # a scan of every Pod: not per item
+                self._waiting_counted = time.monotonic()
+                metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
 
     async def _failed(self, item: Item, exc: KubeError) -> None:
         """Schedule the retry a failed write deserves (see the module docstring), and say why when it was
@@ -438,13 +444,9 @@ class Reconciler:
                     claim = await self.kube.create(
                         ours("resourceclaims", namespace), generated_claim(pod, pod_claim, template)
                     )
+                    # No event of its own: the Pod's Allocated event names the claim and its template
+                    # (two events per Pod on the happy path, as few as built-in DRA allows).
                     self.state.wrote(CLAIMS, claim)
-                    self.recorder.normal(
-                        pod,
-                        "ClaimCreated",
-                        f'created ResourceClaim {claim["metadata"]["name"]} for pod claim "{pod_claim}" '
-                        f"from template {template_name}",
-                    )
                     log.info(
                         "claim created",
                         pod=_name(pod),
@@ -495,8 +497,16 @@ class Reconciler:
         )
         self.state.wrote(PODS, patched)
         self.recorder.forget(uid)
+        templates = {
+            str(r["name"]): str(r["resourceClaimTemplateName"])
+            for r in pod_claim_refs(pod)
+            if r.get("resourceClaimTemplateName")
+        }
         summary = ", ".join(
-            f"{pc}={_name(c)}[{_devices(allocations[pc])}]" for pc, c in sorted(claims.items())
+            f"{pc}={_name(c)}"
+            + (f" (from template {templates[pc]})" if pc in templates else "")
+            + f"[{_devices(allocations[pc])}]"
+            for pc, c in sorted(claims.items())
         )
         self.recorder.normal(pod, "Allocated", f"claims allocated on node {node}: {summary}")
         metrics.ALLOCATIONS.inc()
@@ -519,12 +529,13 @@ class Reconciler:
         if missing:
             self._fail(pod, "ClassNotFound", "; ".join(missing), claims=list(claims.values()))
             return None
-        nodes = list(self.state.all(NODES))
+        nodes = list(self.state.all(NODES, ordered=True))  # candidates by name: placement is deterministic
         request = AllocationRequest(
             pod=pod,
             claims=claims,
-            classes=list(self.state.all(CLASSES)),
-            slices=list(self.state.all(SLICES)),
+            # in name order, so that the snapshot, and with it every choice, is the same in every process
+            classes=list(self.state.all(CLASSES, ordered=True)),
+            slices=list(self.state.all(SLICES, ordered=True)),
             nodes=nodes,
             candidates=[n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)],
             all_claims=list(self.state.all(CLAIMS)),

@@ -8,8 +8,18 @@ fails on a device the search touches, an All request that sees an incomplete or 
 32 devices per claim make the whole attempt fail (Kubernetes returns an error and the scheduler gives up on
 the Pod for this round, whatever other nodes offer).
 
-Nodes are tried in name order and the first node with a solution is chosen. Two things keep this fast
-without changing any outcome:
+Which node, among those with a solution, is the placement policy's choice (`Placement`):
+- "first": nodes are tried in name order and the first with a solution wins (the structured allocator's
+  own order);
+- "binpack" (the operator's default): nodes are tried from the fewest free candidate devices for the Pod's
+  requests to the most (ties in name order), so small requests fill partly used nodes and whole nodes stay
+  free for large ones;
+- "spread": from the most free candidates to the fewest, so load is spread across nodes.
+The ranking counts free candidates per request signature (cheap, cached), never runs the search on a node
+that cannot fit, and stops at the first node in that order with a solution. When a full scan is needed (see
+below) every node is searched anyway and the best-ranked node with a solution wins.
+
+Two things keep this fast without changing any outcome:
 - A subtree that failed for one device is not searched again for an equivalent later device (same selector
   outcomes for every request of the Pod, same constrained attribute values, same in-use state, no shared
   capacity): by symmetry it fails too.
@@ -23,9 +33,10 @@ without changing any outcome:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 from dra_operator.allocation.capacity import Amounts, as_quantity
 from dra_operator.allocation.capacity import consumption as capacity_consumption
@@ -82,6 +93,9 @@ RESULTS_MAX = 32
 
 DETAILED_NODES = 20
 """Nodes diagnosed in detail in an explanation; the rest are counted."""
+
+Placement = Literal["first", "binpack", "spread"]
+PLACEMENTS: tuple[Placement, ...] = ("binpack", "spread", "first")
 
 
 @dataclass(frozen=True, slots=True)
@@ -760,8 +774,11 @@ def allocate(
     pod: PodRef,
     claims: Sequence[ResourceClaim],
     nodes: Sequence[str | None] | None = None,
+    placement: Placement = "first",
 ) -> Outcome:
     """Allocate all of a Pod's claims together on one node, or explain why not.
+
+    `placement` chooses among the nodes with a solution (see the module docstring).
 
     Claims with `status.allocation` are reused: they are not allocated again and restrict the node to their
     `nodeSelector` (and are recorded in the snapshot if it did not know them yet). `nodes`, when given,
@@ -852,12 +869,21 @@ def allocate(
     start = 0 if full_scan else max((snapshot.frontier(sig) for sig in needs), default=0)
 
     chosen: tuple[Node, _NodeSearch] | None = None
+
     # Kubernetes runs the allocator on a node even when an allocated claim rules the node out (the claim
     # only fails the node afterwards), so when errors are possible those nodes are searched too.
-    for position in candidates(start, blocked_too=full_scan):
+    def fits(position: int) -> bool:  # enough free candidates: cheap, and no node short of them is searched
         node = snapshot.nodes[position]
-        if not full_scan and any(snapshot.free_candidates(sig, node) < n for sig, n in needs.items()):
-            continue
+        return full_scan or all(snapshot.free_candidates(sig, node) >= n for sig, n in needs.items())
+
+    order: Iterable[int] = (p for p in candidates(start, blocked_too=full_scan) if fits(p))
+    if placement != "first" and needs:
+        ranked = list(order)
+        free = {p: sum(snapshot.free_candidates(sig, snapshot.nodes[p]) for sig in needs) for p in ranked}
+        ranked.sort(key=(lambda p: (free[p], p)) if placement == "binpack" else (lambda p: (-free[p], p)))
+        order = ranked
+    for position in order:
+        node = snapshot.nodes[position]
         search = _NodeSearch(snapshot, node, plans)
         try:
             found = search.run()

@@ -15,7 +15,7 @@ import structlog
 
 from dra_operator.allocation.explain import ClassNotFound, SelectorError
 from dra_operator.allocation.nodes import Node
-from dra_operator.allocation.search import Allocation, PodRef, allocate
+from dra_operator.allocation.search import Allocation, Placement, PodRef, allocate
 from dra_operator.allocation.selectors import SelectorCache
 from dra_operator.allocation.snapshot import Snapshot
 from dra_operator.api.resource import DeviceClass, InvalidObject, ResourceClaim, ResourceSlice, load_object
@@ -51,8 +51,9 @@ class Failure:
 
 
 class Allocator:
-    def __init__(self, nvidia_driver: str = NVIDIA_DRIVER) -> None:
+    def __init__(self, nvidia_driver: str = NVIDIA_DRIVER, placement: Placement = "binpack") -> None:
         self.nvidia_driver = nvidia_driver
+        self.placement: Placement = placement
         self.selectors = SelectorCache()  # compiled selectors and results per device version
         self._models: dict[tuple[str, str], Any] = {}
         self._bad: set[tuple[str, str]] = set()
@@ -98,6 +99,7 @@ class Allocator:
             PodRef(meta["namespace"], meta["name"], meta.get("uid", "")),
             list(claims.values()),
             list(req.candidates),
+            placement=self.placement,
         )
         if not isinstance(outcome, Allocation):
             explanation = outcome.explanation

@@ -21,6 +21,7 @@ from kubernetes_asyncio import config as k8s_config
 from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
+from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import Kube, KubeError, NotLeading
 from dra_operator.operator import handlers, leader, logs, metrics
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
@@ -86,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resync-seconds", type=float, default=300.0, help="how often to check the caches against a LIST"
+    )
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="binpack",
+        help="which node among those that fit: binpack (fewest free devices left: keeps whole nodes free for "
+        "large requests), spread (most free), first (name order)",
     )
     parser.add_argument(
         "--device-plugin",
@@ -223,7 +231,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     )
     state = State()
     recorder = Recorder(kube, host=socket.gethostname())
-    allocator = Allocator(nvidia_driver=args.nvidia_driver)
+    allocator = Allocator(nvidia_driver=args.nvidia_driver, placement=args.placement)
     reconciler = Reconciler(
         kube,
         state,

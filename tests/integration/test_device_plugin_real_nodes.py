@@ -21,6 +21,7 @@ import yaml
 from helpers import install_crds
 
 from dra_operator.admission import names
+from dra_operator.agent.slices import MANAGED_BY, MANAGED_BY_LABEL
 from dra_operator.controlplane import ApiError, ControlPlane, wait_until
 from dra_operator.operator.local import LocalOperator, LocalProcess
 from dra_operator.realnodes import BUSYBOX_IMAGE, RealNodes
@@ -110,6 +111,12 @@ def plugin_cluster(
         for name in ("plugin-gpu", "plugin-nvidia"):
             with contextlib.suppress(ApiError):
                 cp.request("DELETE", f"{GROUP}/deviceclasses/{name}")
+        # The agents' slices outlive them (a stopped agent withdraws nothing): later modules on these nodes
+        # publish their own pools of the same names, and two slices of one pool make it invalid.
+        selector = f"labelSelector={MANAGED_BY_LABEL}={MANAGED_BY}"
+        for item in cp.request("GET", f"{GROUP}/resourceslices?{selector}")["items"]:
+            with contextlib.suppress(ApiError):
+                cp.request("DELETE", f"{GROUP}/resourceslices/{item['metadata']['name']}")
 
 
 @pytest.fixture

@@ -204,6 +204,7 @@ class World:
             for name in INDEXES:
                 self.state.indexes[name].clear()  # type: ignore[attr-defined]
                 self.state.indexes[name].update(indexes[name])  # type: ignore[attr-defined]
+            self.state.reindex()  # what the index functions' note() calls do, event by event
 
     def add_pod(self, name: str, refs: list[Json], delivery_resource: str | None = None) -> Json:
         raw = {
@@ -658,3 +659,22 @@ def test_with_the_device_plugin_a_node_gets_one_newly_placed_pod_at_a_time() -> 
     assert ("pod", NS, "p2") in w.reconciler._queued
     w.run(w.reconciler.sync_pod(NS, "p2"))
     assert not gated(w.pod("p2"))
+
+
+def test_uid_lookups_follow_writes_and_filter_what_went_stale() -> None:
+    """The claims of a Pod and a Pod by uid come from lookups, not scans: they follow our writes at once and
+    never return a claim that stopped being related (or an object that is gone)."""
+    w = World()
+    w.add(claims_path("shared"), copy.deepcopy(CLAIM))
+    w.add_pod("a", [{"name": "s", "resourceClaimName": "shared"}])
+    uid = w.pod("a")["metadata"]["uid"]
+    assert w.state.claims_of(uid) == [] and w.state.pod_by_uid(uid)["metadata"]["name"] == "a"
+    asyncio.run(w.reconciler.sync_pod(NS, "a"))  # reserved for a: known before any watch event
+    assert [c["metadata"]["name"] for c in w.state.claims_of(uid)] == ["shared"]
+    w.sync()
+    w.finish("a")
+    w.run(w.reconciler.sync_claim(NS, "shared"))  # released: no longer related, although the key lingers
+    assert w.state.claims_of(uid) == []
+    del w.kube.objects[pods_path("a")]
+    w.sync()
+    assert w.state.pod_by_uid(uid) is None

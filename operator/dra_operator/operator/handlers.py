@@ -65,8 +65,16 @@ def register(
         PODS: ("v1", "pods"),
         NODES: ("v1", "nodes"),
     }
+
+    def noting(kind: str) -> Callable[..., dict[tuple[str, str], Json]]:
+        def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
+            state.note(kind, body)  # the uid lookups move with the index, in the same step
+            return _keep(body)
+
+        return index
+
     for index_id, resource in sources.items():
-        fn = _node if index_id == NODES else _keep
+        fn = _node if index_id == NODES else noting(index_id) if index_id in (CLAIMS, PODS) else _keep
         kopf.index(*resource, id=index_id, registry=registry)(fn)
 
     def warm(**kwargs: Any) -> None:
@@ -90,16 +98,13 @@ def register(
         namespace, name = key_of(body)
         if type == "DELETED":
             state.forget(PODS, (namespace, name))
-            reconciler.forget_pod(str(body.get("metadata", {}).get("uid")))
-            uid = body.get("metadata", {}).get("uid")
-            for claim in state.all(CLAIMS):
+            uid = str(body.get("metadata", {}).get("uid"))
+            reconciler.forget_pod(uid)
+            for claim in state.claims_of(uid):
                 meta = claim.get("metadata") or {}
-                refs = (claim.get("status") or {}).get("reservedFor") or []
-                owners = meta.get("ownerReferences") or []
-                if meta.get("namespace") == namespace and (
-                    any(r.get("uid") == uid for r in refs) or any(o.get("uid") == uid for o in owners)
-                ):
+                if meta.get("namespace") == namespace:
                     reconciler.enqueue(CLAIM, namespace, str(meta.get("name")))
+            state.forget_pod_uid(uid)
             return
         reconciler.enqueue(POD, namespace, name)
 

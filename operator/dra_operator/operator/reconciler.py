@@ -397,12 +397,11 @@ class Reconciler:
         self.recorder.warning(pod, "NotGated", message)
 
     def _claims_of_pod(self, pod: Json) -> list[Json]:
-        uid = pod["metadata"]["uid"]
+        namespace = pod["metadata"]["namespace"]
         return [
             c
-            for c in self.state.all(CLAIMS)
-            if c["metadata"].get("namespace") == pod["metadata"]["namespace"]
-            and (uid in reserved_uids(c) or controller_uid(c) == uid)
+            for c in self.state.claims_of(pod["metadata"]["uid"])
+            if c["metadata"].get("namespace") == namespace
         ]
 
     async def _pod_claims(self, pod: Json) -> dict[str, Json] | None:
@@ -425,7 +424,7 @@ class Reconciler:
                 claim = next(
                     (
                         c
-                        for c in self.state.all(CLAIMS)
+                        for c in self.state.claims_of(uid)
                         if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
                     ),
                     None,
@@ -763,9 +762,7 @@ class Reconciler:
         uid = ref.get("uid")
         name = ref.get("name")
         candidates = (
-            [self.state.get(PODS, (namespace, str(name)))]
-            if name
-            else [p for p in self.state.all(PODS) if p["metadata"].get("namespace") == namespace]
+            [self.state.get(PODS, (namespace, str(name)))] if name else [self.state.pod_by_uid(str(uid))]
         )
         for pod in candidates:
             if pod is not None and pod["metadata"].get("uid") == uid:

@@ -37,13 +37,67 @@ def _rv(obj: Mapping[str, Any] | None) -> int:
         return 0
 
 
+def _related_uids(claim: Mapping[str, Any]) -> set[str]:
+    """The Pods a claim belongs to or serves: its controller owner and its reservedFor consumers."""
+    meta = claim.get("metadata") or {}
+    uids = {str(r.get("uid")) for r in meta.get("ownerReferences") or [] if r.get("controller")}
+    uids.update(str(r.get("uid")) for r in (claim.get("status") or {}).get("reservedFor") or [])
+    return uids
+
+
 class State:
-    """Read access to indexed objects by kind, with our fresher writes on top."""
+    """Read access to indexed objects by kind, with our fresher writes on top.
+
+    Two lookups by Pod uid spare the per-Pod scans over every claim and Pod: the claims related to a Pod
+    (owned by it or reserved for it) and the Pod itself. They are kept by `note`, which the index functions
+    call for every object they index (so they move with Kopf's indexes, event by event) and our writes call
+    too; they may hold stale keys (an object changed or gone), which every lookup filters out.
+    """
 
     def __init__(self) -> None:
         self.indexes: Mapping[str, Any] | None = None
         # kind -> key -> our last written object, or None for "we deleted it" (with the rv it had then)
         self._overlay: dict[str, dict[Key, tuple[int, Json | None]]] = {name: {} for name in INDEXES}
+        self._claims_by_pod: dict[str, set[Key]] = {}
+        self._pod_by_uid: dict[str, Key] = {}
+
+    def note(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """Keep the uid lookups current for an object seen (indexed or written by us)."""
+        if kind == CLAIMS:
+            key = key_of(obj)
+            for uid in _related_uids(obj):
+                self._claims_by_pod.setdefault(uid, set()).add(key)
+        elif kind == PODS:
+            pod_uid = (obj.get("metadata") or {}).get("uid")
+            if pod_uid:
+                self._pod_by_uid[str(pod_uid)] = key_of(obj)
+
+    def forget_pod_uid(self, uid: str) -> None:
+        """A Pod is gone for good: drop its lookups (its claims are reached through their own events)."""
+        self._claims_by_pod.pop(uid, None)
+        self._pod_by_uid.pop(uid, None)
+
+    def claims_of(self, uid: str) -> list[Json]:
+        """The claims owned by, or reserved for, the Pod with this uid."""
+        found = []
+        for key in list(self._claims_by_pod.get(uid, ())):
+            claim = self.get(CLAIMS, key)
+            if claim is not None and uid in _related_uids(claim):
+                found.append(claim)
+        return found
+
+    def pod_by_uid(self, uid: str) -> Json | None:
+        key = self._pod_by_uid.get(uid)
+        pod = self.get(PODS, key) if key is not None else None
+        return pod if pod is not None and (pod.get("metadata") or {}).get("uid") == uid else None
+
+    def reindex(self) -> None:
+        """Rebuild the uid lookups from the indexes (at bind, and for callers that fill indexes by hand)."""
+        self._claims_by_pod.clear()
+        self._pod_by_uid.clear()
+        for kind in (CLAIMS, PODS):
+            for obj in self.all(kind):
+                self.note(kind, obj)
 
     @property
     def bound(self) -> bool:
@@ -53,6 +107,7 @@ class State:
         """Keep Kopf's index objects (they are long-lived; handlers get the same ones every time)."""
         if self.indexes is None and all(name in indexes for name in INDEXES):
             self.indexes = {name: indexes[name] for name in INDEXES}
+            self.reindex()
 
     def _indexed(self, kind: str, key: Key) -> Json | None:
         if self.indexes is None:
@@ -89,6 +144,7 @@ class State:
     def wrote(self, kind: str, obj: Json) -> None:
         """Remember an object as the API server returned it from our write."""
         self._overlay[kind][key_of(obj)] = (_rv(obj), obj)
+        self.note(kind, obj)
 
     def deleted(self, kind: str, obj: Json) -> None:
         """Remember that we deleted an object (it vanishes from reads at once)."""

@@ -70,7 +70,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def control_plane() -> Iterator[ControlPlane]:
     if _Startup.error is not None:
         pytest.fail(_Startup.error, pytrace=False)
-    plane = ControlPlane()
+    # One control plane serves every module, and each leaves namespaces for the namespace controller to empty.
+    # Under Kubernetes' default client limits (controller manager 20 qps) that clean-up can hold back the
+    # controllers a later test waits on: one CI run saw the resourceclaim controller take over 60 s to record
+    # a Pod's generated claims. Tests compare outcomes, not throughput (the benchmarks keep the defaults).
+    plane = ControlPlane(client_qps=100)
     try:
         plane.start()
     except (build.BuildError, ControlPlaneError, OSError) as error:

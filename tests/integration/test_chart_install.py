@@ -314,6 +314,7 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
     # ---- helm install (real: CRDs from crds/, every template, lookup against the cluster, NOTES) ----
     notes = install.helm_run("install", install.release, str(CHART), "--values", str(values_file))
     assert "kubectl get deviceclasses.resource.dra-operator.io" in notes
+    assert "set agent.devicePlugin.enabled=true" in notes and "ValidatingAdmissionPolicies refuse" in notes
     deployment = install.workload("Deployment")
     daemonset = install.workload("DaemonSet")
     assert deployment["spec"]["replicas"] == 2

@@ -34,6 +34,7 @@ from dra_operator.admission import names
 from dra_operator.controlplane.fakes import gpu_slice_manifest, node_manifest, pod_succeeded_status
 from dra_operator.controlplane.launcher import ApiError, ControlPlane
 from dra_operator.operator.local import LocalOperator, ProcessExited
+from dra_operator.operator.placement import is_gated
 
 GROUP = "/apis/resource.dra-operator.io/v1"
 DRIVER = "driver.example.com"
@@ -89,12 +90,6 @@ class ChaosReport:
             f"after it; longest wait {self.max_wait_seconds:.1f} s; wall {self.wall_seconds:.0f} s; "
             f"replica log events {dict(self.log_events)}"
         )
-
-
-def _gated(pod: Json) -> bool:
-    return any(
-        g.get("name") == names.SCHEDULING_GATE for g in (pod.get("spec") or {}).get("schedulingGates") or []
-    )
 
 
 def _devices(claim: Json) -> list[tuple[str, str, str]]:
@@ -288,7 +283,7 @@ class Chaos:
                 self._violation(f"pod uid {owner} claim {pod_claim!r} has {count} generated claims")
         for pod in pods:
             name = pod["metadata"]["name"]
-            if _gated(pod) or name in self.placed_at:
+            if is_gated(pod) or name in self.placed_at:
                 continue
             self._check_placed(pod, by_name)
             self.placed_at[name] = now

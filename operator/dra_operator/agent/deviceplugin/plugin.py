@@ -84,13 +84,19 @@ class Options:
     unhealthy: Callable[[], Mapping[str, str]] = field(default=lambda: {})
 
 
+def _parts(ref: str) -> tuple[str, str, str]:
+    """`driver/pool/device` split into its three parts (missing ones empty)."""
+    driver, _, rest = ref.partition("/")
+    pool, _, device = rest.partition("/")
+    return driver, pool, device
+
+
 def respond(wanted: delivery.ContainerDevices, options: Options) -> Delivery:
     """The container's delivery (pure apart from `options.exists`): see the module docstring."""
     devices: list[tuple[str, str, str]] = []
     mounts: list[tuple[str, str, bool]] = []
     for ref in wanted.devices:
-        driver, _, rest = ref.partition("/")
-        pool, _, device = rest.partition("/")
+        driver, pool, device = _parts(ref)
         if driver == options.nvidia_driver:
             match = _GPU_NAME.match(device)
             if match:
@@ -118,8 +124,7 @@ def unhealthy_refusal(wanted: delivery.ContainerDevices, unhealthy: Mapping[str,
     this stops a Pod allocated it before the fault from starting on a broken GPU."""
     bad = []
     for ref in wanted.devices:
-        driver, _, rest = ref.partition("/")
-        device = rest.partition("/")[2]
+        driver, _, device = _parts(ref)
         reason = unhealthy.get(f"{driver}/{device}")
         if reason is not None:
             bad.append(f"{ref} ({reason})")
@@ -131,7 +136,7 @@ def ensure_simulated_files(wanted: delivery.ContainerDevices, options: Options) 
     if options.simulated_dir is None:
         return
     for ref in wanted.devices:
-        driver, pool, device = [*ref.split("/"), "", ""][:3]
+        driver, pool, device = _parts(ref)
         if driver == options.nvidia_driver or not (pool and device):
             continue
         path = options.simulated_dir / driver / pool / device

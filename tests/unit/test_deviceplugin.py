@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from dra_operator.admission import delivery, names
 from dra_operator.admission.mutation import mutate
@@ -20,9 +21,14 @@ from dra_operator.agent.deviceplugin.plugin import (
     NVIDIA_CONTROL_NODES,
     DevicePlugin,
     DevicePluginService,
+    MigMinorsFile,
     Options,
+    parse_mig_minors,
     respond,
+    slot_health,
 )
+from dra_operator.agent.health import WHOLE_GPU, HealthEvent
+from dra_operator.agent.inventory import DeviceInfo, Inventory
 from dra_operator.operator.placement import device_annotations
 
 Json = dict[str, Any]
@@ -194,6 +200,273 @@ def test_simulated_devices_are_files_and_nothing_else_is_handed(tmp_path: Path) 
     )
     assert given.devices == () and given.envs == () and given.cdi_devices == ()
     assert respond(delivery.ContainerDevices("c"), Options(simulated_dir=tmp_path)) == type(given)()
+
+
+# ------------------------------------------------------------------------------ MIG capability nodes
+
+MIG_MINORS = """config 1
+monitor 2
+gpu0/gi1/access 12
+gpu0/gi1/ci0/access 13
+gpu0/gi1/ci1/access 14
+gpu0/gi2/access 21
+gpu0/gi2/ci0/access 22
+gpu1/gi1/access 147
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", {}),
+        ("config 1\nmonitor 2\n", {"config": 1, "monitor": 2}),
+        (
+            "gpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\n",
+            {"gpu0/gi1/access": 12, "gpu0/gi1/ci0/access": 13},
+        ),
+        ("  gpu3/gi0/ci1/access \t 40  \r\n\n", {"gpu3/gi0/ci1/access": 40}),
+        (
+            "gpu0/gi1/access 12\ngarbage\na b c\ngpu0/gi2/access x1\ngpu0/gi3/access -1\n",
+            {"gpu0/gi1/access": 12},
+        ),
+    ],
+    ids=["empty", "config-monitor", "gi-ci", "whitespace", "malformed-lines-ignored"],
+)
+def test_parse_mig_minors(text: str, expected: dict[str, int]) -> None:
+    assert parse_mig_minors(text) == expected
+
+
+MIG_0_1G = "gpu-0-mig-1g10gb-19-0"  # GPU 0, GI 1, CI 0
+MIG_0_1G_CI1 = "gpu-0-mig-1c2g20gb-14-0"  # GPU 0, GI 1, CI 1 (a second compute instance of GI 1)
+MIG_0_2G = "gpu-0-mig-2g20gb-14-2"  # GPU 0, GI 2, CI 0
+MIG_1_1G = "gpu-1-mig-1g10gb-19-0"  # GPU 1, GI 1, CI 0: the file lacks its compute instance
+INSTANCES = {MIG_0_1G: (1, 0), MIG_0_1G_CI1: (1, 1), MIG_0_2G: (2, 0), MIG_1_1G: (1, 0)}
+
+
+@pytest.mark.parametrize(
+    ("names_", "minors_text", "nodes", "reads", "missing"),
+    [
+        (
+            [MIG_0_1G],
+            MIG_MINORS,
+            ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"],
+            1,
+            [],
+        ),
+        (
+            [MIG_0_1G, MIG_0_1G_CI1, MIG_0_2G],
+            MIG_MINORS,
+            [
+                "/dev/nvidia0",
+                "/dev/nvidia-caps/nvidia-cap12",
+                "/dev/nvidia-caps/nvidia-cap13",
+                "/dev/nvidia-caps/nvidia-cap14",
+                "/dev/nvidia-caps/nvidia-cap21",
+                "/dev/nvidia-caps/nvidia-cap22",
+            ],
+            1,
+            [],
+        ),
+        (
+            ["gpu-3", MIG_0_2G],
+            MIG_MINORS,
+            [
+                "/dev/nvidia3",
+                "/dev/nvidia0",
+                "/dev/nvidia-caps/nvidia-cap21",
+                "/dev/nvidia-caps/nvidia-cap22",
+            ],
+            1,
+            [],
+        ),
+        (["gpu-3"], MIG_MINORS, ["/dev/nvidia3"], 0, []),
+        ([MIG_1_1G], MIG_MINORS, ["/dev/nvidia1"], 1, [MIG_1_1G]),
+        ([MIG_0_1G], None, ["/dev/nvidia0"], 1, [MIG_0_1G]),
+        (["gpu-0-mig-1g10gb-19-4"], MIG_MINORS, ["/dev/nvidia0"], 0, ["gpu-0-mig-1g10gb-19-4"]),
+        (
+            [MIG_1_1G, MIG_0_1G],
+            MIG_MINORS,
+            [
+                "/dev/nvidia1",
+                "/dev/nvidia0",
+                "/dev/nvidia-caps/nvidia-cap12",
+                "/dev/nvidia-caps/nvidia-cap13",
+            ],
+            1,
+            [MIG_1_1G],
+        ),
+    ],
+    ids=[
+        "mig",
+        "same-gpu-shared-gi",
+        "full-gpu-and-mig",
+        "full-gpu-reads-nothing",
+        "caps-not-in-file",
+        "file-missing",
+        "instance-unknown",
+        "one-found-one-missing",
+    ],
+)
+def test_mig_devices_get_their_parent_node_and_capability_nodes(
+    names_: list[str], minors_text: str | None, nodes: list[str], reads: int, missing: list[str]
+) -> None:
+    calls = []
+
+    def read() -> str | None:
+        calls.append(1)
+        return minors_text
+
+    wanted = delivery.ContainerDevices("a", tuple(f"gpu.nvidia.com/n1/{n}" for n in names_))
+    options = Options(
+        exists=lambda path: path == "/dev/nvidiactl", mig_instances=INSTANCES.get, read_mig_minors=read
+    )
+    with capture_logs() as logs:
+        given = respond(wanted, options)
+    assert list(given.devices) == [(n, n, "rw") for n in [*nodes, "/dev/nvidiactl"]]
+    assert len(calls) == reads  # read lazily, once per container at most
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    if missing:
+        (warning,) = warnings
+        assert "CUDA in the container will fail" in warning["event"]
+        assert warning["devices"] == [f"gpu.nvidia.com/n1/{n}" for n in missing]
+    else:
+        assert warnings == []
+
+
+def test_the_mig_minors_file_is_read_at_each_call_and_its_absence_warned_once(tmp_path: Path) -> None:
+    path = tmp_path / "mig-minors"
+    reader = MigMinorsFile(path)
+    with capture_logs() as logs:
+        assert reader() is None
+        assert reader() is None
+    assert [e["log_level"] for e in logs] == ["warning"] and str(path) == logs[0]["path"]
+    path.write_text(MIG_MINORS)
+    assert reader() == MIG_MINORS
+    path.write_text("gpu0/gi1/access 30\n")
+    assert reader() == "gpu0/gi1/access 30\n"
+    assert isinstance(Options().read_mig_minors, MigMinorsFile)
+
+
+# --------------------------------------------------------------------------- health through ListAndWatch
+
+GPUS = ["gpu.nvidia.com/gpu-0", "gpu.nvidia.com/gpu-1"]
+
+
+@pytest.mark.parametrize(
+    ("delivered", "marked", "health"),
+    [
+        ([], [], deviceplugin.HEALTHY),
+        ([], ["gpu.nvidia.com/gpu-0"], deviceplugin.HEALTHY),
+        (GPUS, [], deviceplugin.HEALTHY),
+        (GPUS, ["gpu.nvidia.com/gpu-0"], deviceplugin.HEALTHY),
+        (GPUS, ["other.example.com/gpu-0", "other.example.com/gpu-1"], deviceplugin.HEALTHY),
+        (GPUS, GPUS, deviceplugin.UNHEALTHY),
+        (GPUS, [*GPUS, "other.example.com/dev-1"], deviceplugin.UNHEALTHY),
+    ],
+    ids=["nothing", "nothing-delivered", "no-marks", "partial", "other-driver", "all", "all-and-more"],
+)
+def test_slots_are_unhealthy_only_when_every_delivered_device_is_marked(
+    delivered: list[str], marked: list[str], health: str
+) -> None:
+    assert slot_health(delivered, dict.fromkeys(marked, "gpu.nvidia.com/xid=79")) == health
+
+
+async def _no_pods() -> list[Json]:
+    return []
+
+
+@pytest.mark.parametrize(
+    ("steps", "delivered"),
+    [
+        ([(["gpu.nvidia.com/gpu-0"], "Healthy"), (["gpu.nvidia.com/gpu-1"], "Unhealthy")], GPUS),
+        ([(GPUS, "Unhealthy")], GPUS),  # GPU lost: all at once
+        ([(["other.example.com/dev-0"], "Healthy"), (["gpu.nvidia.com/gpu-0"], "Healthy")], GPUS),
+        ([(["driver.example.com/dev-7"], "Unhealthy")], ["driver.example.com/dev-7"]),  # simulated
+    ],
+    ids=["partial-then-all", "all-at-once", "other-driver-then-partial", "simulated-single"],
+)
+def test_list_and_watch_sends_the_slots_again_at_each_health_change(
+    steps: list[tuple[list[str], str]], delivered: list[str]
+) -> None:
+    marks: dict[str, str] = {}
+    options = Options(unhealthy=lambda: dict(marks), delivered_devices=lambda: delivered)
+
+    async def scenario() -> None:
+        service = DevicePluginService("n1", _no_pods, options, slots=3)
+        stream = service.ListAndWatch(api_pb2.Empty(), object())
+        first = await asyncio.wait_for(anext(stream), 5)
+        assert [(d.ID, d.health) for d in first.devices] == [
+            (f"slot-000{i}", deviceplugin.HEALTHY) for i in range(3)
+        ]
+        for marked, health in steps:
+            pending = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.01)
+            assert not pending.done()  # nothing is sent until something changes
+            marks.update(dict.fromkeys(marked, "xid"))
+            service.health_changed()
+            answer = await asyncio.wait_for(pending, 5)
+            assert [d.health for d in answer.devices] == [health] * 3
+        # A change while the stream is not waiting (the kubelet reading slowly) is not lost.
+        service.health_changed()
+        again = await asyncio.wait_for(anext(stream), 5)
+        assert [d.health for d in again.devices] == [steps[-1][1]] * 3
+        # Stopping ends the stream cleanly.
+        pending = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)
+        service.stopping.set()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(pending, 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_list_and_watch_leaves_no_waiters() -> None:
+    async def scenario() -> None:
+        service = DevicePluginService("n1", _no_pods, Options(), slots=1)
+        stream = service.ListAndWatch(api_pb2.Empty(), object())
+        await anext(stream)
+        pending = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)
+        pending.cancel()  # the kubelet went away: gRPC cancels the handler
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await asyncio.sleep(0)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        assert stream.ag_running is False
+
+    asyncio.run(scenario())
+
+
+def test_the_agent_tells_the_plugin_about_marks_and_mig_instances() -> None:
+    from dra_operator.agent.main import Agent
+
+    gpu, mig_a, mig_b = (
+        DeviceInfo("gpu-1", locator=("GPU-1", WHOLE_GPU, WHOLE_GPU)),
+        DeviceInfo(MIG_0_1G, locator=("GPU-0", 1, 0)),
+        DeviceInfo(MIG_0_2G, locator=("GPU-0", 2, 0)),
+    )
+    agent = Agent(None, "n1", None, driver="gpu.nvidia.com", policy="withdraw", interval=60)  # type: ignore[arg-type]
+    agent.pools = [
+        Inventory("gpu.nvidia.com", (gpu, mig_a, mig_b)),
+        Inventory("driver.example.com", (DeviceInfo("dev-7"),)),
+    ]
+    changes = []
+    agent.on_health_change = lambda: changes.append(1)
+    assert agent.mig_instance(MIG_0_1G) == (1, 0) and agent.mig_instance(MIG_0_2G) == (2, 0)
+    assert agent.mig_instance("gpu-1") is None and agent.mig_instance("dev-7") is None
+    assert agent.mig_instance("gpu-9-mig-1g10gb-19-0") is None
+    nvidia = agent.device_keys("gpu.nvidia.com")
+    assert nvidia == ["gpu.nvidia.com/gpu-1", f"gpu.nvidia.com/{MIG_0_1G}", f"gpu.nvidia.com/{MIG_0_2G}"]
+    assert agent.device_keys() == [*nvidia, "driver.example.com/dev-7"]
+
+    agent.on_health_event(HealthEvent(kind="xid", uuid="GPU-0", xid=13))  # an application error: no mark
+    assert changes == [] and slot_health(nvidia, agent.unhealthy()) == deviceplugin.HEALTHY
+    agent.on_health_event(HealthEvent(kind="xid", uuid="GPU-0", xid=79))  # whole GPU 0: both MIG devices
+    assert len(changes) == 1 and slot_health(nvidia, agent.unhealthy()) == deviceplugin.HEALTHY
+    agent.on_health_event(HealthEvent(kind="xid", uuid="GPU-0", xid=79))  # nothing new
+    assert len(changes) == 1
+    agent.on_health_event(HealthEvent(kind="xid", uuid="GPU-1", xid=48))
+    assert len(changes) == 2 and slot_health(nvidia, agent.unhealthy()) == deviceplugin.UNHEALTHY
 
 
 # ------------------------------------------------------------------------------------- over gRPC

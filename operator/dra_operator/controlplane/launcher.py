@@ -182,7 +182,10 @@ class ControlPlane:
         extra_apiserver_args: Sequence[str] = (),
         client_qps: int | None = None,
         verbosity: int = 1,
+        version: str = build.K8S_VERSION,
     ) -> None:
+        # The Kubernetes release to run (one of build.RELEASES; "1.30" names the matrix's 1.30 patch).
+        self.release = build.release(version)
         self._bin_dir = bin_dir
         self._requested_run_dir = run_dir
         self.keep_run_dir = keep_run_dir
@@ -209,6 +212,11 @@ class ControlPlane:
     @property
     def bin_dir(self) -> Path:
         return self._require(self._bin_dir)
+
+    @property
+    def version(self) -> str:
+        """The Kubernetes release this control plane runs (v1.X.Y)."""
+        return self.release.kubernetes
 
     @property
     def kubeconfig(self) -> Path:
@@ -289,7 +297,7 @@ class ControlPlane:
         if self._components:
             raise ControlPlaneError("control plane already started")
         if self._bin_dir is None:
-            self._bin_dir = build.ensure_binaries().bin_dir
+            self._bin_dir = build.ensure_binaries(version=self.release.kubernetes).bin_dir
         started = time.monotonic()
         atexit.register(self.stop)
         attempts = 3
@@ -328,10 +336,7 @@ class ControlPlane:
             "etcd": (self._etcd_args, lambda: self._http_ok(ports.etcd_client, "/health", tls=False)),
             "kube-apiserver": (self._apiserver_args, lambda: self._http_ok(ports.apiserver, "/readyz")),
             "kube-controller-manager": (self._controller_manager_args, lambda: True),
-            "kube-scheduler": (
-                self._scheduler_args,
-                lambda: self._http_ok(ports.scheduler, "/readyz", verify=False),
-            ),
+            "kube-scheduler": (self._scheduler_args, self._scheduler_ready),
         }[name]
         index = self._stopped.pop(name)
         component = self._spawn(name, args())
@@ -376,9 +381,7 @@ class ControlPlane:
         self._wait(apiserver, deadline, lambda: self._http_ok(self._ports_().apiserver, "/readyz"))
         kcm = self._spawn("kube-controller-manager", self._controller_manager_args())
         scheduler = self._spawn("kube-scheduler", self._scheduler_args())
-        self._wait(
-            scheduler, deadline, lambda: self._http_ok(self._ports_().scheduler, "/readyz", verify=False)
-        )
+        self._wait(scheduler, deadline, self._scheduler_ready)
         self._wait_default_service_account(kcm, deadline)
 
     # ---- component arguments ---------------------------------------------------------------------------
@@ -561,6 +564,11 @@ class ControlPlane:
                 raise self._fail(component, f"not ready after {self.start_timeout:.0f}s")
             time.sleep(0.1)
 
+    def _scheduler_ready(self) -> bool:
+        # kube-scheduler serves /readyz (informers synced) from 1.31; 1.30 only has /healthz.
+        path = "/readyz" if self.release.minor >= 31 else "/healthz"
+        return self._http_ok(self._ports_().scheduler, path, verify=False)
+
     def _http_ok(self, port: int, path: str, *, tls: bool = True, verify: bool = True) -> bool:
         try:
             status, _ = self._http(port, "GET", path, tls=tls, verify=verify, timeout=2.0)
@@ -612,10 +620,13 @@ class ControlPlane:
         """Call the apiserver as admin; returns the decoded JSON body, raises ApiError on a non-2xx status."""
         payload = None if body is None else json.dumps(body).encode()
         status, data = self._http(self._ports_().apiserver, method, path, payload, content_type=content_type)
-        decoded = json.loads(data) if data else None
         if not 200 <= status < 300:
-            raise ApiError(status, method, path, decoded)
-        return decoded
+            try:
+                detail = json.loads(data) if data else None
+            except ValueError:  # a path outside every served group answers in plain text
+                detail = data.decode(errors="replace").strip()
+            raise ApiError(status, method, path, detail)
+        return json.loads(data) if data else None
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0

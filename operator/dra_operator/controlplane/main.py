@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_build.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p_build.add_argument("-p", "--jobs", type=int, default=2, help="parallel compile jobs (go build -p)")
     p_build.add_argument(
+        "--version",
+        action="append",
+        metavar="V",
+        help=f"a release of the version matrix ({', '.join(build.RELEASES)}; 1.30 names its 1.30 patch; "
+        "`all` for every one); repeatable (default: {build.K8S_VERSION})",
+    )
+    p_build.add_argument(
         "--nodes",
         action="store_true",
         help="also the real nodes' kubelet, CNI plugins and pause, and (as root) the Debian packages they "
@@ -42,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep", action="store_true", help="keep the temporary run directory after stopping"
     )
     p_start.add_argument("--fake-nodes", type=int, default=0, metavar="N", help="create N Ready fake Nodes")
+    p_start.add_argument(
+        "--version",
+        default=build.K8S_VERSION,
+        metavar="V",
+        help=f"the Kubernetes release to run ({', '.join(build.RELEASES)}; default {build.K8S_VERSION})",
+    )
     sub.add_parser("env", help="print shell exports (PATH with kubectl; KUBECONFIG of a running `start`)")
 
 
@@ -58,12 +71,16 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    result = build.ensure_binaries(force=args.force, jobs=args.jobs)
-    how = "cached" if result.cached else "built"
-    print(
-        f"{how} Kubernetes {build.K8S_VERSION} + etcd {build.ETCD_VERSION} "
-        f"in {result.seconds:.1f}s: {result.bin_dir}"
-    )
+    wanted = args.version or [build.K8S_VERSION]
+    versions = list(build.RELEASES) if "all" in wanted else [build.release(v).kubernetes for v in wanted]
+    for version in versions:
+        result = build.ensure_binaries(force=args.force, jobs=args.jobs, version=version)
+        how = "cached" if result.cached else "built"
+        chosen = build.RELEASES[version]
+        print(
+            f"{how} Kubernetes {chosen.kubernetes} + etcd {chosen.etcd} "
+            f"in {result.seconds:.1f}s: {result.bin_dir}"
+        )
     if args.nodes:
         from dra_operator.realnodes import RealNodesUnavailable, ensure_host_packages
 
@@ -86,16 +103,14 @@ def _start(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    plane = ControlPlane(run_dir=args.run_dir, keep_run_dir=args.keep)
+    plane = ControlPlane(run_dir=args.run_dir, keep_run_dir=args.keep, version=args.version)
     with plane:
         for index in range(args.fake_nodes):
             plane.request("POST", "/api/v1/nodes", node_manifest(f"fake-node-{index}"))
         state = {"pid": os.getpid(), "kubeconfig": str(plane.kubeconfig), "bin_dir": str(plane.bin_dir)}
         _state_file().write_text(json.dumps(state))
         try:
-            print(
-                f"control plane {build.K8S_VERSION} ready in {plane.startup_seconds:.1f}s at {plane.server}"
-            )
+            print(f"control plane {plane.version} ready in {plane.startup_seconds:.1f}s at {plane.server}")
             print(f"logs: {plane.run_dir}/<component>.log\n")
             print(f"export KUBECONFIG={shlex.quote(str(plane.kubeconfig))}")
             print(f"export PATH={shlex.quote(str(plane.bin_dir))}:$PATH")

@@ -269,3 +269,24 @@ def test_seed_job_template_is_mutated() -> None:
 )
 def test_ownership_rule(lookup: Lookup, ours: bool) -> None:
     assert belongs_to_us(lookup) is ours
+
+
+def test_the_1_30_source_form_is_moved_and_recorded_flat() -> None:
+    """A Kubernetes 1.30 Pod names its claims under `source:`; the manifest records the flat form that the
+    operator reads on every version, and an entry kept for built-in DRA stays as the user wrote it."""
+    spec = {
+        "resourceClaims": [
+            {"name": "gpu", "source": {"resourceClaimTemplateName": "tmpl"}},
+            {"name": "shared", "source": {"resourceClaimName": "claim"}},
+        ],
+        "containers": [
+            {"name": "a", "image": "x", "resources": {"claims": [{"name": "gpu"}, {"name": "shared"}]}}
+        ],
+    }
+    result = mutate(wrap("Pod", spec), "Pod", ours=lambda ref: ref["name"] == "gpu")
+    assert result.moved == ("gpu",) and result.kept == ("shared",)
+    manifest = read_manifest(result.obj["metadata"]["annotations"])
+    assert manifest["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}]
+    assert result.obj["spec"]["resourceClaims"] == [
+        {"name": "shared", "source": {"resourceClaimName": "claim"}}
+    ]

@@ -14,6 +14,7 @@ from dra_operator.api.pod import (
     check_pod_claims,
     claims_used_by_container,
     container_claims,
+    flat_claim_reference,
     pod_claim_problems,
     pod_resource_claims,
     pod_spec_of,
@@ -189,3 +190,68 @@ def test_pod_resource_claim_model(raw: dict[str, Any], message: str) -> None:
 def test_pod_resource_claim_snake_case_construction() -> None:
     claim = PodResourceClaim(name="a", resource_claim_name="x")
     assert claim.model_dump(by_alias=True, exclude_none=True) == {"name": "a", "resourceClaimName": "x"}
+
+
+# ---------------------------------------------------------------------- the Kubernetes 1.30 `source:` form
+
+V130_GPU = {"name": "gpu", "source": {"resourceClaimTemplateName": "gpu-template"}}
+V130_SHARED = {"name": "shared", "source": {"resourceClaimName": "shared-claim"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "flat"),
+    [
+        (V130_GPU, GPU),
+        (V130_SHARED, SHARED),
+        (GPU, GPU),  # already flat: unchanged
+        ({"name": "gpu", "source": {}}, {"name": "gpu"}),  # neither name: the one-of rule reports it
+        ({"name": "gpu", "source": "x"}, {"name": "gpu"}),
+    ],
+)
+def test_flat_claim_reference_lifts_the_1_30_source(raw: dict[str, Any], flat: dict[str, Any]) -> None:
+    assert flat_claim_reference(raw) == flat
+
+
+def test_the_1_30_form_reads_as_the_flat_one() -> None:
+    spec = _spec(
+        [V130_GPU, V130_SHARED], [_container("a", {"name": "gpu"}), _container("b", {"name": "shared"})]
+    )
+    assert pod_claim_problems(spec) == []
+    assert pod_resource_claims({"spec": spec}) == pod_resource_claims({"spec": _spec([GPU, SHARED])})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"name": "gpu", "source": {}}, [("spec.resourceClaims[0]", ONE_OF_MESSAGE)]),
+        (
+            {"name": "gpu", "source": {"resourceClaimName": "a", "resourceClaimTemplateName": "b"}},
+            [("spec.resourceClaims[0]", AT_MOST_ONE_MESSAGE)],
+        ),
+        (
+            {"name": "gpu", "source": "gpu-template"},
+            [
+                ("spec.resourceClaims[0].source", "must be an object"),
+                ("spec.resourceClaims[0]", ONE_OF_MESSAGE),
+            ],
+        ),
+        (
+            {"name": "gpu", "source": {"resourceClaimTemplateName": "t", "claimName": "x"}},
+            [("spec.resourceClaims[0].source.claimName", "unknown field")],
+        ),
+        (
+            {"name": "gpu", "source": {"resourceClaimName": "a"}, "resourceClaimTemplateName": "t"},
+            [("spec.resourceClaims[0].source", "may not be used together with `resourceClaimTemplateName`")],
+        ),
+        (
+            {"name": "gpu", "source": {"resourceClaimName": "Not_A_Name"}},
+            [("spec.resourceClaims[0].resourceClaimName", 'Invalid value: "Not_A_Name"')],
+        ),
+    ],
+)
+def test_1_30_form_rules(raw: dict[str, Any], expected: list[tuple[str, str]]) -> None:
+    problems = pod_claim_problems(_spec([raw]))
+    assert len(problems) == len(expected), problems
+    for (path, message), (want_path, want_part) in zip(problems, expected, strict=True):
+        assert path == want_path
+        assert want_part in message

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dra_operator.admission import names
-from dra_operator.api.pod import pod_claim_problems
+from dra_operator.api.pod import flat_claim_reference, pod_claim_problems
 
 #: Where each supported kind keeps its Pod template (an empty path: the object is the Pod itself).
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -85,7 +85,8 @@ def claim_references(obj: Mapping[str, Any], kind: str) -> list[Reference]:
 
     Runs before anything is moved: once the references are off the Pod the apiserver can no longer check
     them, so every rule it would apply (see dra_operator.api.pod.pod_claim_problems) is applied here, with its
-    field paths and messages. Raises AdmissionRejected listing every problem.
+    field paths and messages. Raises AdmissionRejected listing every problem. References come back in the flat
+    form (a Kubernetes 1.30 `source:` is lifted), which is what the manifest annotation records.
     """
     template = template_of(obj, kind)
     if template is None:
@@ -96,7 +97,7 @@ def claim_references(obj: Mapping[str, Any], kind: str) -> list[Reference]:
     if problems:
         prefix = "".join(key + "." for key in TEMPLATE_PATHS[kind])
         raise AdmissionRejected(invalid_message(kind, obj, [(prefix + path, msg) for path, msg in problems]))
-    return [dict(ref) for ref in refs]
+    return [dict(flat_claim_reference(ref)) for ref in refs]
 
 
 def invalid_message(kind: str, obj: Mapping[str, Any], problems: list[tuple[str, str]]) -> str:
@@ -213,7 +214,12 @@ def mutate(
 
     spec: dict[str, Any] = template["spec"]
     if kept:
-        spec["resourceClaims"] = kept
+        # Entries left to built-in DRA stay exactly as written (their form is the API server's).
+        spec["resourceClaims"] = [
+            ref
+            for ref in spec["resourceClaims"]
+            if isinstance(ref, dict) and ref.get("name") not in moved_names
+        ]
     else:
         spec.pop("resourceClaims", None)
 

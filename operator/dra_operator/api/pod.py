@@ -3,6 +3,10 @@
 Works on a Pod, a bare PodSpec, a PodTemplateSpec or a workload with a Pod template (Job, CronJob,
 Deployment ...), so the webhook and `simulate` read claims the same way. Validation follows core/v1 Pod
 validation, with the apiserver's own messages where users will compare them.
+
+Both Pod API forms of a claim reference are read: Kubernetes 1.31 and newer name the claim or template in the
+entry itself (`resourceClaimName` / `resourceClaimTemplateName`); 1.30 nests them under `source:`. An entry in
+the 1.30 form is read as the flat one (`flat_claim_reference`); everything downstream sees only the flat form.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "check_pod_claims",
     "claims_used_by_container",
     "container_claims",
+    "flat_claim_reference",
     "pod_claim_problems",
     "pod_resource_claims",
     "pod_spec_of",
@@ -117,9 +122,46 @@ def pod_spec_of(obj: dict[str, Any]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- reading
 
 
+_FLAT_FIELDS = ("resourceClaimName", "resourceClaimTemplateName")
+
+
+def flat_claim_reference(raw: Any) -> Any:
+    """A `spec.resourceClaims` entry in the flat form of Kubernetes 1.31+: 1.30's
+    `{name, source: {resourceClaimName | resourceClaimTemplateName}}` becomes
+    `{name, resourceClaimName | resourceClaimTemplateName}`. Anything else is returned as it is
+    (`_source_problems` reports a malformed or mixed `source`)."""
+    if not isinstance(raw, dict) or "source" not in raw:
+        return raw
+    source = raw["source"]
+    flat = {key: value for key, value in raw.items() if key != "source"}
+    if isinstance(source, dict) and not any(key in raw for key in _FLAT_FIELDS):
+        flat.update({key: source[key] for key in _FLAT_FIELDS if key in source})
+    return flat
+
+
+def _source_problems(raw: Any, base: str) -> list[tuple[str, str]]:
+    """What is wrong with a 1.30-form `source` (as 1.30's apiserver words it), or with mixing both forms."""
+    if not isinstance(raw, dict) or "source" not in raw:
+        return []
+    source = raw["source"]
+    if not isinstance(source, dict):
+        return [(f"{base}.source", "must be an object")]
+    problems = [(f"{base}.source.{key}", "unknown field") for key in source if key not in _FLAT_FIELDS]
+    mixed = [key for key in _FLAT_FIELDS if key in raw]
+    if mixed:
+        problems.append(
+            (
+                f"{base}.source",
+                f"may not be used together with `{mixed[0]}`: `source` is the Kubernetes 1.30 form, "
+                "the flat fields are the form of 1.31 and newer",
+            )
+        )
+    return problems
+
+
 def _raw_pod_claims(spec: dict[str, Any]) -> list[Any]:
     claims = spec.get("resourceClaims")
-    return claims if isinstance(claims, list) else []
+    return [flat_claim_reference(raw) for raw in claims] if isinstance(claims, list) else []
 
 
 def pod_resource_claims(obj: dict[str, Any], *, source: str | None = None) -> list[PodResourceClaim]:
@@ -221,8 +263,12 @@ def pod_claim_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
     spec = pod_spec_of(obj)
     problems: list[tuple[str, str]] = []
     pod_names: set[str] = set()
+    originals = spec.get("resourceClaims")
     for index, raw in enumerate(_raw_pod_claims(spec)):
-        problems += _pod_claim_entry_problems(raw, f"spec.resourceClaims[{index}]", pod_names)
+        base = f"spec.resourceClaims[{index}]"
+        if isinstance(originals, list):
+            problems += _source_problems(originals[index], base)
+        problems += _pod_claim_entry_problems(raw, base, pod_names)
 
     per_container: dict[tuple[str, int], set[str]] = {}
     for ref in container_claims(obj):

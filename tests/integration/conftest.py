@@ -3,7 +3,8 @@
 Every test under tests/integration is marked `controlplane` automatically. If the binaries cannot be built or
 the control plane cannot start, every test that uses it FAILS with the reason (never skips).
 
-Fixtures: control_plane (session; a dra_operator.controlplane.ControlPlane), kubeconfig (str path), kubectl
+Fixtures: control_plane (session; a dra_operator.controlplane.ControlPlane), plane (module; one per release
+of the version matrix, see `_versions`), kubeconfig (str path), kubectl
 (callable: kubectl(*args, input=None, check=True) -> CompletedProcess), make_node(name, labels=None,
 capacity=None) -> Node dict (deleted after the test), wait_for(predicate, timeout=30, message="") -> the
 predicate's first truthy value, namespace (a fresh namespace name, deleted after the test), real_cluster
@@ -12,6 +13,7 @@ predicate's first truthy value, namespace (a fresh namespace name, deleted after
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -35,10 +37,25 @@ T = TypeVar("T")
 _HERE = Path(__file__).resolve().parent
 
 
+def _versions() -> list[str]:
+    """The releases the `plane` fixture runs: DRA_OPERATOR_VERSIONS=1.30,1.37 limits them (default: all of
+    build.RELEASES, the version matrix)."""
+    wanted = os.environ.get("DRA_OPERATOR_VERSIONS", "")
+    if not wanted.strip():
+        return list(build.RELEASES)
+    return [build.release(v.strip()).kubernetes for v in wanted.split(",") if v.strip()]
+
+
+VERSIONS = _versions()
+# Releases of the version matrix whose binaries could not be built at collection: version -> why.
+RELEASES_UNAVAILABLE = pytest.StashKey[dict[str, str]]()
+
+
 class _Startup:
     """Remembers a failed start so later tests fail at once with the same reason instead of retrying."""
 
     error: str | None = None
+    matrix_errors: dict[str, str] = {}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselection, so `-m "not controlplane"` sees the marker
@@ -64,6 +81,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if reporter is not None:
         how = "cached" if result.cached else f"built in {result.seconds:.0f}s"
         reporter.write_line(f"control plane binaries: {result.bin_dir} ({how})")
+    # The version matrix (test_versions): each other release the collected tests run on, built the same way.
+    releases = {
+        item.callspec.params["plane"]
+        for item in session.items
+        if "plane" in getattr(getattr(item, "callspec", None), "params", {})
+    }
+    unavailable = session.config.stash.setdefault(RELEASES_UNAVAILABLE, {})
+    for version in sorted(releases - {build.K8S_VERSION}):
+        try:
+            result = build.ensure_binaries(progress=False, version=version)
+        except (build.BuildError, OSError) as error:
+            unavailable[version] = f"Kubernetes {version} binaries unavailable: {error}"
+            continue
+        if reporter is not None:
+            how = "cached" if result.cached else f"built in {result.seconds:.0f}s"
+            reporter.write_line(f"Kubernetes {version} binaries: {result.bin_dir} ({how})")
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +118,28 @@ def control_plane() -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """A control plane of each release of the version matrix, per module (the default release: the
+    session's `control_plane`). Tests that take it run once per release, grouped by release."""
+    version: str = request.param
+    if version == build.K8S_VERSION:
+        yield request.getfixturevalue("control_plane")
+        return
+    unavailable = request.config.stash.get(RELEASES_UNAVAILABLE, {})
+    if version in unavailable:
+        pytest.fail(unavailable[version], pytrace=False)
+    cp = ControlPlane(version=version, client_qps=100)
+    try:
+        cp.start()
+    except (build.BuildError, ControlPlaneError, OSError) as error:
+        pytest.fail(f"Kubernetes {version} control plane unavailable: {error}", pytrace=False)
+    try:
+        yield cp
+    finally:
+        cp.stop()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,121 @@ def test_the_1_30_source_form_is_moved_and_recorded_flat() -> None:
     assert result.obj["spec"]["resourceClaims"] == [
         {"name": "shared", "source": {"resourceClaimName": "claim"}}
     ]
+
+
+# ----------------------------------------------------------------------------------- extended resources
+
+EXTENDED = {"nvidia.com/gpu": "gpu-class", "example.com/fpga": "fpga-class"}
+
+
+def _gpu_container(name: str, count: str = "2", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "x",
+        "resources": {"limits": {"nvidia.com/gpu": count, "cpu": "1"}, **extra},
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(TEMPLATE_PATHS))
+def test_a_declared_extended_resource_becomes_a_generated_claim(kind: str) -> None:
+    """A manifest written for the NVIDIA device plugin, unchanged: `nvidia.com/gpu: 2` becomes one request
+    of the claim generated for the Pod, for two devices of the class that declares the name."""
+    spec = {
+        "initContainers": [{"name": "init", "image": "x"}],
+        "containers": [_gpu_container("train"), {"name": "sidecar", "image": "x"}],
+    }
+    result = mutate(wrap(kind, spec), kind, extended=EXTENDED)
+    template = template_of(result.obj, kind)
+    assert template is not None
+    train = template["spec"]["containers"][0]
+    assert train["resources"] == {"limits": {"cpu": "1"}}, (
+        "the extended resource no longer reaches kube-scheduler"
+    )
+    manifest = read_manifest(template["metadata"]["annotations"])
+    assert manifest["resourceClaims"] == [
+        {
+            "name": names.EXTENDED_RESOURCE_CLAIM,
+            "claimSpec": {
+                "devices": {
+                    "requests": [
+                        {
+                            "name": "container-1-request-0",
+                            "exactly": {"deviceClassName": "gpu-class", "count": 2},
+                        }
+                    ]
+                }
+            },
+            "extendedResources": {"container-1-request-0": "nvidia.com/gpu"},
+        }
+    ]
+    assert manifest["containers"] == {
+        "train": [{"name": names.EXTENDED_RESOURCE_CLAIM, "request": "container-1-request-0"}]
+    }
+    assert set(env_of(train)) == {"DRA_EXTENDED_RESOURCES_DEVICES", "NVIDIA_VISIBLE_DEVICES"}
+    assert (
+        "env" not in template["spec"]["containers"][1] and "env" not in template["spec"]["initContainers"][0]
+    )
+    assert [g["name"] for g in template["spec"]["schedulingGates"]] == [names.SCHEDULING_GATE]
+    assert result.moved == (names.EXTENDED_RESOURCE_CLAIM,)
+    again = mutate(result.obj, kind, extended=EXTENDED)
+    assert again.obj == result.obj, "idempotent: nothing is asked for twice"
+
+
+def test_mixed_pod_claims_and_extended_resources_in_one_manifest() -> None:
+    spec = pod_spec()
+    spec["containers"][2] = _gpu_container(
+        "plain", "1", requests={"nvidia.com/gpu": "1", "example.com/fpga": "3"}
+    )
+    spec["containers"][2]["resources"]["limits"]["example.com/fpga"] = "3"
+    result = mutate(wrap("Pod", spec), "Pod", extended=EXTENDED)
+    manifest = read_manifest(result.obj["metadata"]["annotations"])
+    extended = next(r for r in manifest["resourceClaims"] if r["name"] == names.EXTENDED_RESOURCE_CLAIM)
+    assert extended["claimSpec"]["devices"]["requests"] == [
+        {"name": "container-3-request-0", "exactly": {"deviceClassName": "fpga-class", "count": 3}},
+        {"name": "container-3-request-1", "exactly": {"deviceClassName": "gpu-class", "count": 1}},
+    ]
+    assert {r["name"] for r in manifest["resourceClaims"]} == {"gpu", "shared", names.EXTENDED_RESOURCE_CLAIM}
+    assert manifest["containers"]["plain"] == [
+        {"name": names.EXTENDED_RESOURCE_CLAIM, "request": "container-3-request-0"},
+        {"name": names.EXTENDED_RESOURCE_CLAIM, "request": "container-3-request-1"},
+    ]
+    plain = result.obj["spec"]["containers"][2]
+    assert plain["resources"] == {"limits": {"cpu": "1"}}
+    assert set(env_of(plain)) == {"DRA_EXTENDED_RESOURCES_DEVICES", "NVIDIA_VISIBLE_DEVICES"}
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"example.com/other": "2"}, {"cpu": "2"}, {}],
+    ids=["undeclared name", "standard resource", "none"],
+)
+def test_names_no_class_declares_are_left_alone(limits: dict[str, str]) -> None:
+    spec = {"containers": [{"name": "c", "image": "x", "resources": {"limits": limits}}]}
+    result = mutate(wrap("Pod", spec), "Pod", extended=EXTENDED)
+    assert not result.changed and result.obj == wrap("Pod", spec)
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"limits": {"nvidia.com/gpu": "500m"}}, 'Invalid value: "500m": must be a whole number'),
+        ({"limits": {"nvidia.com/gpu": "0"}}, 'Invalid value: "0": must be a whole number'),
+        (
+            {"limits": {"nvidia.com/gpu": "2"}, "requests": {"nvidia.com/gpu": "1"}},
+            "spec.containers[0].resources.requests[nvidia.com/gpu]: must be equal to nvidia.com/gpu limit",
+        ),
+    ],
+)
+def test_bad_extended_resource_counts_are_refused(resources: dict[str, Any], message: str) -> None:
+    spec = {"containers": [{"name": "c", "image": "x", "resources": resources}]}
+    with pytest.raises(AdmissionRejected, match=re.escape(message)):
+        mutate(wrap("Pod", spec), "Pod", extended=EXTENDED)
+
+
+def test_the_generated_claims_pod_claim_name_is_reserved() -> None:
+    spec = {
+        "containers": [_gpu_container("c")],
+        "resourceClaims": [{"name": names.EXTENDED_RESOURCE_CLAIM, "resourceClaimName": "mine"}],
+    }
+    with pytest.raises(AdmissionRejected, match="is reserved for the claim dra-operator generates"):
+        mutate(wrap("Pod", spec), "Pod", extended=EXTENDED)

@@ -13,6 +13,7 @@ from dra_operator.admission import names
 from dra_operator.admission.mutation import mutate
 from dra_operator.operator.placement import (
     claim_state,
+    extended_claim_spec,
     generate_name,
     generated_claim,
     is_generated_for,
@@ -240,3 +241,35 @@ def test_nvidia_annotation_is_void_without_gpus() -> None:
 def test_claim_state_matches_kubectl(claim: Json, state: str) -> None:
     claim.setdefault("metadata", {})
     assert claim_state(claim) == state
+
+
+@pytest.mark.parametrize(
+    ("ref", "spec"),
+    [
+        (
+            {"claimSpec": {"devices": {"requests": [
+                {"name": "container-0-request-0", "exactly": {"deviceClassName": "gpu", "count": 2}}
+            ]}}},
+            {"devices": {"requests": [
+                {"name": "container-0-request-0", "exactly": {"deviceClassName": "gpu", "count": 2}}
+            ]}},
+        ),
+        (  # a hand-written annotation cannot smuggle anything else into a claim the operator creates
+            {"claimSpec": {"devices": {"requests": [
+                {"name": "r", "exactly": {"deviceClassName": "gpu", "count": 1, "adminAccess": True,
+                                          "selectors": [{"cel": {"expression": "true"}}]}}
+            ], "constraints": [{"matchAttribute": "x"}]}}},
+            {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "gpu", "count": 1}}]}},
+        ),
+        (  # no count: not an extended-resource request
+            {"claimSpec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "gpu"}}]}}},
+            None,
+        ),
+        ({"claimSpec": "x"}, None),
+        ({"resourceClaimTemplateName": "t"}, None),
+    ],
+)  # fmt: skip
+def test_extended_claim_spec_takes_only_class_and_count(
+    ref: dict[str, Any], spec: dict[str, Any] | None
+) -> None:
+    assert extended_claim_spec(ref) == spec

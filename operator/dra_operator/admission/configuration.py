@@ -2,8 +2,10 @@
 managed mode).
 
 Mutating: one webhook per workload kind, each sent only objects whose Pod (template) carries
-`spec.resourceClaims` (matchConditions), failing closed (a Pod with claims must never slip past ungated), with
-a short timeout and a namespaceSelector that leaves kube-system and the operator's own namespace alone.
+`spec.resourceClaims`, or has a container asking for an extended resource that one of our DeviceClasses
+declares (matchConditions; the names change with the classes, so the leader re-applies), failing closed (a
+Pod with claims must never slip past ungated), with a short timeout and a namespaceSelector that leaves
+kube-system and the operator's own namespace alone.
 
 Validating: one webhook per DRA kind with CEL selectors (see dra_operator.admission.validation), sent only
 objects that carry selectors (or, for templates, claim metadata) and only on create or when the spec changed,
@@ -15,6 +17,8 @@ derived from the mutating one (`validating_from`) and the two are always applied
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,17 +78,26 @@ VALIDATED: dict[str, tuple[str, tuple[str, ...], str]] = {
 SPEC_CHANGED = "request.operation == 'CREATE' || !has(oldObject.spec) || object.spec != oldObject.spec"
 
 
-def claims_condition(kind: str) -> str:
-    """CEL for matchConditions: the object's Pod (template) spec has a non-empty resourceClaims list."""
+def claims_condition(kind: str, extended_names: Sequence[str] = ()) -> str:
+    """CEL for matchConditions: the object's Pod (template) spec has a non-empty resourceClaims list, or a
+    container (init or not) whose limits or requests name one of `extended_names`."""
     spec = ".".join(["object", *TEMPLATE_PATHS[kind], "spec"])
     guards = []
     node = "object"
     for key in (*TEMPLATE_PATHS[kind], "spec"):
         guards.append(f"has({node}.{key})")
         node = f"{node}.{key}"
-    guards.append(f"has({spec}.resourceClaims)")
-    guards.append(f"size({spec}.resourceClaims) > 0")
-    return " && ".join(guards)
+    claims = " && ".join([*guards, f"has({spec}.resourceClaims)", f"size({spec}.resourceClaims) > 0"])
+    if not extended_names:
+        return claims
+    listed = "[" + ", ".join(json.dumps(name) for name in sorted(set(extended_names))) + "]"
+    asks = " || ".join(
+        f"(has(c.resources.{section}) && c.resources.{section}.exists(k, k in {listed}))"
+        for section in ("limits", "requests")
+    )
+    in_containers = f"{spec}.containers.exists(c, has(c.resources) && ({asks}))"
+    in_init = f"(has({spec}.initContainers) && {spec}.initContainers.exists(c, has(c.resources) && ({asks})))"
+    return f"({claims}) || ({' && '.join(guards)} && ({in_containers} || {in_init}))"
 
 
 @dataclass(frozen=True)
@@ -117,8 +130,10 @@ def build(
     excluded_namespaces: list[str],
     name: str = CONFIGURATION_NAME,
     timeout_seconds: int = 5,
+    extended_names: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The whole MutatingWebhookConfiguration object."""
+    """The whole MutatingWebhookConfiguration object (`extended_names`: the extended resources our
+    DeviceClasses declare)."""
     webhooks = []
     for kind, (group, version, plural, operations) in KINDS.items():
         path = handler_path(kind)
@@ -136,7 +151,9 @@ def build(
                         "scope": "Namespaced",
                     }
                 ],
-                "matchConditions": [{"name": "has-resource-claims", "expression": claims_condition(kind)}],
+                "matchConditions": [
+                    {"name": "has-resource-claims", "expression": claims_condition(kind, extended_names)}
+                ],
                 "namespaceSelector": {
                     "matchExpressions": [
                         {

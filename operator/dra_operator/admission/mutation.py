@@ -20,13 +20,21 @@ Given a Pod, or a Job / CronJob / Deployment / StatefulSet / DaemonSet / Replica
 
 Which references are ours is decided by the caller (the `ours` predicate), because it needs the cluster:
 see dra_operator.admission.ownership for the rule.
+
+Extended resources (`extended`: resource name -> DeviceClass that declares it as its `extendedResourceName`):
+a container asking for `nvidia.com/gpu: 2` (limits, or requests) of a declared name loses that request and
+uses instead one request of a claim generated for the Pod, `extended-resources` (EXTENDED_RESOURCE_CLAIM),
+whose spec the manifest carries (`claimSpec`: one ExactCount request per container and resource, named
+`container-<i>-request-<j>`, <i> counting init containers first). From there it is a claim like any other:
+allocated with the Pod's other claims on one node, the container sees exactly its request's devices. Names no
+class declares are left alone, and so is the node's allocatable: the request no longer reaches kube-scheduler.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,18 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
 
 Reference = dict[str, Any]
 Ours = Callable[[Reference], bool]
+
+
+@dataclass(frozen=True)
+class ExtendedRequest:
+    """One container's request for an extended resource that a DeviceClass declares."""
+
+    list_key: str  # "initContainers" or "containers"
+    container_index: int
+    container: str
+    resource: str
+    count: int
+    request: str  # the request's name in the generated claim
 
 
 class AdmissionRejected(ValueError):
@@ -98,6 +118,125 @@ def claim_references(obj: Mapping[str, Any], kind: str) -> list[Reference]:
         prefix = "".join(key + "." for key in TEMPLATE_PATHS[kind])
         raise AdmissionRejected(invalid_message(kind, obj, [(prefix + path, msg) for path, msg in problems]))
     return [dict(flat_claim_reference(ref)) for ref in refs]
+
+
+def declared_extended_resources(classes: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Extended resource name -> the DeviceClass that declares it (`spec.extendedResourceName`). Where two
+    classes declare one name, the first by class name wins, so every replica decides alike."""
+    declared: dict[str, str] = {}
+    for klass in sorted(classes, key=lambda c: str((c.get("metadata") or {}).get("name") or "")):
+        spec = klass.get("spec")
+        name = spec.get("extendedResourceName") if isinstance(spec, Mapping) else None
+        if isinstance(name, str) and name:
+            declared.setdefault(name, str(klass["metadata"]["name"]))
+    return declared
+
+
+def asks_for_extended_resources(obj: Mapping[str, Any], kind: str) -> bool:
+    """Whether a container of the Pod (template) asks for any extended resource (a domain-prefixed name):
+    the cheap test before the classes are consulted."""
+    template = template_of(obj, kind)
+    spec = template.get("spec") if template is not None else None
+    if not isinstance(spec, Mapping):
+        return False
+    for list_key in ("initContainers", "containers"):
+        for container in _as_list(spec.get(list_key)):
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            if isinstance(resources, Mapping) and any(
+                "/" in str(name)
+                for section in ("limits", "requests")
+                for name in _as_mapping(resources.get(section))
+            ):
+                return True
+    return False
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _whole_number(value: Any) -> int | None:
+    text = str(value).strip()
+    return int(text) if text.isdigit() else None
+
+
+def extended_requests(spec: Mapping[str, Any], extended: Mapping[str, str]) -> list[ExtendedRequest]:
+    """The containers' requests (or limits) for extended resources named in `extended`, in container order.
+    Raises AdmissionRejected for a count that is not a whole number, or requests and limits that differ (the
+    apiserver requires them equal for extended resources)."""
+    found: list[ExtendedRequest] = []
+    position = 0
+    problems: list[tuple[str, str]] = []
+    for list_key in ("initContainers", "containers"):
+        for index, container in enumerate(_as_list(spec.get(list_key))):
+            if not isinstance(container, dict):
+                continue
+            resources = container.get("resources")
+            sections: Mapping[str, Any] = resources if isinstance(resources, Mapping) else {}
+            limits: Mapping[str, Any] = _as_mapping(sections.get("limits"))
+            requests: Mapping[str, Any] = _as_mapping(sections.get("requests"))
+            wanted = [name for name in extended if name in limits or name in requests]
+            for j, name in enumerate(sorted(wanted)):
+                path = f"spec.{list_key}[{index}].resources"
+                raw = limits.get(name, requests.get(name))
+                if name in limits and name in requests and str(limits[name]) != str(requests[name]):
+                    problems.append((f"{path}.requests[{name}]", f"must be equal to {name} limit"))
+                    continue
+                count = _whole_number(raw)
+                if count is None or count < 1:
+                    problems.append(
+                        (
+                            f"{path}.limits[{name}]",
+                            f"Invalid value: {json.dumps(str(raw))}: must be a whole number",
+                        )
+                    )
+                    continue
+                request = f"container-{position}-request-{j}"
+                found.append(
+                    ExtendedRequest(list_key, index, str(container.get("name", "")), name, count, request)
+                )
+            position += 1
+    if problems:
+        raise AdmissionRejected("; ".join(f"{path}: {message}" for path, message in problems))
+    return found
+
+
+def _extended_claim(found: list[ExtendedRequest], extended: Mapping[str, str]) -> Reference:
+    """The manifest entry of the claim generated for the Pod's extended-resource requests."""
+    return {
+        "name": names.EXTENDED_RESOURCE_CLAIM,
+        "claimSpec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": r.request,
+                        "exactly": {"deviceClassName": extended[r.resource], "count": r.count},
+                    }
+                    for r in found
+                ]
+            }
+        },
+        "extendedResources": {r.request: r.resource for r in found},
+    }
+
+
+def _use_claim_instead(spec: dict[str, Any], found: list[ExtendedRequest]) -> None:
+    """Each container's extended-resource request becomes a reference to its request of the generated
+    claim."""
+    for r in found:
+        container = spec[r.list_key][r.container_index]
+        resources = container["resources"]
+        for section in ("limits", "requests"):
+            values = resources.get(section)
+            if isinstance(values, dict):
+                values.pop(r.resource, None)
+                if not values:
+                    resources.pop(section)
+        claims = resources.get("claims")
+        resources["claims"] = [
+            *(_as_list(claims)),
+            {"name": names.EXTENDED_RESOURCE_CLAIM, "request": r.request},
+        ]
 
 
 def invalid_message(kind: str, obj: Mapping[str, Any], problems: list[tuple[str, str]]) -> str:
@@ -191,23 +330,41 @@ def _ask_for_delivery(container: dict[str, Any], resource: str) -> None:
 
 
 def mutate(
-    obj: Mapping[str, Any], kind: str, ours: Ours = lambda ref: True, delivery_resource: str | None = None
+    obj: Mapping[str, Any],
+    kind: str,
+    ours: Ours = lambda ref: True,
+    delivery_resource: str | None = None,
+    extended: Mapping[str, str] | None = None,
 ) -> Mutation:
     """Move this operator's claim references off the Pod (template) in `obj`; see the module docstring.
 
     With `delivery_resource` (the node device plugin's extended resource), every container that uses a moved
-    claim also asks for one unit of it, so its node's kubelet has the plugin deliver its devices.
+    claim also asks for one unit of it, so its node's kubelet has the plugin deliver its devices. `extended`
+    maps the extended resource names DeviceClasses declare to those classes.
 
     Raises AdmissionRejected for claim references the apiserver would reject (see `claim_references`).
-    Returns the unchanged copy (`changed` False) when no reference is ours.
+    Returns the unchanged copy (`changed` False) when no reference is ours and no declared extended resource
+    is asked for.
     """
     new: dict[str, Any] = copy.deepcopy(dict(obj))
     refs = claim_references(new, kind)
     template = template_of(new, kind)
-    if template is None or not refs:
+    spec_found = template.get("spec") if template is not None else None
+    found = extended_requests(spec_found, extended) if extended and isinstance(spec_found, dict) else []
+    if template is None or not (refs or found):
         return Mutation(obj=new)
     moved = [ref for ref in refs if ours(ref)]
     kept = [ref for ref in refs if not ours(ref)]
+    if found:
+        if any(ref["name"] == names.EXTENDED_RESOURCE_CLAIM for ref in refs):
+            asked = ", ".join(sorted({r.resource for r in found}))
+            raise AdmissionRejected(
+                f"{kind} {json.dumps(str((new.get('metadata') or {}).get('name') or ''))} is invalid: "
+                f'the pod claim name "{names.EXTENDED_RESOURCE_CLAIM}" is reserved for the claim '
+                f"dra-operator generates for extended resources ({asked})"
+            )
+        _use_claim_instead(template["spec"], found)
+        moved.append(_extended_claim(found, extended or {}))
     if not moved:
         return Mutation(obj=new, kept=tuple(ref["name"] for ref in kept))
     moved_names = {ref["name"] for ref in moved}

@@ -20,6 +20,9 @@ DEVICES_ANNOTATION_PREFIX = PREFIX + "devices."
 NVIDIA_ANNOTATION_PREFIX = PREFIX + "nvidia."
 #: On generated ResourceClaims: the Pod's name for the claim (like resource.kubernetes.io/pod-claim-name).
 POD_CLAIM_NAME_ANNOTATION = PREFIX + "pod-claim-name"
+#: The Pod claim name of the claim generated for a Pod's extended-resource requests (`nvidia.com/gpu: 2`
+#: where a DeviceClass declares `extendedResourceName: nvidia.com/gpu`); reserved: a Pod may not use it.
+EXTENDED_RESOURCE_CLAIM = "extended-resources"
 #: Finalizer on allocated and reserved claims.
 CLAIM_FINALIZER = PREFIX + "delete-protection"
 

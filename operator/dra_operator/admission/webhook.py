@@ -13,11 +13,18 @@ from typing import Any
 import kopf
 
 from dra_operator.admission import configuration, validation
-from dra_operator.admission.mutation import AdmissionRejected, claim_references, invalid_message, mutate
+from dra_operator.admission.mutation import (
+    AdmissionRejected,
+    asks_for_extended_resources,
+    claim_references,
+    declared_extended_resources,
+    invalid_message,
+    mutate,
+)
 from dra_operator.admission.ownership import Lookup, belongs_to_us
 from dra_operator.api.resource import GROUP, UPSTREAM_API_VERSION, VERSION
 from dra_operator.kube.client import Kube, KubeError, path_of
-from dra_operator.operator.state import CLAIMS, TEMPLATES, State
+from dra_operator.operator.state import CLAIMS, CLASSES, TEMPLATES, State
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ async def review(
         refs = claim_references(obj, kind)
     except AdmissionRejected as exc:
         raise kopf.AdmissionError(str(exc), code=422) from None
-    if not refs:
+    if not refs and not asks_for_extended_resources(obj, kind):
         return obj
     if not ctx.ready.is_set():
         try:
@@ -85,10 +92,17 @@ async def review(
                 "dra-operator is starting and has not read the cluster yet; retry shortly", code=503
             ) from None
     ns = namespace or str((obj.get("metadata") or {}).get("namespace") or "default")
-    owned = await owned_references(ctx, ns, refs)
-    return mutate(
-        obj, kind, ours=lambda ref: ref["name"] in owned, delivery_resource=ctx.delivery_resource
-    ).obj
+    owned = await owned_references(ctx, ns, refs) if refs else set()
+    try:
+        return mutate(
+            obj,
+            kind,
+            ours=lambda ref: ref["name"] in owned,
+            delivery_resource=ctx.delivery_resource,
+            extended=declared_extended_resources(ctx.state.all(CLASSES, ordered=True)),
+        ).obj
+    except AdmissionRejected as exc:
+        raise kopf.AdmissionError(str(exc), code=422) from None
 
 
 def validate(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:

@@ -222,6 +222,24 @@ def pod_claim_refs(pod: Mapping[str, Any]) -> list[Json]:
     return [dict(r) for r in manifest["resourceClaims"] if isinstance(r, dict) and r.get("name")]
 
 
+def extended_claim_spec(ref: Mapping[str, Any]) -> Json | None:
+    """The spec of the claim generated for a Pod's extended-resource requests, from its manifest entry: only
+    ExactCount requests of a class and a count are taken over (the manifest is an annotation, and the claim
+    is created by the operator, so nothing else a hand-written annotation might carry, such as adminAccess,
+    may reach it); None when the entry has no such request."""
+    raw = ref.get("claimSpec")
+    requests = ((raw.get("devices") or {}).get("requests") if isinstance(raw, dict) else None) or []
+    kept = []
+    for request in requests if isinstance(requests, list) else []:
+        exactly = request.get("exactly") if isinstance(request, dict) else None
+        if not isinstance(exactly, dict):
+            continue
+        name, klass, count = request.get("name"), exactly.get("deviceClassName"), exactly.get("count")
+        if isinstance(name, str) and isinstance(klass, str) and isinstance(count, int) and count > 0:
+            kept.append({"name": name, "exactly": {"deviceClassName": klass, "count": count}})
+    return {"devices": {"requests": kept}} if kept else None
+
+
 def is_gated(pod: Mapping[str, Any]) -> bool:
     gates: Iterable[Any] = (pod.get("spec") or {}).get("schedulingGates") or []
     return any(isinstance(g, dict) and g.get("name") == names.SCHEDULING_GATE for g in gates)

@@ -38,6 +38,7 @@ from dra_operator.operator.placement import (
     claim_state,
     controller_uid,
     device_annotations,
+    extended_claim_spec,
     generated_claim,
     is_done,
     is_gated,
@@ -432,6 +433,11 @@ class Reconciler:
                 if claim is None:
                     template_name = str(ref.get("resourceClaimTemplateName"))
                     template = self.state.get(TEMPLATES, (namespace, template_name))
+                    extended = extended_claim_spec(ref)
+                    if extended is not None:
+                        # The claim for the Pod's extended-resource requests: its spec came with the Pod.
+                        template_name = "(extended resources)"
+                        template = {"spec": {"spec": extended}}
                     if template is None:
                         self._fail(
                             pod,
@@ -496,14 +502,18 @@ class Reconciler:
         )
         self.state.wrote(PODS, patched)
         self.recorder.forget(uid)
-        templates = {
-            str(r["name"]): str(r["resourceClaimTemplateName"])
+        origins = {
+            str(r["name"]): f"from template {r['resourceClaimTemplateName']}"
             for r in pod_claim_refs(pod)
             if r.get("resourceClaimTemplateName")
+        } | {
+            str(r["name"]): "for " + ", ".join(sorted(set(r["extendedResources"].values())))
+            for r in pod_claim_refs(pod)
+            if isinstance(r.get("extendedResources"), dict)
         }
         summary = ", ".join(
             f"{pc}={_name(c)}"
-            + (f" (from template {templates[pc]})" if pc in templates else "")
+            + (f" ({origins[pc]})" if pc in origins else "")
             + f"[{_devices(allocations[pc])}]"
             for pc, c in sorted(claims.items())
         )

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dra_operator.demo", "run the seed walkthrough on an embedded control plane"),
     "controlplane": ("dra_operator.controlplane.main", "build or start the embedded control plane"),
     "crds": ("dra_operator.crds", "print or write the CustomResourceDefinitions"),
+    "pools": ("dra_operator.pools", "per node and pool: devices, allocated, tainted, free"),
 }
 
 

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import subprocess
 import tempfile
 import urllib.request
 import uuid
@@ -24,7 +25,7 @@ from helpers import SEED, get_or_none, install_crds, seed
 
 from dra_operator.admission import names
 from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest, pod_succeeded_status
-from dra_operator.operator.local import LocalOperator, free_port
+from dra_operator.operator.local import LocalOperator, child_env, cli_command, free_port
 
 # The seed's Job, unchanged (the fixture is a byte-for-byte copy of the shared example; its README says so).
 JOB_FILE = SEED / "dra-example-job.yaml"
@@ -858,3 +859,149 @@ def test_certificate_files_and_liveness(
     finally:
         # the fixture's teardown releases the Pods through a running operator: hand it this one
         operator.process, operator.metrics_port = own.process, own.metrics_port
+
+
+def test_extended_resource_requests_become_a_generated_claim(
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], wait_for: WaitFor
+) -> None:
+    """Issue 12 item 1: a container written for a device plugin (`limits: {<name>: 2}`) gets two devices of
+    the DeviceClass that declares <name> as its extendedResourceName, beside a claim of its own (mixed Pod);
+    a name no class declares is left alone (the webhook is not even called)."""
+    cp = cluster.cp
+    suffix = uuid.uuid4().hex[:6]
+    resource, klass = f"example.com/gpu-{suffix}", f"extended-{suffix}"
+    ensure_seed_class(cluster)
+    cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    cp.request(
+        "POST",
+        f"{GROUP_PATH}/deviceclasses",
+        {
+            "apiVersion": "resource.dra-operator.io/v1",
+            "kind": "DeviceClass",
+            "metadata": {"name": klass},
+            "spec": {
+                "selectors": [{"cel": {"expression": "device.driver == 'driver.example.com'"}}],
+                "extendedResourceName": resource,
+            },
+        },
+    )
+    try:
+        config = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/dra-operator"
+        wait_for(
+            lambda: resource in json.dumps(cp.request("GET", config)["webhooks"][0]["matchConditions"]),
+            timeout=30,
+            message="the webhook configuration to name the newly declared extended resource",
+        )
+        body = pod(
+            "mixed-ext", [{"name": "mem", "resourceClaimTemplateName": "example-resource-claim-template"}]
+        )
+        main = body["spec"]["containers"][0]
+        main["resources"]["limits"] = {resource: "2", "cpu": "100m"}
+        body["spec"]["containers"].append(
+            {"name": "other", "image": "registry.invalid/noop:1", "resources": {"limits": {resource: "1"}}}
+        )
+        created = cluster.create(cluster.pods_path(), body)
+        assert resource not in json.dumps(created["spec"]["containers"]), "kube-scheduler must not see it"
+        placed = wait_for(
+            lambda: (p := cluster.get(cluster.pods_path("mixed-ext"))) and ungated(p) and p,
+            timeout=60,
+            message="the mixed Pod to be allocated and ungated",
+        )
+        generated = {
+            c["metadata"]["annotations"][names.POD_CLAIM_NAME_ANNOTATION]: c
+            for c in cluster.claims()
+            if c["metadata"].get("ownerReferences")
+        }
+        assert set(generated) == {"mem", names.EXTENDED_RESOURCE_CLAIM}
+        extended = generated[names.EXTENDED_RESOURCE_CLAIM]
+        requests = extended["spec"]["devices"]["requests"]
+        assert [(r["name"], r["exactly"]["deviceClassName"], r["exactly"]["count"]) for r in requests] == [
+            ("container-0-request-0", klass, 2),
+            ("container-1-request-0", klass, 1),
+        ]
+        annotations = placed["metadata"]["annotations"]
+        main_devices = annotations[
+            names.devices_annotation(names.EXTENDED_RESOURCE_CLAIM, ["container-0-request-0"])
+        ]
+        other_devices = annotations[
+            names.devices_annotation(names.EXTENDED_RESOURCE_CLAIM, ["container-1-request-0"])
+        ]
+        node = placed["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"
+        ][0]["matchFields"][0]["values"][0]
+        # Four devices on one node (each has four): the template's 64Gi GPU and three of the class.
+        assert len(main_devices.split(",")) == 2 and len(other_devices.split(",")) == 1
+        assert not set(main_devices.split(",")) & set(other_devices.split(","))
+        assert all(f"/{node}/" in d for d in main_devices.split(",") + other_devices.split(","))
+        envs = {c["name"]: {e["name"] for e in c.get("env", [])} for c in placed["spec"]["containers"]}
+        assert envs["other"] == {"DRA_EXTENDED_RESOURCES_DEVICES", "NVIDIA_VISIBLE_DEVICES"}
+        events = cluster.events("mixed-ext", "Allocated")
+        assert events and f"for {resource}" in events[0]["message"], events
+
+        plain = cluster.create(
+            cluster.pods_path(),
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "undeclared"},
+                "spec": {"containers": [{"name": "c", "image": "registry.invalid/noop:1",
+                                         "resources": {"limits": {"example.com/undeclared": "1"}}}]},
+            },
+        )  # fmt: skip
+        assert plain["spec"]["containers"][0]["resources"]["limits"] == {"example.com/undeclared": "1"}
+        assert not plain["spec"].get("schedulingGates") and names.MANAGED_LABEL not in plain["metadata"].get(
+            "labels", {}
+        )
+
+        cluster.delete(cluster.pods_path("mixed-ext"))
+        wait_for(
+            lambda: not [c for c in cluster.claims() if c["metadata"].get("ownerReferences")],
+            timeout=60,
+            message="the generated claims (extended resources included) to be deleted with their Pod",
+        )
+    finally:
+        cp.request("DELETE", f"{GROUP_PATH}/deviceclasses/{klass}")
+
+
+def test_free_devices_per_node_and_pool(
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
+) -> None:
+    """Issue 12 item 3: each slice's status counts its devices, the allocated, tainted and free ones, kept by
+    the operator (every --pool-status-seconds); `kubectl get` shows them and `dra-operator pools` prints the
+    same table from the objects themselves."""
+    ensure_seed_class(cluster)
+    cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    cluster.create(
+        cluster.pods_path(),
+        pod("counted", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]),
+    )
+    placed = wait_for(
+        lambda: (p := cluster.get(cluster.pods_path("counted"))) and ungated(p) and p,
+        timeout=60,
+        message="the Pod to be allocated",
+    )
+    node = placed["metadata"]["annotations"][names.devices_annotation("gpu", None)].split("/")[1]
+    name = f"{node}-driver-example-com"
+
+    def status() -> Json:
+        found = cluster.get(f"{GROUP_PATH}/resourceslices/{name}") or {}
+        return dict(found.get("status") or {})
+
+    wanted = {"devices": 4, "allocated": 1, "tainted": 0, "free": 3}
+    wait_for(lambda: status() == wanted, timeout=30, message=f"slice {name} to count {wanted}")
+    header, row = kubectl("get", "resourceslices.resource.dra-operator.io", name).stdout.splitlines()
+    assert header.split() == ["NAME", "NODE", "DRIVER", "POOL", "DEVICES", "ALLOCATED", "FREE", "AGE"]
+    assert row.split()[1:7] == [node, "driver.example.com", node, "4", "1", "3"]
+    printed = subprocess.run(
+        cli_command("pools", "--kubeconfig", str(cluster.cp.kubeconfig), "--node", node),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert printed[0].split() == ["NODE", "DRIVER", "POOL", "DEVICES", "ALLOCATED", "TAINTED", "FREE"]
+    assert printed[1].split() == [node, "driver.example.com", node, "4", "1", "0", "3"]
+
+    cluster.delete(cluster.pods_path("counted"))
+    idle = {"devices": 4, "allocated": 0, "tainted": 0, "free": 4}
+    wait_for(lambda: status() == idle, timeout=30, message=f"slice {name} to count its device free again")

@@ -54,7 +54,13 @@ def _crds() -> dict[str, dict[str, Any]]:
         ("DeviceClass", "Cluster", "deviceclasses", False, ["Age"]),
         ("ResourceClaim", "Namespaced", "resourceclaims", True, ["State", "Node", "Age"]),
         ("ResourceClaimTemplate", "Namespaced", "resourceclaimtemplates", False, ["Age"]),
-        ("ResourceSlice", "Cluster", "resourceslices", False, ["Node", "Driver", "Pool", "Age"]),
+        (
+            "ResourceSlice",
+            "Cluster",
+            "resourceslices",
+            True,
+            ["Node", "Driver", "Pool", "Devices", "Allocated", "Free", "Age"],
+        ),
     ],
 )
 def test_crd_names_scope_status_and_columns(
@@ -90,7 +96,7 @@ def test_printer_columns_point_at_fields_the_schema_has() -> None:
             node = schema
             for part in column["jsonPath"].strip(".").split("."):
                 node = node["properties"][part]
-            assert node["type"] == "string", column
+            assert node["type"] == column["type"], column
 
 
 def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -298,19 +298,12 @@ def _unavailable(error: Exception) -> bool:
 
 
 async def _api_client(kubeconfig: str | None) -> ApiClient:
-    from kubernetes_asyncio import client, config
+    from dra_operator.kube.client import NoApiServer, api_client
 
     try:
-        if kubeconfig:
-            return await config.new_client_from_config(config_file=kubeconfig)
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            return client.ApiClient(configuration)
-        return await config.new_client_from_config()
-    except config.ConfigException as error:
-        where = "in-cluster, --kubeconfig or KUBECONFIG"
-        raise AgentError(f"no usable API server configuration ({where}): {error}") from None
+        return await api_client(kubeconfig)
+    except NoApiServer as error:
+        raise AgentError(str(error)) from None
 
 
 async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:

@@ -82,8 +82,13 @@ KINDS: tuple[_Kind, ...] = (
             {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName"},
             {"name": "Driver", "type": "string", "jsonPath": ".spec.driver"},
             {"name": "Pool", "type": "string", "jsonPath": ".spec.pool.name"},
+            # Kept by the operator (dra_operator.allocation.usage): the free-devices view.
+            {"name": "Devices", "type": "integer", "jsonPath": ".status.devices"},
+            {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
+            {"name": "Free", "type": "integer", "jsonPath": ".status.free"},
             _AGE,
         ],
+        status=True,
     ),
 )
 

@@ -832,9 +832,21 @@ class ResourceClaimTemplate(_TopLevel):
     spec: ResourceClaimTemplateSpec
 
 
+class ResourceSliceStatus(KubeModel):
+    """Not in resource.k8s.io/v1: the operator's count of the slice's devices, for `kubectl get` (see
+    dra_operator.allocation.usage). Written through the status subresource, so the agent's writes of the spec
+    never touch it."""
+
+    devices: Annotated[int, Field(ge=0)] | None = None
+    allocated: Annotated[int, Field(ge=0)] | None = None
+    tainted: Annotated[int, Field(ge=0)] | None = None
+    free: Annotated[int, Field(ge=0)] | None = None
+
+
 class ResourceSlice(_TopLevel):
     kind: Literal["ResourceSlice"] = "ResourceSlice"
     spec: ResourceSliceSpec
+    status: ResourceSliceStatus | None = None
 
 
 DraObject = DeviceClass | ResourceClaim | ResourceClaimTemplate | ResourceSlice

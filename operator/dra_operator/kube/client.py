@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -237,3 +238,24 @@ class Kube:
                 raise  # no answer is not a "no": the caller waits for one
             return False
         return any(r.get("name") == plural for r in doc.get("resources", []))
+
+
+class NoApiServer(RuntimeError):
+    """No usable API server configuration was found (in-cluster, a kubeconfig file, or $KUBECONFIG)."""
+
+
+async def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
+    """A client of the API server: `kubeconfig` if given, else in-cluster, else $KUBECONFIG / ~/.kube."""
+    from kubernetes_asyncio import config
+
+    try:
+        if kubeconfig:
+            return await config.new_client_from_config(config_file=kubeconfig)
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = k8s.Configuration()
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return k8s.ApiClient(configuration)
+        return await config.new_client_from_config()
+    except config.ConfigException as error:
+        where = "in-cluster, --kubeconfig or KUBECONFIG"
+        raise NoApiServer(f"no usable API server configuration ({where}): {error}") from None

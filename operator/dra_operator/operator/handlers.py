@@ -129,12 +129,26 @@ def register(
         if type != "DELETED":
             reconciler.enqueue_gated(key_of(body)[0])
 
-    for plural in ("deviceclasses", "resourceslices"):
+    @kopf.on.event(*ours("deviceclasses"), id="deviceclasses", registry=registry)
+    async def classes(type: str | None, **kwargs: Any) -> None:
+        warm(**kwargs)
+        reconciler.enqueue_gated()
 
-        @kopf.on.event(*ours(plural), id=plural, registry=registry)
-        async def cluster_wide(type: str | None, **kwargs: Any) -> None:
-            warm(**kwargs)
-            reconciler.enqueue_gated()
+    # metadata.generation moves only with the spec (the status is a subresource): the operator's own
+    # status writes (the device counts, see poolstatus) must not send every waiting Pod round again.
+    slice_generations: dict[str, int] = {}
+
+    @kopf.on.event(*ours("resourceslices"), id="resourceslices", registry=registry)
+    async def slices(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+        warm(**kwargs)
+        name, generation = str(body.metadata.name), int(body.metadata.get("generation") or 0)
+        if type == "DELETED":
+            slice_generations.pop(name, None)
+        elif type == "MODIFIED" and slice_generations.get(name) == generation:
+            return
+        else:
+            slice_generations[name] = generation
+        reconciler.enqueue_gated()
 
     @kopf.on.event("v1", "nodes", id="nodes", registry=registry)
     async def nodes(type: str | None, **kwargs: Any) -> None:

@@ -20,6 +20,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
+from dra_operator.admission.mutation import declared_extended_resources
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
 from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import Kube, KubeError, NotLeading
@@ -27,8 +28,10 @@ from dra_operator.operator import handlers, leader, logs, metrics
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.leader import LeaseElector
+from dra_operator.operator.poolstatus import DEFAULT_INTERVAL as DEFAULT_POOL_STATUS_INTERVAL
+from dra_operator.operator.poolstatus import PoolStatus
 from dra_operator.operator.reconciler import Reconciler
-from dra_operator.operator.state import State
+from dra_operator.operator.state import CLASSES, State
 
 log = structlog.get_logger("dra_operator.operator")
 
@@ -87,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resync-seconds", type=float, default=300.0, help="how often to check the caches against a LIST"
+    )
+    parser.add_argument(
+        "--pool-status-seconds",
+        type=float,
+        default=DEFAULT_POOL_STATUS_INTERVAL,
+        help="how often the leader writes the changed device counts (devices, allocated, free) into the "
+        "ResourceSlices' status, the view of `kubectl get resourceslices.resource.dra-operator.io`; 0: never",
     )
     parser.add_argument(
         "--placement",
@@ -266,10 +276,17 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
 
     excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
 
+    def extended_names() -> list[str]:
+        return sorted(declared_extended_resources(state.all(CLASSES, ordered=True)))
+
     def desired_configuration() -> dict[str, Any]:
         # Read the CA each time: with certificate files (cert-manager) it may have been rotated.
         return configuration.build(
-            _endpoint(args), certs.ca_bundle(), excluded_namespaces=excluded, name=args.webhook_config_name
+            _endpoint(args),
+            certs.ca_bundle(),
+            excluded_namespaces=excluded,
+            name=args.webhook_config_name,
+            extended_names=extended_names(),
         )
 
     desired = desired_configuration()
@@ -318,6 +335,21 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
                 except Exception:  # logged there; try again at the next change or restart
                     bundle = b""
 
+    async def follow_extended_resources(interval: float = 1.0) -> None:
+        """Re-apply the configuration when the extended resource names our DeviceClasses declare change (its
+        matchConditions list them); the names are read from the cache, so this costs no API call."""
+        applied = extended_names()
+        while True:
+            await asyncio.sleep(interval)
+            current = extended_names()
+            if current != applied and leading() and state.bound:
+                log.info("extended resources declared by DeviceClasses changed", names=current)
+                try:
+                    await configure_webhook()
+                    applied = current
+                except Exception:  # logged there; tried again at the next pass
+                    continue
+
     async def probe_apiserver() -> None:
         """Ask the API server (and through it etcd: a LIST is a quorum read) whether it answers, so readiness
         follows it even while nothing else calls; the answer lands in on_reachable."""
@@ -339,9 +371,14 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if args.resync_seconds > 0:
             tasks.append(asyncio.create_task(reconciler.resync_every(args.resync_seconds), name="resync"))
+        if args.pool_status_seconds > 0:
+            pools = PoolStatus(kube, state, leading, args.pool_status_seconds)
+            tasks.append(asyncio.create_task(pools.run(), name="pool-status"))
         if leading():
             tasks.append(asyncio.create_task(configure_webhook(), name="webhook-configuration"))
             reconciler.enqueue_everything()
+        if not args.no_webhook_config:
+            tasks.append(asyncio.create_task(follow_extended_resources(), name="extended-resources"))
 
     def on_leading() -> None:
         metrics.LEADER.set(1)

@@ -1,0 +1,86 @@
+"""How many devices each ResourceSlice offers, how many are allocated and how many are free (pure).
+
+The free-devices view of `kubectl get resourceslices.resource.dra-operator.io` (the operator writes it into
+each slice's status) and of `dra-operator pools`. A device is allocated when a claim's `status.allocation`
+names it (driver, pool, device), adminAccess results excepted: they do not take the device, as in allocation.
+A device with a NoSchedule or NoExecute taint is counted as tainted: new claims that do not tolerate it avoid
+it. Free is what is neither allocated nor tainted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Json = Mapping[str, Any]
+DeviceKey = tuple[str, str, str]  # (driver, pool, device)
+
+_AVOIDED = frozenset({"NoSchedule", "NoExecute"})
+
+
+@dataclass(frozen=True)
+class SliceUsage:
+    """One slice's counts; `status()` is the shape written into the slice's status."""
+
+    node: str
+    driver: str
+    pool: str
+    devices: int
+    allocated: int
+    tainted: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.devices - self.allocated - self.tainted)
+
+    def status(self) -> dict[str, int]:
+        return {
+            "devices": self.devices,
+            "allocated": self.allocated,
+            "tainted": self.tainted,
+            "free": self.free,
+        }
+
+
+def allocated_devices(claims: Iterable[Json]) -> set[DeviceKey]:
+    """Every (driver, pool, device) some claim's allocation takes (adminAccess results excepted)."""
+    taken: set[DeviceKey] = set()
+    for claim in claims:
+        allocation = (claim.get("status") or {}).get("allocation") or {}
+        for result in (allocation.get("devices") or {}).get("results") or []:
+            if isinstance(result, Mapping) and not result.get("adminAccess"):
+                taken.add((str(result.get("driver")), str(result.get("pool")), str(result.get("device"))))
+    return taken
+
+
+def slice_usage(slices: Iterable[Json], claims: Iterable[Json]) -> dict[str, SliceUsage]:
+    """Slice name -> its usage."""
+    taken = allocated_devices(claims)
+    usage: dict[str, SliceUsage] = {}
+    for obj in slices:
+        spec = obj.get("spec") or {}
+        driver, pool = str(spec.get("driver") or ""), str((spec.get("pool") or {}).get("name") or "")
+        devices = [d for d in spec.get("devices") or [] if isinstance(d, Mapping)]
+        allocated = sum(1 for d in devices if (driver, pool, str(d.get("name"))) in taken)
+        tainted = sum(
+            1
+            for d in devices
+            if (driver, pool, str(d.get("name"))) not in taken
+            and any(isinstance(t, Mapping) and t.get("effect") in _AVOIDED for t in d.get("taints") or [])
+        )
+        node = str(spec.get("nodeName") or ("(all nodes)" if spec.get("allNodes") else "(selected nodes)"))
+        usage[str(obj["metadata"]["name"])] = SliceUsage(node, driver, pool, len(devices), allocated, tainted)
+    return usage
+
+
+def table(usage: Mapping[str, SliceUsage]) -> list[list[str]]:
+    """Rows for a terminal table (header first), one per slice, by node, driver and pool, with a total."""
+    rows = [["NODE", "DRIVER", "POOL", "DEVICES", "ALLOCATED", "TAINTED", "FREE"]]
+    ordered = sorted(usage.values(), key=lambda u: (u.node, u.driver, u.pool))
+    for u in ordered:
+        rows.append([u.node, u.driver, u.pool, str(u.devices), str(u.allocated), str(u.tainted), str(u.free)])
+    if ordered:
+        totals = [sum(getattr(u, f) for u in ordered) for f in ("devices", "allocated", "tainted", "free")]
+        rows.append(["(total)", "", "", *(str(t) for t in totals)])
+    return rows

@@ -1,0 +1,58 @@
+"""Keeps each ResourceSlice's status (devices, allocated, tainted, free) current: the free-devices view.
+
+The leader recomputes the counts from its caches every `interval` seconds (dra_operator.allocation.usage) and
+writes the status of the slices whose counts changed, through the status subresource (a merge patch, so the
+agent's writes of the spec and ours never conflict). The interval bounds the writes: a burst of allocations
+costs each touched slice one write per interval, not one per Pod; the view is at most that much behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from dra_operator.allocation.usage import slice_usage
+from dra_operator.kube.client import Kube, KubeError, NotLeading, ours
+from dra_operator.operator.state import CLAIMS, SLICES, State
+
+log = structlog.get_logger("dra_operator.poolstatus")
+
+DEFAULT_INTERVAL = 5.0
+
+
+class PoolStatus:
+    def __init__(self, kube: Kube, state: State, is_leader: Callable[[], bool], interval: float) -> None:
+        self.kube, self.state, self.is_leader, self.interval = kube, state, is_leader, interval
+        self.writes = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.is_leader():
+                await self.update()
+
+    async def update(self) -> int:
+        """Write the status of every slice whose counts changed; returns how many were written."""
+        slices = {str(s["metadata"]["name"]): s for s in self.state.all(SLICES)}
+        usage = slice_usage(slices.values(), self.state.all(CLAIMS))
+        written = 0
+        for name, counts in usage.items():
+            wanted = counts.status()
+            if (slices[name].get("status") or {}) == wanted:
+                continue
+            try:
+                patched = await self.kube.merge_patch(
+                    ours("resourceslices", name=name, subresource="status"), {"status": wanted}
+                )
+            except NotLeading:
+                return written
+            except KubeError as exc:
+                if exc.status != 404:  # a slice withdrawn meanwhile needs no status
+                    log.warning("slice status not written", slice=name, error=str(exc))
+                continue
+            self.state.wrote(SLICES, patched)
+            written += 1
+        self.writes += written
+        return written

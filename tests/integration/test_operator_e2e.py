@@ -1005,3 +1005,60 @@ def test_free_devices_per_node_and_pool(
     cluster.delete(cluster.pods_path("counted"))
     idle = {"devices": 4, "allocated": 0, "tainted": 0, "free": 4}
     wait_for(lambda: status() == idle, timeout=30, message=f"slice {name} to count its device free again")
+
+
+def test_an_allocated_device_turning_unhealthy_is_shown_on_its_pod(
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
+) -> None:
+    """Issue 12 item 5: the agent marks a device unhealthy (its slice's device gets the `<driver>/xid` taint,
+    as with --on-unhealthy=taint); the Pod holding it gets a DeviceUnhealthy event and the condition
+    resource.dra-operator.io/DevicesHealthy=False, both naming the device."""
+    ensure_seed_class(cluster)
+    cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    cluster.create(
+        cluster.pods_path(),
+        pod("sick", [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]),
+    )
+    placed = wait_for(
+        lambda: (p := cluster.get(cluster.pods_path("sick"))) and ungated(p) and p,
+        timeout=60,
+        message="the Pod to be allocated",
+    )
+    _, node, device = placed["metadata"]["annotations"][names.devices_annotation("gpu", None)].split("/")
+    path = f"{GROUP_PATH}/resourceslices/{node}-driver-example-com"
+    slice_obj = cluster.cp.request("GET", path)
+    for entry in slice_obj["spec"]["devices"]:
+        if entry["name"] == device:
+            entry["taints"] = [{"key": "driver.example.com/xid", "value": "79", "effect": "NoSchedule"}]
+    slice_obj["spec"]["pool"]["generation"] += 1
+    cluster.cp.request("PUT", path, slice_obj)
+    try:
+        condition = wait_for(
+            lambda: next(
+                (
+                    c
+                    for c in (cluster.get(cluster.pods_path("sick")) or {})
+                    .get("status", {})
+                    .get("conditions")
+                    or []
+                    if c["type"] == "resource.dra-operator.io/DevicesHealthy"
+                ),
+                None,
+            ),
+            timeout=30,
+            message="the Pod's DevicesHealthy condition",
+        )
+        assert condition["status"] == "False" and condition["reason"] == "DeviceUnhealthy"
+        named = f"driver.example.com/{node}/{device} (tainted driver.example.com/xid=79:NoSchedule)"
+        assert named in condition["message"], condition
+        events = wait_for(lambda: cluster.events("sick", "DeviceUnhealthy"), timeout=30, message="the event")
+        assert named in events[0]["message"] and events[0]["type"] == "Warning"
+        described = kubectl("describe", "pod", "sick", "-n", cluster.ns).stdout
+        assert "resource.dra-operator.io/DevicesHealthy" in described and "DeviceUnhealthy" in described
+    finally:
+        cluster.delete(cluster.pods_path("sick"))
+        fresh = cluster.cp.request("GET", path)
+        for entry in fresh["spec"]["devices"]:
+            entry.pop("taints", None)
+        fresh["spec"]["pool"]["generation"] += 1
+        cluster.cp.request("PUT", path, fresh)

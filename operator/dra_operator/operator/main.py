@@ -26,6 +26,7 @@ from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import Kube, KubeError, NotLeading
 from dra_operator.operator import handlers, leader, logs, metrics
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
+from dra_operator.operator.devicehealth import DeviceHealthWatch
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.leader import LeaseElector
 from dra_operator.operator.poolstatus import DEFAULT_INTERVAL as DEFAULT_POOL_STATUS_INTERVAL
@@ -374,6 +375,8 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         if args.pool_status_seconds > 0:
             pools = PoolStatus(kube, state, leading, args.pool_status_seconds)
             tasks.append(asyncio.create_task(pools.run(), name="pool-status"))
+        health = DeviceHealthWatch(kube, state, recorder, leading)
+        tasks.append(asyncio.create_task(health.run(), name="device-health"))
         if leading():
             tasks.append(asyncio.create_task(configure_webhook(), name="webhook-configuration"))
             reconciler.enqueue_everything()

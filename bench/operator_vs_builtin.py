@@ -89,6 +89,7 @@ class Result:
     cleanup: float
     writes: dict[WriteKey, float]
     rss_mib: tuple[float, float, float] | None = None
+    webhook_ms: tuple[float, float, float] | None = None  # p50, p99, calls: the apiserver's own histogram
 
     @property
     def writes_per_pod(self) -> float:
@@ -118,14 +119,35 @@ class Client:
     def connect(self, timeout: float = 30.0) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=timeout)
 
-    def writes(self) -> dict[WriteKey, float]:
-        """apiserver_request_total summed by (verb, group, resource, subresource), write verbs only."""
+    def metrics(self) -> str:
         conn = self.connect()
         try:
             conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
+            return conn.getresponse().read().decode()
         finally:
             conn.close()
+
+    def webhook_buckets(self, webhook: str = "pods.resource.dra-operator.io") -> dict[float, float]:
+        """The apiserver's own apiserver_admission_webhook_admission_duration_seconds for `webhook` (mutating,
+        CREATE): upper bound -> cumulative count."""
+        prefix = "apiserver_admission_webhook_admission_duration_seconds_bucket{"
+        buckets: dict[float, float] = {}
+        for line in self.metrics().splitlines():
+            if not line.startswith(prefix):
+                continue
+            labels_text, _, value = line.rpartition(" ")
+            labels = dict(
+                (k, v.strip('"'))
+                for k, _, v in (item.partition("=") for item in labels_text[len(prefix) : -1].split(","))
+            )
+            if labels.get("name") == webhook and labels.get("operation") == "CREATE":
+                bound = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + float(value)
+        return buckets
+
+    def writes(self) -> dict[WriteKey, float]:
+        """apiserver_request_total summed by (verb, group, resource, subresource), write verbs only."""
+        text = self.metrics()
         totals: dict[WriteKey, float] = {}
         prefix = "apiserver_request_total{"
         for line in text.splitlines():
@@ -321,6 +343,7 @@ class Bench:
         watch = BindingWatch(self.client, ns)
         rss_before = memory_mib(operator.pid) if operator else 0.0
         before = self.quiet_writes()
+        hooks_before = self.client.webhook_buckets() if operator else {}
         created: dict[str, float] = {}
         try:
 
@@ -336,6 +359,7 @@ class Bench:
                 for index in range(self.pods):
                     create(index)
             creating = time.monotonic() - min(created.values())
+            hooks_after = self.client.webhook_buckets() if operator else {}
 
             def all_bound() -> bool:
                 if watch.error is not None:
@@ -375,7 +399,12 @@ class Bench:
             writes[own] = writes.get(own, 0.0) - self.pods
         writes = {k: v for k, v in writes.items() if v}
         rss = (rss_before, rss_peak, rss_after) if operator else None
-        return Result(flavour, self.pods, creating, wall, latencies, cleanup, writes, rss)
+        webhook = None
+        if operator:
+            p50, calls = bucket_quantile(hooks_before, hooks_after, 0.50)
+            p99, _ = bucket_quantile(hooks_before, hooks_after, 0.99)
+            webhook = (p50, p99, calls)
+        return Result(flavour, self.pods, creating, wall, latencies, cleanup, writes, rss, webhook)
 
     def diagnose(self, flavour: Flavour, operator: LocalOperator | None, unbound: set[str]) -> str:
         """Why Pods were not bound: one of them, its claim(s), events, and the operator's log tail."""
@@ -406,6 +435,23 @@ def without_leases(writes: dict[WriteKey, float]) -> dict[WriteKey, float]:
 
 
 # ------------------------------------------------------------------------------------------------ report
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> tuple[float, float]:
+    """(quantile in ms, observations) of a histogram's growth, interpolated within its bucket as Prometheus'
+    histogram_quantile does; the apiserver's buckets are coarse (5, 25, 100 ms, ...), so is the answer."""
+    grown = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = grown[-1][1] if grown else 0.0
+    if not total:
+        return float("nan"), 0.0
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in grown:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower * 1000, total
+            return (lower + (bound - lower) * (rank - below) / max(cumulative - below, 1e-9)) * 1000, total
+        lower, below = bound, cumulative
+    return lower * 1000, total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -472,6 +518,14 @@ def report(builtin: Result, ours: Result) -> str:
     lines = [row(table[0], widths), "-+-".join("-" * w for w in widths)]
     lines += [row(r, widths) for r in table[1:]]
 
+    if ours.webhook_ms is not None:
+        p50, p99, calls = ours.webhook_ms
+        lines += [
+            "",
+            f"admission webhook latency as the apiserver measures it (apiserver_admission_webhook_admission_"
+            f"duration_seconds, pods.resource.dra-operator.io, CREATE, {calls:.0f} calls): p50 {p50:.1f} ms, "
+            f"p99 {p99:.1f} ms (interpolated in the apiserver's buckets 5/25/100/500 ms ...)",
+        ]
     lines += [
         "",
         "writes per Pod by kind, placement + release (in brackets: of those, answered non-2xx, e.g. 409),",

@@ -413,3 +413,46 @@ def test_helm_install_policies_and_uninstall(
     ):
         left = plane.request("GET", f"{admission}/{plural}")["items"]
         assert not [o for o in left if o["metadata"]["name"].startswith(release)], plural
+
+
+def test_extended_resource_requests_are_converted(
+    plane: ControlPlane, operator: LocalOperator, ns: str, wait_for: WaitFor
+) -> None:
+    """The webhook's match conditions that list the declared extended resources are valid CEL on every
+    release, and a Pod asking for one is mutated to use a generated claim instead."""
+    suffix = uuid.uuid4().hex[:6]
+    resource, klass = f"example.com/gpu-{suffix}", f"extended-{suffix}"
+    plane.request(
+        "POST",
+        f"{OURS}/deviceclasses",
+        {
+            "apiVersion": "resource.dra-operator.io/v1",
+            "kind": "DeviceClass",
+            "metadata": {"name": klass},
+            "spec": {"extendedResourceName": resource},
+        },
+    )
+    try:
+        config = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/dra-operator"
+        wait_for(
+            lambda: resource in json.dumps(plane.request("GET", config)["webhooks"][0]["matchConditions"]),
+            timeout=30,
+            message=f"the webhook configuration to list {resource} on {plane.version}",
+        )
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "extended"},
+            "spec": {
+                "containers": [
+                    {"name": "c", "image": "registry.invalid/x:1", "resources": {"limits": {resource: "2"}}}
+                ]
+            },
+        }
+        created = dry_run_create(plane, f"/api/v1/namespaces/{ns}/pods", body)
+        assert resource not in json.dumps(created["spec"]), created["spec"]
+        assert not ungated(created)
+        manifest = json.loads(created["metadata"]["annotations"][names.CLAIMS_ANNOTATION])
+        assert [r["name"] for r in manifest["resourceClaims"]] == [names.EXTENDED_RESOURCE_CLAIM]
+    finally:
+        plane.request("DELETE", f"{OURS}/deviceclasses/{klass}")

@@ -42,6 +42,7 @@ CASE_FILES = sorted(
 )
 RESOURCE = "/apis/resource.k8s.io/v1"
 ADMIN_LABEL = "resource.kubernetes.io/admin-access"
+CLAIM_CONTROLLER_TIMEOUT = 180.0
 SCHEDULE_TIMEOUT = 60.0
 
 
@@ -472,8 +473,12 @@ def _compare(
         )
         if not decided["spec"].get("nodeName"):
             # Give the claim controller a moment to record generated claims before reading the Pod's status.
+            # Its work queue is shared with the namespace clean-up of every earlier module, and CI saw it take
+            # over 60 s twice on a loaded machine: wait longer for it than for the scheduler.
             wait_for(
-                lambda n=name: _claims_named(cluster.pod(n)), SCHEDULE_TIMEOUT, f"generated claims of {name}"
+                lambda n=name: _claims_named(cluster.pod(n)),
+                CLAIM_CONTROLLER_TIMEOUT,
+                f"generated claims of {name} (the built-in resourceclaim controller)",
             )
             decided = cluster.pod(name)
         claim_names = _pod_claim_names(decided)

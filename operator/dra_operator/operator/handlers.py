@@ -144,6 +144,9 @@ def register(
         name, generation = str(body.metadata.name), int(body.metadata.get("generation") or 0)
         if type == "DELETED":
             slice_generations.pop(name, None)
+            # Our status write (poolstatus) left it in the overlay: without this it would outlive its deletion
+            # there, and the allocator would still see its devices.
+            state.forget(SLICES, key_of(body))
         elif type == "MODIFIED" and slice_generations.get(name) == generation:
             return
         else:

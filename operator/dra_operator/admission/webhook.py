@@ -99,7 +99,7 @@ async def review(
             kind,
             ours=lambda ref: ref["name"] in owned,
             delivery_resource=ctx.delivery_resource,
-            extended=declared_extended_resources(ctx.state.all(CLASSES, ordered=True)),
+            extended=declared_extended_resources(ctx.state.all(CLASSES)),
         ).obj
     except AdmissionRejected as exc:
         raise kopf.AdmissionError(str(exc), code=422) from None

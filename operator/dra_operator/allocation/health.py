@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dra_operator.allocation.usage import DeviceKey
+from dra_operator.allocation.usage import DeviceKey, allocation_results
 
 Json = Mapping[str, Any]
 HEALTH_TAINT_SUFFIXES = ("/xid", "/gpu-lost")
@@ -54,11 +54,7 @@ def unhealthy_devices(slices: Iterable[Json], claims: Iterable[Json]) -> dict[De
     current = _current_devices(slices)
     found: dict[DeviceKey, str] = {}
     for claim in claims:
-        allocation = (claim.get("status") or {}).get("allocation") or {}
-        for result in (allocation.get("devices") or {}).get("results") or []:
-            if not isinstance(result, Mapping):
-                continue
-            key = (str(result.get("driver")), str(result.get("pool")), str(result.get("device")))
+        for key, _ in allocation_results(claim):
             device = current.get(key[:2], {}).get(key[2])
             if device is None:
                 found[key] = "no longer offered by its ResourceSlice (withdrawn by the node agent, or gone)"

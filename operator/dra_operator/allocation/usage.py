@@ -9,7 +9,7 @@ it. Free is what is neither allocated nor tainted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,15 +43,19 @@ class SliceUsage:
         }
 
 
+def allocation_results(claim: Json) -> Iterator[tuple[DeviceKey, Json]]:
+    """Each device result of a claim's `status.allocation`, with its (driver, pool, device)."""
+    allocation = (claim.get("status") or {}).get("allocation") or {}
+    for result in (allocation.get("devices") or {}).get("results") or []:
+        if isinstance(result, Mapping):
+            yield (str(result.get("driver")), str(result.get("pool")), str(result.get("device"))), result
+
+
 def allocated_devices(claims: Iterable[Json]) -> set[DeviceKey]:
     """Every (driver, pool, device) some claim's allocation takes (adminAccess results excepted)."""
-    taken: set[DeviceKey] = set()
-    for claim in claims:
-        allocation = (claim.get("status") or {}).get("allocation") or {}
-        for result in (allocation.get("devices") or {}).get("results") or []:
-            if isinstance(result, Mapping) and not result.get("adminAccess"):
-                taken.add((str(result.get("driver")), str(result.get("pool")), str(result.get("device"))))
-    return taken
+    return {
+        key for claim in claims for key, result in allocation_results(claim) if not result.get("adminAccess")
+    }
 
 
 def slice_usage(slices: Iterable[Json], claims: Iterable[Json]) -> dict[str, SliceUsage]:

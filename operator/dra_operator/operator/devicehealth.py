@@ -19,7 +19,7 @@ import structlog
 
 from dra_operator.admission import names
 from dra_operator.allocation.health import unhealthy_devices
-from dra_operator.allocation.usage import DeviceKey
+from dra_operator.allocation.usage import DeviceKey, allocation_results
 from dra_operator.kube.client import Kube, KubeError, NotLeading, path_of
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.state import CLAIMS, PODS, SLICES, Json, State
@@ -70,14 +70,7 @@ class DeviceHealthWatch:
         told = 0
         holders: set[str] = set()
         for claim in claims:
-            results = ((claim.get("status") or {}).get("allocation") or {}).get("devices", {}).get(
-                "results"
-            ) or []
-            bad = {
-                key: problems[key]
-                for r in results
-                if (key := (str(r.get("driver")), str(r.get("pool")), str(r.get("device")))) in problems
-            }
+            bad = {key: problems[key] for key, _ in allocation_results(claim) if key in problems}
             for consumer in (claim.get("status") or {}).get("reservedFor") or []:
                 uid = str(consumer.get("uid"))
                 holders.add(uid)

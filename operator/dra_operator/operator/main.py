@@ -278,7 +278,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
 
     def extended_names() -> list[str]:
-        return sorted(declared_extended_resources(state.all(CLASSES, ordered=True)))
+        return sorted(declared_extended_resources(state.all(CLASSES)))
 
     def desired_configuration() -> dict[str, Any]:
         # Read the CA each time: with certificate files (cert-manager) it may have been rotated.

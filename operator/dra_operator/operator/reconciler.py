@@ -502,15 +502,12 @@ class Reconciler:
         )
         self.state.wrote(PODS, patched)
         self.recorder.forget(uid)
-        origins = {
-            str(r["name"]): f"from template {r['resourceClaimTemplateName']}"
-            for r in pod_claim_refs(pod)
-            if r.get("resourceClaimTemplateName")
-        } | {
-            str(r["name"]): "for " + ", ".join(sorted(set(r["extendedResources"].values())))
-            for r in pod_claim_refs(pod)
-            if isinstance(r.get("extendedResources"), dict)
-        }
+        origins: dict[str, str] = {}
+        for ref in pod_claim_refs(pod):
+            if ref.get("resourceClaimTemplateName"):
+                origins[str(ref["name"])] = f"from template {ref['resourceClaimTemplateName']}"
+            elif isinstance(ref.get("extendedResources"), dict):
+                origins[str(ref["name"])] = "for " + ", ".join(sorted(set(ref["extendedResources"].values())))
         summary = ", ".join(
             f"{pc}={_name(c)}"
             + (f" ({origins[pc]})" if pc in origins else "")

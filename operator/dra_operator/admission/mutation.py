@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dra_operator.admission import names
+from dra_operator.api.gang import gang_problem
 from dra_operator.api.pod import flat_claim_reference, pod_claim_problems
 
 #: Where each supported kind keeps its Pod template (an empty path: the object is the Pod itself).
@@ -367,6 +368,9 @@ def mutate(
         moved.append(_extended_claim(found, extended or {}))
     if not moved:
         return Mutation(obj=new, kept=tuple(ref["name"] for ref in kept))
+    problem = gang_problem(_as_mapping(template.get("metadata")), template=kind != "Pod")
+    if problem is not None:
+        raise AdmissionRejected(invalid_message(kind, new, [("", problem)]))
     moved_names = {ref["name"] for ref in moved}
 
     spec: dict[str, Any] = template["spec"]

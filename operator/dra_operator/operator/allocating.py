@@ -7,8 +7,9 @@ validation is left out (and logged once)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -18,7 +19,14 @@ from dra_operator.allocation.nodes import Node
 from dra_operator.allocation.search import Allocation, Placement, PodRef, allocate
 from dra_operator.allocation.selectors import SelectorCache
 from dra_operator.allocation.snapshot import Snapshot
-from dra_operator.api.resource import DeviceClass, InvalidObject, ResourceClaim, ResourceSlice, load_object
+from dra_operator.api.resource import (
+    AllocationResult,
+    DeviceClass,
+    InvalidObject,
+    ResourceClaim,
+    ResourceSlice,
+    load_object,
+)
 
 log = structlog.get_logger("dra_operator.allocating")
 Json = dict[str, Any]
@@ -124,6 +132,35 @@ class Allocator:
         }
         return Placed(node=outcome.node_name, allocations=allocations, gpu_uuids=self._uuids)
 
+    def allocate_group(self, requests: Sequence[AllocationRequest]) -> list[Placed] | tuple[int, Failure]:
+        """Allocate several Pods' claims as one decision (a gang): each Pod in turn sees the devices the Pods
+        before it were given, and a claim two of them share is allocated once. Returns every Pod's placement,
+        or the index of the first Pod that does not fit with why; the tentative choices are undone either
+        way (the caller writes the claims, and the snapshot learns them from their new versions)."""
+        tentative: list[tuple[str, str]] = []
+        decided: dict[tuple[str, str], Json] = {}
+        placed: list[Placed] = []
+        try:
+            for index, req in enumerate(requests):
+                claims = {pc: _with_allocation(c, decided) for pc, c in req.claims.items()}
+                outcome = self.allocate(replace(req, claims=claims))
+                if isinstance(outcome, Failure):
+                    return index, outcome
+                placed.append(outcome)
+                for pod_claim, allocation in outcome.allocations.items():
+                    meta = claims[pod_claim]["metadata"]
+                    key = (str(meta.get("namespace") or ""), str(meta["name"]))
+                    decided[key] = allocation
+                    if self._snapshot is None:  # allocate() built it
+                        raise RuntimeError("no snapshot after an allocation")
+                    self._snapshot.record_allocation(key, AllocationResult.model_validate(allocation))
+                    tentative.append(key)
+            return placed
+        finally:
+            if self._snapshot is not None:
+                for key in tentative:
+                    self._snapshot.release(key)
+
     def _current_snapshot(self, req: AllocationRequest) -> Snapshot:
         """The kept Snapshot, rebuilt when classes, slices or nodes changed, with in-use devices brought up to
         date claim by claim."""
@@ -193,3 +230,16 @@ class Allocator:
                 if isinstance(uuid, dict) and uuid.get("string"):
                     uuids[(self.nvidia_driver, pool, str(device.get("name")))] = str(uuid["string"])
         return uuids
+
+
+def _with_allocation(claim: Json, decided: Mapping[tuple[str, str], Json]) -> Json:
+    """The claim as it will be once an earlier Pod of the same decision allocated it (a shared claim), under a
+    resourceVersion of its own so the parsed-model cache does not answer with the unallocated version."""
+    meta = claim.get("metadata") or {}
+    allocation = decided.get((str(meta.get("namespace") or ""), str(meta.get("name"))))
+    if allocation is None:
+        return claim
+    claim = copy.deepcopy(claim)
+    claim["metadata"]["resourceVersion"] = f"{meta.get('resourceVersion')}+decided"
+    claim["status"] = {**(claim.get("status") or {}), "allocation": allocation}
+    return claim

@@ -29,10 +29,11 @@ import structlog
 
 from dra_operator.admission import delivery, names
 from dra_operator.admission.mutation import read_manifest
+from dra_operator.api.gang import Gang, gang_of
 from dra_operator.api.resource import RESERVED_FOR_MAX
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours, path_of
 from dra_operator.operator import metrics
-from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure
+from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure, Placed
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.placement import (
     claim_state,
@@ -54,6 +55,8 @@ log = structlog.get_logger("dra_operator.reconciler")
 
 POD, CLAIM = "pod", "claim"
 Item = tuple[str, str, str]  # (POD|CLAIM, namespace, name)
+#: Where a Pod's claims went: (node, Pod claim name -> status.allocation, (driver, pool, device) -> GPU UUID).
+_Placement = tuple[str | None, dict[str, Json], dict[tuple[str, str, str], str]]
 
 #: Backoff of an item whose writes keep failing: 1 s, 2 s, 4 s, ... up to these caps (seconds).
 PERMANENT_BACKOFF_CAP = 300.0  # refused (400, 403, 422 Invalid): only a change of the inputs can help
@@ -101,6 +104,14 @@ class Reconciler:
     _waiting_counted: float = 0.0
     # Pod uid -> when this replica first saw it gated (monotonic), for the allocation latency histogram.
     _first_seen: dict[str, float] = field(default_factory=dict)
+    # One decision at a time per gang (its members' items would otherwise create claims twice): the lock and
+    # how many items use it, so that it goes when the last one is done.
+    _gang_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = field(default_factory=dict)
+    # Counts changes that can make waiting Pods fit (devices freed, inputs changed): a gang that did not
+    # fit is not decided again, for each of its members' items, until it moves.
+    _epoch: int = 0
+    # (namespace, gang key) -> (epoch, member uids) of its last decision that did not fit.
+    _gang_misfit: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ queueing
 
@@ -128,6 +139,7 @@ class Reconciler:
 
     def enqueue_gated(self, namespace: str | None = None) -> None:
         """Every gated Pod (of one namespace): something they may wait for appeared or changed."""
+        self._epoch += 1
         for pod in self.state.all(PODS):
             meta = pod.get("metadata") or {}
             if is_gated(pod) and (namespace is None or meta.get("namespace") == namespace):
@@ -339,7 +351,11 @@ class Reconciler:
             await self._check_ungated(pod)
             return
         self._first_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
-        await self._allocate_pod(pod)
+        gang = gang_of(pod["metadata"])
+        if gang is not None:
+            await self._allocate_gang(pod, gang)
+        else:
+            await self._allocate_pod(pod)
 
     def _ungating_elsewhere(self, node: str, uid: str) -> bool:
         """Another Pod this replica ungated on `node` may still be waiting for its kubelet."""
@@ -475,8 +491,116 @@ class Reconciler:
             # the claims before anyone else decides: no device can go to two claims of this replica.
             claims = {pc: self.state.get(CLAIMS, _key(c)) or c for pc, c in claims.items()}
             placed = await self._decide_and_reserve(pod, claims)
-        if placed is None:
+        if placed is not None:
+            await self._ungate(pod, claims, placed)
+
+    async def _allocate_gang(self, pod: Json, gang: Gang) -> None:
+        """Allocate a gang's waiting Pods in one decision, or none of them (see dra_operator.api.gang)."""
+        namespace = pod["metadata"]["namespace"]
+        key = (namespace, gang.key)
+        lock, users = self._gang_locks.get(key) or (asyncio.Lock(), 0)
+        self._gang_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                await self._decide_gang(pod, gang)
+        finally:
+            lock, users = self._gang_locks[key]
+            if users > 1:
+                self._gang_locks[key] = (lock, users - 1)
+            else:
+                del self._gang_locks[key]
+
+    async def _decide_gang(self, pod: Json, gang: Gang) -> None:
+        namespace = pod["metadata"]["namespace"]
+        current = self.state.get(PODS, _key(pod))
+        if (
+            current is None
+            or current["metadata"].get("uid") != pod["metadata"]["uid"]
+            or not is_gated(current)
+        ):
+            return  # decided with its gang while this item waited for the gang's lock
+        members = [
+            p for p in self.state.gang_pods(namespace, gang.key) if not is_done(p) and not _deleting(p)
+        ]
+        if len(members) < gang.size:
+            self._fail(
+                pod,
+                "GangIncomplete",
+                f"{gang.display}: {len(members)} of its {gang.size} Pods exist; no Pod of a gang is "
+                f"allocated until all {gang.size} do",
+            )
             return
+        waiting = [p for p in members if is_gated(p)]
+        uids = tuple(p["metadata"]["uid"] for p in waiting)
+        if self._gang_misfit.get((namespace, gang.key)) == (self._epoch, uids):
+            return  # decided for another member's item since anything changed: its events say why
+        claims_of: dict[str, dict[str, Json]] = {}
+        for member in waiting:
+            self._first_seen.setdefault(member["metadata"]["uid"], time.monotonic())
+            claims = await self._pod_claims(member)
+            if claims is None:
+                if member is not pod:
+                    self._fail(
+                        pod,
+                        "GangWaiting",
+                        f"{gang.display}: Pod {_name(member)} of the gang cannot be allocated yet "
+                        "(its events say why), so none of the gang is",
+                    )
+                return
+            claims_of[member["metadata"]["uid"]] = claims
+        async with self._decide:
+            decided = await self._decide_and_reserve_gang(gang, waiting, claims_of)
+        if decided is None:
+            self._gang_misfit[(namespace, gang.key)] = (self._epoch, uids)
+            return
+        self._gang_misfit.pop((namespace, gang.key), None)
+        log.info("gang allocated", gang=gang.display, namespace=namespace, pods=len(decided))
+        for member, claims, placed in decided:
+            await self._ungate(member, claims, placed)
+
+    async def _decide_and_reserve_gang(
+        self, gang: Gang, members: list[Json], claims_of: Mapping[str, dict[str, Json]]
+    ) -> list[tuple[Json, dict[str, Json], _Placement]] | None:
+        """Allocate every waiting member of `gang` together and reserve their claims; None (with a Warning on
+        each member, and every reservation a member already held withdrawn) if they do not all fit."""
+        requests: list[AllocationRequest] = []
+        fresh: list[dict[str, Json]] = []
+        for member in members:
+            claims = {
+                pc: self.state.get(CLAIMS, _key(c)) or c
+                for pc, c in claims_of[member["metadata"]["uid"]].items()
+            }
+            request = self._request(member, claims)
+            if request is None:
+                return None
+            requests.append(request)
+            fresh.append(claims)
+        outcome = self.allocator.allocate_group(requests)
+        if isinstance(outcome, tuple):
+            index, failure = outcome
+            before = f", with the {index} Pod(s) before it placed," if index else ""
+            message = (
+                f"{gang.display} ({gang.size} Pods) does not fit together, so none of its Pods is allocated: "
+                f"Pod {_name(members[index])}{before} cannot be placed: {failure.message}"
+            )
+            for member, claims in zip(members, fresh, strict=True):
+                self._fail(
+                    member,
+                    "GangDoesNotFit" if failure.reason == "AllocationFailed" else failure.reason,
+                    message,
+                    claims=list(claims.values()),
+                )
+            for member, claims in zip(members, fresh, strict=True):
+                await self._withdraw(member, claims)
+            return None
+        decided = []
+        for member, claims, placed in zip(members, fresh, outcome, strict=True):
+            decided.append((member, claims, await self._reserve_all(member, claims, placed)))
+        return decided
+
+    async def _ungate(self, pod: Json, claims: Mapping[str, Json], placed: _Placement) -> None:
+        """Write the Pod's devices and node and lift its gate (or defer it behind its node's device
+        plugin)."""
         node, allocations, gpu_uuids = placed
         uid = pod["metadata"]["uid"]
         annotations = device_annotations(pod, allocations, gpu_uuids)
@@ -520,10 +644,31 @@ class Reconciler:
         metrics.LATENCY.observe(max(0.0, time.monotonic() - seen) if seen is not None else 0.0)
         log.info("pod ungated", pod=_name(pod), node=node, claims=summary)
 
-    async def _decide_and_reserve(
-        self, pod: Json, claims: dict[str, Json]
-    ) -> tuple[str | None, dict[str, Json], dict[tuple[str, str, str], str]] | None:
+    async def _decide_and_reserve(self, pod: Json, claims: dict[str, Json]) -> _Placement | None:
         """Allocate the Pod's claims together and reserve them for it; None (with a Warning) if impossible."""
+        request = self._request(pod, claims)
+        if request is None:
+            return None
+        outcome = self.allocator.allocate(request)
+        if isinstance(outcome, Failure):
+            self._fail(pod, outcome.reason, outcome.message, claims=list(claims.values()))
+            await self._withdraw(pod, claims)
+            return None
+        return await self._reserve_all(pod, claims, outcome)
+
+    async def _reserve_all(self, pod: Json, claims: Mapping[str, Json], outcome: Placed) -> _Placement:
+        allocations: dict[str, Json] = {}
+        for pod_claim, claim in claims.items():
+            allocation = outcome.allocations.get(pod_claim)
+            claim = await self._reserve(
+                self.state.get(CLAIMS, _key(claim)) or claim, pod, allocation, outcome.node
+            )
+            allocations[pod_claim] = claim["status"]["allocation"]
+        return outcome.node, allocations, outcome.gpu_uuids
+
+    def _request(self, pod: Json, claims: Mapping[str, Json]) -> AllocationRequest | None:
+        """What the allocator needs to place `pod`; None (with a Warning) when its claims cannot be
+        allocated."""
         uid = pod["metadata"]["uid"]
         for claim in claims.values():
             if uid not in reserved_uids(claim) and len(reserved_uids(claim)) >= RESERVED_FOR_MAX:
@@ -536,7 +681,7 @@ class Reconciler:
             self._fail(pod, "ClassNotFound", "; ".join(missing), claims=list(claims.values()))
             return None
         nodes = list(self.state.all(NODES, ordered=True))  # candidates by name: placement is deterministic
-        request = AllocationRequest(
+        return AllocationRequest(
             pod=pod,
             claims=claims,
             # in name order, so that the snapshot, and with it every choice, is the same in every process
@@ -546,18 +691,6 @@ class Reconciler:
             candidates=[n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)],
             all_claims=list(self.state.all(CLAIMS)),
         )
-        outcome = self.allocator.allocate(request)
-        if isinstance(outcome, Failure):
-            self._fail(pod, outcome.reason, outcome.message, claims=list(claims.values()))
-            await self._withdraw(pod, claims)
-            return None
-
-        allocations: dict[str, Json] = {}
-        for pod_claim, claim in claims.items():
-            allocation = outcome.allocations.get(pod_claim)
-            claim = await self._reserve(claim, pod, allocation, outcome.node)
-            allocations[pod_claim] = claim["status"]["allocation"]
-        return outcome.node, allocations, outcome.gpu_uuids
 
     async def _withdraw(self, pod: Json, claims: Mapping[str, Json]) -> None:
         """Undo what an unplaceable Pod holds, as kube-scheduler's PostFilter does: its reservation on each of

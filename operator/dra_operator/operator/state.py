@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from dra_operator.api.gang import gang_of
+
 Json = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
 
@@ -48,10 +50,11 @@ def _related_uids(claim: Mapping[str, Any]) -> set[str]:
 class State:
     """Read access to indexed objects by kind, with our fresher writes on top.
 
-    Two lookups by Pod uid spare the per-Pod scans over every claim and Pod: the claims related to a Pod
-    (owned by it or reserved for it) and the Pod itself. They are kept by `note`, which the index functions
-    call for every object they index (so they move with Kopf's indexes, event by event) and our writes call
-    too; they may hold stale keys (an object changed or gone), which every lookup filters out.
+    Lookups by Pod uid spare the per-Pod scans over every claim and Pod: the claims related to a Pod (owned
+    by it or reserved for it) and the Pod itself; a third finds a gang's Pods. They are kept by `note`, which
+    the index functions call for every object they index (so they move with Kopf's indexes, event by event)
+    and our writes call too; they may hold stale keys (an object changed or gone), which every lookup
+    filters out.
     """
 
     def __init__(self) -> None:
@@ -60,6 +63,7 @@ class State:
         self._overlay: dict[str, dict[Key, tuple[int, Json | None]]] = {name: {} for name in INDEXES}
         self._claims_by_pod: dict[str, set[Key]] = {}
         self._pod_by_uid: dict[str, Key] = {}
+        self._gangs: dict[tuple[str, str], set[Key]] = {}  # (namespace, gang key) -> Pod keys
 
     def note(self, kind: str, obj: Mapping[str, Any]) -> None:
         """Keep the uid lookups current for an object seen (indexed or written by us)."""
@@ -71,6 +75,10 @@ class State:
             pod_uid = (obj.get("metadata") or {}).get("uid")
             if pod_uid:
                 self._pod_by_uid[str(pod_uid)] = key_of(obj)
+            gang = gang_of(obj.get("metadata") or {})
+            if gang is not None:
+                key = key_of(obj)
+                self._gangs.setdefault((key[0], gang.key), set()).add(key)
 
     def forget_pod_uid(self, uid: str) -> None:
         """A Pod is gone for good: drop its lookups (its claims are reached through their own events)."""
@@ -86,6 +94,19 @@ class State:
                 found.append(claim)
         return found
 
+    def gang_pods(self, namespace: str, gang_key: str) -> list[Json]:
+        """The Pods of one namespace that belong to the gang `gang_key` now (by name)."""
+        found = []
+        members = self._gangs.get((namespace, gang_key), set())
+        for key in sorted(members):
+            pod = self.get(PODS, key)
+            gang = gang_of(pod.get("metadata") or {}) if pod is not None else None
+            if pod is not None and gang is not None and gang.key == gang_key:
+                found.append(pod)
+            else:
+                members.discard(key)
+        return found
+
     def pod_by_uid(self, uid: str) -> Json | None:
         key = self._pod_by_uid.get(uid)
         pod = self.get(PODS, key) if key is not None else None
@@ -95,6 +116,7 @@ class State:
         """Rebuild the uid lookups from the indexes (at bind, and for callers that fill indexes by hand)."""
         self._claims_by_pod.clear()
         self._pod_by_uid.clear()
+        self._gangs.clear()
         for kind in (CLAIMS, PODS):
             for obj in self.all(kind):
                 self.note(kind, obj)

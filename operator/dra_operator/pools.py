@@ -1,8 +1,9 @@
 """`dra-operator pools`: per node and pool, how many devices exist, are allocated, tainted and free.
 
-Computed here from the ResourceSlices and ResourceClaims of resource.dra-operator.io (the same counts the
-operator writes into each slice's status, see dra_operator.allocation.usage), so it is current to the moment
-and needs no operator: read access to those two kinds is enough.
+Computed here from the ResourceSlices, ResourceClaims and DeviceTaintRules of resource.dra-operator.io (the
+same counts the operator writes into each slice's status, see dra_operator.allocation.usage), so it is current
+to the moment and needs no operator: read access to those kinds is enough (a cluster without the
+DeviceTaintRule CRD counts no rule).
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
+from dra_operator.allocation.selectors import SelectorCache
+from dra_operator.allocation.taints import rule_taints
 from dra_operator.allocation.usage import slice_usage, table
+from dra_operator.api.resource import DeviceTaintRule, InvalidObject, ResourceSlice, load_object
+
+Json = dict[str, Any]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,28 +28,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", help="only this node's slices")
 
 
-async def _read(kubeconfig: str | None) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    from dra_operator.kube.client import Kube, api_client, ours
+async def _read(kubeconfig: str | None) -> tuple[list[Json], list[Json], list[Json]]:
+    from dra_operator.kube.client import Kube, KubeError, api_client, ours
 
     api = await api_client(kubeconfig)
     try:
         kube = Kube(api)
         slices = await kube.request("GET", ours("resourceslices"))
         claims = await kube.request("GET", ours("resourceclaims"))
-        return list(slices.get("items") or []), list(claims.get("items") or [])
+        try:
+            rules = await kube.request("GET", ours("devicetaintrules"))
+        except KubeError as error:
+            if error.status != 404:
+                raise
+            rules = {}
+        return (
+            list(slices.get("items") or []),
+            list(claims.get("items") or []),
+            list(rules.get("items") or []),
+        )
     finally:
         await api.close()
+
+
+def _models(objs: list[Json], kind: type[Any]) -> list[Any]:
+    found = []
+    for obj in objs:
+        try:
+            model = load_object(obj)
+        except InvalidObject:
+            continue  # the operator ignores it too
+        if isinstance(model, kind):
+            found.append(model)
+    return found
 
 
 def main(args: argparse.Namespace) -> int:
     from dra_operator.kube.client import KubeError, NoApiServer
 
     try:
-        slices, claims = asyncio.run(_read(args.kubeconfig))
+        slices, claims, rules = asyncio.run(_read(args.kubeconfig))
     except (KubeError, NoApiServer) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    usage = slice_usage(slices, claims)
+    ruled = (
+        rule_taints(_models(rules, DeviceTaintRule), _models(slices, ResourceSlice), SelectorCache())
+        if rules
+        else None
+    )
+    usage = slice_usage(slices, claims, ruled.by_device if ruled is not None else None)
     if args.node:
         usage = {name: u for name, u in usage.items() if u.node == args.node}
     rows = table(usage)

@@ -31,13 +31,16 @@ from pydantic import ValidationError
 
 from dra_operator.allocation import Allocation, Node, PodRef, Snapshot, allocate, claim_key
 from dra_operator.allocation.nodes import selector_matches
+from dra_operator.allocation.selectors import SelectorCache
 from dra_operator.allocation.snapshot import ClaimKey
+from dra_operator.allocation.taints import rule_taints
 from dra_operator.api.loader import load_dra_objects
 from dra_operator.api.pod import check_pod_claims, pod_spec_of
 from dra_operator.api.resource import (
     RESERVED_FOR_MAX,
     DeviceClass,
     DeviceSelector,
+    DeviceTaintRule,
     DraObject,
     InvalidObject,
     NodeSelector,
@@ -96,6 +99,7 @@ class World:
     slices: list[ResourceSlice] = field(default_factory=list)
     claims: dict[ClaimKey, ResourceClaim] = field(default_factory=dict)
     templates: dict[ClaimKey, ResourceClaimTemplate] = field(default_factory=dict)
+    taint_rules: dict[str, DeviceTaintRule] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     workloads: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     order: list[ClaimKey] = field(default_factory=list)  # claims in input order, then generated ones
@@ -129,6 +133,8 @@ def load(paths: Sequence[str]) -> World:
                 _unique(world.classes, model.name, model, path, "DeviceClass")
             elif isinstance(model, ResourceSlice):
                 world.slices.append(model)
+            elif isinstance(model, DeviceTaintRule):
+                _unique(world.taint_rules, model.name, model, path, "DeviceTaintRule")
             elif isinstance(model, ResourceClaim):
                 model.metadata.namespace = model.metadata.namespace or DEFAULT_NAMESPACE
                 key = claim_key(model)
@@ -161,9 +167,12 @@ def load(paths: Sequence[str]) -> World:
 
 
 def _selectors(model: DraObject) -> list[tuple[str, list[DeviceSelector] | None]]:
-    """(field path, selectors) of a class, claim or template."""
+    """(field path, selectors) of a class, claim, template or taint rule."""
     if isinstance(model, DeviceClass):
         return [("spec.selectors", model.spec.selectors)]
+    if isinstance(model, DeviceTaintRule):
+        selector = model.spec.device_selector
+        return [("spec.deviceSelector.selectors", selector.selectors if selector is not None else None)]
     if isinstance(model, ResourceClaim):
         devices, base = model.spec.devices, "spec.devices"
     elif isinstance(model, ResourceClaimTemplate):
@@ -320,8 +329,15 @@ def _reserve(claim: ResourceClaim, run: PodRun) -> None:
 
 def simulate(world: World) -> tuple[list[PodRun], dict[ClaimKey, str]]:
     """Allocate Pod after Pod. Returns the runs and, per Pod that failed allocation, its explanation text."""
+    cache = SelectorCache()
+    ruled = rule_taints(list(world.taint_rules.values()), world.slices, cache) if world.taint_rules else None
     snapshot = Snapshot.build(
-        world.classes.values(), world.slices, world.nodes or None, list(world.claims.values())
+        world.classes.values(),
+        world.slices,
+        world.nodes or None,
+        list(world.claims.values()),
+        cache=cache,
+        extra_taints=ruled.by_device if ruled is not None else None,
     )
     runs = expand_pods(world, [n.name for n in snapshot.nodes])
     explanations: dict[ClaimKey, str] = {}

@@ -24,6 +24,7 @@ import yaml
 from helpers import SEED, get_or_none, install_crds, seed
 
 from dra_operator.admission import names
+from dra_operator.api.gang import GANG, GANG_SIZE
 from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest, pod_succeeded_status
 from dra_operator.operator.local import LocalOperator, child_env, cli_command, free_port
 
@@ -1062,3 +1063,344 @@ def test_an_allocated_device_turning_unhealthy_is_shown_on_its_pod(
             entry.pop("taints", None)
         fresh["spec"]["pool"]["generation"] += 1
         cluster.cp.request("PUT", path, fresh)
+
+
+@pytest.fixture
+def gang_devices(
+    control_plane: ControlPlane, cluster: Cluster, make_node: Callable[..., Json], crds: None
+) -> Iterator[str]:
+    """Two fake nodes with two devices each of a driver of this test's own (4 devices that no other test's
+    Pods can take), a class selecting them and the template `one` asking for one; yields the node prefix."""
+    suffix = uuid.uuid4().hex[:6]
+    driver, prefix = f"gang-{suffix}.example.com", f"gang-{suffix}"
+    class_name = f"gang-class-{suffix}"
+    control_plane.request(
+        "POST",
+        f"{GROUP_PATH}/deviceclasses",
+        {
+            "apiVersion": "resource.dra-operator.io/v1",
+            "kind": "DeviceClass",
+            "metadata": {"name": class_name},
+            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{driver}"'}}]},
+        },
+    )
+    slices = []
+    for index in range(2):
+        node = f"{prefix}-{index}"
+        make_node(node)
+        made = control_plane.request(
+            "POST", f"{GROUP_PATH}/resourceslices", slice_for(node, {"dev-0": "1Gi", "dev-1": "1Gi"}, driver)
+        )
+        slices.append(made["metadata"]["name"])
+    request = {"name": "dev", "exactly": {"deviceClassName": class_name}}
+    cluster.create(
+        cluster.ours("resourceclaimtemplates"),
+        {
+            "apiVersion": "resource.dra-operator.io/v1",
+            "kind": "ResourceClaimTemplate",
+            "metadata": {"name": "one"},
+            "spec": {"spec": {"devices": {"requests": [request]}}},
+        },
+    )
+    yield prefix
+    for name in slices:
+        with contextlib.suppress(ApiError):
+            control_plane.request("DELETE", f"{GROUP_PATH}/resourceslices/{name}")
+    with contextlib.suppress(ApiError):
+        control_plane.request("DELETE", f"{GROUP_PATH}/deviceclasses/{class_name}")
+
+
+def gang_member(name: str, gang: str | None, size: int) -> Json:
+    member = pod(name, [{"name": "dev", "resourceClaimTemplateName": "one"}])
+    if gang is not None:
+        member["metadata"]["labels"] = {GANG: gang}
+        member["metadata"]["annotations"] = {GANG_SIZE: str(size)}
+    return member
+
+
+def test_gangs_are_allocated_whole_and_two_that_fit_alone_never_deadlock(
+    operator: LocalOperator, cluster: Cluster, gang_devices: str, kubectl: Any, wait_for: WaitFor
+) -> None:
+    """Issue 12 item 2. Four devices; gangs a and b of three Pods each, created interleaved (a0 b0 a1 b1 a2
+    b2), each Pod settled before the next. Without gangs: 2 + 2 Pods hold devices and both groups wait
+    forever. With them: gang a runs whole, gang b holds nothing and says why per node, and starts as soon as
+    gang a is gone."""
+    order = ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+    def settle(name: str, *reasons: str) -> None:
+        wait_for(
+            lambda: (
+                ungated(cluster.get(cluster.pods_path(name)))
+                or any(cluster.events(name, reason) for reason in reasons)
+            ),
+            timeout=60,
+            message=f"Pod {name} to be allocated or told why not ({', '.join(reasons)})",
+        )
+
+    for name in order:  # the deadlock, without gangs
+        cluster.create(cluster.pods_path(), gang_member(f"plain-{name}", None, 0))
+        settle(f"plain-{name}", "AllocationFailed")
+    held = [n for n in order if ungated(cluster.get(cluster.pods_path(f"plain-{n}")))]
+    assert held == ["a0", "b0", "a1", "b1"], "without gangs each group holds two devices and waits forever"
+    for name in order:
+        cluster.delete(cluster.pods_path(f"plain-{name}"))
+    wait_for(lambda: not cluster.claims(), timeout=60, message="the plain Pods' claims to be deleted")
+
+    for name in order:  # the same, as two gangs of three
+        cluster.create(cluster.pods_path(), gang_member(name, name[0], 3))
+        settle(name, "GangIncomplete", "GangDoesNotFit")
+    assert any(
+        e["message"].startswith("gang a: 1 of its 3 Pods exist; no Pod of a gang is allocated until all 3 do")
+        for e in cluster.events("a0", "GangIncomplete")
+    )
+    a, b = ["a0", "a1", "a2"], ["b0", "b1", "b2"]
+    assert all(ungated(cluster.get(cluster.pods_path(n))) for n in a)
+    wait_for(
+        lambda: all(cluster.events(n, "GangDoesNotFit") for n in b), timeout=30, message="every b Pod told"
+    )
+    assert not any(ungated(cluster.get(cluster.pods_path(n))) for n in b)
+    why = cluster.events("b2", "GangDoesNotFit")[0]["message"]
+    assert why.startswith("gang b (3 Pods) does not fit together, so none of its Pods is allocated: Pod "), (
+        why
+    )
+    assert f"{gang_devices}-0" in why and f"{gang_devices}-1" in why, "the explanation names every node"
+    claims = cluster.claims()
+    assert_no_double_allocation(claims)
+    holders = {r["name"] for c in claims for r in (c.get("status") or {}).get("reservedFor") or []}
+    assert holders == set(a), "gang b holds nothing: no partial hold"
+    described = kubectl("describe", "pod", "b0", "-n", cluster.ns).stdout
+    assert "GangDoesNotFit" in described
+
+    for name in a:  # gang a is done: gang b starts as soon as it fits
+        cluster.delete(cluster.pods_path(name))
+    wait_for(
+        lambda: all(ungated(cluster.get(cluster.pods_path(n))) for n in b),
+        timeout=60,
+        message="gang b to be allocated once gang a is gone",
+    )
+    assert_no_double_allocation(cluster.claims())
+
+
+def test_a_jobs_pods_form_a_gang_of_its_declared_size(
+    operator: LocalOperator, cluster: Cluster, gang_devices: str, wait_for: WaitFor
+) -> None:
+    """A Job whose Pod template declares `gang-size` (no name: the Job's Pods are the gang): with parallelism
+    2 and gang-size 2 both Pods are placed; with parallelism 1 and gang-size 2 its Pod waits for a second
+    one, saying so, and holds nothing. A Pod declaring a size without a gang is refused at admission."""
+
+    def job(name: str, parallelism: int, size: int) -> Json:
+        template = gang_member("x", None, 0)
+        template.pop("apiVersion")
+        template.pop("kind")
+        template["metadata"] = {"annotations": {GANG_SIZE: str(size)}}
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name},
+            "spec": {"parallelism": parallelism, "completions": parallelism, "template": template},
+        }
+
+    jobs = f"/apis/batch/v1/namespaces/{cluster.ns}/jobs"
+    cluster.create(jobs, job("pair", 2, 2))
+    cluster.create(jobs, job("alone", 1, 2))
+
+    def job_pods(name: str) -> list[Json]:
+        return cluster.items(cluster.pods_path() + f"?labelSelector=batch.kubernetes.io/job-name={name}")
+
+    pair = wait_for(
+        lambda: (found := job_pods("pair")) and len(found) == 2 and all(ungated(p) for p in found) and found,
+        timeout=60,
+        message="both Pods of job pair to be placed",
+    )
+    uids = {p["metadata"]["uid"] for p in pair}
+    holders = {r["uid"] for c in cluster.claims() for r in (c.get("status") or {}).get("reservedFor") or []}
+    assert uids <= holders
+    (alone,) = wait_for(lambda: job_pods("alone"), timeout=60, message="the Pod of job alone")
+    told = wait_for(
+        lambda: cluster.events(alone["metadata"]["name"], "GangIncomplete"), timeout=60, message="its event"
+    )
+    assert told[0]["message"].startswith("job alone: 1 of its 2 Pods exist"), told[0]["message"]
+    assert not ungated(cluster.get(cluster.pods_path(alone["metadata"]["name"])))
+    assert alone["metadata"]["uid"] not in holders
+
+    nameless = gang_member("nameless", None, 0)
+    nameless["metadata"]["annotations"] = {GANG_SIZE: "2"}
+    with pytest.raises(ApiError) as refused:
+        cluster.create(cluster.pods_path(), nameless)
+    assert "needs a gang name" in str(refused.value)
+    for name in ("pair", "alone"):
+        cluster.delete(f"{jobs}/{name}")
+
+
+def taint_rule(name: str, selector: Json, key: str, effect: str, value: str = "") -> Json:
+    taint = {"key": key, "effect": effect} | ({"value": value} if value else {})
+    return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": name},
+        "spec": {"deviceSelector": selector, "taint": taint},
+    }
+
+
+def test_device_taint_rules_keep_claims_off_devices_and_evict_pods(
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
+) -> None:
+    """Issue 12 item 4. A NoSchedule rule on a pool keeps new claims off its devices; a CEL rule counts what
+    it selects; a NoExecute rule on a Pod's device evicts it (event, DisruptionTarget, deleted) unless its
+    claim tolerates the taint; the node agent's NoExecute taint in a slice (--on-unhealthy evict) evicts the
+    same way; a rule whose CEL does not compile is refused at admission."""
+    first, second = gpu_nodes
+    suffix = uuid.uuid4().hex[:6]
+    rules = f"{GROUP_PATH}/devicetaintrules"
+    made: list[str] = []
+
+    def create_rule(rule: Json) -> None:
+        cluster.cp.request("POST", rules, rule)
+        made.append(rule["metadata"]["name"])
+
+    def rule_status(name: str) -> Json:
+        return dict((cluster.get(f"{rules}/{name}") or {}).get("status") or {})
+
+    def place(name: str, template: str = "example-resource-claim-template") -> tuple[str, str]:
+        cluster.create(
+            cluster.pods_path(), pod(name, [{"name": "gpu", "resourceClaimTemplateName": template}])
+        )
+        placed = wait_for(
+            lambda: (p := cluster.get(cluster.pods_path(name))) and ungated(p) and p,
+            timeout=60,
+            message=f"Pod {name} to be allocated",
+        )
+        _, node, device = placed["metadata"]["annotations"][names.devices_annotation("gpu", None)].split("/")
+        return node, device
+
+    def evicted(name: str) -> Json:
+        return wait_for(
+            lambda: (
+                (p := cluster.get(cluster.pods_path(name))) is None
+                or (p["metadata"].get("deletionTimestamp") and p)
+            ),
+            timeout=30,
+            message=f"Pod {name} to be evicted",
+        )
+
+    ensure_seed_class(cluster)
+    cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    tolerant = seed("resourceclaimtemplate.yaml")
+    tolerant["metadata"]["name"] = "tolerant"
+    tolerant["spec"]["spec"]["devices"]["requests"][0]["exactly"]["tolerations"] = [
+        {"key": "example.com/maintenance", "operator": "Exists"}
+    ]
+    cluster.create(cluster.ours("resourceclaimtemplates"), tolerant)
+    try:
+        # NoSchedule on the first node's pool: its four devices counted, new claims placed on the second node.
+        drain = f"drain-{suffix}"
+        create_rule(
+            taint_rule(
+                drain, {"driver": "driver.example.com", "pool": first}, "example.com/drain", "NoSchedule"
+            )
+        )
+        wait_for(
+            lambda: rule_status(drain).get("matchedDevices") == 4, timeout=30, message="4 devices counted"
+        )
+        header, row = kubectl("get", "devicetaintrules.resource.dra-operator.io", drain).stdout.splitlines()
+        assert header.split() == ["NAME", "KEY", "EFFECT", "DRIVER", "POOL", "DEVICE", "DEVICES", "AGE"]
+        assert row.split()[:7] == [
+            drain,
+            "example.com/drain",
+            "NoSchedule",
+            "driver.example.com",
+            first,
+            "<none>",
+            "4",
+        ]
+        node, device = place("steered")
+        assert node == second
+
+        # A CEL selector: the 32Gi devices of the first node.
+        small = f"small-{suffix}"
+        expression = 'device.capacity["driver.example.com"].memory == quantity("32Gi")'
+        create_rule(
+            taint_rule(
+                small,
+                {"pool": first, "selectors": [{"cel": {"expression": expression}}]},
+                "example.com/small",
+                "None",
+            )
+        )
+        wait_for(
+            lambda: rule_status(small).get("matchedDevices") == 2, timeout=30, message="2 devices counted"
+        )
+
+        # NoExecute on the Pod's device: evicted, saying why; a Pod whose claim tolerates the taint stays.
+        cluster.delete(f"{rules}/{drain}")
+        made.remove(drain)
+        wait_for(lambda: cluster.get(f"{rules}/{drain}") is None, timeout=30, message="the drain rule gone")
+        calm_node, calm_device = place("calm", "tolerant")
+        maintenance = f"maintenance-{suffix}"
+        selector = {"driver": "driver.example.com", "pool": node, "device": device}
+        create_rule(taint_rule(maintenance, selector, "example.com/maintenance", "NoExecute", "planned"))
+        gone = evicted("steered")
+        told = wait_for(
+            lambda: cluster.events("steered", "DeviceTaintEviction"), timeout=30, message="the event"
+        )
+        expected = (
+            f"evicted: device driver.example.com/{node}/{device} has taint "
+            "example.com/maintenance=planned:NoExecute, which claim "
+        )
+        assert told[0]["message"].startswith(expected), told[0]["message"]
+        assert told[0]["message"].endswith(f"does not tolerate (DeviceTaintRule {maintenance})")
+        if gone is not True and gone:
+            conditions = {c["type"]: c for c in (gone.get("status") or {}).get("conditions") or []}
+            assert conditions["DisruptionTarget"]["reason"] == "DeletionByDeviceTaintManager"
+        status = wait_for(
+            lambda: (s := rule_status(maintenance)).get("matchedDevices") == 1 and s,
+            timeout=30,
+            message="the maintenance rule's status",
+        )
+        assert [c["type"] for c in status["conditions"]] == ["EvictionInProgress"]
+        tolerating = taint_rule(
+            f"maintenance-calm-{suffix}",
+            {"driver": "driver.example.com", "pool": calm_node, "device": calm_device},
+            "example.com/maintenance",
+            "NoExecute",
+        )
+        create_rule(tolerating)
+        wait_for(
+            lambda: rule_status(tolerating["metadata"]["name"]).get("matchedDevices") == 1,
+            timeout=30,
+            message="the rule on the tolerating Pod's device to be applied",
+        )
+        calm = cluster.get(cluster.pods_path("calm"))
+        assert calm is not None and not calm["metadata"].get("deletionTimestamp"), "a tolerating Pod stays"
+        assert not cluster.events("calm", "DeviceTaintEviction")
+
+        # The node agent's health taint (--on-unhealthy evict): NoExecute in the slice itself, same eviction.
+        node, device = place("xid")
+        path = f"{GROUP_PATH}/resourceslices/{node}-driver-example-com"
+        slice_obj = cluster.cp.request("GET", path)
+        for entry in slice_obj["spec"]["devices"]:
+            if entry["name"] == device:
+                entry["taints"] = [{"key": "driver.example.com/xid", "value": "79", "effect": "NoExecute"}]
+        slice_obj["spec"]["pool"]["generation"] += 1
+        cluster.cp.request("PUT", path, slice_obj)
+        evicted("xid")
+        told = wait_for(lambda: cluster.events("xid", "DeviceTaintEviction"), timeout=30, message="the event")
+        assert "driver.example.com/xid=79:NoExecute" in told[0]["message"]
+        assert told[0]["message"].endswith("(set in the device's ResourceSlice)")
+
+        # Refused at admission: a selector that does not compile.
+        with pytest.raises(ApiError) as refused:
+            cluster.cp.request(
+                "POST",
+                rules,
+                taint_rule(
+                    f"bad-{suffix}",
+                    {"selectors": [{"cel": {"expression": "device.driver =="}}]},
+                    "k",
+                    "NoSchedule",
+                ),
+            )
+        assert "compilation failed" in str(refused.value)
+    finally:
+        for name in made:
+            cluster.delete(f"{rules}/{name}")

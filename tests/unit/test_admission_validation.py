@@ -99,6 +99,60 @@ def test_claim_and_template_paths_cover_subrequests() -> None:
     ]
 
 
+def taint_rule(*expressions: str, name: str = "maintenance") -> Json:
+    selector: Json = {"driver": "gpu.nvidia.com"}
+    if expressions:
+        selector["selectors"] = [{"cel": {"expression": e}} for e in expressions]
+    return {
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": name},
+        "spec": {
+            "deviceSelector": selector,
+            "taint": {"key": "example.com/maintenance", "value": "planned", "effect": "NoExecute"},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("expressions", "expected"),
+    [
+        ((), []),
+        (('device.attributes["gpu.nvidia.com"].productName == "H100"',), []),
+        (
+            ("true", "device.driver"),
+            [
+                (
+                    "spec.deviceSelector.selectors[1].cel.expression",
+                    'Invalid value: "device.driver": must evaluate to bool or the unknown type, not string',
+                )
+            ],
+        ),
+        (
+            ("device.driver ==",),
+            [
+                (
+                    "spec.deviceSelector.selectors[0].cel.expression",
+                    'Invalid value: "device.driver ==": compilation failed: ERROR: <input>:1:17: Syntax',
+                )
+            ],
+        ),
+    ],
+)
+def test_taint_rule_selectors_are_compiled(
+    expressions: tuple[str, ...], expected: list[tuple[str, str]]
+) -> None:
+    found = validation.problems("DeviceTaintRule", taint_rule(*expressions))
+    assert [path for path, _ in found] == [path for path, _ in expected]
+    for (_, message), (_, start) in zip(found, expected, strict=True):
+        assert message.startswith(start), message
+
+
+def test_taint_rule_without_selector_has_nothing_to_check() -> None:
+    bare = {"kind": "DeviceTaintRule", "spec": {"taint": {"key": "k", "effect": "None"}}}
+    assert validation.selectors("DeviceTaintRule", bare) == []
+    assert validation.problems("DeviceTaintRule", {"kind": "DeviceTaintRule", "spec": "junk"}) == []
+
+
 def test_update_only_checks_expressions_the_old_object_did_not_hold() -> None:
     stored = device_class("device.driver")  # stored before the webhook existed
     changed = copy.deepcopy(stored)
@@ -187,7 +241,7 @@ def test_validating_configuration_follows_the_mutating_one() -> None:
         config = configuration.validating_from(mutating)
         assert config["kind"] == "ValidatingWebhookConfiguration" and config["metadata"]["name"] == "n"
         hooks = {h["rules"][0]["resources"][0]: h for h in config["webhooks"]}
-        assert set(hooks) == {"deviceclasses", "resourceclaims", "resourceclaimtemplates"}
+        assert set(hooks) == {"deviceclasses", "resourceclaims", "resourceclaimtemplates", "devicetaintrules"}
         for plural, hook in hooks.items():
             assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
             assert hook["timeoutSeconds"] == mutating["webhooks"][0]["timeoutSeconds"]
@@ -202,6 +256,7 @@ def test_validating_configuration_follows_the_mutating_one() -> None:
             names = [c["name"] for c in hook["matchConditions"]]
             assert names == ["spec-changed", "has-checked-fields"]
         assert hooks["deviceclasses"]["rules"][0]["scope"] == "Cluster"
+        assert hooks["devicetaintrules"]["rules"][0]["scope"] == "Cluster"
         assert hooks["resourceclaims"]["rules"][0]["scope"] == "Namespaced"
 
 
@@ -211,3 +266,13 @@ def test_handler_refuses_with_the_apiservers_status_text() -> None:
     assert info.value.code == 422
     assert str(info.value).startswith('DeviceClass "dc" is invalid: [spec.selectors[0].cel.expression: ')
     validate("DeviceClass", device_class("true"), None)  # no exception: allowed
+
+    with pytest.raises(kopf.AdmissionError) as info:
+        validate("DeviceTaintRule", taint_rule("1"), None)
+    assert info.value.code == 422
+    assert str(info.value) == (
+        'DeviceTaintRule "maintenance" is invalid: spec.deviceSelector.selectors[0].cel.expression: '
+        'Invalid value: "1": must evaluate to bool or the unknown type, not int'
+    )
+    stored = taint_rule("device.driver")  # stored before the webhook existed: an update may keep it
+    validate("DeviceTaintRule", {**stored, "metadata": {"name": "maintenance", "labels": {"a": "b"}}}, stored)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dra_operator.agent.health import APPLICATION_XIDS, WHOLE_GPU, DeviceHealth, HealthEvent
+from dra_operator.agent.health import APPLICATION_XIDS, WHOLE_GPU, DeviceHealth, HealthEvent, Policy
 from dra_operator.agent.inventory import DeviceInfo, Inventory
 
 DRIVER = "gpu.nvidia.com"
@@ -45,13 +45,14 @@ def test_withdraw_removes_marked_devices() -> None:
     assert [d.name for d in health.apply(inventory()).devices] == ["gpu-1-mig-a", "gpu-1-mig-b"]
 
 
-def test_taint_keeps_marked_devices_with_a_noschedule_taint() -> None:
-    health = DeviceHealth(DRIVER, "taint")
+@pytest.mark.parametrize(("policy", "effect"), [("taint", "NoSchedule"), ("evict", "NoExecute")])
+def test_taint_keeps_marked_devices_with_the_policys_taint(policy: Policy, effect: str) -> None:
+    health = DeviceHealth(DRIVER, policy)
     health.record(HealthEvent(kind="xid", uuid="GPU-0", xid=79), inventory())
     shown = health.apply(inventory()).by_name()
     assert len(shown) == 3
     (taint,) = shown["gpu-0"].taints
-    assert (taint.key, taint.value, taint.effect) == (f"{DRIVER}/xid", "79", "NoSchedule")
+    assert (taint.key, taint.value, taint.effect) == (f"{DRIVER}/xid", "79", effect)
     assert shown["gpu-1-mig-a"].taints == ()
 
 

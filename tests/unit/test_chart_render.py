@@ -132,7 +132,7 @@ def test_objects_are_well_formed_and_placed(rendered: Rendered) -> None:
 
 def test_crds_are_the_repository_crds(rendered: Rendered) -> None:
     shipped = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in (CHART / "crds").glob("*.yaml")}
-    assert len(shipped) == 4
+    assert len(shipped) == 5
     assert {o["metadata"]["name"] for o in rendered.of_kind("CustomResourceDefinition")} == shipped
 
 
@@ -197,6 +197,10 @@ OPERATOR_NEEDS = [
     ("resource.dra-operator.io", "resourceclaims/status", "update"),
     ("", "pods", "watch"),
     ("", "pods", "patch"),
+    ("", "pods", "delete"),  # NoExecute device taints evict (as Kubernetes' taint eviction deletes)
+    ("", "pods/status", "patch"),
+    ("resource.dra-operator.io", "devicetaintrules", "watch"),
+    ("resource.dra-operator.io", "devicetaintrules/status", "patch"),
     ("", "nodes", "list"),
     ("", "events", "create"),
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"),
@@ -206,7 +210,6 @@ OPERATOR_NEEDS = [
 NOBODY_MAY = [
     ("", "secrets", "list"),
     ("", "secrets", "watch"),
-    ("", "pods", "delete"),
     ("", "pods", "create"),
     ("", "nodes", "patch"),
     ("resource.dra-operator.io", "deviceclasses", "create"),
@@ -273,6 +276,7 @@ def test_agent_may_publish_its_slices_and_nothing_of_the_operator(rendered: Rend
     assert allowed(rules, "", "nodes", "get")
     assert not allowed(rules, "resource.dra-operator.io", "resourceclaims", "get")
     assert not allowed(rules, "", "pods", "get")
+    assert not allowed(rules, "", "pods", "delete")
 
 
 def test_workloads_run_as_their_own_bound_service_accounts(rendered: Rendered) -> None:

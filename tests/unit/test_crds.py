@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,20 @@ import celpy
 import pytest
 import yaml
 from celpy import celtypes, json_to_cel  # type: ignore[attr-defined]
+from pydantic import ValidationError
 
 from dra_operator import crds
 from dra_operator.api import crdgen
-from dra_operator.api.resource import API_VERSION, GROUP, InvalidObject, load_object
+from dra_operator.api.resource import (
+    API_VERSION,
+    GROUP,
+    KINDS,
+    TAINT_KEY_PATTERN,
+    TAINT_VALUE_PATTERN,
+    DeviceTaint,
+    InvalidObject,
+    load_object,
+)
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -61,6 +72,13 @@ def _crds() -> dict[str, dict[str, Any]]:
             True,
             ["Node", "Driver", "Pool", "Devices", "Allocated", "Free", "Age"],
         ),
+        (
+            "DeviceTaintRule",
+            "Cluster",
+            "devicetaintrules",
+            True,
+            ["Key", "Effect", "Driver", "Pool", "Device", "Devices", "Age"],
+        ),
     ],
 )
 def test_crd_names_scope_status_and_columns(
@@ -79,9 +97,15 @@ def test_crd_names_scope_status_and_columns(
 
 def test_short_names_do_not_shadow_builtin_resource_names() -> None:
     builtin = {"deviceclass", "deviceclasses", "resourceclaim", "resourceclaims", "resourceclaimtemplate"}
-    builtin |= {"resourceclaimtemplates", "resourceslice", "resourceslices"}
+    builtin |= {
+        "resourceclaimtemplates",
+        "resourceslice",
+        "resourceslices",
+        "devicetaintrule",
+        "devicetaintrules",
+    }
     short = [name for crd in _crds().values() for name in crd["spec"]["names"]["shortNames"]]
-    assert len(short) == len(set(short)) == 4
+    assert len(short) == len(set(short)) == 5
     assert not builtin & set(short)
     assert all(name.startswith("dra") for name in short)
 
@@ -109,7 +133,11 @@ def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[s
         yield from _nodes(schema["additionalProperties"], f"{path}{{}}")
 
 
-@pytest.mark.parametrize("kind", ["DeviceClass", "ResourceClaim", "ResourceClaimTemplate", "ResourceSlice"])
+def test_every_kind_has_a_crd() -> None:
+    assert set(_crds()) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_schema_is_structural(kind: str) -> None:
     [version] = _crds()[kind]["spec"]["versions"]
     for path, node in _nodes(version["schema"]["openAPIV3Schema"]):
@@ -155,12 +183,61 @@ def test_schema_is_structural(kind: str) -> None:
         ),
         ("ResourceSlice", ".spec.devices[].capacity{}.value", {"x-kubernetes-int-or-string": True}),
         ("DeviceClass", ".spec.selectors", {"maxItems": 32}),
+        ("DeviceTaintRule", ".spec.deviceSelector.selectors", {"maxItems": 32}),
+        ("DeviceTaintRule", ".spec.deviceSelector.device", {"maxLength": 63}),
+        ("DeviceTaintRule", ".spec.taint.key", {"maxLength": 316, "pattern": TAINT_KEY_PATTERN}),
+        ("DeviceTaintRule", ".spec.taint.value", {"maxLength": 63, "pattern": TAINT_VALUE_PATTERN}),
+        ("DeviceTaintRule", ".spec.taint.effect", {"enum": ["NoSchedule", "NoExecute", "None"]}),
+        ("DeviceTaintRule", ".status.matchedDevices", {"minimum": 0}),
+        ("DeviceTaintRule", ".status.conditions", {"maxItems": 8, "x-kubernetes-list-map-keys": ["type"]}),
+        ("ResourceSlice", ".spec.devices[].taints[].key", {"pattern": TAINT_KEY_PATTERN}),
     ],
 )
 def test_schema_carries_the_limits(kind: str, path: str, facts: dict[str, Any]) -> None:
     [version] = _crds()[kind]["spec"]["versions"]
     nodes = dict(_nodes(version["schema"]["openAPIV3Schema"]))
     assert facts.items() <= nodes[path].items(), nodes[path]
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [
+        ("example.com/maintenance", True),
+        ("maintenance", True),
+        ("a.b-c/My_Name.1", True),
+        ("x" * 63, True),
+        ("x" * 64, False),
+        ("bad key!", False),
+        ("a/b/c", False),
+        ("/x", False),
+        ("x/", False),
+        ("Example.com/x", False),
+        ("-x", False),
+        ("x_", False),
+    ],
+)
+def test_taint_key_pattern_agrees_with_the_model(key: str, valid: bool) -> None:
+    assert bool(re.fullmatch(TAINT_KEY_PATTERN, key)) is valid
+    taint = {"key": key, "effect": "NoSchedule"}
+    if valid:
+        DeviceTaint.model_validate(taint)
+    else:
+        with pytest.raises(ValidationError, match="Invalid value"):
+            DeviceTaint.model_validate(taint)
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("", True), ("planned", True), ("v1.2_x-3", True), ("v" * 63, True), ("v" * 64, False), ("bad!", False)],
+)
+def test_taint_value_pattern_agrees_with_the_model(value: str, valid: bool) -> None:
+    assert bool(re.fullmatch(TAINT_VALUE_PATTERN, value)) is valid
+    taint = {"key": "k", "value": value, "effect": "NoSchedule"}
+    if valid:
+        DeviceTaint.model_validate(taint)
+    else:
+        with pytest.raises(ValidationError):
+            DeviceTaint.model_validate(taint)
 
 
 def test_status_fields_for_printer_columns_exist_in_the_model() -> None:
@@ -239,6 +316,16 @@ def _slice(**spec: Any) -> dict[str, Any]:
         "kind": "ResourceSlice",
         "metadata": {"name": "s"},
         "spec": base | spec,
+    }
+
+
+def _rule(**spec: Any) -> dict[str, Any]:
+    taint = {"key": "example.com/maintenance", "value": "planned", "effect": "NoExecute"}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": "r"},
+        "spec": {"taint": taint} | spec,
     }
 
 
@@ -372,6 +459,29 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
             ],
         ),
         "attributes and capacity together must have at most 32",
+    ),
+    ("rule without selector", _rule(), None),
+    (
+        "rule with every selector",
+        _rule(
+            deviceSelector={
+                "driver": "gpu.nvidia.com",
+                "pool": "node-1",
+                "device": "gpu-0",
+                "selectors": [{"cel": {"expression": "true"}}],
+            }
+        ),
+        None,
+    ),
+    (
+        "rule selector pruned to {}",
+        _rule(deviceSelector={"selectors": [{}]}),
+        "`expression` must be nested under `cel`",
+    ),
+    (
+        "rule taint key prefix over 253",
+        _rule(taint={"key": "a" * 254 + "/x", "effect": "None"}),
+        "taint.key: prefix part must be no more than 253 bytes",
     ),
 ]
 

@@ -22,15 +22,9 @@ from dra_operator.api.loader import (
     load_yaml_documents,
 )
 from dra_operator.api.pod import check_pod_claims
-from dra_operator.api.resource import (
-    API_VERSIONS,
-    DeviceClass,
-    ResourceClaim,
-    ResourceClaimTemplate,
-    ResourceSlice,
-)
+from dra_operator.api.resource import API_VERSIONS, DraObject, ResourceSlice
 
-DRA_KINDS = ("DeviceClass", "ResourceClaim", "ResourceClaimTemplate", "ResourceSlice")
+DRA_KINDS = ("DeviceClass", "ResourceClaim", "ResourceClaimTemplate", "ResourceSlice", "DeviceTaintRule")
 WORKLOAD_KINDS = ("Pod", "Job", "CronJob", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "List")
 
 # ------------------------------------------------------------------------------------------- strategies
@@ -125,6 +119,15 @@ def claim_spec(draw: st.DrawFn) -> dict[str, Any]:
     return {"devices": devices}
 
 
+taint = st.fixed_dictionaries(
+    {
+        "key": label | st.builds(lambda prefix, name: f"{prefix}/{name}", subdomain, label),
+        "effect": st.sampled_from(["NoSchedule", "NoExecute", "None"]),
+    },
+    optional={"value": label, "timeAdded": st.just("2025-01-01T00:00:00Z")},
+)
+
+
 @st.composite
 def device(draw: st.DrawFn) -> dict[str, Any]:
     result: dict[str, Any] = {"name": draw(label)}
@@ -134,16 +137,36 @@ def device(draw: st.DrawFn) -> dict[str, Any]:
         result["attributes"] = attributes
     if capacity:
         result["capacity"] = capacity
+    taints = draw(st.lists(taint, max_size=2))
+    if taints:
+        result["taints"] = taints
     return result
+
+
+taint_selector = st.fixed_dictionaries(
+    {},
+    optional={
+        "driver": driver,
+        "pool": label,
+        "device": label,
+        "selectors": st.lists(selector, max_size=3),
+    },
+)
 
 
 @st.composite
 def dra_object(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid object of one of the four kinds, as the dict a user would write."""
+    """A valid object of one of the five kinds, as the dict a user would write."""
     kind = draw(st.sampled_from(DRA_KINDS))
     head = {"apiVersion": draw(st.sampled_from(API_VERSIONS)), "kind": kind}
+    spec: dict[str, Any]
+    if kind == "DeviceTaintRule":
+        spec = {"taint": draw(taint)}
+        if draw(st.booleans()):
+            spec["deviceSelector"] = draw(taint_selector)
+        return {**head, "metadata": draw(metadata(False)), "spec": spec}
     if kind == "DeviceClass":
-        spec: dict[str, Any] = {"selectors": draw(st.lists(selector, max_size=3))}
+        spec = {"selectors": draw(st.lists(selector, max_size=3))}
         return {**head, "metadata": draw(metadata(False)), "spec": spec}
     if kind == "ResourceClaim":
         return {**head, "metadata": draw(metadata(True)), "spec": draw(claim_spec())}
@@ -198,9 +221,7 @@ def loads_or_refuses(text: str) -> tuple[list[Any], list[dict[str, Any]]] | None
         assert err.problems and all(text for _, text in err.problems), message
         message.encode()  # printable: never carries a lone surrogate into a terminal or an event
         return None
-    assert all(
-        isinstance(m, DeviceClass | ResourceClaim | ResourceClaimTemplate | ResourceSlice) for m in models
-    )
+    assert all(isinstance(m, DraObject) for m in models)
     assert all(isinstance(o, dict) for o in others)
     return models, others
 
@@ -258,6 +279,7 @@ YAML_LINES = [
     "kind: ResourceClaim",
     "kind: ResourceClaimTemplate",
     "kind: ResourceSlice",
+    "kind: DeviceTaintRule",
     "kind: List",
     "kind: Pod",
     "kind: 7",
@@ -280,6 +302,9 @@ YAML_LINES = [
     "  driver: d.io",
     "  pool: {name: p, resourceSliceCount: 1}",
     "  allNodes: true",
+    "  taint: {key: example.com/maintenance, value: planned, effect: NoExecute}",
+    "  taint: {key: 'bad key', effect: Sometimes}",
+    "  deviceSelector: {driver: d.io, selectors: [{cel: {expression: 'true'}}]}",
     "  devices: [{name: a, attributes: {v: {version: 1.2.3}}, capacity: {m: {value: 1Gi}}}]",
     "- &a [*a]",
     "- !!binary aGk=",

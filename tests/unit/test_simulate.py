@@ -225,3 +225,25 @@ def test_pods_are_allocated_in_file_order_across_files(
     zeta = next(c for n, c in claims.items() if n.startswith("zeta-"))
     alpha = next(c for n, c in claims.items() if n.startswith("alpha-"))
     assert devices(zeta) == ["node-a/gpu-0"] and devices(alpha) == ["node-a/gpu-1"]
+
+
+def test_device_taint_rules_in_the_input_keep_claims_off_their_devices(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A NoSchedule DeviceTaintRule on node-a's pool: the seed Job's two template claims go to node-b."""
+    rule = {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": "drain-node-a"},
+        "spec": {
+            "deviceSelector": {"pool": "node-a"},
+            "taint": {"key": "example.com/drain", "effect": "NoSchedule"},
+        },
+    }
+    path = tmp_path / "rule.yaml"
+    path.write_text(yaml.safe_dump(rule))
+    job = seed_job(tmp_path, {"separate-gpu-claim"})
+    code, out, err = run(capsys, *SEED_OBJECTS, path, job, output="yaml")
+    assert code == 0, err
+    generated = [c for n, c in claims_by_name(out).items() if n.startswith("example-dra-job-")]
+    assert sorted(d for c in generated for d in devices(c)) == ["node-b/gpu-0", "node-b/gpu-1"]

@@ -73,6 +73,12 @@ VALIDATED: dict[str, tuple[str, tuple[str, ...], str]] = {
         + _CLAIM_SELECTORS.format(spec="object.spec.spec")
         + ")",
     ),
+    "DeviceTaintRule": (
+        "Cluster",
+        ("CREATE", "UPDATE"),
+        "has(object.spec) && has(object.spec.deviceSelector) && has(object.spec.deviceSelector.selectors)"
+        " && size(object.spec.deviceSelector.selectors) > 0",
+    ),
 }
 #: Updates are only sent when the spec changed: unchanged selectors were checked when they were stored.
 SPEC_CHANGED = "request.operation == 'CREATE' || !has(oldObject.spec) || object.spec != oldObject.spec"

@@ -1,5 +1,6 @@
 """What the validating webhook checks on our DRA kinds that the CRD schema cannot: every CEL selector compiled
-with our CEL environment, and a ResourceClaimTemplate's `spec.metadata` label and annotation keys.
+with our CEL environment (of DeviceClasses, claims, templates and DeviceTaintRules), and a
+ResourceClaimTemplate's `spec.metadata` label and annotation keys.
 
 Pure functions (no Kopf, no client): `problems(kind, obj, old)` returns (field path, message) pairs in the
 apiserver's words, so a refusal reads as the built-in resource.k8s.io/v1 one does. ResourceSlices carry no
@@ -26,6 +27,7 @@ KINDS: dict[str, str] = {
     "DeviceClass": "deviceclasses",
     "ResourceClaim": "resourceclaims",
     "ResourceClaimTemplate": "resourceclaimtemplates",
+    "DeviceTaintRule": "devicetaintrules",
 }
 
 Problem = tuple[str, str]
@@ -58,10 +60,14 @@ def _claim_spec_selectors(spec: Any, path: str) -> Iterator[tuple[str, Any]]:
 
 
 def selectors(kind: str, obj: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """(field path, expression) of every CEL selector of a DeviceClass, ResourceClaim or template."""
+    """(field path, expression) of every CEL selector of a DeviceClass, ResourceClaim, template or
+    DeviceTaintRule."""
     spec = _dict(obj.get("spec"))
     if kind == "DeviceClass":
         return list(_selector_list(spec.get("selectors"), "spec.selectors"))
+    if kind == "DeviceTaintRule":
+        selector = _dict(spec.get("deviceSelector"))
+        return list(_selector_list(selector.get("selectors"), "spec.deviceSelector.selectors"))
     if kind == "ResourceClaim":
         return list(_claim_spec_selectors(spec, "spec"))
     if kind == "ResourceClaimTemplate":

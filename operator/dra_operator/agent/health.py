@@ -6,7 +6,9 @@ Policy, following the NVIDIA DRA GPU driver's conventions:
 - "GPU is lost" while waiting for events marks every device.
 - With policy `withdraw` (default) a marked device disappears from the ResourceSlice: no new claim gets it.
   With policy `taint` it stays, carrying the taint `<driver>/xid=<xid>` or `<driver>/gpu-lost` with effect
-  NoSchedule, which allocators that honour device taints (Kubernetes 1.33+ with DRADeviceTaints) skip.
+  NoSchedule, which allocators that honour device taints (Kubernetes 1.33+ with DRADeviceTaints) skip. With
+  policy `evict` the taint's effect is NoExecute: the operator also evicts the running Pods that hold the
+  device and do not tolerate it, exactly as for a DeviceTaintRule (one mechanism: device taints).
 - Marks are never cleared while the agent runs: recovering from a critical Xid needs a GPU reset, after which
   the agent (restarted with the node's driver stack) reads a clean inventory.
 """
@@ -17,13 +19,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from dra_operator.agent.inventory import DeviceInfo, Inventory, Taint
+from dra_operator.agent.inventory import DeviceInfo, Inventory, Taint, TaintEffect
 
 # NVML reports GPU-instance / compute-instance id 0xFFFFFFFF for events that concern the whole GPU.
 WHOLE_GPU = 0xFFFFFFFF
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 
-Policy = Literal["withdraw", "taint"]
+Policy = Literal["withdraw", "taint", "evict"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,11 @@ class DeviceHealth:
         if self.policy == "withdraw":
             kept = tuple(d for d in inventory.devices if d.name not in self._marks)
         else:
+            effect: TaintEffect = "NoExecute" if self.policy == "evict" else "NoSchedule"
             kept = tuple(
-                dataclasses.replace(d, taints=(*d.taints, self._marks[d.name]))
+                dataclasses.replace(
+                    d, taints=(*d.taints, dataclasses.replace(self._marks[d.name], effect=effect))
+                )
                 if d.name in self._marks
                 else d
                 for d in inventory.devices

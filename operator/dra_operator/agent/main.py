@@ -1,7 +1,7 @@
 """`dra-operator agent`: the command line and the publish loop of the node agent.
 
     dra-operator agent --node NAME [--backend nvml|simulated] [--inventory FILE] [--driver NAME] [--print]
-                       [--kubeconfig FILE] [--interval SECONDS] [--on-unhealthy withdraw|taint]
+                       [--kubeconfig FILE] [--interval SECONDS] [--on-unhealthy withdraw|taint|evict]
     dra-operator agent --withdraw-all [--kubeconfig FILE]
 
 The node name defaults to $NODE_NAME (the chart sets it from the downward API, spec.nodeName). `--print`
@@ -98,9 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--on-unhealthy",
-        choices=("withdraw", "taint"),
+        choices=("withdraw", "taint", "evict"),
         default="withdraw",
-        help="after a critical Xid: drop the device (default) or keep it with a NoSchedule taint",
+        help="after a critical Xid: drop the device (default), keep it with a NoSchedule taint, or with a "
+        "NoExecute taint (the operator then evicts the Pods holding it that do not tolerate it)",
     )
     plugin = parser.add_argument_group("device plugin (delivers the allocated devices to containers)")
     plugin.add_argument(

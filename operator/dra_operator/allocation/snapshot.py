@@ -224,9 +224,12 @@ class Snapshot:
         slices: Sequence[ResourceSlice],
         nodes: Sequence[Node] | None,
         cache: SelectorCache,
+        extra_taints: Mapping[DeviceID, tuple[DeviceTaint, ...]] | None = None,
     ) -> None:
         self.classes = dict(classes)
         self.cache = cache
+        # Taints from DeviceTaintRules (allocation.taints.rule_taints), after each device's own slice taints.
+        self._extra_taints: Mapping[DeviceID, tuple[DeviceTaint, ...]] = extra_taints or {}
         self.records: list[DeviceRecord] = []
         self._slices: list[SliceRecord] = []
         self._pools: dict[tuple[str, str], _Pool] = {}
@@ -266,14 +269,17 @@ class Snapshot:
         nodes: Iterable[Node] | None = None,
         claims: Iterable[ResourceClaim] = (),
         cache: SelectorCache | None = None,
+        extra_taints: Mapping[DeviceID, tuple[DeviceTaint, ...]] | None = None,
     ) -> Snapshot:
         """A snapshot of the cluster. `nodes=None` derives the nodes from the slices' nodeName fields; claims
-        with `status.allocation` make their devices in use (adminAccess results excepted)."""
+        with `status.allocation` make their devices in use (adminAccess results excepted); `extra_taints`
+        (per device, e.g. from DeviceTaintRules) are added to the taints the slices give the devices."""
         snapshot = cls(
             {c.name: c for c in classes},
             list(slices),
             None if nodes is None else list(nodes),
             cache if cache is not None else SelectorCache(),
+            extra_taints,
         )
         for claim in claims:
             if claim.status is not None and claim.status.allocation is not None:
@@ -320,7 +326,7 @@ class Snapshot:
                     token=token,
                     anchor=device,
                     attributes=device.attributes or {},
-                    taints=tuple(device.taints or ()),
+                    taints=tuple(device.taints or ()) + self._extra_taints.get(device_id, ()),
                     per_device=per_device,
                     shared=bool(device.allow_multiple_allocations),
                 )

@@ -58,9 +58,19 @@ def allocated_devices(claims: Iterable[Json]) -> set[DeviceKey]:
     }
 
 
-def slice_usage(slices: Iterable[Json], claims: Iterable[Json]) -> dict[str, SliceUsage]:
-    """Slice name -> its usage."""
+def slice_usage(
+    slices: Iterable[Json],
+    claims: Iterable[Json],
+    extra_taints: Mapping[DeviceKey, Iterable[Any]] | None = None,
+) -> dict[str, SliceUsage]:
+    """Slice name -> its usage. `extra_taints` are taints from elsewhere than the slice (DeviceTaintRules:
+    objects with an `effect`), counted like the slice's own."""
     taken = allocated_devices(claims)
+    ruled = {
+        key
+        for key, taints in (extra_taints or {}).items()
+        if any(getattr(t, "effect", None) in _AVOIDED for t in taints)
+    }
     usage: dict[str, SliceUsage] = {}
     for obj in slices:
         spec = obj.get("spec") or {}
@@ -71,7 +81,10 @@ def slice_usage(slices: Iterable[Json], claims: Iterable[Json]) -> dict[str, Sli
             1
             for d in devices
             if (driver, pool, str(d.get("name"))) not in taken
-            and any(isinstance(t, Mapping) and t.get("effect") in _AVOIDED for t in d.get("taints") or [])
+            and (
+                (driver, pool, str(d.get("name"))) in ruled
+                or any(isinstance(t, Mapping) and t.get("effect") in _AVOIDED for t in d.get("taints") or [])
+            )
         )
         node = str(spec.get("nodeName") or ("(all nodes)" if spec.get("allNodes") else "(selected nodes)"))
         usage[str(obj["metadata"]["name"])] = SliceUsage(node, driver, pool, len(devices), allocated, tainted)

@@ -1,4 +1,4 @@
-"""CustomResourceDefinitions for the four kinds, generated from the pydantic models.
+"""CustomResourceDefinitions for the five kinds, generated from the pydantic models.
 
 The schema is structural OpenAPI v3 built by walking the models (not pydantic's JSON schema): every node
 typed, no $ref, quantities as `x-kubernetes-int-or-string` with a pattern, limits as maxItems / maxLength /
@@ -23,6 +23,7 @@ from dra_operator.api.resource import (
     GROUP,
     VERSION,
     DeviceClass,
+    DeviceTaintRule,
     KubeModel,
     ResourceClaim,
     ResourceClaimTemplate,
@@ -86,6 +87,23 @@ KINDS: tuple[_Kind, ...] = (
             {"name": "Devices", "type": "integer", "jsonPath": ".status.devices"},
             {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
             {"name": "Free", "type": "integer", "jsonPath": ".status.free"},
+            _AGE,
+        ],
+        status=True,
+    ),
+    _Kind(
+        DeviceTaintRule,
+        "devicetaintrules",
+        ["dradtr"],
+        "Cluster",
+        [
+            {"name": "Key", "type": "string", "jsonPath": ".spec.taint.key"},
+            {"name": "Effect", "type": "string", "jsonPath": ".spec.taint.effect"},
+            {"name": "Driver", "type": "string", "jsonPath": ".spec.deviceSelector.driver"},
+            {"name": "Pool", "type": "string", "jsonPath": ".spec.deviceSelector.pool"},
+            {"name": "Device", "type": "string", "jsonPath": ".spec.deviceSelector.device"},
+            # Kept by the operator (dra_operator.allocation.taints): the devices the rule taints now.
+            {"name": "Devices", "type": "integer", "jsonPath": ".status.matchedDevices"},
             _AGE,
         ],
         status=True,

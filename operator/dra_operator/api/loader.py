@@ -175,4 +175,6 @@ def load_dra_objects(text: str, *, source: str | None = None) -> tuple[list[DraO
     return models, others
 
 
-_DRA_KINDS = frozenset({"DeviceClass", "ResourceClaim", "ResourceClaimTemplate", "ResourceSlice"})
+_DRA_KINDS = frozenset(
+    {"DeviceClass", "ResourceClaim", "ResourceClaimTemplate", "ResourceSlice", "DeviceTaintRule"}
+)

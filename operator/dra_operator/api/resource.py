@@ -1,4 +1,5 @@
-"""Pydantic models of the four DRA kinds of resource.dra-operator.io/v1, mirroring resource.k8s.io/v1.
+"""Pydantic models of the five DRA kinds of resource.dra-operator.io/v1, mirroring resource.k8s.io/v1 (for
+DeviceTaintRule: resource.k8s.io/v1alpha3 of Kubernetes 1.33-1.34).
 
 Python names are snake_case, Kubernetes JSON names camelCase (alias generator). Spec types forbid unknown
 fields, as the apiserver does, so a mis-indented manifest is an error rather than a silently empty selector.
@@ -21,13 +22,14 @@ from dra_operator.api.formats import (
     DNSLabel,
     DNSSubdomain,
     DriverName,
+    Format,
     FullyQualifiedName,
     PoolName,
     QualifiedName,
     QuantityValue,
     RequestReference,
 )
-from dra_operator.api.meta import annotation_problems, label_problems
+from dra_operator.api.meta import annotation_problems, invalid_value, label_problems, qualified_name_messages
 
 GROUP = "resource.dra-operator.io"
 VERSION = "v1"
@@ -50,6 +52,10 @@ DEVICES_PER_SLICE_MAX = 128
 DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS_MAX = 64
 ATTRIBUTES_AND_CAPACITY_MAX = 32
 DEVICE_TAINTS_MAX = 16
+TAINT_KEY_MAX = 316
+TAINT_VALUE_MAX = 63
+# metav1.Condition entries of a DeviceTaintRule's status (resource.k8s.io/v1alpha3, 1.35).
+TAINT_RULE_CONDITIONS_MAX = 8
 BINDING_CONDITIONS_MAX = 4
 COUNTER_SETS_MAX = 8
 COUNTERS_PER_SET_MAX = 32
@@ -632,11 +638,45 @@ class DeviceCounterConsumption(KubeModel):
     counters: Annotated[dict[DNSLabel, Counter], Field(min_length=1, max_length=COUNTERS_PER_SET_MAX)]
 
 
+# A taint key is a label key (`[prefix/]name`) and its value a label value, as Kubernetes validates both. The
+# patterns give the CRD the same rules; the prefix's 253-character limit is beyond a pattern.
+_LABEL_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+_LABEL_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+TAINT_KEY_PATTERN = f"^({_LABEL_PREFIX}/)?{_LABEL_NAME}$"
+TAINT_VALUE_PATTERN = f"^({_LABEL_NAME})?$"
+
+
 class DeviceTaint(KubeModel):
-    key: Annotated[str, Field(min_length=1, max_length=316)]
-    value: Annotated[str, Field(max_length=63)] | None = None
+    """A taint on a device: from its slice, or added by a DeviceTaintRule. Effect None only informs."""
+
+    key: Annotated[str, Field(min_length=1, max_length=TAINT_KEY_MAX), Format(pattern=TAINT_KEY_PATTERN)]
+    value: Annotated[str, Field(max_length=TAINT_VALUE_MAX), Format(pattern=TAINT_VALUE_PATTERN)] | None = (
+        None
+    )
     effect: Literal["NoSchedule", "NoExecute", "None"]
     time_added: str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _label_key(cls, value: str) -> str:
+        # The apiserver's words (it validates taint keys as label keys), so a refusal reads like upstream's.
+        found = qualified_name_messages(value)
+        if found:
+            raise ValueError("; ".join(invalid_value(value, message) for message in found))
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _label_value(cls, value: str | None) -> str | None:
+        if value:
+            found = [message for _, message in label_problems({"key": value}, "")]
+            if found:
+                raise ValueError("; ".join(found))
+        return value
+
+    def render(self) -> str:
+        """`key=value:effect` (`key:effect` without a value), as kubectl shows node taints."""
+        return f"{self.key}{'=' + self.value if self.value else ''}:{self.effect}"
 
 
 def _node_scope(node_name: str | None, node_selector: Any, all_nodes: bool | None) -> dict[str, bool]:
@@ -782,7 +822,7 @@ class ResourceSliceSpec(KubeModel):
         return self
 
 
-# --------------------------------------------------------------------------------------- the four kinds
+# ---------------------------------------------------------------------------------------- the five kinds
 
 
 def _check_api_version(value: str) -> str:
@@ -849,14 +889,66 @@ class ResourceSlice(_TopLevel):
     status: ResourceSliceStatus | None = None
 
 
-DraObject = DeviceClass | ResourceClaim | ResourceClaimTemplate | ResourceSlice
+class DeviceTaintSelector(KubeModel):
+    """Which devices a DeviceTaintRule taints: every field that is set must match (an empty one matches all).
+
+    As resource.k8s.io/v1alpha3 of 1.33-1.34 without `deviceClassName`; `selectors` (dropped upstream in 1.35)
+    stays, because selecting devices by CEL is what our users ask for.
+    """
+
+    driver: DriverName | None = None
+    pool: PoolName | None = None
+    device: DNSLabel | None = None
+    selectors: Annotated[list[DeviceSelector], Field(max_length=SELECTORS_MAX)] | None = None
+
+
+class DeviceTaintRuleSpec(KubeModel):
+    # Without a selector no device matches (upstream's rule), so a rule cannot taint everything by omission.
+    device_selector: DeviceTaintSelector | None = None
+    taint: DeviceTaint
+
+    # The prefix limit of a label key, which the pattern of `taint.key` cannot express. The rule sits here,
+    # not on DeviceTaint, to keep it out of the CEL cost of slices (128 devices x 16 taints).
+    crd_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "!self.taint.key.contains('/') || size(self.taint.key.split('/')[0]) <= 253",
+            "taint.key: prefix part must be no more than 253 bytes",
+        ),
+    )
+
+
+class DeviceTaintRuleStatus(KubeModel):
+    """Written by the operator through the status subresource: how many devices the rule taints now (ours,
+    for `kubectl get`) and conditions such as EvictionInProgress (upstream 1.35)."""
+
+    matched_devices: Annotated[int, Field(ge=0)] | None = None
+    conditions: Annotated[list[Condition], Field(max_length=TAINT_RULE_CONDITIONS_MAX)] | None = None
+
+    crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {"conditions": ("type",)}
+
+
+class DeviceTaintRule(_TopLevel):
+    """Cluster-scoped: adds a taint to every device its selector matches, as if the slice carried it."""
+
+    kind: Literal["DeviceTaintRule"] = "DeviceTaintRule"
+    spec: DeviceTaintRuleSpec
+    status: DeviceTaintRuleStatus | None = None
+
+
+DraObject = DeviceClass | ResourceClaim | ResourceClaimTemplate | ResourceSlice | DeviceTaintRule
 KINDS: dict[
-    str, type[DeviceClass] | type[ResourceClaim] | type[ResourceClaimTemplate] | type[ResourceSlice]
+    str,
+    type[DeviceClass]
+    | type[ResourceClaim]
+    | type[ResourceClaimTemplate]
+    | type[ResourceSlice]
+    | type[DeviceTaintRule],
 ] = {
     "DeviceClass": DeviceClass,
     "ResourceClaim": ResourceClaim,
     "ResourceClaimTemplate": ResourceClaimTemplate,
     "ResourceSlice": ResourceSlice,
+    "DeviceTaintRule": DeviceTaintRule,
 }
 
 
@@ -929,7 +1021,7 @@ def _display_name(obj: dict[str, Any]) -> str | None:
 
 
 def is_dra_object(obj: Any) -> bool:
-    """Whether `obj` is a dict for one of the four kinds, in either API group."""
+    """Whether `obj` is a dict for one of the five kinds, in either API group."""
     if not isinstance(obj, dict):
         return False
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
@@ -943,7 +1035,7 @@ def is_dra_object(obj: Any) -> bool:
 
 
 def load_object(obj: Any, *, source: str | None = None) -> DraObject:
-    """Validate one Kubernetes object dict of the four kinds (either apiVersion) into its model."""
+    """Validate one Kubernetes object dict of the five kinds (either apiVersion) into its model."""
     if not isinstance(obj, dict):
         raise InvalidObject([("", f"expected an object, got {type(obj).__name__}")], source=source)
     kind = obj.get("kind")

@@ -19,9 +19,11 @@ from dra_operator.allocation.nodes import Node
 from dra_operator.allocation.search import Allocation, Placement, PodRef, allocate
 from dra_operator.allocation.selectors import SelectorCache
 from dra_operator.allocation.snapshot import Snapshot
+from dra_operator.allocation.taints import RuleTaints, rule_taints
 from dra_operator.api.resource import (
     AllocationResult,
     DeviceClass,
+    DeviceTaintRule,
     InvalidObject,
     ResourceClaim,
     ResourceSlice,
@@ -43,6 +45,7 @@ class AllocationRequest:
     nodes: Sequence[Json]  # every node
     candidates: Sequence[str]  # names of the nodes the Pod's own constraints allow
     all_claims: Sequence[Json]  # every claim, for the devices in use
+    taint_rules: Sequence[Json] = ()  # every DeviceTaintRule
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Allocator:
         self._signature: Any = None
         self._recorded: dict[tuple[str, str], str] = {}  # claim key -> uid/resourceVersion recorded
         self._uuids: dict[tuple[str, str, str], str] = {}
+        self._rule_taints: tuple[Any, RuleTaints] | None = None  # (signature, what the rules taint)
         self.rebuilds = 0
 
     def _model(self, obj: Json) -> Any:
@@ -161,20 +165,30 @@ class Allocator:
                 for key in tentative:
                     self._snapshot.release(key)
 
-    def _current_snapshot(self, req: AllocationRequest) -> Snapshot:
-        """The kept Snapshot, rebuilt when classes, slices or nodes changed, with in-use devices brought up to
-        date claim by claim."""
+    def slice_models(self, slices: Sequence[Json]) -> list[ResourceSlice]:
+        """The valid slices as models (cached per version, shared with allocation)."""
+        return self._models_of(slices, ResourceSlice)
 
-        def versions(objs: Sequence[Json]) -> tuple[tuple[str, str], ...]:
-            return tuple(
-                sorted(
-                    (str(o["metadata"].get("uid")), str(o["metadata"].get("resourceVersion"))) for o in objs
-                )
+    def rule_taints(self, slices: Sequence[Json], rules: Sequence[Json]) -> RuleTaints:
+        """What the DeviceTaintRules taint in these slices; kept while slices and rules are unchanged."""
+        signature = (_versions(slices), _versions(rules))
+        if self._rule_taints is None or self._rule_taints[0] != signature:
+            found = rule_taints(
+                self._models_of(rules, DeviceTaintRule),
+                self._models_of(slices, ResourceSlice),
+                self.selectors,
             )
+            self._rule_taints = (signature, found)
+        return self._rule_taints[1]
 
+    def _current_snapshot(self, req: AllocationRequest) -> Snapshot:
+        """The kept Snapshot, rebuilt when classes, slices, taint rules or nodes changed, with in-use devices
+        brought up to date claim by claim."""
+        versions = _versions
         signature = (
             versions(req.classes),
             versions(req.slices),
+            versions(req.taint_rules),
             tuple(
                 sorted(
                     (n["metadata"]["name"], tuple(sorted(n["metadata"].get("labels", {}).items())))
@@ -189,6 +203,9 @@ class Allocator:
                 [Node.from_object(n) for n in req.nodes],
                 (),
                 cache=self.selectors,
+                extra_taints=self.rule_taints(req.slices, req.taint_rules).by_device
+                if req.taint_rules
+                else None,
             )
             self.selectors.retain(self._snapshot.tokens())
             self._signature = signature
@@ -230,6 +247,12 @@ class Allocator:
                 if isinstance(uuid, dict) and uuid.get("string"):
                     uuids[(self.nvidia_driver, pool, str(device.get("name")))] = str(uuid["string"])
         return uuids
+
+
+def _versions(objs: Sequence[Json]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted((str(o["metadata"].get("uid")), str(o["metadata"].get("resourceVersion"))) for o in objs)
+    )
 
 
 def _with_allocation(claim: Json, decided: Mapping[tuple[str, str], Json]) -> Json:

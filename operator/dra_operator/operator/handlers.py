@@ -23,6 +23,7 @@ from dra_operator.operator.state import (
     NODES,
     PODS,
     SLICES,
+    TAINT_RULES,
     TEMPLATES,
     State,
     key_of,
@@ -51,6 +52,7 @@ def register(
     state: State,
     reconciler: Reconciler,
     on_warm: Callable[[], None],
+    on_taints: Callable[[], None] = lambda: None,
 ) -> None:
     """Register every handler on `registry`."""
 
@@ -64,6 +66,7 @@ def register(
         TEMPLATES: ours("resourceclaimtemplates"),
         PODS: ("v1", "pods"),
         NODES: ("v1", "nodes"),
+        TAINT_RULES: ours("devicetaintrules"),
     }
 
     def noting(kind: str) -> Callable[..., dict[tuple[str, str], Json]]:
@@ -152,6 +155,15 @@ def register(
         else:
             slice_generations[name] = generation
         reconciler.enqueue_gated()
+        on_taints()
+
+    @kopf.on.event(*ours("devicetaintrules"), id="devicetaintrules", registry=registry)
+    async def taint_rules(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+        warm(**kwargs)
+        if type == "DELETED":
+            state.forget(TAINT_RULES, key_of(body))  # our status write may have left it in the overlay
+        reconciler.enqueue_gated()  # a rule removed or narrowed frees devices
+        on_taints()
 
     @kopf.on.event("v1", "nodes", id="nodes", registry=registry)
     async def nodes(type: str | None, **kwargs: Any) -> None:

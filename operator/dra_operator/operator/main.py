@@ -32,7 +32,8 @@ from dra_operator.operator.leader import LeaseElector
 from dra_operator.operator.poolstatus import DEFAULT_INTERVAL as DEFAULT_POOL_STATUS_INTERVAL
 from dra_operator.operator.poolstatus import PoolStatus
 from dra_operator.operator.reconciler import Reconciler
-from dra_operator.operator.state import CLASSES, State
+from dra_operator.operator.state import CLASSES, SLICES, TAINT_RULES, State
+from dra_operator.operator.taintrules import TaintRules
 
 log = structlog.get_logger("dra_operator.operator")
 
@@ -243,6 +244,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     state = State()
     recorder = Recorder(kube, host=socket.gethostname())
     allocator = Allocator(nvidia_driver=args.nvidia_driver, placement=args.placement)
+    taint_rules = TaintRules(kube, state, recorder, allocator, leading)
     reconciler = Reconciler(
         kube,
         state,
@@ -373,10 +375,19 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         if args.resync_seconds > 0:
             tasks.append(asyncio.create_task(reconciler.resync_every(args.resync_seconds), name="resync"))
         if args.pool_status_seconds > 0:
-            pools = PoolStatus(kube, state, leading, args.pool_status_seconds)
+            pools = PoolStatus(
+                kube,
+                state,
+                leading,
+                args.pool_status_seconds,
+                rule_taints=lambda: (
+                    allocator.rule_taints(list(state.all(SLICES)), list(state.all(TAINT_RULES))).by_device
+                ),
+            )
             tasks.append(asyncio.create_task(pools.run(), name="pool-status"))
         health = DeviceHealthWatch(kube, state, recorder, leading)
         tasks.append(asyncio.create_task(health.run(), name="device-health"))
+        tasks.append(asyncio.create_task(taint_rules.run(), name="device-taints"))
         if leading():
             tasks.append(asyncio.create_task(configure_webhook(), name="webhook-configuration"))
             reconciler.enqueue_everything()
@@ -414,7 +425,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return _connection_info(cfg)
 
-    handlers.register(registry, state, reconciler, on_warm)
+    handlers.register(registry, state, reconciler, on_warm, on_taints=taint_rules.changed)
     admission.register(registry, ctx)
 
     settings = kopf.OperatorSettings()

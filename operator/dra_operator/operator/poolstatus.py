@@ -9,7 +9,8 @@ costs each touched slice one write per interval, not one per Pod; the view is at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import structlog
 
@@ -23,8 +24,16 @@ DEFAULT_INTERVAL = 5.0
 
 
 class PoolStatus:
-    def __init__(self, kube: Kube, state: State, is_leader: Callable[[], bool], interval: float) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        state: State,
+        is_leader: Callable[[], bool],
+        interval: float,
+        rule_taints: Callable[[], Mapping[tuple[str, str, str], Iterable[Any]]] = dict,
+    ) -> None:
         self.kube, self.state, self.is_leader, self.interval = kube, state, is_leader, interval
+        self.rule_taints = rule_taints  # the DeviceTaintRules' taints per device, counted as tainted
         self.writes = 0
 
     async def run(self) -> None:
@@ -36,7 +45,7 @@ class PoolStatus:
     async def update(self) -> int:
         """Write the status of every slice whose counts changed; returns how many were written."""
         slices = {str(s["metadata"]["name"]): s for s in self.state.all(SLICES)}
-        usage = slice_usage(slices.values(), self.state.all(CLAIMS))
+        usage = slice_usage(slices.values(), self.state.all(CLAIMS), self.rule_taints())
         written = 0
         for name, counts in usage.items():
             wanted = counts.status()

@@ -49,7 +49,18 @@ from dra_operator.operator.placement import (
     pod_patch,
     reserved_uids,
 )
-from dra_operator.operator.state import CLAIMS, CLASSES, NODES, PODS, SLICES, TEMPLATES, Json, Key, State
+from dra_operator.operator.state import (
+    CLAIMS,
+    CLASSES,
+    NODES,
+    PODS,
+    SLICES,
+    TAINT_RULES,
+    TEMPLATES,
+    Json,
+    Key,
+    State,
+)
 
 log = structlog.get_logger("dra_operator.reconciler")
 
@@ -690,6 +701,7 @@ class Reconciler:
             nodes=nodes,
             candidates=[n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)],
             all_claims=list(self.state.all(CLAIMS)),
+            taint_rules=list(self.state.all(TAINT_RULES, ordered=True)),
         )
 
     async def _withdraw(self, pod: Json, claims: Mapping[str, Json]) -> None:

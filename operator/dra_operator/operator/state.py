@@ -16,15 +16,16 @@ Json = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
 
 #: Kopf index ids (the kwarg names handlers receive them under).
-CLASSES, SLICES, CLAIMS, TEMPLATES, PODS, NODES = (
+CLASSES, SLICES, CLAIMS, TEMPLATES, PODS, NODES, TAINT_RULES = (
     "dra_classes",
     "dra_slices",
     "dra_claims",
     "dra_templates",
     "dra_pods",
     "dra_nodes",
+    "dra_taint_rules",
 )
-INDEXES = (CLASSES, SLICES, CLAIMS, TEMPLATES, PODS, NODES)
+INDEXES = (CLASSES, SLICES, CLAIMS, TEMPLATES, PODS, NODES, TAINT_RULES)
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:

@@ -1,0 +1,171 @@
+"""The device-taint loop: when a NoExecute taint evicts, what it writes, and the rules' status."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+
+from dra_operator.operator.allocating import Allocator
+from dra_operator.operator.state import CLAIMS, INDEXES, PODS, SLICES, TAINT_RULES, State, key_of
+from dra_operator.operator.taintrules import DISRUPTION_REASON, EVICTION_REASON, TaintRules
+
+Json = dict[str, Any]
+T0 = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
+GROUP = "/apis/resource.dra-operator.io/v1"
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Json:
+        self.calls.append((method, path, body))
+        return {}
+
+    async def delete(self, path: str, preconditions: Json | None = None) -> Json:
+        self.calls.append(("DELETE", path, preconditions))
+        return {}
+
+    async def merge_patch(self, path: str, body: Json) -> Json:
+        self.calls.append(("PATCH", path, body))
+        return {}
+
+
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def warning(self, obj: Json, reason: str, message: str) -> None:
+        self.events.append((obj["metadata"]["name"], reason, message))
+
+
+def slice_with(taints: list[Json] | None = None) -> Json:
+    device: Json = {"name": "gpu-0"} | ({"taints": taints} if taints else {})
+    return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": "n1-slice", "uid": "s1", "resourceVersion": "1"},
+        "spec": {
+            "driver": "d.example.com",
+            "nodeName": "n1",
+            "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 1},
+            "devices": [device, {"name": "gpu-1"}],
+        },
+    }
+
+
+def rule(effect: str = "NoExecute", device: str = "gpu-0") -> Json:
+    return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "DeviceTaintRule",
+        "metadata": {
+            "name": "maintenance",
+            "uid": "r1",
+            "resourceVersion": "1",
+            "creationTimestamp": "2026-12-01T12:00:00Z",
+        },
+        "spec": {
+            "deviceSelector": {"driver": "d.example.com", "device": device},
+            "taint": {"key": "example.com/maintenance", "effect": effect},
+        },
+    }
+
+
+def claim(tolerations: list[Json] | None = None) -> Json:
+    result: Json = {"request": "gpu", "driver": "d.example.com", "pool": "n1", "device": "gpu-0"}
+    if tolerations:
+        result["tolerations"] = tolerations
+    return {
+        "metadata": {"name": "c", "namespace": "ns", "uid": "c1", "resourceVersion": "1"},
+        "status": {
+            "allocation": {"devices": {"results": [result]}},
+            "reservedFor": [{"resource": "pods", "name": "p", "uid": "p1"}],
+        },
+    }
+
+
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "p1"}}
+
+
+def loop(
+    *, slices: list[Json], rules: list[Json], claims: list[Json]
+) -> tuple[TaintRules, FakeKube, FakeRecorder]:
+    state = State()
+    objects = {SLICES: slices, TAINT_RULES: rules, CLAIMS: claims, PODS: [POD]}
+    state.bind({name: {key_of(o): [o] for o in objects.get(name, [])} for name in INDEXES})
+    kube, recorder = FakeKube(), FakeRecorder()
+    watcher = TaintRules(kube, state, recorder, Allocator(), lambda: True)  # type: ignore[arg-type]
+    return watcher, kube, recorder
+
+
+def deleted(kube: FakeKube) -> list[str]:
+    return [path for method, path, _ in kube.calls if method == "DELETE"]
+
+
+def test_an_untolerated_noexecute_rule_evicts_with_event_condition_and_delete() -> None:
+    watcher, kube, recorder = loop(slices=[slice_with()], rules=[rule()], claims=[claim()])
+    assert asyncio.run(watcher.check(T0)) == 1
+    (event,) = [e for e in recorder.events if e[1] == EVICTION_REASON]
+    assert event[2] == (
+        "evicted: device d.example.com/n1/gpu-0 has taint example.com/maintenance:NoExecute, which claim "
+        "ns/c does not tolerate (DeviceTaintRule maintenance)"
+    )
+    condition = next(body for method, path, body in kube.calls if path.endswith("/pods/p/status"))
+    assert condition["status"]["conditions"][0]["reason"] == DISRUPTION_REASON
+    assert deleted(kube) == ["/api/v1/namespaces/ns/pods/p"]
+    status = next(body for method, path, body in kube.calls if "devicetaintrules" in path)["status"]
+    assert status["matchedDevices"] == 1
+    assert asyncio.run(watcher.check(T0)) == 0, "evicted once"
+
+
+@pytest.mark.parametrize(
+    ("tolerations", "effect", "evicts"),
+    [
+        ([{"key": "example.com/maintenance", "operator": "Exists"}], "NoExecute", False),
+        ([{"key": "other", "operator": "Exists"}], "NoExecute", True),
+        ([], "NoSchedule", False),
+        ([], "None", False),
+    ],
+)
+def test_what_evicts(tolerations: list[Json], effect: str, evicts: bool) -> None:
+    watcher, kube, _ = loop(slices=[slice_with()], rules=[rule(effect)], claims=[claim(tolerations)])
+    assert asyncio.run(watcher.check(T0)) == int(evicts)
+    assert bool(deleted(kube)) == evicts
+
+
+def test_toleration_seconds_count_from_the_rules_creation() -> None:
+    grace = [
+        {
+            "key": "example.com/maintenance",
+            "operator": "Exists",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        }
+    ]
+    watcher, kube, _ = loop(slices=[slice_with()], rules=[rule()], claims=[claim(grace)])
+    assert asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=59))) == 0
+    status = next(body for method, path, body in kube.calls if "devicetaintrules" in path)["status"]
+    (condition,) = status["conditions"]
+    assert (condition["type"], condition["status"]) == ("EvictionInProgress", "True")
+    assert asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=60))) == 1
+
+
+def test_a_slice_taint_without_time_counts_from_when_it_was_first_seen() -> None:
+    """The node agent's NoExecute health taint has no timeAdded: a toleration's seconds run from the moment
+    this replica first saw it, and the event says where the taint comes from."""
+    taint = [{"key": "d.example.com/xid", "value": "79", "effect": "NoExecute"}]
+    grace = [
+        {"key": "d.example.com/xid", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}
+    ]
+    watcher, _, recorder = loop(slices=[slice_with(taint)], rules=[], claims=[claim(grace)])
+    later = T0 + datetime.timedelta(hours=5)
+    assert asyncio.run(watcher.check(later)) == 0
+    assert asyncio.run(watcher.check(later + datetime.timedelta(seconds=29))) == 0
+    assert asyncio.run(watcher.check(later + datetime.timedelta(seconds=30))) == 1
+    (event,) = [e for e in recorder.events if e[1] == EVICTION_REASON]
+    assert "d.example.com/xid=79:NoExecute" in event[2] and event[2].endswith(
+        "(set in the device's ResourceSlice)"
+    )

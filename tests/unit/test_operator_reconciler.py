@@ -132,7 +132,7 @@ class ScriptedAllocator:
         self.calls += 1
         used = {
             r["device"]
-            for c in req.all_claims
+            for c in req.claims_in_use()
             for r in ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get("results", [])
         }
         free = [d for d in ("gpu-0", "gpu-1") if d not in used]
@@ -498,7 +498,7 @@ class NodeAwareAllocator:
         node = next(iter(nodes), None) or "n1"
         used = {
             r["device"]
-            for c in req.all_claims
+            for c in req.claims_in_use()
             for r in ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get("results", [])
         }
         free = [d for d in self.devices[node] if d not in used]

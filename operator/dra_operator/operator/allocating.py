@@ -29,6 +29,7 @@ from dra_operator.api.resource import (
     ResourceSlice,
     load_object,
 )
+from dra_operator.operator.state import CLAIMS, State
 
 log = structlog.get_logger("dra_operator.allocating")
 Json = dict[str, Any]
@@ -44,8 +45,15 @@ class AllocationRequest:
     slices: Sequence[Json]
     nodes: Sequence[Json]  # every node
     candidates: Sequence[str]  # names of the nodes the Pod's own constraints allow
-    all_claims: Sequence[Json]  # every claim, for the devices in use
+    all_claims: Sequence[Json]  # every claim, for the devices in use (ignored when `state` is given)
     taint_rules: Sequence[Json] = ()  # every DeviceTaintRule
+    # The operator's caches: the devices in use are then brought up to date from the claims changed since
+    # the previous request (State.changes), not by a pass over every claim.
+    state: State | None = None
+
+    def claims_in_use(self) -> Sequence[Json]:
+        """Every claim (the caches' when given): what allocators without a journal read."""
+        return list(self.state.all(CLAIMS)) if self.state is not None else self.all_claims
 
 
 @dataclass
@@ -73,6 +81,7 @@ class Allocator:
         self._recorded: dict[tuple[str, str], str] = {}  # claim key -> uid/resourceVersion recorded
         self._uuids: dict[tuple[str, str, str], str] = {}
         self._rule_taints: tuple[Any, RuleTaints] | None = None  # (signature, what the rules taint)
+        self._cursor: tuple[int, int] | None = None  # (state epoch, revision) the in-use devices reflect
         self.rebuilds = 0
 
     def _model(self, obj: Json) -> Any:
@@ -211,28 +220,45 @@ class Allocator:
             self._signature = signature
             self._recorded = {}
             self._uuids = self._gpu_uuids(req.slices)
+            self._cursor = None
             self.rebuilds += 1
         snapshot = self._snapshot
-        current: dict[tuple[str, str], tuple[str, Any]] = {}
-        for obj in req.all_claims:
-            meta = obj.get("metadata") or {}
-            if not (obj.get("status") or {}).get("allocation"):
-                continue
-            model = self._model(obj)
-            if isinstance(model, ResourceClaim) and model.status is not None and model.status.allocation:
-                token = f"{meta.get('uid')}/{meta.get('resourceVersion')}"
-                current[(str(meta.get("namespace") or ""), str(meta.get("name")))] = (
-                    token,
-                    model.status.allocation,
-                )
-        for key in [k for k in self._recorded if k not in current]:
+        state = req.state
+        if state is not None and self._cursor is not None and self._cursor[0] == state.epoch:
+            revision, keys = state.changes(CLAIMS, self._cursor[1])
+            for key in keys:
+                self._sync_claim(snapshot, key, state.get(CLAIMS, key))
+            self._cursor = (state.epoch, revision)
+            return snapshot
+        # A full pass: after a rebuild, without the caches, or when the journal's epoch moved.
+        self._cursor = (state.epoch, state.changes(CLAIMS, 1 << 62)[0]) if state is not None else None
+        present = set()
+        for obj in req.claims_in_use():
+            key = _claim_key(obj)
+            present.add(key)
+            self._sync_claim(snapshot, key, obj)
+        for key in [k for k in self._recorded if k not in present]:
             snapshot.release(key)
             del self._recorded[key]
-        for key, (token, allocation) in current.items():
-            if self._recorded.get(key) != token:
-                snapshot.record_allocation(key, allocation)
-                self._recorded[key] = token
         return snapshot
+
+    def _sync_claim(self, snapshot: Snapshot, key: tuple[str, str], obj: Json | None) -> None:
+        """Bring one claim's devices in use up to date in the snapshot (gone or unallocated: released)."""
+        allocation = None
+        token = ""
+        if obj is not None and (obj.get("status") or {}).get("allocation"):
+            model = self._model(obj)
+            if isinstance(model, ResourceClaim) and model.status is not None and model.status.allocation:
+                meta = obj.get("metadata") or {}
+                token = f"{meta.get('uid')}/{meta.get('resourceVersion')}"
+                allocation = model.status.allocation
+        if allocation is None:
+            if key in self._recorded:
+                snapshot.release(key)
+                del self._recorded[key]
+        elif self._recorded.get(key) != token:
+            snapshot.record_allocation(key, allocation)
+            self._recorded[key] = token
 
     def _gpu_uuids(self, slices: Sequence[Json]) -> dict[tuple[str, str, str], str]:
         uuids: dict[tuple[str, str, str], str] = {}
@@ -247,6 +273,11 @@ class Allocator:
                 if isinstance(uuid, dict) and uuid.get("string"):
                     uuids[(self.nvidia_driver, pool, str(device.get("name")))] = str(uuid["string"])
         return uuids
+
+
+def _claim_key(obj: Json) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name")))
 
 
 def _versions(objs: Sequence[Json]) -> tuple[tuple[str, str], ...]:

@@ -116,11 +116,12 @@ def register(
         warm(**kwargs)
         namespace, name = key_of(body)
         if type == "DELETED":
-            state.forget(CLAIMS, (namespace, name))
+            state.forget(CLAIMS, (namespace, name))  # journaled too
             reconciler.recorder.forget(str(body.get("metadata", {}).get("uid")))
             if (body.get("status") or {}).get("allocation"):
                 reconciler.enqueue_gated()  # its devices are free again
             return
+        state.touch(CLAIMS, (namespace, name))  # the index holds this event's object by now
         reconciler.enqueue(CLAIM, namespace, name)
         generated = names.POD_CLAIM_NAME_ANNOTATION in (body.get("metadata", {}).get("annotations") or {})
         if type in (None, "ADDED") and not generated:

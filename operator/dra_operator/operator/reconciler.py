@@ -700,8 +700,9 @@ class Reconciler:
             slices=list(self.state.all(SLICES, ordered=True)),
             nodes=nodes,
             candidates=[n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)],
-            all_claims=list(self.state.all(CLAIMS)),
+            all_claims=(),
             taint_rules=list(self.state.all(TAINT_RULES, ordered=True)),
+            state=self.state,
         )
 
     async def _withdraw(self, pod: Json, claims: Mapping[str, Json]) -> None:

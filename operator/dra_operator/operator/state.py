@@ -65,6 +65,12 @@ class State:
         self._claims_by_pod: dict[str, set[Key]] = {}
         self._pod_by_uid: dict[str, Key] = {}
         self._gangs: dict[tuple[str, str], set[Key]] = {}  # (namespace, gang key) -> Pod keys
+        # The change journal: per kind, each key touched with the revision of its last change, oldest first,
+        # so a reader keeping a cursor (the allocator's view of the devices in use) catches up in O(changes).
+        # `epoch` moves when the caches are rebound or the journal is trimmed: a cursor from before is void.
+        self.epoch = 0
+        self._revision = 0
+        self._changed: dict[str, dict[Key, int]] = {name: {} for name in INDEXES}
 
     def note(self, kind: str, obj: Mapping[str, Any]) -> None:
         """Keep the uid lookups current for an object seen (indexed or written by us)."""
@@ -80,6 +86,33 @@ class State:
             if gang is not None:
                 key = key_of(obj)
                 self._gangs.setdefault((key[0], gang.key), set()).add(key)
+
+    def touch(self, kind: str, key: Key) -> None:
+        """Record that the object at `key` changed: after the index holds the change (the watch handlers call
+        this, not the index functions, which run before Kopf stores what they return), or after our write."""
+        self._revision += 1
+        changed = self._changed[kind]
+        changed.pop(key, None)
+        changed[key] = self._revision
+        live = len(self._overlay[kind]) + self._indexed_count(kind)
+        if len(changed) > max(4096, 2 * live):
+            # Keys of objects long gone pile up: keep the newest half and void older cursors.
+            for old in list(changed)[: len(changed) // 2]:
+                del changed[old]
+            self.epoch += 1
+
+    def changes(self, kind: str, since: int) -> tuple[int, list[Key]]:
+        """The current revision and the keys of `kind` changed after revision `since`, oldest first."""
+        found: list[Key] = []
+        for key, revision in reversed(self._changed[kind].items()):
+            if revision <= since:
+                break
+            found.append(key)
+        found.reverse()
+        return self._revision, found
+
+    def _indexed_count(self, kind: str) -> int:
+        return len(self.indexes[kind]) if self.indexes is not None else 0
 
     def forget_pod_uid(self, uid: str) -> None:
         """A Pod is gone for good: drop its lookups (its claims are reached through their own events)."""
@@ -118,6 +151,7 @@ class State:
         self._claims_by_pod.clear()
         self._pod_by_uid.clear()
         self._gangs.clear()
+        self.epoch += 1
         for kind in (CLAIMS, PODS):
             for obj in self.all(kind):
                 self.note(kind, obj)
@@ -148,6 +182,9 @@ class State:
         if written is None:
             return indexed
         rv, obj = written
+        if obj is None and indexed is None:
+            del self._overlay[kind][key]  # gone from the index too: nothing left to hide
+            return None
         if indexed is not None and _rv(indexed) > rv:
             del self._overlay[kind][key]  # the watch caught up with (and went past) our write
             return indexed
@@ -165,14 +202,23 @@ class State:
                 yield obj
 
     def wrote(self, kind: str, obj: Json) -> None:
-        """Remember an object as the API server returned it from our write."""
+        """Remember an object as the API server returned it from our write. One our write left with a
+        deletionTimestamp and no finalizer is gone from the cluster: remembered as deleted (its watch event
+        may have come before this answer, and nothing would replace it in the overlay afterwards)."""
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self.deleted(kind, obj)
+            return
         self._overlay[kind][key_of(obj)] = (_rv(obj), obj)
         self.note(kind, obj)
+        self.touch(kind, key_of(obj))
 
     def deleted(self, kind: str, obj: Json) -> None:
         """Remember that we deleted an object (it vanishes from reads at once)."""
         self._overlay[kind][key_of(obj)] = (_rv(obj), None)
+        self.touch(kind, key_of(obj))
 
     def forget(self, kind: str, key: Key) -> None:
         """The watch reported the object gone: drop any overlay entry too."""
         self._overlay[kind].pop(key, None)
+        self.touch(kind, key)

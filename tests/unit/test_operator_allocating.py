@@ -145,3 +145,30 @@ def test_runtime_selector_error_is_invalid_selector() -> None:
     outcome = allocator.allocate(request({"gpu": claim}, [], [slice_for("n1", ["64Gi"])]))
     assert isinstance(outcome, Failure) and outcome.reason == "InvalidSelector", outcome
     assert "missing" in outcome.message
+
+
+def test_a_slice_status_write_neither_rebuilds_the_snapshot_nor_evaluates_cel_again() -> None:
+    """The operator writes each slice's device counts into its status (the free-devices view): a new
+    resourceVersion, the same metadata.generation. Only a spec change (a new generation) rebuilds."""
+    allocator = Allocator()
+    slices = [slice_for("n1", ["64Gi", "64Gi"]), slice_for("n2", ["64Gi"])]
+    for obj in slices:
+        obj["metadata"]["generation"] = 1
+    claim = claim_from_template("c0")
+    assert isinstance(allocator.allocate(request({"gpu": claim}, [], slices)), Placed)
+    evaluations = allocator.selectors.evaluations
+    assert (allocator.rebuilds, evaluations) == (1, 6)  # 3 devices x (class selector, request selector)
+
+    counted = copy.deepcopy(slices)
+    for obj in counted:
+        obj["metadata"]["resourceVersion"] = "9"
+        obj["status"] = {"devices": 2, "allocated": 0, "tainted": 0, "free": 2}
+    assert isinstance(allocator.allocate(request({"gpu": claim_from_template("c1")}, [], counted)), Placed)
+    assert (allocator.rebuilds, allocator.selectors.evaluations) == (1, evaluations)
+
+    changed = copy.deepcopy(counted)
+    changed[0]["metadata"]["generation"] = 2
+    changed[0]["spec"]["devices"].pop()
+    assert isinstance(allocator.allocate(request({"gpu": claim_from_template("c2")}, [], changed)), Placed)
+    assert allocator.rebuilds == 2
+    assert allocator.selectors.evaluations == evaluations + 2, "only the changed slice's device again"

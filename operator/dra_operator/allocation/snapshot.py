@@ -209,7 +209,11 @@ def _slice_scope(slice_: ResourceSlice) -> str:
 
 
 def _slice_token(slice_: ResourceSlice) -> Hashable | None:
+    """What identifies a slice's devices: its metadata.generation, which only a change of the spec moves (our
+    status writes do not), else its resourceVersion; None for offline input without either."""
     meta = slice_.metadata
+    if meta.generation:
+        return (meta.uid or slice_.name, f"generation {meta.generation}", slice_.spec.pool.generation)
     if meta.resource_version:
         return (meta.uid or slice_.name, meta.resource_version, slice_.spec.pool.generation)
     return None

@@ -180,7 +180,7 @@ class Allocator:
 
     def rule_taints(self, slices: Sequence[Json], rules: Sequence[Json]) -> RuleTaints:
         """What the DeviceTaintRules taint in these slices; kept while slices and rules are unchanged."""
-        signature = (_versions(slices), _versions(rules))
+        signature = (_spec_versions(slices), _versions(rules))
         if self._rule_taints is None or self._rule_taints[0] != signature:
             found = rule_taints(
                 self._models_of(rules, DeviceTaintRule),
@@ -196,7 +196,7 @@ class Allocator:
         versions = _versions
         signature = (
             versions(req.classes),
-            versions(req.slices),
+            _spec_versions(req.slices),
             versions(req.taint_rules),
             tuple(
                 sorted(
@@ -273,6 +273,22 @@ class Allocator:
                 if isinstance(uuid, dict) and uuid.get("string"):
                     uuids[(self.nvidia_driver, pool, str(device.get("name")))] = str(uuid["string"])
         return uuids
+
+
+def _spec_versions(objs: Sequence[Json]) -> tuple[tuple[str, str], ...]:
+    """Like _versions, by metadata.generation where there is one: the operator writes slices' status (the
+    free-devices view), and a status write must not rebuild the snapshot nor evaluate CEL again."""
+    return tuple(
+        sorted(
+            (
+                str(o["metadata"].get("uid")),
+                f"generation {o['metadata']['generation']}"
+                if o["metadata"].get("generation")
+                else str(o["metadata"].get("resourceVersion")),
+            )
+            for o in objs
+        )
+    )
 
 
 def _claim_key(obj: Json) -> tuple[str, str]:

@@ -134,8 +134,9 @@ def register(
             reconciler.enqueue_gated(key_of(body)[0])
 
     @kopf.on.event(*ours("deviceclasses"), id="deviceclasses", registry=registry)
-    async def classes(type: str | None, **kwargs: Any) -> None:
+    async def classes(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         warm(**kwargs)
+        state.touch(CLASSES, key_of(body))
         reconciler.enqueue_gated()
 
     # metadata.generation moves only with the spec (the status is a subresource): the operator's own
@@ -155,19 +156,39 @@ def register(
             return
         else:
             slice_generations[name] = generation
+        state.touch(SLICES, key_of(body))
         reconciler.enqueue_gated()
         on_taints()
+
+    rule_generations: dict[tuple[str, str], Any] = {}
 
     @kopf.on.event(*ours("devicetaintrules"), id="devicetaintrules", registry=registry)
     async def taint_rules(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         warm(**kwargs)
         if type == "DELETED":
             state.forget(TAINT_RULES, key_of(body))  # our status write may have left it in the overlay
+            rule_generations.pop(key_of(body), None)
+        elif (body.get("metadata") or {}).get("generation") != rule_generations.get(key_of(body)):
+            state.touch(TAINT_RULES, key_of(body))  # not for our own status writes
+            rule_generations[key_of(body)] = (body.get("metadata") or {}).get("generation")
         reconciler.enqueue_gated()  # a rule removed or narrowed frees devices
         on_taints()
 
+    # What placement reads of each node (labels, taints, unschedulable): a status update changes none of it,
+    # and must not make the next decision gather every node again.
+    node_forms: dict[tuple[str, str], Json] = {}
+
     @kopf.on.event("v1", "nodes", id="nodes", registry=registry)
-    async def nodes(type: str | None, **kwargs: Any) -> None:
+    async def nodes(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         warm(**kwargs)
+        key = key_of(body)
+        if type == "DELETED":
+            node_forms.pop(key, None)
+            state.touch(NODES, key)
+        else:
+            form = _node(body)[key]
+            if node_forms.get(key) != form:
+                node_forms[key] = form
+                state.touch(NODES, key)
         if type in ("ADDED", None):
             reconciler.enqueue_gated()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,6 +124,11 @@ class Reconciler:
     _epoch: int = 0
     # (namespace, gang key) -> (epoch, member uids) of its last decision that did not fit.
     _gang_misfit: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    # What every decision reads of classes, slices, nodes and taint rules, kept while none of them changed
+    # (State.revision_of), and the candidate nodes per set of Pod node constraints: a decision then costs no
+    # pass over every node and slice.
+    _static: tuple[Any, dict[str, list[Json]]] | None = None
+    _candidates: dict[str, list[str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ queueing
 
@@ -691,19 +697,49 @@ class Reconciler:
         if missing:
             self._fail(pod, "ClassNotFound", "; ".join(missing), claims=list(claims.values()))
             return None
-        nodes = list(self.state.all(NODES, ordered=True))  # candidates by name: placement is deterministic
+        static = self._static_inputs()
         return AllocationRequest(
             pod=pod,
             claims=claims,
-            # in name order, so that the snapshot, and with it every choice, is the same in every process
-            classes=list(self.state.all(CLASSES, ordered=True)),
-            slices=list(self.state.all(SLICES, ordered=True)),
-            nodes=nodes,
-            candidates=[n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)],
+            classes=static[CLASSES],
+            slices=static[SLICES],
+            nodes=static[NODES],
+            candidates=self._candidate_nodes(pod, static[NODES]),
             all_claims=(),
-            taint_rules=list(self.state.all(TAINT_RULES, ordered=True)),
+            taint_rules=static[TAINT_RULES],
             state=self.state,
         )
+
+    def _static_inputs(self) -> dict[str, list[Json]]:
+        """Classes, slices, nodes and taint rules, in name order (so that the snapshot, and with it every
+        choice, is the same in every process), gathered again only after one of them changed."""
+        kinds = (CLASSES, SLICES, NODES, TAINT_RULES)
+        key = (self.state.epoch, *(self.state.revision_of(kind) for kind in kinds))
+        if self._static is None or self._static[0] != key:
+            self._static = (key, {kind: list(self.state.all(kind, ordered=True)) for kind in kinds})
+            self._candidates.clear()
+        return self._static[1]
+
+    def _candidate_nodes(self, pod: Json, nodes: list[Json]) -> list[str]:
+        """The nodes the Pod's own constraints allow, by name; Pods with the same constraints (a Job's, a
+        Deployment's) share one pass over the nodes."""
+        spec = pod.get("spec") or {}
+        constraints = json.dumps(
+            [
+                spec.get("nodeName"),
+                spec.get("nodeSelector"),
+                (spec.get("affinity") or {}).get("nodeAffinity"),
+            ],
+            sort_keys=True,
+        )
+        found = self._candidates.get(constraints)
+        if found is None:
+            if len(self._candidates) > 1024:
+                self._candidates.clear()
+            found = self._candidates[constraints] = [
+                n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)
+            ]
+        return found
 
     async def _withdraw(self, pod: Json, claims: Mapping[str, Json]) -> None:
         """Undo what an unplaceable Pod holds, as kube-scheduler's PostFilter does: its reservation on each of

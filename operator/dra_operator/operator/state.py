@@ -111,6 +111,10 @@ class State:
         found.reverse()
         return self._revision, found
 
+    def revision_of(self, kind: str) -> int:
+        """The revision of the latest change of `kind` (0: none journaled)."""
+        return next(reversed(self._changed[kind].values()), 0)
+
     def _indexed_count(self, kind: str) -> int:
         return len(self.indexes[kind]) if self.indexes is not None else 0
 

@@ -88,6 +88,9 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize("obj", [g[1] for g in GOOD], ids=[g[0] for g in GOOD])
 def test_good_objects_are_accepted(crds: None, kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
+    # A name of its own: a cluster-scoped seed object (the DeviceClass) may exist already, created by another
+    # module on the shared control plane, and a dry-run create of it would answer AlreadyExists.
+    obj = {**obj, "metadata": {**obj["metadata"], "name": f"good-{namespace[-6:]}"}}
     result = _dry_run(kubectl, namespace, obj)
     assert result.returncode == 0, result.stderr
     stored = json.loads(result.stdout)

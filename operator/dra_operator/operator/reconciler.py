@@ -568,6 +568,8 @@ class Reconciler:
         async with self._decide:
             decided = await self._decide_and_reserve_gang(gang, waiting, claims_of)
         if decided is None:
+            if len(self._gang_misfit) > 4096:  # gangs long gone: forget them all, a retry costs one decision
+                self._gang_misfit.clear()
             self._gang_misfit[(namespace, gang.key)] = (self._epoch, uids)
             return
         self._gang_misfit.pop((namespace, gang.key), None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dra_operator.operator.state import CLAIMS, INDEXES, State
+from dra_operator.operator.state import CLAIMS, INDEXES, PODS, State
 
 Json = dict[str, Any]
 
@@ -57,3 +57,34 @@ def test_the_journal_lists_keys_changed_since_a_revision_oldest_first() -> None:
     epoch = state.epoch
     state.reindex()
     assert state.epoch == epoch + 1, "a rebind voids every cursor"
+
+
+def job_pod(name: str) -> Json:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": "uid-" + name,
+            "labels": {"batch.kubernetes.io/controller-uid": "job-1", "batch.kubernetes.io/job-name": "pair"},
+            "annotations": {"resource.dra-operator.io/gang-size": "2"},
+        }
+    }
+
+
+def test_a_gang_member_noted_before_the_cache_stores_it_is_not_lost() -> None:
+    """Kopf runs a Pod's index function before it stores the Pod, so another member's decision can look in
+    between. The member must still count once stored (lost, a Job's gang waited forever: found in CI)."""
+    state, indexes = bound()
+    a, b = job_pod("a"), job_pod("b")
+    state.note(PODS, a)
+    indexes[PODS][("ns", "a")] = [a]
+    state.note(PODS, b)  # b's index function ran; Kopf has not stored b yet
+    assert [p["metadata"]["name"] for p in state.gang_pods("ns", "job:job-1")] == ["a"]
+    indexes[PODS][("ns", "b")] = [b]
+    assert [p["metadata"]["name"] for p in state.gang_pods("ns", "job:job-1")] == ["a", "b"]
+    del indexes[PODS][("ns", "a")]
+    state.forget_pod(a)
+    assert [p["metadata"]["name"] for p in state.gang_pods("ns", "job:job-1")] == ["b"]
+    del indexes[PODS][("ns", "b")]
+    state.forget_pod(b)
+    assert state._gangs == {}, "nothing kept for a gang whose Pods are all gone"

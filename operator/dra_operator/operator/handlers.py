@@ -107,7 +107,7 @@ def register(
                 meta = claim.get("metadata") or {}
                 if meta.get("namespace") == namespace:
                     reconciler.enqueue(CLAIM, namespace, str(meta.get("name")))
-            state.forget_pod_uid(uid)
+            state.forget_pod(body)
             return
         reconciler.enqueue(POD, namespace, name)
 

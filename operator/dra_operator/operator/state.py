@@ -118,10 +118,20 @@ class State:
     def _indexed_count(self, kind: str) -> int:
         return len(self.indexes[kind]) if self.indexes is not None else 0
 
-    def forget_pod_uid(self, uid: str) -> None:
+    def forget_pod(self, pod: Mapping[str, Any]) -> None:
         """A Pod is gone for good: drop its lookups (its claims are reached through their own events)."""
+        metadata = pod.get("metadata") or {}
+        uid = str(metadata.get("uid"))
         self._claims_by_pod.pop(uid, None)
         self._pod_by_uid.pop(uid, None)
+        gang = gang_of(metadata)
+        if gang is not None:
+            key = key_of(pod)
+            members = self._gangs.get((key[0], gang.key))
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self._gangs[(key[0], gang.key)]
 
     def claims_of(self, uid: str) -> list[Json]:
         """The claims owned by, or reserved for, the Pod with this uid."""
@@ -133,13 +143,19 @@ class State:
         return found
 
     def gang_pods(self, namespace: str, gang_key: str) -> list[Json]:
-        """The Pods of one namespace that belong to the gang `gang_key` now (by name)."""
+        """The Pods of one namespace that belong to the gang `gang_key` now (by name).
+
+        A member missing from the cache is kept: its index function runs before Kopf stores it, so another
+        Pod's decision may look between the two. Members leave when their Pod is deleted (`forget_pod`) or
+        names another gang."""
         found = []
         members = self._gangs.get((namespace, gang_key), set())
         for key in sorted(members):
             pod = self.get(PODS, key)
-            gang = gang_of(pod.get("metadata") or {}) if pod is not None else None
-            if pod is not None and gang is not None and gang.key == gang_key:
+            if pod is None:
+                continue
+            gang = gang_of(pod.get("metadata") or {})
+            if gang is not None and gang.key == gang_key:
                 found.append(pod)
             else:
                 members.discard(key)

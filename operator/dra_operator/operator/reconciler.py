@@ -847,16 +847,19 @@ class Reconciler:
         written = await self.kube.replace(ours("resourceclaims", *_key(claim), subresource="status"), new)
         self.state.wrote(CLAIMS, written)
         # One event per claim and Pod: Allocated when the devices were chosen now, Reserved when it joins.
-        if newly:
-            self.recorder.normal(
-                written,
-                "Allocated",
-                f"allocated {_devices(allocation or {})} on node {node}, reserved for pod {_name(pod)}",
-            )
-        else:
-            self.recorder.normal(
-                written, "Reserved", f"reserved for pod {_name(pod)} ({len(reserved)} consumer(s))"
-            )
+        # None for the Pod's own generated claim: the Pod's Allocated event names it and its devices, and its
+        # status conditions say the same, so a second event would only cost a write per Pod.
+        if not _owned_by(claim, uid):
+            if newly:
+                self.recorder.normal(
+                    written,
+                    "Allocated",
+                    f"allocated {_devices(allocation or {})} on node {node}, reserved for pod {_name(pod)}",
+                )
+            else:
+                self.recorder.normal(
+                    written, "Reserved", f"reserved for pod {_name(pod)} ({len(reserved)} consumer(s))"
+                )
         log.info("claim reserved", pod=_name(pod), claim=_name(claim), newly_allocated=newly)
         return written
 
@@ -964,6 +967,12 @@ class Reconciler:
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _owned_by(claim: Mapping[str, Any], uid: str) -> bool:
+    """Whether `claim` was generated for the Pod with this uid (it names the Pod its owner)."""
+    refs = (claim.get("metadata") or {}).get("ownerReferences") or []
+    return any(isinstance(ref, dict) and ref.get("uid") == uid for ref in refs)
 
 
 def _name(obj: Mapping[str, Any]) -> str:

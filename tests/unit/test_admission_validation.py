@@ -7,11 +7,10 @@ import copy
 import json
 from typing import Any
 
-import kopf
 import pytest
 
 from dra_operator.admission import configuration, validation
-from dra_operator.admission.webhook import validate
+from dra_operator.admission.webhook import Refused, validate
 from dra_operator.api.meta import annotation_problems, label_problems, qualified_name_messages
 from dra_operator.cel.source import typed_device_fields
 
@@ -261,13 +260,13 @@ def test_validating_configuration_follows_the_mutating_one() -> None:
 
 
 def test_handler_refuses_with_the_apiservers_status_text() -> None:
-    with pytest.raises(kopf.AdmissionError) as info:
+    with pytest.raises(Refused) as info:
         validate("DeviceClass", device_class("device.driver", "1"), None)
     assert info.value.code == 422
     assert str(info.value).startswith('DeviceClass "dc" is invalid: [spec.selectors[0].cel.expression: ')
     validate("DeviceClass", device_class("true"), None)  # no exception: allowed
 
-    with pytest.raises(kopf.AdmissionError) as info:
+    with pytest.raises(Refused) as info:
         validate("DeviceTaintRule", taint_rule("1"), None)
     assert info.value.code == 422
     assert str(info.value) == (

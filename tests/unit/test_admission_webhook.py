@@ -10,13 +10,13 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 from cryptography import x509
 
 from dra_operator.admission import configuration, names, tls
 from dra_operator.admission.mutation import TEMPLATE_PATHS
-from dra_operator.admission.webhook import AdmissionContext, review
+from dra_operator.admission.webhook import AdmissionContext, Refused, review
+from dra_operator.operator.admitting import StateCaches
 from dra_operator.operator.state import CLAIMS, INDEXES, TEMPLATES, State
 
 Json = dict[str, Any]
@@ -78,7 +78,9 @@ class FakeKube:
         return {"metadata": {}} if path.rsplit("/", 1)[-1] in self.builtin else None
 
 
-def context(ours: dict[str, set[str]], builtin: set[str], builtin_dra: bool = True) -> AdmissionContext:
+def context(
+    ours: dict[str, set[str]], builtin: set[str], builtin_dra: bool = True, kube: FakeKube | None = None
+) -> AdmissionContext:
     state = State()
     indexes: dict[str, dict[Any, list[Json]]] = {name: {} for name in INDEXES}
     for name in ours.get("claims", set()):
@@ -86,8 +88,9 @@ def context(ours: dict[str, set[str]], builtin: set[str], builtin_dra: bool = Tr
     for name in ours.get("templates", set()):
         indexes[TEMPLATES][("ns", name)] = [{"metadata": {"name": name, "namespace": "ns"}}]
     state.bind(indexes)
-    kube: Any = FakeKube(builtin)
-    ctx = AdmissionContext(state=state, kube=kube, builtin_dra=builtin_dra)
+    ctx = AdmissionContext(
+        caches=StateCaches(state), builtin_get=(kube or FakeKube(builtin)).get, builtin_dra=builtin_dra
+    )
     ctx.ready.set()
     return ctx
 
@@ -111,11 +114,11 @@ POD = {
     [(False, []), (True, ["b"])],
 )
 def test_review_moves_only_our_references(builtin_dra: bool, kept: list[str]) -> None:
-    ctx = context({"claims": {"ours-claim"}}, {"builtin-claim"}, builtin_dra)
+    fake = FakeKube({"builtin-claim"})
+    ctx = context({"claims": {"ours-claim"}}, set(), builtin_dra, kube=fake)
     new = asyncio.run(review(ctx, "Pod", POD, "ns"))
     assert [r["name"] for r in new["spec"].get("resourceClaims", [])] == kept
     assert new["metadata"]["labels"][names.MANAGED_LABEL] == "true"
-    fake: FakeKube = ctx.kube  # type: ignore[assignment]
     # our claim is known from the cache: only the others are looked up in the built-in group
     assert all("ours-claim" not in path for path in fake.gets)
     assert len(fake.gets) == (2 if builtin_dra else 0)
@@ -128,7 +131,7 @@ def test_review_rejects_neither_name() -> None:
         "metadata": {"name": "p"},
         "spec": {"containers": [], "resourceClaims": [{"name": "x"}]},
     }
-    with pytest.raises(kopf.AdmissionError) as info:
+    with pytest.raises(Refused) as info:
         asyncio.run(review(ctx, "Pod", bad, "ns"))
     assert str(info.value) == (
         'Pod "p" is invalid: spec.resourceClaims[0]: must specify one of: `resourceClaimName`, '
@@ -142,7 +145,7 @@ def test_review_refuses_while_caches_are_cold(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(webhook, "READY_WAIT_SECONDS", 0.01)
     ctx = context({}, set())
     ctx.ready.clear()
-    with pytest.raises(kopf.AdmissionError) as info:
+    with pytest.raises(Refused) as info:
         asyncio.run(review(ctx, "Pod", POD, "ns"))
     assert info.value.code == 503
 

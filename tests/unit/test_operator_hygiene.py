@@ -24,7 +24,7 @@ def test_generated_certificates_live_in_memory_only() -> None:
         assert str(path).startswith("/proc/self/fd/"), path
         assert path.resolve().name.startswith("memfd:dra-operator-"), path.resolve()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(files.cert, files.key)  # what Kopf's WebhookServer does with the paths
+    context.load_cert_chain(files.cert, files.key)  # what the admission server does with the paths
     cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(files.ca_bundle()))
 

@@ -1,13 +1,14 @@
 """Serving certificates for the webhook: a self-signed CA and a server certificate (made by dra_operator.pki).
 
 Used when no certificate files are given (--tls-cert-file/--tls-key-file/--tls-ca-file, e.g. from
-cert-manager; Kopf's WebhookServer re-reads those when they change). Not Kopf's own self-signed path: that
+cert-manager; the admission server re-reads those when they change). Not Kopf's self-signed path: that
 needs oscrypto, which cannot parse OpenSSL 3 version strings.
 
 `in_memory` keeps the generated key off the disk: each PEM lives in an anonymous memory file (memfd_create)
-that Kopf opens by its /proc/self/fd path, and the kernel frees it with the process however that ends (even
-SIGKILL), so no start leaves key material behind. Where memfd_create is missing, a private temporary directory
-is used and removed at exit (Kopf turns SIGTERM into a normal exit, so that includes SIGTERM).
+that the admission server opens by its /proc/self/fd path, and the kernel frees it with the process however
+that ends (even SIGKILL), so no start leaves key material behind. Where memfd_create is missing, a private
+temporary directory is used and removed at exit (Kopf turns SIGTERM into a normal exit, so that includes
+SIGTERM).
 """
 
 from __future__ import annotations

@@ -1,49 +1,84 @@
-"""Kopf admission handlers (mutating: one per workload kind; validating: one per DRA kind with CEL selectors)
-and applying our webhook configurations."""
+"""Admission reviews: the mutation of workloads that use claims, the validation of DRA objects, the
+AdmissionReview answers the API server reads, and applying our webhook configurations.
+
+Reviews run on the admission server's own thread and loop (dra_operator.admission.server), so everything they
+read of the operator's caches goes through `Caches`, whose implementation is safe to call from that thread.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import json
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import kopf
+from typing import Any, Protocol
 
 from dra_operator.admission import configuration, validation
 from dra_operator.admission.mutation import (
     AdmissionRejected,
     asks_for_extended_resources,
     claim_references,
-    declared_extended_resources,
     invalid_message,
     mutate,
 )
 from dra_operator.admission.ownership import Lookup, belongs_to_us
-from dra_operator.api.resource import GROUP, UPSTREAM_API_VERSION, VERSION
+from dra_operator.admission.patch import json_patch
+from dra_operator.api.resource import UPSTREAM_API_VERSION
 from dra_operator.kube.client import Kube, KubeError, path_of
-from dra_operator.operator.state import CLAIMS, CLASSES, TEMPLATES, State
 
 log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
 
 #: How long a review waits for the caches before it is refused (the webhook timeout is 5 s).
 READY_WAIT_SECONDS = 3.0
 
 
+class Caches(Protocol):
+    """What a review reads of the operator's caches; callable from the admission thread."""
+
+    def claim_exists(self, namespace: str, name: str) -> bool: ...
+
+    def template_exists(self, namespace: str, name: str) -> bool: ...
+
+    def extended_resources(self) -> Mapping[str, str]:
+        """Extended resource name -> the DeviceClass that declares it."""
+        ...
+
+
+class Refused(Exception):
+    """A review's refusal: the HTTP-like code and the message `kubectl` prints."""
+
+    def __init__(self, message: str, code: int = 422) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class AdmissionContext:
-    """What the handlers need: readiness, the cluster's DRA flavour, the caches for the ownership rule."""
+    """What reviews need: readiness, the cluster's DRA flavour, the caches for the ownership rule."""
 
-    state: State
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    kube: Kube | None = None
+    caches: Caches
+    ready: threading.Event = field(default_factory=threading.Event)
+    # A GET of a built-in DRA object (the ownership rule asks whether one exists); None: never looked up.
+    builtin_get: Callable[[str], Awaitable[Json | None]] | None = None
     builtin_dra: bool = False
-    reviews: int = 0
     # The node device plugin's extended resource, asked for by each container that uses claims; None when
     # devices are not delivered by a device plugin (env vars only).
     delivery_resource: str | None = None
+
+
+def builtin_getter(kube: Kube, loop: asyncio.AbstractEventLoop) -> Callable[[str], Awaitable[Json | None]]:
+    """A GET through `kube`, whose connections belong to `loop`, callable from another thread's loop."""
+
+    def get(path: str) -> Awaitable[Json | None]:
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(kube.get(path), loop))
+
+    return get
 
 
 async def owned_references(ctx: AdmissionContext, namespace: str, refs: list[dict[str, Any]]) -> set[str]:
@@ -54,14 +89,15 @@ async def owned_references(ctx: AdmissionContext, namespace: str, refs: list[dic
     owned: set[str] = set()
     for ref in refs:
         if ref.get("resourceClaimName"):
-            kind, plural, target = CLAIMS, "resourceclaims", str(ref["resourceClaimName"])
+            kind, plural, target = "claim", "resourceclaims", str(ref["resourceClaimName"])
         else:
-            kind, plural, target = TEMPLATES, "resourceclaimtemplates", str(ref["resourceClaimTemplateName"])
-        ours_exists = ctx.state.get(kind, (namespace, target)) is not None
+            kind, plural, target = "template", "resourceclaimtemplates", str(ref["resourceClaimTemplateName"])
+        exists = ctx.caches.claim_exists if kind == "claim" else ctx.caches.template_exists
+        ours_exists = exists(namespace, target)
         builtin_exists = False
-        if not ours_exists and ctx.kube is not None:
+        if not ours_exists and ctx.builtin_get is not None:
             try:
-                found = await ctx.kube.get(
+                found = await ctx.builtin_get(
                     path_of(plural, group=group, version=version, namespace=namespace, name=target)
                 )
                 builtin_exists = found is not None
@@ -72,25 +108,17 @@ async def owned_references(ctx: AdmissionContext, namespace: str, refs: list[dic
     return owned
 
 
-async def review(
-    ctx: AdmissionContext, kind: str, body: Mapping[str, Any], namespace: str | None
-) -> dict[str, Any]:
-    """The mutated object for one admission review (or the unchanged one); raises kopf.AdmissionError."""
-    ctx.reviews += 1
-    obj: dict[str, Any] = copy.deepcopy(dict(body))
+async def review(ctx: AdmissionContext, kind: str, body: Mapping[str, Any], namespace: str | None) -> Json:
+    """The mutated object for one admission review (or the unchanged one); raises Refused."""
+    obj: Json = copy.deepcopy(dict(body))
     try:
         refs = claim_references(obj, kind)
     except AdmissionRejected as exc:
-        raise kopf.AdmissionError(str(exc), code=422) from None
+        raise Refused(str(exc)) from None
     if not refs and not asks_for_extended_resources(obj, kind):
         return obj
-    if not ctx.ready.is_set():
-        try:
-            await asyncio.wait_for(ctx.ready.wait(), READY_WAIT_SECONDS)
-        except TimeoutError:
-            raise kopf.AdmissionError(
-                "dra-operator is starting and has not read the cluster yet; retry shortly", code=503
-            ) from None
+    if not ctx.ready.is_set() and not await asyncio.to_thread(ctx.ready.wait, READY_WAIT_SECONDS):
+        raise Refused("dra-operator is starting and has not read the cluster yet; retry shortly", code=503)
     ns = namespace or str((obj.get("metadata") or {}).get("namespace") or "default")
     owned = await owned_references(ctx, ns, refs) if refs else set()
     try:
@@ -99,63 +127,59 @@ async def review(
             kind,
             ours=lambda ref: ref["name"] in owned,
             delivery_resource=ctx.delivery_resource,
-            extended=declared_extended_resources(ctx.state.all(CLASSES)),
+            extended=ctx.caches.extended_resources(),
         ).obj
     except AdmissionRejected as exc:
-        raise kopf.AdmissionError(str(exc), code=422) from None
+        raise Refused(str(exc)) from None
 
 
 def validate(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
-    """Refuse (kopf.AdmissionError, 422) a DRA object the built-in API would refuse for a CEL selector or
-    claim metadata; answers from the object alone, so it needs no cache and no readiness."""
+    """Refuse (Refused, 422) a DRA object the built-in API would refuse for a CEL selector or claim
+    metadata; answers from the object alone, so it needs no cache and no readiness."""
     found = validation.problems(kind, body, old)
     if found:
-        raise kopf.AdmissionError(invalid_message(kind, body, found), code=422)
+        raise Refused(invalid_message(kind, body, found))
 
 
-def register(registry: kopf.OperatorRegistry, ctx: AdmissionContext) -> None:
-    """One async mutate handler per workload kind, at URL path `mutate-<plural>` (the handler id), and one
-    validate handler per DRA kind at `validate-<plural>`."""
-    for kind, (group, version, plural, operations) in configuration.KINDS.items():
-        resource = (version, plural) if not group else (group, version, plural)
+#: URL path (without the leading slash) -> ("mutate" or "validate", kind).
+ROUTES: dict[str, tuple[str, str]] = {
+    **{configuration.handler_path(kind): ("mutate", kind) for kind in configuration.KINDS},
+    **{configuration.validate_path(kind): ("validate", kind) for kind in validation.KINDS},
+}
 
-        def make(kind: str) -> Any:
-            async def handler(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-                new = await review(ctx, kind, body, kwargs.get("namespace"))
-                if new != dict(body):
 
-                    def replace(raw: Any) -> None:
-                        raw.clear()
-                        raw.update(copy.deepcopy(new))
-
-                    patch.fns.append(replace)
-
-            return handler
-
-        kopf.on.mutate(
-            *resource,
-            id=configuration.handler_path(kind),
-            operations=list(operations),  # type: ignore[arg-type]
-            registry=registry,
-        )(make(kind))
-
-    for kind in validation.KINDS:
-
-        def make_validator(kind: str) -> Any:
-            async def handler(body: kopf.Body, old: kopf.Body | None = None, **_: Any) -> None:
-                validate(kind, body, old)
-
-            return handler
-
-        _, operations, _ = configuration.VALIDATED[kind]
-        kopf.on.validate(
-            GROUP,
-            VERSION,
-            validation.KINDS[kind],
-            id=configuration.validate_path(kind),
-            operations=list(operations),  # type: ignore[arg-type]
-            registry=registry,
-        )(make_validator(kind))
+async def answer(ctx: AdmissionContext, route: str, request_body: bytes) -> Json:
+    """The AdmissionReview (admission.k8s.io/v1) answering one request to `route`; raises ValueError for a
+    body that is no AdmissionReview (the server answers 400)."""
+    what, kind = ROUTES[route]
+    try:
+        document = json.loads(request_body)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    request = document.get("request") if isinstance(document, dict) else None
+    if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
+        raise ValueError("not an AdmissionReview: request.uid is missing")
+    obj = request.get("object")
+    old = request.get("oldObject")
+    response: Json = {"uid": request["uid"], "allowed": True}
+    try:
+        if not isinstance(obj, dict):
+            raise Refused("the review carries no object", code=400)
+        if what == "validate":
+            validate(kind, obj, old if isinstance(old, dict) else None)
+        else:
+            new = await review(ctx, kind, obj, request.get("namespace"))
+            ops = json_patch(obj, new)
+            if ops:
+                response["patchType"] = "JSONPatch"
+                response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
+    except Refused as exc:
+        response = {
+            "uid": request["uid"],
+            "allowed": False,
+            "status": {"code": exc.code, "message": str(exc)},
+        }
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
 async def apply_configuration(kube: Kube, desired: dict[str, Any]) -> None:

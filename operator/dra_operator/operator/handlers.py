@@ -53,6 +53,7 @@ def register(
     reconciler: Reconciler,
     on_warm: Callable[[], None],
     on_taints: Callable[[], None] = lambda: None,
+    on_classes: Callable[[], None] = lambda: None,
 ) -> None:
     """Register every handler on `registry`."""
 
@@ -137,6 +138,7 @@ def register(
     async def classes(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         warm(**kwargs)
         state.touch(CLASSES, key_of(body))
+        on_classes()
         reconciler.enqueue_gated()
 
     # metadata.generation moves only with the spec (the status is a subresource): the operator's own

@@ -20,11 +20,12 @@ from kubernetes_asyncio import config as k8s_config
 
 from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
-from dra_operator.admission.mutation import declared_extended_resources
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
+from dra_operator.admission.server import AdmissionServer
 from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import Kube, KubeError, NotLeading
 from dra_operator.operator import handlers, leader, logs, metrics
+from dra_operator.operator.admitting import StateCaches
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.devicehealth import DeviceHealthWatch
 from dra_operator.operator.events import Recorder
@@ -32,7 +33,7 @@ from dra_operator.operator.leader import LeaseElector
 from dra_operator.operator.poolstatus import DEFAULT_INTERVAL as DEFAULT_POOL_STATUS_INTERVAL
 from dra_operator.operator.poolstatus import PoolStatus
 from dra_operator.operator.reconciler import Reconciler
-from dra_operator.operator.state import CLASSES, SLICES, TAINT_RULES, State
+from dra_operator.operator.state import SLICES, TAINT_RULES, State
 from dra_operator.operator.taintrules import TaintRules
 
 log = structlog.get_logger("dra_operator.operator")
@@ -255,9 +256,10 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         workers=args.workers,
         device_plugin=args.device_plugin,
     )
+    caches = StateCaches(state)
     ctx = admission.AdmissionContext(
-        state=state,
-        kube=kube,
+        caches=caches,
+        builtin_get=admission.builtin_getter(kube, asyncio.get_running_loop()),
         delivery_resource=names.DEVICE_PLUGIN_RESOURCE if args.device_plugin else None,
     )
     stop = asyncio.Event()
@@ -280,7 +282,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
 
     def extended_names() -> list[str]:
-        return sorted(declared_extended_resources(state.all(CLASSES)))
+        return sorted(caches.extended_resources())
 
     def desired_configuration() -> dict[str, Any]:
         # Read the CA each time: with certificate files (cert-manager) it may have been rotated.
@@ -321,7 +323,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
 
     async def follow_ca_rotation(interval: float = 60.0) -> None:
         """Given certificate files, re-apply the configuration when the CA bundle changes (the serving
-        certificate itself is re-read by Kopf's WebhookServer)."""
+        certificate itself is re-read by the admission server at its next handshake)."""
         bundle = certs.ca_bundle()
         while True:
             await asyncio.sleep(interval)
@@ -368,6 +370,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         # Every replica: caches are complete, so admission may answer; the leader also starts writing.
         nonlocal warm
         warm = True
+        caches.classes_changed()
         ctx.ready.set()
         on_reachable(True)
         log.info("caches filled: serving admission")
@@ -425,19 +428,22 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return _connection_info(cfg)
 
-    handlers.register(registry, state, reconciler, on_warm, on_taints=taint_rules.changed)
-    admission.register(registry, ctx)
+    handlers.register(
+        registry, state, reconciler, on_warm, on_taints=taint_rules.changed, on_classes=caches.classes_changed
+    )
 
     settings = kopf.OperatorSettings()
-    settings.admission.server = kopf.WebhookServer(
-        addr=args.webhook_host,
-        port=args.webhook_port,
-        host=_cert_hosts(args)[0],
-        certfile=str(certs.cert),
-        pkeyfile=str(certs.key),
-        cafile=str(certs.ca),
+    # Admission is served by our own server on its own thread (see dra_operator.admission.server), not by
+    # Kopf's, which would answer on this loop behind the reconciler's work.
+    server = AdmissionServer(
+        ctx,
+        args.webhook_host,
+        args.webhook_port,
+        certs.cert,
+        certs.key,
+        on_review=lambda path, seconds: metrics.ADMISSION_SECONDS.labels(path).observe(seconds),
     )
-    settings.admission.managed = None
+    server.start()
     settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_LABEL}={MANAGED_VALUE}"
     settings.posting.enabled = False
     settings.posting.level = 100  # Kopf's own event posting: never (warn() ignores `enabled`)
@@ -475,6 +481,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
             stop_flag=stop,
         )
     finally:
+        server.stop()
         if elector is not None:
             await elector.release()
         for task in tasks:

@@ -30,6 +30,13 @@ SYNC_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
     registry=REGISTRY,
 )
+ADMISSION_SECONDS = Histogram(
+    "dra_operator_admission_review_seconds",
+    "Time this replica took to answer one admission review, by webhook path",
+    ["path"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
 WAITING = Gauge("dra_operator_pods_waiting", "Pods still gated by the operator", registry=REGISTRY)
 WRITES = Counter(
     "dra_operator_api_writes", "API writes made by the operator", ["verb", "resource"], registry=REGISTRY

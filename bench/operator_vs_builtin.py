@@ -23,10 +23,12 @@ kubelet) until every claim of the namespace is gone; `operator RSS MiB`: VmRSS o
 ready / peak (VmHWM) / after cleanup. Device capacity N x 8 must be at least P, so no Pod waits for a device.
 
 Kubernetes' client rate limits (controller manager 20/s, scheduler 50/s) bound the built-in path at these
-sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them.
+sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them. `--cpu-hog N`
+runs N busy processes beside both scenarios, from the first setup to the last clean-up, so both meet the
+same load (a machine whose other tenants are busy).
 
     .venv/bin/python bench/operator_vs_builtin.py [--nodes 20] [--pods 100] [--clients 1] [--client-qps N]
-        [--timeout 180]
+        [--cpu-hog N] [--timeout 180]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -90,6 +93,7 @@ class Result:
     writes: dict[WriteKey, float]
     rss_mib: tuple[float, float, float] | None = None
     webhook_ms: tuple[float, float, float] | None = None  # p50, p99, calls: the apiserver's own histogram
+    review_ms: tuple[float, float, float] | None = None  # the same from the operator's finer histogram
 
     @property
     def writes_per_pod(self) -> float:
@@ -344,6 +348,7 @@ class Bench:
         rss_before = memory_mib(operator.pid) if operator else 0.0
         before = self.quiet_writes()
         hooks_before = self.client.webhook_buckets() if operator else {}
+        reviews_before = review_buckets(operator) if operator else {}
         created: dict[str, float] = {}
         try:
 
@@ -360,6 +365,7 @@ class Bench:
                     create(index)
             creating = time.monotonic() - min(created.values())
             hooks_after = self.client.webhook_buckets() if operator else {}
+            reviews_after = review_buckets(operator) if operator else {}
 
             def all_bound() -> bool:
                 if watch.error is not None:
@@ -399,12 +405,15 @@ class Bench:
             writes[own] = writes.get(own, 0.0) - self.pods
         writes = {k: v for k, v in writes.items() if v}
         rss = (rss_before, rss_peak, rss_after) if operator else None
-        webhook = None
+        webhook = reviews = None
         if operator:
             p50, calls = bucket_quantile(hooks_before, hooks_after, 0.50)
             p99, _ = bucket_quantile(hooks_before, hooks_after, 0.99)
             webhook = (p50, p99, calls)
-        return Result(flavour, self.pods, creating, wall, latencies, cleanup, writes, rss, webhook)
+            p50, calls = bucket_quantile(reviews_before, reviews_after, 0.50)
+            p99, _ = bucket_quantile(reviews_before, reviews_after, 0.99)
+            reviews = (p50, p99, calls)
+        return Result(flavour, self.pods, creating, wall, latencies, cleanup, writes, rss, webhook, reviews)
 
     def diagnose(self, flavour: Flavour, operator: LocalOperator | None, unbound: set[str]) -> str:
         """Why Pods were not bound: one of them, its claim(s), events, and the operator's log tail."""
@@ -435,6 +444,20 @@ def without_leases(writes: dict[WriteKey, float]) -> dict[WriteKey, float]:
 
 
 # ------------------------------------------------------------------------------------------------ report
+
+
+def review_buckets(operator: LocalOperator) -> dict[float, float]:
+    """dra_operator_admission_review_seconds of mutate-pods, the operator's own: upper bound -> count."""
+    prefix = "dra_operator_admission_review_seconds_bucket{"
+    buckets: dict[float, float] = {}
+    for key, value in operator.metrics().items():
+        if not key.startswith(prefix):
+            continue
+        labels = dict(item.split("=", 1) for item in key[len(prefix) : -1].split(","))
+        if labels.get("path") == '"mutate-pods"':
+            bound = labels["le"].strip('"')
+            buckets[float("inf") if bound == "+Inf" else float(bound)] = value
+    return buckets
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> tuple[float, float]:
@@ -526,6 +549,12 @@ def report(builtin: Result, ours: Result) -> str:
             f"duration_seconds, pods.resource.dra-operator.io, CREATE, {calls:.0f} calls): p50 {p50:.1f} ms, "
             f"p99 {p99:.1f} ms (interpolated in the apiserver's buckets 5/25/100/500 ms ...)",
         ]
+    if ours.review_ms is not None:
+        p50, p99, calls = ours.review_ms
+        lines.append(
+            "the operator's own answer time (dra_operator_admission_review_seconds, mutate-pods, "
+            f"{calls:.0f} reviews, request read to answer built): p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
     lines += [
         "",
         "writes per Pod by kind, placement + release (in brackets: of those, answered non-2xx, e.g. 409),",
@@ -562,6 +591,18 @@ def stage(what: str) -> Iterator[None]:
     print(f"    done in {time.monotonic() - started:.1f}s", flush=True)
 
 
+@contextlib.contextmanager
+def cpu_hog(processes: int) -> Iterator[None]:
+    """`processes` busy loops (each takes a core when it can), stopped however the block ends."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -578,13 +619,20 @@ def main() -> int:
         help="client rate limit of kube-controller-manager and kube-scheduler (burst twice that); "
         "default: Kubernetes' own, 20/30 and 50/100",
     )
+    parser.add_argument(
+        "--cpu-hog", type=int, default=0, help="busy processes beside both scenarios (default 0: none)"
+    )
     args = parser.parse_args()
     capacity = args.nodes * PER_NODE
     if capacity < args.pods:
         parser.error(f"{args.nodes} nodes x {PER_NODE} GPUs = {capacity} < {args.pods} Pods: Pods would wait")
 
     plane = ControlPlane(client_qps=args.client_qps)
-    with plane as cp, tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
+    with (
+        plane as cp,
+        tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp,
+        contextlib.ExitStack() as load,
+    ):
         print(f"control plane up in {cp.startup_seconds:.1f}s; binaries {cp.bin_dir}", flush=True)
         client = Client(cp)
         nodes = [f"bench-node-{i:03}" for i in range(args.nodes)]
@@ -603,6 +651,7 @@ def main() -> int:
                 message="no namespace terminating",
             )
         bench = Bench(cp, client, nodes, args.pods, args.timeout, clients=args.clients)
+        load.enter_context(cpu_hog(args.cpu_hog))  # from here to the end of the last clean-up
 
         with stage(f"built-in DRA: {args.pods} Pods"):
             bench.setup(BUILTIN)
@@ -635,6 +684,8 @@ def main() -> int:
         else f"{args.client_qps}/{2 * args.client_qps} for both (--client-qps)"
     )
     print(f"client rate limits (qps/burst) of kube-controller-manager and kube-scheduler: {qps}")
+    if args.cpu_hog:
+        print(f"{args.cpu_hog} busy process(es) ran beside both scenarios (--cpu-hog)")
     print(
         f"Kubernetes control plane (embedded, no kubelet), {args.nodes} Nodes x {PER_NODE} GPUs = {capacity} "
         f"devices >= {args.pods} Pods (no Pod waits for a device); "

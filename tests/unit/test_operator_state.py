@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from dra_operator.operator.state import CLAIMS, INDEXES, PODS, State
+from dra_operator.admission import names
+from dra_operator.admission.delivery import container_devices, delivery_containers
+from dra_operator.api.gang import gang_of
+from dra_operator.operator.placement import (
+    is_done,
+    is_gated,
+    pod_claim_refs,
+    pod_fits_node,
+    pod_patch,
+)
+from dra_operator.operator.state import CLAIMS, INDEXES, LAST_APPLIED, PODS, State, key_of, slim
 
 Json = dict[str, Any]
 
@@ -88,3 +99,99 @@ def test_a_gang_member_noted_before_the_cache_stores_it_is_not_lost() -> None:
     del indexes[PODS][("ns", "b")]
     state.forget_pod(b)
     assert state._gangs == {}, "nothing kept for a gang whose Pods are all gone"
+
+
+GPU_ANNOTATION = names.devices_annotation("gpu", None)
+
+
+def full_pod() -> Json:
+    """A Pod as the API server lists it after admission: every field the operator's decisions do not read
+    filled in too."""
+    manifest = {"resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "t"}], "devices": {}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "u",
+            "resourceVersion": "9",
+            "labels": {"resource.dra-operator.io/managed": "true", "resource.dra-operator.io/gang": "g"},
+            "annotations": {
+                names.CLAIMS_ANNOTATION: json.dumps(manifest),
+                names.devices_annotation("gpu", None): "d/n1/g0",
+                "resource.dra-operator.io/gang-size": "2",
+                "kubectl.kubernetes.io/last-applied-configuration": "{...the whole Pod again...}",
+            },
+            "ownerReferences": [{"kind": "Job", "name": "j", "uid": "j-uid", "controller": True}],
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:containers": {}}}}],
+        },
+        "spec": {
+            "nodeSelector": {"zone": "a"},
+            "affinity": {"podAntiAffinity": {}},
+            "schedulingGates": [{"name": names.SCHEDULING_GATE}],
+            "volumes": [{"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {}}]}}],
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "registry/ml:1",
+                    "command": ["train"],
+                    "resources": {"limits": {names.DEVICE_PLUGIN_RESOURCE: "1"}},
+                    "env": [
+                        {
+                            "name": "DRA_GPU_DEVICES",
+                            "valueFrom": {
+                                "fieldRef": {"fieldPath": f"metadata.annotations['{GPU_ANNOTATION}']"}
+                            },
+                        }
+                    ],
+                    "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets"}],
+                    "livenessProbe": {"exec": {"command": ["true"]}},
+                }
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready"}],
+            "containerStatuses": [{"name": "c"}],
+        },
+    }
+
+
+def test_a_slim_pod_decides_exactly_as_the_full_one() -> None:
+    full = full_pod()
+    kept = slim(PODS, full)
+    node = {"metadata": {"name": "n1", "labels": {"zone": "a"}}, "spec": {}}
+    for decide in (
+        lambda p: pod_fits_node(p, node),
+        lambda p: pod_patch(p, "n1", {"resource.dra-operator.io/devices-gpu": "d/n1/g0"}),
+        lambda p: pod_claim_refs(p),
+        lambda p: (is_gated(p), is_done(p), gang_of(p["metadata"])),
+        lambda p: delivery_containers(p),
+        lambda p: container_devices(p, "c"),
+        lambda p: key_of(p),
+    ):
+        assert decide(kept) == decide(full)
+    assert pod_claim_refs(full) and delivery_containers(full) == ["c"] and is_gated(full)
+    assert container_devices(full, "c").devices, "the comparisons above compare something"
+    assert "managedFields" not in kept["metadata"] and "volumes" not in kept["spec"]
+    assert set(kept["spec"]["containers"][0]) == {"name", "resources", "env"}
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in kept["metadata"]["annotations"]
+    assert "containerStatuses" not in kept["status"] and kept["status"]["phase"] == "Running"
+    assert full == full_pod(), "the watched object itself is left alone"
+    assert len(json.dumps(kept)) < len(json.dumps(full)) * 0.7
+
+
+def test_other_kinds_lose_only_managed_fields_and_the_last_applied_copy() -> None:
+    obj = claim("3", managedFields=[{"manager": "m"}], annotations={"a": "1", LAST_APPLIED: "{}"})
+    obj["spec"] = {"devices": {"requests": []}}
+    kept = slim(CLAIMS, obj)
+    assert kept == {
+        "metadata": {"name": "c", "namespace": "ns", "resourceVersion": "3", "annotations": {"a": "1"}},
+        "spec": {"devices": {"requests": []}},
+    }
+    state, _ = bound()
+    state.wrote(CLAIMS, obj)
+    assert "managedFields" not in (state.get(CLAIMS, ("ns", "c")) or {})["metadata"], (
+        "our writes are slimmed too"
+    )

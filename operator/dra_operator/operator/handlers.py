@@ -27,14 +27,19 @@ from dra_operator.operator.state import (
     TEMPLATES,
     State,
     key_of,
+    slim,
 )
 
 Json = dict[str, Any]
 
 
-def _keep(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
-    # Index values are the raw object as listed/watched (a fresh dict per event, never mutated afterwards).
-    return {key_of(body): dict(body)}
+def _keeping(kind: str) -> Callable[..., dict[tuple[str, str], Json]]:
+    def keep(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
+        # Index values are the object as listed/watched without what no decision reads (state.slim), a fresh
+        # dict per event, never mutated afterwards.
+        return {key_of(body): slim(kind, body)}
+
+    return keep
 
 
 def _node(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
@@ -73,12 +78,18 @@ def register(
     def noting(kind: str) -> Callable[..., dict[tuple[str, str], Json]]:
         def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
             state.note(kind, body)  # the uid lookups move with the index, in the same step
-            return _keep(body)
+            return {key_of(body): slim(kind, body)}
 
         return index
 
     for index_id, resource in sources.items():
-        fn = _node if index_id == NODES else noting(index_id) if index_id in (CLAIMS, PODS) else _keep
+        fn = (
+            _node
+            if index_id == NODES
+            else noting(index_id)
+            if index_id in (CLAIMS, PODS)
+            else _keeping(index_id)
+        )
         kopf.index(*resource, id=index_id, registry=registry)(fn)
 
     def warm(**kwargs: Any) -> None:

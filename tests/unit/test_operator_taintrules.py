@@ -169,3 +169,23 @@ def test_a_slice_taint_without_time_counts_from_when_it_was_first_seen() -> None
     assert "d.example.com/xid=79:NoExecute" in event[2] and event[2].endswith(
         "(set in the device's ResourceSlice)"
     )
+
+
+def test_a_pass_is_skipped_until_slices_rules_or_claims_change_after_one_that_found_nothing() -> None:
+    watcher, kube, _ = loop(slices=[slice_with()], rules=[], claims=[claim()])
+    passes: list[int] = []
+    rule_taints = watcher.allocator.rule_taints
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes.append(1)
+        return rule_taints(*args, **kwargs)
+
+    watcher.allocator.rule_taints = counted  # type: ignore[method-assign]
+    asyncio.run(watcher.check(T0))
+    asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=2)))
+    assert len(passes) == 1, "nothing changed and nothing was pending: the second pass is skipped"
+    assert watcher.state.indexes is not None
+    watcher.state.indexes[TAINT_RULES][("", "maintenance")] = [rule()]
+    watcher.state.touch(TAINT_RULES, ("", "maintenance"))  # as the rules' watch handler does
+    assert asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=4))) == 1
+    assert len(passes) == 2 and deleted(kube) == ["/api/v1/namespaces/ns/pods/p"]

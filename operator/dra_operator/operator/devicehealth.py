@@ -11,7 +11,6 @@ condition is where `kubectl describe pod` shows it on every cluster.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from dra_operator.allocation.health import unhealthy_devices
 from dra_operator.allocation.usage import DeviceKey, allocation_results
 from dra_operator.kube.client import Kube, KubeError, NotLeading, path_of
 from dra_operator.operator.events import Recorder
+from dra_operator.operator.periodic import Unchanged, leader_passes
 from dra_operator.operator.state import CLAIMS, PODS, SLICES, Json, State
 
 log = structlog.get_logger("dra_operator.devicehealth")
@@ -56,18 +56,20 @@ class DeviceHealthWatch:
         self.kube, self.state, self.recorder, self.is_leader = kube, state, recorder, is_leader
         self.interval = interval
         self.reported: dict[str, set[DeviceKey]] = {}  # Pod uid -> devices already reported
+        self.unchanged = Unchanged(state, SLICES, CLAIMS)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if self.is_leader():
-                await self.check()
+        await leader_passes(self.interval, self.is_leader, self.check)
 
     async def check(self) -> int:
-        """Report what is new; returns how many Pods were told."""
+        """Report what is new; returns how many Pods were told. Skipped while slices and claims are unchanged
+        since a pass that left nothing to report."""
+        if self.unchanged.since_settled():
+            return 0
+        revisions = self.unchanged.now()
         claims = list(self.state.all(CLAIMS))
         problems = unhealthy_devices(self.state.all(SLICES), claims) if claims else {}
-        told = 0
+        told, untold = 0, 0
         holders: set[str] = set()
         for claim in claims:
             bad = {key: problems[key] for key, _ in allocation_results(claim) if key in problems}
@@ -75,14 +77,17 @@ class DeviceHealthWatch:
                 uid = str(consumer.get("uid"))
                 holders.add(uid)
                 new = {key: why for key, why in bad.items() if key not in self.reported.get(uid, set())}
-                pod = self.state.pod_by_uid(uid) if new else None
-                if pod is None or not new:
+                if not new:
                     continue
-                if await self._tell(pod, claim, new):
+                pod = self.state.pod_by_uid(uid)
+                if pod is not None and await self._tell(pod, claim, new):
                     self.reported.setdefault(uid, set()).update(new)
                     told += 1
+                else:  # not in the cache yet, or the write failed: the next pass tries again
+                    untold += 1
         for uid in set(self.reported) - holders:  # Pods that hold no claim any more
             del self.reported[uid]
+        self.unchanged.settled(None if untold else revisions)
         return told
 
     async def _tell(self, pod: Json, claim: Json, bad: dict[DeviceKey, str]) -> bool:

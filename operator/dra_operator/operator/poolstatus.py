@@ -8,7 +8,6 @@ costs each touched slice one write per interval, not one per Pod; the view is at
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -16,7 +15,8 @@ import structlog
 
 from dra_operator.allocation.usage import slice_usage
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours
-from dra_operator.operator.state import CLAIMS, SLICES, State
+from dra_operator.operator.periodic import Unchanged, leader_passes
+from dra_operator.operator.state import CLAIMS, SLICES, TAINT_RULES, State
 
 log = structlog.get_logger("dra_operator.poolstatus")
 
@@ -35,15 +35,18 @@ class PoolStatus:
         self.kube, self.state, self.is_leader, self.interval = kube, state, is_leader, interval
         self.rule_taints = rule_taints  # the DeviceTaintRules' taints per device, counted as tainted
         self.writes = 0
+        self.unchanged = Unchanged(state, SLICES, CLAIMS, TAINT_RULES)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if self.is_leader():
-                await self.update()
+        await leader_passes(self.interval, self.is_leader, self.update)
 
     async def update(self) -> int:
-        """Write the status of every slice whose counts changed; returns how many were written."""
+        """Write the status of every slice whose counts changed; returns how many were written. Skipped while
+        slices, claims and taint rules are unchanged since a pass that wrote everything it meant to."""
+        if self.unchanged.since_settled():
+            return 0
+        revisions = self.unchanged.now()
+        failed = False
         slices = {str(s["metadata"]["name"]): s for s in self.state.all(SLICES)}
         usage = slice_usage(slices.values(), self.state.all(CLAIMS), self.rule_taints())
         written = 0
@@ -60,8 +63,10 @@ class PoolStatus:
             except KubeError as exc:
                 if exc.status != 404:  # a slice withdrawn meanwhile needs no status
                     log.warning("slice status not written", slice=name, error=str(exc))
+                    failed = True
                 continue
             self.state.wrote(SLICES, patched)
             written += 1
         self.writes += written
+        self.unchanged.settled(None if failed else revisions)
         return written

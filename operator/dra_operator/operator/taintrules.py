@@ -19,7 +19,6 @@ this loop, run by the leader every `interval` seconds and when a rule or slice c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 from collections.abc import Callable, Mapping
 
@@ -30,6 +29,7 @@ from dra_operator.api.resource import DeviceTaint
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours, path_of
 from dra_operator.operator.allocating import Allocator
 from dra_operator.operator.events import Recorder
+from dra_operator.operator.periodic import Unchanged, leader_passes
 from dra_operator.operator.placement import is_done
 from dra_operator.operator.state import CLAIMS, SLICES, TAINT_RULES, Json, State
 
@@ -58,21 +58,22 @@ class TaintRules:
         self.wake = asyncio.Event()
         self.evicted: set[str] = set()  # Pod uids deleted by this replica
         self._first_seen: dict[TaintId, str] = {}  # slice taints without timeAdded -> when first seen
+        self.unchanged = Unchanged(state, SLICES, TAINT_RULES, CLAIMS)
 
     def changed(self) -> None:
         """A rule or slice changed: look now rather than at the next tick."""
         self.wake.set()
 
     async def run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.interval)
-            self.wake.clear()
-            if self.is_leader():
-                await self.check()
+        await leader_passes(self.interval, self.is_leader, self.check, self.wake)
 
     async def check(self, now: datetime.datetime | None = None) -> int:
-        """Evict what is due and bring the rules' status up to date; returns how many Pods were evicted."""
+        """Evict what is due and bring the rules' status up to date; returns how many Pods were evicted.
+        Skipped while slices, rules and claims are unchanged since a pass that found no eviction at all
+        (none due, none waiting for a toleration to run out)."""
+        if self.unchanged.since_settled():
+            return 0
+        revisions = self.unchanged.now()
         now = now or datetime.datetime.now(datetime.UTC)
         slices = list(self.state.all(SLICES))
         rules = list(self.state.all(TAINT_RULES))
@@ -85,7 +86,8 @@ class TaintRules:
             for consumer in eviction.consumers:
                 if consumer.uid not in self.evicted and await self._evict(consumer.uid, eviction, rules):
                     evicted += 1
-        await self._write_statuses(rules, ruled.matched, found, now)
+        written = await self._write_statuses(rules, ruled.matched, found, now)
+        self.unchanged.settled(revisions if written and not found and not ruled.failures else None)
         if self.evicted:  # Pods that are gone need no remembering
             self.evicted = {uid for uid in self.evicted if self.state.pod_by_uid(uid) is not None}
         for name, failures in ruled.failures.items():
@@ -158,7 +160,9 @@ class TaintRules:
         counts: Mapping[str, int],
         found: list[Eviction],
         now: datetime.datetime,
-    ) -> None:
+    ) -> bool:
+        """Write the rules' status where it changed; False when a write failed (the next pass tries again)."""
+        done = True
         for rule in rules:
             name = str(rule["metadata"]["name"])
             spec = rule.get("spec") or {}
@@ -175,13 +179,15 @@ class TaintRules:
                     ours("devicetaintrules", name=name, subresource="status"), {"status": status}
                 )
             except NotLeading:
-                return
+                return False
             except KubeError as exc:
                 if exc.status != 404:
                     log.warning("taint rule status not written", rule=name, error=str(exc))
+                    done = False
                 continue
             if patched.get("metadata"):
                 self.state.wrote(TAINT_RULES, patched)
+        return done
 
 
 def _same(taint: DeviceTaint, spec: Json) -> bool:

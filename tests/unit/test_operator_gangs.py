@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any
 
@@ -133,22 +132,6 @@ def add_member(w: World, name: str, gang: str | None, size: int, refs: list[Json
     w.sync()
 
 
-def drain(w: World, pods: list[str]) -> None:
-    """Run the workers until nothing is queued: every Pod's item, as watch events bring them."""
-
-    async def scenario() -> None:
-        runner = asyncio.create_task(w.reconciler.run())
-        for name in pods:
-            w.reconciler.enqueue("pod", NS, name)
-        await asyncio.sleep(0)
-        while w.reconciler.queue.qsize() or w.reconciler._active:  # noqa: ASYNC110 - drain the fake
-            await asyncio.sleep(0)
-        runner.cancel()
-
-    asyncio.run(scenario())
-    w.sync()
-
-
 def holding(w: World, pods: list[str]) -> list[str]:
     """Which of `pods` hold an allocated claim."""
     held = set()
@@ -163,7 +146,7 @@ def test_a_gang_waits_until_all_its_pods_exist_then_all_are_allocated_at_once() 
     w = gang_world(devices=4)
     add_member(w, "a0", "a", 3)
     add_member(w, "a1", "a", 3)
-    drain(w, ["a0", "a1"])
+    w.drain(["a0", "a1"])
     assert gated(w.pod("a0")) and gated(w.pod("a1"))
     assert w.kube.of("resourceclaims") == [], "no claim, no hold before the gang is complete"
     assert "GangIncomplete" in w.recorder.reasons("a0")
@@ -171,7 +154,7 @@ def test_a_gang_waits_until_all_its_pods_exist_then_all_are_allocated_at_once() 
     assert message.startswith("gang a: 2 of its 3 Pods exist")
 
     add_member(w, "a2", "a", 3)
-    drain(w, ["a2"])  # one member's item places the whole gang
+    w.drain(["a2"])  # one member's item places the whole gang
     assert not any(gated(w.pod(p)) for p in ("a0", "a1", "a2"))
     devices = {
         r["device"]
@@ -189,13 +172,13 @@ def test_two_gangs_that_fit_alone_but_not_together_never_deadlock() -> None:
     plain = gang_world(devices=4)
     for name in order:
         add_member(plain, name, None, 0)
-        drain(plain, [name])
+        plain.drain([name])
     assert holding(plain, order) == ["a0", "b0", "a1", "b1"], "the deadlock: 2 + 2 held, both gangs stuck"
 
     w = gang_world(devices=4)
     for name in order:
         add_member(w, name, name[0], 3)
-        drain(w, [name])
+        w.drain([name])
     a, b = ["a0", "a1", "a2"], ["b0", "b1", "b2"]
     assert holding(w, order) == a and not any(gated(w.pod(p)) for p in a)
     assert all(gated(w.pod(p)) for p in b)
@@ -209,7 +192,7 @@ def test_two_gangs_that_fit_alone_but_not_together_never_deadlock() -> None:
         w.finish(name)
     for claim in [c for c in w.kube.of("resourceclaims") if c["metadata"]["name"].startswith("a")]:
         w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
-    drain(w, [])
+    w.drain([])
     assert not any(gated(w.pod(p)) for p in b)
     assert holding(w, order) == b
 
@@ -223,7 +206,7 @@ def test_a_claim_the_gang_shares_is_allocated_once_and_reserved_for_each_member(
     ]
     add_member(w, "m0", "m", 2, refs)
     add_member(w, "m1", "m", 2, refs)
-    drain(w, ["m0", "m1"])
+    w.drain(["m0", "m1"])
     assert not gated(w.pod("m0")) and not gated(w.pod("m1"))
     shared = w.kube.objects[claims_path("shared")]["status"]
     assert sorted(r["name"] for r in shared["reservedFor"]) == ["m0", "m1"]
@@ -239,7 +222,7 @@ def test_a_partial_hold_left_by_an_interrupted_decision_is_withdrawn_when_the_ga
     w = gang_world(devices=2)
     add_member(w, "x", None, 0)
     add_member(w, "g0", "g", 2)
-    drain(w, ["g0"])  # incomplete: nothing held
+    w.drain(["g0"])  # incomplete: nothing held
     add_member(w, "g1", "g", 2)
 
     # An earlier leader allocated and reserved g0's claim, then stopped before g1's (a crash between writes).
@@ -259,9 +242,9 @@ def test_a_partial_hold_left_by_an_interrupted_decision_is_withdrawn_when_the_ga
     w.reconciler._reserve_all = original  # type: ignore[method-assign]
     assert holding(w, ["g0", "g1"]) == ["g0"]
 
-    drain(w, ["x"])  # another Pod takes a device meanwhile: the gang of 2 no longer fits in the 1 left
+    w.drain(["x"])  # another Pod takes a device meanwhile: the gang of 2 no longer fits in the 1 left
     assert holding(w, ["x"]) == ["x"]
-    drain(w, ["g0", "g1"])
+    w.drain(["g0", "g1"])
     assert holding(w, ["g0", "g1"]) == [], "g0's partial hold is withdrawn"
     assert gated(w.pod("g0")) and gated(w.pod("g1"))
     assert "GangDoesNotFit" in w.recorder.reasons("g1")

@@ -229,6 +229,23 @@ class World:
         asyncio.run(coro)
         self.sync()
 
+    def drain(self, pods: list[str], rounds: int = 1) -> None:
+        """Run the workers until nothing is queued, each Pod's item enqueued `rounds` times (as repeated
+        watch events would, also while it is in progress)."""
+
+        async def scenario() -> None:
+            runner = asyncio.create_task(self.reconciler.run())
+            for _ in range(rounds):
+                for name in pods:
+                    self.reconciler.enqueue("pod", NS, name)
+                await asyncio.sleep(0)
+            while self.reconciler.queue.qsize() or self.reconciler._active:  # noqa: ASYNC110 - drain the fake
+                await asyncio.sleep(0)
+            runner.cancel()
+
+        asyncio.run(scenario())
+        self.sync()
+
     def pod(self, name: str) -> Json:
         return self.kube.objects[pods_path(name)]
 
@@ -437,17 +454,7 @@ def test_concurrent_workers_never_double_allocate_nor_create_twice() -> None:
         w.add_pod(name, [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
     w.reconciler.workers = 4
 
-    async def scenario() -> None:
-        runner = asyncio.create_task(w.reconciler.run())
-        for _ in range(3):  # the same Pods enqueued again while in progress, as watch events do
-            for name in names_:
-                w.reconciler.enqueue("pod", NS, name)
-            await asyncio.sleep(0)
-        while w.reconciler.queue.qsize() or w.reconciler._active:  # noqa: ASYNC110 - drain the fake
-            await asyncio.sleep(0)
-        runner.cancel()
-
-    asyncio.run(scenario())
+    w.drain(names_, rounds=3)  # the same Pods enqueued again while in progress, as watch events do
     claims = w.kube.of("resourceclaims")
     owners = [c["metadata"]["ownerReferences"][0]["name"] for c in claims]
     assert sorted(owners) == sorted(names_), "one generated claim per Pod"

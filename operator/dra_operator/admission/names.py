@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-PREFIX = "resource.dra-operator.io/"
+from dra_operator.api.resource import GROUP
+
+PREFIX = GROUP + "/"
 
 #: JSON manifest of the claim references moved off the Pod (see mutation.ClaimsManifest).
 CLAIMS_ANNOTATION = PREFIX + "claims"

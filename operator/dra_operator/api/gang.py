@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-PREFIX = "resource.dra-operator.io/"
-GANG = PREFIX + "gang"
-GANG_SIZE = PREFIX + "gang-size"
+from dra_operator.api.resource import GROUP
+
+GANG = GROUP + "/gang"
+GANG_SIZE = GROUP + "/gang-size"
 JOB_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 #: The largest gang: a bound on one decision's size, far above any device count a cluster offers at once.

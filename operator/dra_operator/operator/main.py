@@ -24,7 +24,7 @@ from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
 from dra_operator.admission.server import AdmissionServer
 from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import Kube, KubeError, NotLeading
-from dra_operator.operator import handlers, leader, logs, metrics
+from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics
 from dra_operator.operator.admitting import StateCaches
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.devicehealth import DeviceHealthWatch
@@ -422,6 +422,8 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     else:
         metrics.LEADER.set(1)
 
+    # Kopf's start-up wait for its indexes is quadratic in the objects watched (see kopfpatch).
+    kopfpatch.install()
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import time
 from typing import Any
 
 import pytest
 
 from dra_operator.kube.client import KubeError
-from dra_operator.operator.leader import LeaseElector, LeaseTooShort, timings
+from dra_operator.operator.leader import ElectionThread, LeaseElector, LeaseTooShort, timings
 
 Json = dict[str, Any]
 
@@ -166,3 +167,78 @@ def test_a_lease_too_short_is_refused(lease: int) -> None:
         timings(lease)
     with pytest.raises(LeaseTooShort):
         LeaseElector(None, "ns", "n", "a", lease_seconds=lease)  # type: ignore[arg-type]
+
+
+def test_a_renewal_after_the_deadline_ends_the_term_and_starts_a_new_one() -> None:
+    """A holder starved past its deadline (its items dropped, its writes withheld) that then renews its own
+    record still stands down first, so that the next term starts afresh (the operator looks at every item)."""
+    now = [100.0]
+    server = LeaseServer()
+    events: list[str] = []
+    a = LeaseElector(
+        server,  # type: ignore[arg-type]
+        "ns",
+        "lease",
+        "a",
+        lease_seconds=6,
+        renew_deadline=4.0,
+        retry=0.01,
+        on_started=lambda: events.append("started"),
+        on_stopped=lambda: events.append("stopped"),
+        clock=lambda: now[0],
+    )
+
+    async def scenario() -> None:
+        task = asyncio.create_task(a.run())
+        await until(lambda: a.leading)
+        now[0] += 5.0  # the loop stalled past the deadline; the next renewal lands at once
+        await until(lambda: len(events) == 3)
+        assert a.leading
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert events == ["started", "stopped", "started"]
+
+
+def test_the_election_thread_keeps_leading_while_the_callers_loop_is_blocked() -> None:
+    """Renewals run on the thread's own loop: a caller's loop busy past the renew deadline (here blocked
+    outright) does not end the term; callbacks reach the caller's loop; stopping hands the Lease over."""
+    server = LeaseServer()
+    events: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        closed: list[bool] = []
+
+        async def close() -> None:
+            closed.append(True)
+
+        def make() -> tuple[LeaseElector, Any]:
+            return (
+                LeaseElector(
+                    server,  # type: ignore[arg-type]
+                    "ns",
+                    "lease",
+                    "a",
+                    lease_seconds=1,
+                    renew_deadline=0.3,
+                    retry=0.05,
+                    on_started=lambda: loop.call_soon_threadsafe(events.append, "started"),
+                    on_stopped=lambda: loop.call_soon_threadsafe(events.append, "stopped"),
+                ),
+                close,
+            )
+
+        thread = ElectionThread(make)
+        thread.start()
+        await until(lambda: events == ["started"])
+        renewed = server.lease["spec"]["renewTime"] if server.lease else None
+        time.sleep(1.0)  # noqa: ASYNC251 - the point: this loop does nothing for over 3 deadlines
+        assert thread.leading
+        assert server.lease is not None and server.lease["spec"]["renewTime"] != renewed
+        await thread.stop()
+        assert not thread.leading and closed == [True]
+        assert server.lease is not None and server.lease["spec"]["holderIdentity"] is None
+
+    asyncio.run(scenario())
+    assert events == ["started"]

@@ -15,15 +15,22 @@ margin for clock-rate drift and the candidate's own delays.
 
 A holder that loses the Lease stands down (stops writing, campaigns again); it does not exit, so an API server
 restart longer than the deadline costs a hand-over, not a crash loop.
+
+The operator runs its elector on a thread and event loop of its own (ElectionThread): renewals must not wait
+behind the main loop's work. Measured (bench/scale_memory.py, 5,000 Nodes and slices and 10,000 claims): while
+Kopf delivered the start-up listings, one turn of the main loop took longer than the 10 s renew deadline, and
+the leader lapsed seconds after it had started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dra_operator.kube.client import Kube, KubeError, path_of
@@ -68,8 +75,8 @@ class LeaseElector:
         lease_seconds: int = 15,
         renew_deadline: float | None = None,
         retry: float | None = None,
-        on_started: Callable[[], None] = lambda: None,
-        on_stopped: Callable[[], None] = lambda: None,
+        on_started: Callable[[], object] = lambda: None,
+        on_stopped: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         derived_deadline, derived_retry = (
@@ -160,17 +167,14 @@ class LeaseElector:
             except TimeoutError:
                 log.info("lease attempt timed out after %.1fs", self.renew_deadline)
                 held = False
+            # Read before this attempt counts: a renewal that lands after the deadline (a starved or paused
+            # process) still ends the term, since writes were withheld and items dropped meanwhile. Standing
+            # down and starting again gives the next term its full start (every item looked at again).
+            lapsed = self._announced and not self.leading
             if held:
                 self._valid_until = started + self.renew_deadline
-                if not self._announced:
-                    self._announced = True
-                    log.info(
-                        "became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity
-                    )
-                    self.on_started()
-            elif self._announced and not self.leading:
+            if self._announced and (lapsed or not self.leading):
                 self._announced = False
-                self._valid_until = None
                 log.warning(
                     "lost the lease %s/%s (not renewed within %.1fs): standing down",
                     self.namespace,
@@ -178,6 +182,10 @@ class LeaseElector:
                     self.renew_deadline,
                 )
                 self.on_stopped()
+            if held and self.leading and not self._announced:
+                self._announced = True
+                log.info("became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity)
+                self.on_started()
             await asyncio.sleep(self.retry)
 
     async def release(self) -> None:
@@ -194,3 +202,59 @@ class LeaseElector:
                 await self.kube.replace(self._path, lease)
         except KubeError as exc:
             log.info("lease not released: %s", exc)
+
+
+class ElectionThread:
+    """Runs a LeaseElector on a daemon thread with an event loop of its own, so that renewals keep their
+    deadline however busy the caller's loop is. `make` is called on that loop and returns the elector and an
+    awaitable closer of what it opened (its API client, bound to that loop); the elector's callbacks are the
+    caller's to relay (loop.call_soon_threadsafe). `leading` may be read from any thread."""
+
+    def __init__(self, make: Callable[[], tuple[LeaseElector, Callable[[], Awaitable[None]]]]) -> None:
+        self._make = make
+        self._elector: LeaseElector | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="leader-election", daemon=True)
+
+    @property
+    def leading(self) -> bool:
+        return self._elector is not None and self._elector.leading
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def stop(self) -> None:
+        """Release the Lease (a graceful hand-over) and end the thread; awaited from the caller's loop."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        await asyncio.to_thread(self._thread.join, 30)
+
+    def _serve(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
+            elector, close = self._make()
+            self._elector = elector
+        except BaseException as exc:
+            self._failure = exc
+            raise
+        finally:
+            self._started.set()
+        task = asyncio.create_task(elector.run(), name="leader-election")
+        try:
+            await self._stopping.wait()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await elector.release()
+            await close()

@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from dra_operator.operator.admitting import StateCaches
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.devicehealth import DeviceHealthWatch
 from dra_operator.operator.events import Recorder
-from dra_operator.operator.leader import LeaseElector
+from dra_operator.operator.leader import ElectionThread, LeaseElector
 from dra_operator.operator.poolstatus import DEFAULT_INTERVAL as DEFAULT_POOL_STATUS_INTERVAL
 from dra_operator.operator.poolstatus import PoolStatus
 from dra_operator.operator.reconciler import Reconciler
@@ -220,7 +220,7 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiClient) -> int:
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    elector: LeaseElector | None = None
+    elector: ElectionThread | None = None
     warm = False
     reachable = {"now": True}  # the API server's last answer (or its absence)
 
@@ -410,15 +410,24 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         metrics.LEADER.set(0)
 
     if args.leader_election:
-        elector = LeaseElector(
-            kube,
-            args.lease_namespace or args.operator_namespace or "default",
-            args.lease_name,
-            identity,
-            lease_seconds=args.lease_seconds,
-            on_started=on_leading,
-            on_stopped=on_lost,
-        )
+        main_loop = asyncio.get_running_loop()
+
+        def make_elector() -> tuple[LeaseElector, Callable[[], Awaitable[None]]]:
+            # On the election thread's loop: a client of its own (an aiohttp session belongs to one loop).
+            lease_api = k8s.ApiClient(cfg)
+            lease_kube = Kube(lease_api, on_write=lambda verb, res: metrics.WRITES.labels(verb, res).inc())
+            elector = LeaseElector(
+                lease_kube,
+                args.lease_namespace or args.operator_namespace or "default",
+                args.lease_name,
+                identity,
+                lease_seconds=args.lease_seconds,
+                on_started=lambda: main_loop.call_soon_threadsafe(on_leading),
+                on_stopped=lambda: main_loop.call_soon_threadsafe(on_lost),
+            )
+            return elector, lease_api.close
+
+        elector = ElectionThread(make_elector)
     else:
         metrics.LEADER.set(1)
 
@@ -463,7 +472,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     recorder.start()
     tasks.append(asyncio.create_task(probe_apiserver(), name="apiserver-probe"))
     if elector is not None:
-        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+        elector.start()
     if args.tls_cert_file:
         tasks.append(asyncio.create_task(follow_ca_rotation(), name="ca-rotation"))
     log.info(
@@ -485,7 +494,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     finally:
         server.stop()
         if elector is not None:
-            await elector.release()
+            await elector.stop()
         for task in tasks:
             task.cancel()
         await recorder.stop()

@@ -172,3 +172,28 @@ def test_a_slice_status_write_neither_rebuilds_the_snapshot_nor_evaluates_cel_ag
     assert isinstance(allocator.allocate(request({"gpu": claim_from_template("c2")}, [], changed)), Placed)
     assert allocator.rebuilds == 2
     assert allocator.selectors.evaluations == evaluations + 2, "only the changed slice's device again"
+
+
+def test_parsed_models_are_kept_one_per_object_and_go_with_their_claim() -> None:
+    """A slice's status write reuses its model (same generation), a new generation replaces it, and the model
+    of a claim that is gone is dropped: the cache holds one model per live object, not one per version."""
+    allocator = Allocator()
+    slices = [slice_for("n1", ["64Gi", "64Gi"])]
+    slices[0]["metadata"]["generation"] = 1
+    first = allocator.slice_models(slices)[0]
+    counted = copy.deepcopy(slices)
+    counted[0]["metadata"]["resourceVersion"] = "9"
+    assert allocator.slice_models(counted)[0] is first
+    changed = copy.deepcopy(counted)
+    changed[0]["metadata"]["generation"] = 2
+    assert allocator.slice_models(changed)[0] is not first
+    assert len(allocator._models) == 1
+
+    claim = claim_from_template("c0")
+    placed = allocator.allocate(request({"gpu": claim}, [], changed))
+    assert isinstance(placed, Placed)
+    held = allocated(claim, placed.allocations["gpu"])
+    allocator.allocate(request({"gpu": claim_from_template("c1")}, [held], changed))
+    assert claim["metadata"]["uid"] in allocator._models
+    allocator.allocate(request({"gpu": claim_from_template("c2")}, [], changed))  # c0 is gone
+    assert claim["metadata"]["uid"] not in allocator._models

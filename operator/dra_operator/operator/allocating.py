@@ -1,6 +1,8 @@
 """The bridge from the operator's cached dicts to the core allocator (dra_operator.allocation) and back.
 
-Parsed models are cached per (uid, resourceVersion). The allocator's Snapshot is kept while classes, slices
+Parsed models are cached one per object (by uid, with the version they were parsed from: a slice's
+generation, since our status writes change no spec, else its resourceVersion), and a claim's goes when the
+claim does. The allocator's Snapshot is kept while classes, slices
 and nodes are unchanged, and only the claims whose allocation changed since the last Pod are recorded or
 released in it, so a Pod's turn costs its own search, not a rebuild over every device. An object that fails
 validation is left out (and logged once)."""
@@ -74,7 +76,9 @@ class Allocator:
         self.nvidia_driver = nvidia_driver
         self.placement: Placement = placement
         self.selectors = SelectorCache()  # compiled selectors and results per device version
-        self._models: dict[tuple[str, str], Any] = {}
+        # uid -> (version, model): one per object, so a new version replaces the old instead of piling up
+        # beside it (at 5,000 slices each status write of the free-devices view parsed a second copy).
+        self._models: dict[str, tuple[str, Any]] = {}
         self._bad: set[tuple[str, str]] = set()
         self._snapshot: Snapshot | None = None
         self._signature: Any = None
@@ -86,19 +90,25 @@ class Allocator:
 
     def _model(self, obj: Json) -> Any:
         meta = obj.get("metadata") or {}
-        key = (str(meta.get("uid")), str(meta.get("resourceVersion")))
-        if key in self._models:
-            return self._models[key]
+        uid = str(meta.get("uid"))
+        version = (
+            f"generation {meta['generation']}"
+            if obj.get("kind") == "ResourceSlice" and meta.get("generation")
+            else str(meta.get("resourceVersion"))
+        )
+        cached = self._models.get(uid)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         try:
             model = load_object(obj)
         except InvalidObject as exc:
-            if key not in self._bad:
-                self._bad.add(key)
+            if (uid, version) not in self._bad:
+                self._bad.add((uid, version))
                 log.warning("object ignored: invalid", error=str(exc))
             return None
-        if len(self._models) > 50_000:
+        if len(self._models) > 100_000:  # objects gone without a release (slices, classes): start afresh
             self._models.clear()
-        self._models[key] = model
+        self._models[uid] = (version, model)
         return model
 
     def _models_of(self, objs: Sequence[Json], kind: type) -> list[Any]:
@@ -239,6 +249,7 @@ class Allocator:
             self._sync_claim(snapshot, key, obj)
         for key in [k for k in self._recorded if k not in present]:
             snapshot.release(key)
+            self._models.pop(self._recorded[key].split("/", 1)[0], None)
             del self._recorded[key]
         return snapshot
 
@@ -255,6 +266,8 @@ class Allocator:
         if allocation is None:
             if key in self._recorded:
                 snapshot.release(key)
+                if obj is None:  # gone: its parsed model too
+                    self._models.pop(self._recorded[key].split("/", 1)[0], None)
                 del self._recorded[key]
         elif self._recorded.get(key) != token:
             snapshot.record_allocation(key, allocation)

@@ -121,6 +121,7 @@ def register(
                     reconciler.enqueue(CLAIM, namespace, str(meta.get("name")))
             state.forget_pod(body)
             return
+        state.settle(PODS, (namespace, name))
         reconciler.enqueue(POD, namespace, name)
 
     @kopf.on.event(*ours("resourceclaims"), id="claims", registry=registry)
@@ -133,6 +134,7 @@ def register(
             if (body.get("status") or {}).get("allocation"):
                 reconciler.enqueue_gated()  # its devices are free again
             return
+        state.settle(CLAIMS, (namespace, name))
         state.touch(CLAIMS, (namespace, name))  # the index holds this event's object by now
         reconciler.enqueue(CLAIM, namespace, name)
         generated = names.POD_CLAIM_NAME_ANNOTATION in (body.get("metadata", {}).get("annotations") or {})
@@ -160,6 +162,7 @@ def register(
     async def slices(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         warm(**kwargs)
         name, generation = str(body.metadata.name), int(body.metadata.get("generation") or 0)
+        state.settle(SLICES, key_of(body))
         if type == "DELETED":
             slice_generations.pop(name, None)
             # Our status write (poolstatus) left it in the overlay: without this it would outlive its deletion
@@ -184,6 +187,8 @@ def register(
         elif (body.get("metadata") or {}).get("generation") != rule_generations.get(key_of(body)):
             state.touch(TAINT_RULES, key_of(body))  # not for our own status writes
             rule_generations[key_of(body)] = (body.get("metadata") or {}).get("generation")
+        else:
+            state.settle(TAINT_RULES, key_of(body))  # our status write came back
         reconciler.enqueue_gated()  # a rule removed or narrowed frees devices
         on_taints()
 

@@ -266,10 +266,17 @@ class State:
         if obj is None and indexed is None:
             del self._overlay[kind][key]  # gone from the index too: nothing left to hide
             return None
-        if indexed is not None and _rv(indexed) > rv:
-            del self._overlay[kind][key]  # the watch caught up with (and went past) our write
+        if indexed is not None and (_rv(indexed) > rv or (obj is not None and rv > 0 and _rv(indexed) == rv)):
+            del self._overlay[kind][key]  # the watch caught up with our write (or went past it)
             return indexed
         return obj
+
+    def settle(self, kind: str, key: Key) -> None:
+        """The index has just stored a watch event at `key`: drop our written copy if the index caught up
+        with it, so that an object is not held twice (at 10,000 claims and 5,000 slices, every one we wrote
+        was: nothing read it again to prune it)."""
+        if key in self._overlay[kind]:
+            self.get(kind, key)
 
     def exists(self, kind: str, key: Key) -> bool:
         """Whether an object is at `key`, by single-key reads only: callable from the admission thread, where

@@ -685,3 +685,27 @@ def test_uid_lookups_follow_writes_and_filter_what_went_stale() -> None:
     del w.kube.objects[pods_path("a")]
     w.sync()
     assert w.state.pod_by_uid(uid) is None
+
+
+def test_a_new_leaders_look_at_every_claim_waits_behind_pods() -> None:
+    """On becoming leader every claim is looked at again, as a backlog: a Pod queued after it (created the
+    moment the webhook pointed at the new leader) is taken first, not after thousands of claims."""
+    w = World()
+    for i in range(3):
+        w.add(
+            f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaims/c{i}",
+            {"metadata": {"name": f"c{i}"}},
+        )
+
+    async def order() -> list[Any]:
+        w.reconciler.enqueue_everything()
+        w.reconciler.enqueue("pod", NS, "new")
+        w.reconciler.enqueue("claim", NS, "event")  # a claim's own watch event is not backlog
+        taken = []
+        while w.reconciler.queue.qsize():
+            taken.append((await w.reconciler.queue.get())[2])
+        return taken
+
+    taken = asyncio.run(order())
+    assert taken[:2] == [("pod", NS, "new"), ("claim", NS, "event")]
+    assert sorted(taken[2:]) == [("claim", NS, f"c{i}") for i in range(3)]

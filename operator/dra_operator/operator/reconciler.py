@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +104,10 @@ class Reconciler:
     _active: set[Item] = field(default_factory=set)
     _again: set[Item] = field(default_factory=set)
     _decide: asyncio.Lock = field(default_factory=asyncio.Lock)
-    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    # (priority, arrival, item): the bulk look at every claim of a new leader waits behind everything else,
+    # so that a Pod created meanwhile is decided at once, not after 10,000 claims (issue 14, failover).
+    queue: asyncio.PriorityQueue[tuple[int, int, Item]] = field(default_factory=asyncio.PriorityQueue)
+    _arrivals: Iterator[int] = field(default_factory=itertools.count)
     _queued: set[Item] = field(default_factory=set)
     _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
     # Item -> failures in a row (reset by a success), for the backoff.
@@ -132,11 +136,12 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------------ queueing
 
-    def enqueue(self, kind: str, namespace: str, name: str) -> None:
+    def enqueue(self, kind: str, namespace: str, name: str, *, backlog: bool = False) -> None:
+        """Queue an item once; `backlog` items wait until nothing else is queued."""
         item = (kind, namespace, name)
         if item not in self._queued:
             self._queued.add(item)
-            self.queue.put_nowait(item)
+            self.queue.put_nowait((1 if backlog else 0, next(self._arrivals), item))
 
     def forget_pod(self, uid: str) -> None:
         """A Pod is gone: drop what this replica remembered about it."""
@@ -163,11 +168,12 @@ class Reconciler:
                 self.enqueue(POD, meta["namespace"], meta["name"])
 
     def enqueue_everything(self) -> None:
-        """On becoming leader: look at every Pod and claim again."""
+        """On becoming leader: look at every Pod and claim again (the claims as a backlog: a waiting Pod's
+        own claims come with its item)."""
         for pod in self.state.all(PODS):
             self.enqueue(POD, *_key(pod))
         for claim in self.state.all(CLAIMS):
-            self.enqueue(CLAIM, *_key(claim))
+            self.enqueue(CLAIM, *_key(claim), backlog=True)
 
     async def run(self) -> None:
         """`workers` loops over one queue. An item is never processed twice at once (one that comes back while
@@ -177,7 +183,7 @@ class Reconciler:
 
     async def _work(self) -> None:
         while True:
-            item = await self.queue.get()
+            _, _, item = await self.queue.get()
             self._queued.discard(item)
             if not self.is_leader():
                 continue

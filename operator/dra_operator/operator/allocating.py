@@ -82,6 +82,7 @@ class Allocator:
         self._bad: set[tuple[str, str]] = set()
         self._snapshot: Snapshot | None = None
         self._signature: Any = None
+        self._inputs: tuple[Sequence[Json], ...] | None = None  # the lists `_signature` was computed from
         self._recorded: dict[tuple[str, str], str] = {}  # claim key -> uid/resourceVersion recorded
         self._uuids: dict[tuple[str, str, str], str] = {}
         self._rule_taints: tuple[Any, RuleTaints] | None = None  # (signature, what the rules taint)
@@ -203,18 +204,24 @@ class Allocator:
     def _current_snapshot(self, req: AllocationRequest) -> Snapshot:
         """The kept Snapshot, rebuilt when classes, slices, taint rules or nodes changed, with in-use devices
         brought up to date claim by claim."""
-        versions = _versions
-        signature = (
-            versions(req.classes),
-            _spec_versions(req.slices),
-            versions(req.taint_rules),
-            tuple(
-                sorted(
-                    (n["metadata"]["name"], tuple(sorted(n["metadata"].get("labels", {}).items())))
-                    for n in req.nodes
-                )
-            ),
-        )
+        # The operator hands the same lists while none of them changed (Reconciler._static_inputs): their
+        # signature, a sort over every slice and node (5,000 of each: milliseconds per decision), is kept.
+        inputs = (req.classes, req.slices, req.taint_rules, req.nodes)
+        if self._inputs is not None and all(a is b for a, b in zip(inputs, self._inputs, strict=True)):
+            signature = self._signature
+        else:
+            signature = (
+                _versions(req.classes),
+                _spec_versions(req.slices),
+                _versions(req.taint_rules),
+                tuple(
+                    sorted(
+                        (n["metadata"]["name"], tuple(sorted(n["metadata"].get("labels", {}).items())))
+                        for n in req.nodes
+                    )
+                ),
+            )
+            self._inputs = inputs
         if signature != self._signature or self._snapshot is None:
             self._snapshot = Snapshot.build(
                 self._models_of(req.classes, DeviceClass),

@@ -9,6 +9,17 @@ from typing import Any
 import yaml
 
 from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure, Placed
+from dra_operator.operator.reconciler import Reconciler
+from dra_operator.operator.state import (
+    CLAIMS,
+    CLASSES,
+    INDEXES,
+    NODES,
+    SLICES,
+    TEMPLATES,
+    State,
+    key_of,
+)
 
 Json = dict[str, Any]
 SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed"
@@ -197,3 +208,37 @@ def test_parsed_models_are_kept_one_per_object_and_go_with_their_claim() -> None
     assert claim["metadata"]["uid"] in allocator._models
     allocator.allocate(request({"gpu": claim_from_template("c2")}, [], changed))  # c0 is gone
     assert claim["metadata"]["uid"] not in allocator._models
+
+
+def test_a_standbys_warm_up_leaves_the_first_decision_nothing_to_evaluate() -> None:
+    """Reconciler.warm (a standby's trial allocation from each template, never written) builds the snapshot
+    and evaluates every device's selectors: the new leader's first Pod then evaluates no CEL at all."""
+    indexes: dict[str, dict[Any, list[Json]]] = {name: {} for name in INDEXES}
+    template = load("resourceclaimtemplate.yaml", "template")
+    device_class = load("deviceclass.yaml", "class")
+    del device_class["metadata"]["namespace"]  # cluster-scoped
+    for kind, obj in [
+        (CLASSES, device_class),
+        (TEMPLATES, template),
+        (NODES, node("n1")),
+        (NODES, node("n2")),
+        (SLICES, slice_for("n1", ["64Gi", "64Gi"])),
+        (SLICES, slice_for("n2", ["64Gi"])),
+    ]:
+        indexes[kind][key_of(obj)] = [obj]
+    state = State()
+    state.bind(indexes)
+    allocator = Allocator()
+    reconciler = Reconciler(None, state, None, allocator)  # type: ignore[arg-type]
+
+    assert reconciler.warm() == 1
+    assert allocator.selectors.evaluations == 6  # 3 devices x (class selector, request selector)
+    assert state.all(CLAIMS) is not None and list(state.all(CLAIMS)) == [], "nothing written or kept"
+
+    pod = {"metadata": {"name": "p", "namespace": template["metadata"]["namespace"], "uid": "pod"}}
+    claim = claim_from_template("c0")
+    claim["metadata"]["namespace"] = template["metadata"]["namespace"]
+    first = reconciler._request(pod, {"gpu": claim})
+    assert first is not None
+    assert isinstance(allocator.allocate(first), Placed)
+    assert (allocator.selectors.evaluations, allocator.rebuilds) == (6, 1)

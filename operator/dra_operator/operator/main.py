@@ -24,7 +24,7 @@ from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
 from dra_operator.admission.server import AdmissionServer
 from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import Kube, KubeError, NotLeading
-from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics
+from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics, periodic
 from dra_operator.operator.admitting import StateCaches
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.devicehealth import DeviceHealthWatch
@@ -182,6 +182,8 @@ def _cert_hosts(args: argparse.Namespace) -> list[str]:
 #: Seconds between checks that the API server answers (readiness), and the most a check may take.
 PROBE_SECONDS = 2.0
 PROBE_TIMEOUT = 5.0
+#: How often a standby checks whether its allocator needs warming up again (see Reconciler.warm).
+STANDBY_WARM_UP_SECONDS = 5.0
 
 
 class EndlessBackoffs:
@@ -391,6 +393,9 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         health = DeviceHealthWatch(kube, state, recorder, leading)
         tasks.append(asyncio.create_task(health.run(), name="device-health"))
         tasks.append(asyncio.create_task(taint_rules.run(), name="device-taints"))
+        if elector is not None:
+            warm_ups = periodic.standby_warm_ups(STANDBY_WARM_UP_SECONDS, leading, state, reconciler.warm)
+            tasks.append(asyncio.create_task(warm_ups, name="standby-warm-up"))
         if leading():
             tasks.append(asyncio.create_task(configure_webhook(), name="webhook-configuration"))
             reconciler.enqueue_everything()

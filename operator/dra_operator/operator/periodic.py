@@ -1,13 +1,20 @@
-"""The leader's periodic passes over the caches (pool status, device health, device taints): when they run,
-and when one may be skipped because nothing it reads changed since a pass that left nothing to do."""
+"""The periodic passes over the caches (the leader's pool status, device health and device taints; a standby's
+warm-up): when they run, and when one may be skipped because nothing it reads changed since a pass that left
+nothing to do."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from dra_operator.operator.state import State
+import structlog
+
+from dra_operator.operator.state import CLASSES, NODES, SLICES, TAINT_RULES, TEMPLATES, State
+
+log = structlog.get_logger("dra_operator.operator")
 
 
 async def leader_passes(
@@ -49,3 +56,26 @@ class Unchanged:
     def settled(self, revisions: tuple[int, ...] | None) -> None:
         """The pass that started at `revisions` left nothing to do (None: it did, look again next time)."""
         self._settled = revisions
+
+
+async def standby_warm_ups(
+    interval: float, is_leader: Callable[[], bool], state: State, warm: Callable[[], int]
+) -> None:
+    """While this replica stands by, keep its allocator warm (Reconciler.warm) for what the caches hold now:
+    once, and again after classes, slices, nodes, taint rules or templates changed."""
+    done: Any = None
+    while True:
+        await asyncio.sleep(interval)
+        if is_leader():
+            continue
+        templates = sorted(
+            (str(t["metadata"].get("uid")), str(t["metadata"].get("resourceVersion")))
+            for t in state.all(TEMPLATES)
+        )
+        key = (state.epoch, *(state.revision_of(k) for k in (CLASSES, SLICES, NODES, TAINT_RULES)), templates)
+        if key == done:
+            continue
+        started = time.perf_counter()
+        tried = warm()
+        done = key
+        log.info("standby warmed up", templates=tried, seconds=round(time.perf_counter() - started, 2))

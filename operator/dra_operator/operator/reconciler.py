@@ -705,6 +705,9 @@ class Reconciler:
         if missing:
             self._fail(pod, "ClassNotFound", "; ".join(missing), claims=list(claims.values()))
             return None
+        return self._request_of(pod, claims)
+
+    def _request_of(self, pod: Json, claims: Mapping[str, Json]) -> AllocationRequest:
         static = self._static_inputs()
         return AllocationRequest(
             pod=pod,
@@ -734,7 +737,6 @@ class Reconciler:
         snapshot and evaluates the selectors of the classes and templates in use on every device (at 40,000
         devices, 6.5 s that a new leader's first Pod waits otherwise; kept while nothing changes). Returns
         the templates tried."""
-        static = self._static_inputs()
         tried = 0
         for template in self.state.all(TEMPLATES):
             meta = template.get("metadata") or {}
@@ -755,18 +757,8 @@ class Reconciler:
             }
             if self._missing_classes({"warm": claim}):
                 continue
-            request = AllocationRequest(
-                pod=pod,
-                claims={"warm": claim},
-                classes=static[CLASSES],
-                slices=static[SLICES],
-                nodes=static[NODES],
-                candidates=self._candidate_nodes(pod, static[NODES]),
-                all_claims=(),
-                taint_rules=static[TAINT_RULES],
-                state=self.state,
-            )
-            self.allocator.allocate(request)  # the outcome does not matter, only what it leaves cached
+            # The outcome does not matter, only what it leaves cached.
+            self.allocator.allocate(self._request_of(pod, {"warm": claim}))
             tried += 1
         return tried
 

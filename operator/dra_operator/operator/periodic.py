@@ -76,6 +76,10 @@ async def standby_warm_ups(
         if key == done:
             continue
         started = time.perf_counter()
-        tried = warm()
         done = key
+        try:
+            tried = warm()
+        except Exception:  # a cache to fill, never worth the task: the leader's first decision fills it too
+            log.exception("standby warm-up failed")
+            continue
         log.info("standby warmed up", templates=tried, seconds=round(time.perf_counter() - started, 2))

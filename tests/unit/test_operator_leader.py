@@ -59,18 +59,17 @@ async def until(predicate: Any, limit: float = 3.0) -> None:
             await asyncio.sleep(0.01)
 
 
-def elector(server: LeaseServer, identity: str, events: list[str]) -> LeaseElector:
-    return LeaseElector(
-        server,  # type: ignore[arg-type]
-        "ns",
-        "lease",
-        identity,
-        lease_seconds=1,
-        renew_deadline=0.3,
-        retry=0.05,
-        on_started=lambda: events.append(f"{identity} started"),
-        on_stopped=lambda: events.append(f"{identity} stopped"),
-    )
+def elector(server: LeaseServer, identity: str, events: list[str], **overrides: Any) -> LeaseElector:
+    """A fast elector (1 s lease) on the fake server, recording its callbacks in `events`; `overrides` go
+    to LeaseElector as they are."""
+    settings: dict[str, Any] = {
+        "lease_seconds": 1,
+        "renew_deadline": 0.3,
+        "retry": 0.05,
+        "on_started": lambda: events.append(f"{identity} started"),
+        "on_stopped": lambda: events.append(f"{identity} stopped"),
+    }
+    return LeaseElector(server, "ns", "lease", identity, **(settings | overrides))  # type: ignore[arg-type]
 
 
 def test_one_leader_then_takeover_after_expiry() -> None:
@@ -133,14 +132,7 @@ def test_a_paused_holder_does_not_lead_on_waking() -> None:
     the renew loop runs again (the writes it guards are withheld)."""
     now = [100.0]
     server = LeaseServer()
-    a = LeaseElector(
-        server,  # type: ignore[arg-type]
-        "ns",
-        "lease",
-        "a",
-        lease_seconds=6,
-        clock=lambda: now[0],
-    )
+    a = elector(server, "a", [], lease_seconds=6, renew_deadline=None, retry=None, clock=lambda: now[0])
     assert (a.renew_deadline, a.retry) == (4.0, 0.8)
 
     async def scenario() -> None:
@@ -175,11 +167,10 @@ def test_a_renewal_after_the_deadline_ends_the_term_and_starts_a_new_one() -> No
     now = [100.0]
     server = LeaseServer()
     events: list[str] = []
-    a = LeaseElector(
-        server,  # type: ignore[arg-type]
-        "ns",
-        "lease",
+    a = elector(
+        server,
         "a",
+        events,
         lease_seconds=6,
         renew_deadline=4.0,
         retry=0.01,
@@ -214,20 +205,9 @@ def test_the_election_thread_keeps_leading_while_the_callers_loop_is_blocked() -
             closed.append(True)
 
         def make() -> tuple[LeaseElector, Any]:
-            return (
-                LeaseElector(
-                    server,  # type: ignore[arg-type]
-                    "ns",
-                    "lease",
-                    "a",
-                    lease_seconds=1,
-                    renew_deadline=0.3,
-                    retry=0.05,
-                    on_started=lambda: loop.call_soon_threadsafe(events.append, "started"),
-                    on_stopped=lambda: loop.call_soon_threadsafe(events.append, "stopped"),
-                ),
-                close,
-            )
+            started = lambda: loop.call_soon_threadsafe(events.append, "started")  # noqa: E731
+            stopped = lambda: loop.call_soon_threadsafe(events.append, "stopped")  # noqa: E731
+            return elector(server, "a", events, on_started=started, on_stopped=stopped), close
 
         thread = ElectionThread(make)
         thread.start()

@@ -175,33 +175,52 @@ class Client:
 
 
 class BindingWatch:
-    """Watches a namespace's Pods and notes when each is first seen with spec.nodeName set."""
+    """Watches a namespace's Pods and notes when each is first seen with spec.nodeName set; when the API
+    server ends the watch (its timeout), it resumes from the last resourceVersion seen, or lists again when
+    that version has expired."""
 
     def __init__(self, client: Client, namespace: str) -> None:
         self.bound: dict[str, float] = {}
-        path = f"/api/v1/namespaces/{namespace}/pods"
-        listed = client.cp.request("GET", path)
-        self.conn = client.connect(timeout=600)
-        rv = listed["metadata"]["resourceVersion"]
-        self.conn.request("GET", f"{path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=false")
-        self.response = self.conn.getresponse()
-        if self.response.status != 200:
-            raise RuntimeError(f"watch {path}: HTTP {self.response.status}")
+        self.client = client
+        self.path = f"/api/v1/namespaces/{namespace}/pods"
+        self.rv = self._list()
         self.error: BaseException | None = None
         self.closing = False
+        self._open()
         self.thread = threading.Thread(target=self._run, name=f"watch-{namespace}", daemon=True)
         self.thread.start()
 
+    def _list(self) -> str:
+        listed = self.client.cp.request("GET", self.path)
+        seen = time.monotonic()
+        for obj in listed.get("items") or []:
+            if (obj.get("spec") or {}).get("nodeName"):
+                self.bound.setdefault(obj["metadata"]["name"], seen)
+        return str(listed["metadata"]["resourceVersion"])
+
+    def _open(self) -> None:
+        self.conn = self.client.connect(timeout=600)
+        self.conn.request("GET", f"{self.path}?watch=1&resourceVersion={self.rv}&allowWatchBookmarks=true")
+        self.response = self.conn.getresponse()
+        if self.response.status != 200:
+            raise RuntimeError(f"watch {self.path}: HTTP {self.response.status}")
+
     def _run(self) -> None:
         try:
-            while line := self.response.readline():
-                seen = time.monotonic()
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") in ("ADDED", "MODIFIED") and (obj.get("spec") or {}).get("nodeName"):
-                    self.bound.setdefault(obj["metadata"]["name"], seen)
-            if not self.closing:
-                self.error = RuntimeError("the watch ended")
+            while not self.closing:
+                while line := self.response.readline():
+                    seen = time.monotonic()
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":  # 410 Gone: the version expired; list again
+                        self.rv = self._list()
+                        break
+                    self.rv = str((obj.get("metadata") or {}).get("resourceVersion") or self.rv)
+                    if event.get("type") in ("ADDED", "MODIFIED") and (obj.get("spec") or {}).get("nodeName"):
+                        self.bound.setdefault(obj["metadata"]["name"], seen)
+                if not self.closing:
+                    self.conn.close()
+                    self._open()
         except Exception as error:  # http.client fails in several ways on a socket shut down under it
             if not self.closing:
                 self.error = error

@@ -19,11 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dra_operator.admission import tls
+from dra_operator.admission.mirror import NameMirror, UnknownMessage
 from dra_operator.admission.patch import json_patch
 from dra_operator.admission.server import AdmissionServer
 from dra_operator.admission.webhook import AdmissionContext, answer, review
-from dra_operator.operator.admitting import StateCaches
-from dra_operator.operator.state import CLAIMS, CLASSES, INDEXES, State
+from dra_operator.operator.admitting import AdmissionFeed
+from dra_operator.operator.state import CLAIMS, CLASSES, INDEXES, TEMPLATES, State
 
 Json = dict[str, Any]
 
@@ -85,9 +86,9 @@ def test_json_patch_turns_any_object_into_any_other(old: Json, data: st.DataObje
     assert applied(old, json_patch(old, new)) == new
 
 
-def caches(
-    claims: tuple[str, ...] = (), classes: tuple[Json, ...] = ()
-) -> tuple[StateCaches, State, dict[str, dict[Any, list[Json]]]]:
+def fed(
+    claims: tuple[str, ...] = (), classes: tuple[Json, ...] = (), builtin_dra: bool = True
+) -> tuple[AdmissionFeed, list[Json], dict[str, dict[Any, list[Json]]]]:
     state = State()
     indexes: dict[str, dict[Any, list[Json]]] = {name: {} for name in INDEXES}
     for name in claims:
@@ -97,28 +98,67 @@ def caches(
     for klass in classes:
         indexes[CLASSES][("", klass["metadata"]["name"])] = [klass]
     state.bind(indexes)
-    found = StateCaches(state)
-    found.classes_changed()
-    return found, state, indexes
+    feed = AdmissionFeed(state, builtin_dra=builtin_dra)
+    sent: list[Json] = []
+    feed.send = sent.append
+    return feed, sent, indexes
 
 
-def test_the_caches_answer_by_single_key_reads_and_publish_extended_names() -> None:
+def mirrored(messages: list[Json]) -> NameMirror:
+    found = NameMirror()
+    for message in messages:
+        found.apply(json.loads(json.dumps(message)))  # as it crosses the wire
+    return found
+
+
+def test_the_feed_sends_names_once_the_caches_are_filled_and_a_snapshot_rebuilds_them() -> None:
     gpu = {"metadata": {"name": "gpu"}, "spec": {"extendedResourceName": "example.com/gpu"}}
-    found, state, indexes = caches(("c",), (gpu,))
-    assert found.claim_exists("ns", "c") and not found.claim_exists("ns", "d")
-    assert not found.template_exists("ns", "c")
-    state.deleted(CLAIMS, indexes[CLAIMS][("ns", "c")][0])
-    assert not found.claim_exists("ns", "c"), "our deletion hides it before the watch reports it"
-    state.wrote(CLAIMS, {"metadata": {"name": "d", "namespace": "ns", "resourceVersion": "2"}})
-    assert found.claim_exists("ns", "d"), "our creation shows before the watch reports it"
+    feed, sent, indexes = fed(("c",), (gpu,))
+    feed.seen(CLAIMS, ("ns", "early"), True)
+    assert sent == [], "before the caches are filled the snapshot at warm-up covers every event"
+    assert not mirrored(feed.snapshot()).ready.is_set()
+    feed.warm()
+    found = mirrored(sent)
+    assert found.ready.is_set() and found.claim_exists("ns", "c") and not found.template_exists("ns", "c")
     assert dict(found.extended_resources()) == {"example.com/gpu": "gpu"}
+    feed.seen(CLAIMS, ("ns", "d"), True)
+    feed.seen(TEMPLATES, ("ns", "t"), True)
+    feed.seen(CLAIMS, ("ns", "c"), False)
+    found = mirrored(sent)
+    assert (
+        found.claim_exists("ns", "d")
+        and found.template_exists("ns", "t")
+        and not found.claim_exists("ns", "c")
+    )
     published = found.extended_resources()
     indexes[CLASSES][("", "fpga")] = [
         {"metadata": {"name": "fpga"}, "spec": {"extendedResourceName": "x/fpga"}}
     ]
+    feed.classes_changed()
     assert published == {"example.com/gpu": "gpu"}, "a view once handed out never changes under its reader"
-    found.classes_changed()
-    assert dict(found.extended_resources()) == {"example.com/gpu": "gpu", "x/fpga": "fpga"}
+    assert dict(mirrored(sent).extended_resources()) == {"example.com/gpu": "gpu", "x/fpga": "fpga"}
+    # A fresh admission process is sent the snapshot: the names it answers from are the index's.
+    indexes[CLAIMS].pop(("ns", "c"))
+    indexes[CLAIMS][("ns", "d")] = [{"metadata": {"name": "d", "namespace": "ns", "resourceVersion": "2"}}]
+    fresh = mirrored([*sent, *feed.snapshot()])
+    assert fresh.ready.is_set() and fresh.claim_exists("ns", "d") and not fresh.template_exists("ns", "t")
+    assert dict(fresh.extended_resources()) == {"example.com/gpu": "gpu", "x/fpga": "fpga"}
+
+
+def test_without_built_in_dra_no_name_is_sent_since_every_reference_is_ours() -> None:
+    feed, sent, _ = fed(("c",), builtin_dra=False)
+    feed.warm()
+    feed.seen(CLAIMS, ("ns", "d"), True)
+    assert {m["op"] for m in sent} == {"extended", "ready"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [{}, {"op": "present", "kind": "pods", "keys": []}, {"op": "extended", "names": []}, {"op": "later"}],
+)
+def test_the_mirror_refuses_a_message_it_does_not_know(message: Json) -> None:
+    with pytest.raises(UnknownMessage):
+        NameMirror().apply(message)
 
 
 POD: Json = {
@@ -146,7 +186,7 @@ def admission_review(obj: Json, uid: str = "u-1") -> bytes:
 
 
 def ready_context() -> AdmissionContext:
-    ctx = AdmissionContext(caches=caches()[0])
+    ctx = AdmissionContext(caches=NameMirror())
     ctx.ready.set()
     return ctx
 

@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from dra_operator.admission import configuration, names, tls
+from dra_operator.admission import configuration, mirror, names, tls
+from dra_operator.admission.mirror import NameMirror
 from dra_operator.admission.mutation import TEMPLATE_PATHS
 from dra_operator.admission.webhook import AdmissionContext, Refused, review
-from dra_operator.operator.admitting import StateCaches
-from dra_operator.operator.state import CLAIMS, INDEXES, TEMPLATES, State
 
 Json = dict[str, Any]
 
@@ -81,15 +80,11 @@ class FakeKube:
 def context(
     ours: dict[str, set[str]], builtin: set[str], builtin_dra: bool = True, kube: FakeKube | None = None
 ) -> AdmissionContext:
-    state = State()
-    indexes: dict[str, dict[Any, list[Json]]] = {name: {} for name in INDEXES}
-    for name in ours.get("claims", set()):
-        indexes[CLAIMS][("ns", name)] = [{"metadata": {"name": name, "namespace": "ns"}}]
-    for name in ours.get("templates", set()):
-        indexes[TEMPLATES][("ns", name)] = [{"metadata": {"name": name, "namespace": "ns"}}]
-    state.bind(indexes)
+    caches = NameMirror()
+    for kind in (mirror.CLAIMS, mirror.TEMPLATES):
+        caches.apply(mirror.present(kind, [("ns", name) for name in ours.get(kind, set())]))
     ctx = AdmissionContext(
-        caches=StateCaches(state), builtin_get=(kube or FakeKube(builtin)).get, builtin_dra=builtin_dra
+        caches=caches, builtin_get=(kube or FakeKube(builtin)).get, builtin_dra=builtin_dra
     )
     ctx.ready.set()
     return ctx

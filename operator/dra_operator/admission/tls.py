@@ -34,6 +34,16 @@ class CertFiles:
         return self.ca.read_bytes()
 
 
+def inherited_fds(files: CertFiles) -> tuple[int, ...]:
+    """The descriptors behind `in_memory` files, for a child process to inherit (`pass_fds` keeps their
+    numbers, so the same /proc/self/fd paths open there); none for files on disk."""
+    fds = []
+    for path in (files.cert, files.key, files.ca):
+        if path.parent == Path("/proc/self/fd"):
+            fds.append(int(path.name))
+    return tuple(fds)
+
+
 def _issue(hosts: list[str], days: int) -> tuple[bytes, bytes, bytes]:
     """(CA certificate, server certificate, server key), PEM; `hosts` are the SANs (IPs or DNS names)."""
     # path_length=0: this CA signs the webhook's certificate and nothing else, never another CA.

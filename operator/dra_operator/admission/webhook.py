@@ -72,15 +72,6 @@ class AdmissionContext:
     delivery_resource: str | None = None
 
 
-def builtin_getter(kube: Kube, loop: asyncio.AbstractEventLoop) -> Callable[[str], Awaitable[Json | None]]:
-    """A GET through `kube`, whose connections belong to `loop`, callable from another thread's loop."""
-
-    def get(path: str) -> Awaitable[Json | None]:
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(kube.get(path), loop))
-
-    return get
-
-
 async def owned_references(ctx: AdmissionContext, namespace: str, refs: list[dict[str, Any]]) -> set[str]:
     """The Pod claim names that belong to us (see dra_operator.admission.ownership)."""
     if not ctx.builtin_dra:

@@ -240,6 +240,18 @@ class Kube:
         return any(r.get("name") == plural for r in doc.get("resources", []))
 
 
+async def load_configuration(kubeconfig: str | None, context: str | None = None) -> k8s.Configuration:
+    """The API server's address and credentials: `kubeconfig` (its `context`) if given, else in-cluster."""
+    from kubernetes_asyncio import config
+
+    cfg = k8s.Configuration()
+    if kubeconfig:
+        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return cfg
+
+
 class NoApiServer(RuntimeError):
     """No usable API server configuration was found (in-cluster, a kubeconfig file, or $KUBECONFIG)."""
 

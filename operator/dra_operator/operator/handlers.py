@@ -25,6 +25,7 @@ from dra_operator.operator.state import (
     SLICES,
     TAINT_RULES,
     TEMPLATES,
+    Key,
     State,
     key_of,
     slim,
@@ -59,8 +60,10 @@ def register(
     on_warm: Callable[[], None],
     on_taints: Callable[[], None] = lambda: None,
     on_classes: Callable[[], None] = lambda: None,
+    on_name: Callable[[str, Key, bool], None] = lambda kind, key, exists: None,
 ) -> None:
-    """Register every handler on `registry`."""
+    """Register every handler on `registry`. `on_name(kind, key, exists)`: a claim or template was added (or
+    listed again) or deleted; the admission process mirrors their names."""
 
     def ours(plural: str) -> tuple[str, str, str]:
         return (GROUP, VERSION, plural)
@@ -128,6 +131,8 @@ def register(
     async def claims(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         warm(**kwargs)
         namespace, name = key_of(body)
+        if type in (None, "ADDED", "DELETED"):
+            on_name(CLAIMS, (namespace, name), type != "DELETED")
         if type == "DELETED":
             state.forget(CLAIMS, (namespace, name))  # journaled too
             reconciler.recorder.forget(str(body.get("metadata", {}).get("uid")))
@@ -144,6 +149,8 @@ def register(
     @kopf.on.event(*ours("resourceclaimtemplates"), id="templates", registry=registry)
     async def templates(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         warm(**kwargs)
+        if type in (None, "ADDED", "DELETED"):
+            on_name(TEMPLATES, key_of(body), type != "DELETED")
         if type != "DELETED":
             reconciler.enqueue_gated(key_of(body)[0])
 

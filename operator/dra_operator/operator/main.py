@@ -16,16 +16,14 @@ from typing import Any
 import kopf
 import structlog
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
 
 from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
-from dra_operator.admission.server import AdmissionServer
 from dra_operator.allocation.search import PLACEMENTS
-from dra_operator.kube.client import Kube, KubeError, NotLeading
+from dra_operator.kube.client import Kube, KubeError, NotLeading, load_configuration
 from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics, periodic
-from dra_operator.operator.admitting import StateCaches
+from dra_operator.operator.admitting import AdmissionFeed
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.devicehealth import DeviceHealthWatch
 from dra_operator.operator.events import Recorder
@@ -35,6 +33,7 @@ from dra_operator.operator.poolstatus import PoolStatus
 from dra_operator.operator.reconciler import Reconciler
 from dra_operator.operator.state import SLICES, TAINT_RULES, State
 from dra_operator.operator.taintrules import TaintRules
+from dra_operator.operator.webhookprocess import AdmissionProcess, ChildOptions
 
 log = structlog.get_logger("dra_operator.operator")
 
@@ -118,17 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _load_configuration(args: argparse.Namespace) -> k8s.Configuration:
-    cfg = k8s.Configuration()
-    if args.kubeconfig:
-        await k8s_config.load_kube_config(
-            config_file=args.kubeconfig, context=args.context, client_configuration=cfg
-        )
-    else:
-        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    return cfg
-
-
 def _connection_info(cfg: k8s.Configuration) -> kopf.ConnectionInfo:
     token = None
     api_key = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
@@ -182,8 +170,6 @@ def _cert_hosts(args: argparse.Namespace) -> list[str]:
 #: Seconds between checks that the API server answers (readiness), and the most a check may take.
 PROBE_SECONDS = 2.0
 PROBE_TIMEOUT = 5.0
-#: The interpreter's thread switch interval while the admission thread serves (see where it is set).
-ADMISSION_SWITCH_INTERVAL = 0.0005
 #: How often a standby checks whether its allocator needs warming up again (see Reconciler.warm).
 STANDBY_WARM_UP_SECONDS = 5.0
 
@@ -214,7 +200,7 @@ async def wait_for_apiserver(kube: Kube, group_version: str, plural: str) -> boo
 
 
 async def run(args: argparse.Namespace) -> int:
-    cfg = await _load_configuration(args)
+    cfg = await load_configuration(args.kubeconfig, args.context)
     api = k8s.ApiClient(cfg)
     try:
         return await _run(args, cfg, api)
@@ -260,19 +246,14 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         workers=args.workers,
         device_plugin=args.device_plugin,
     )
-    caches = StateCaches(state)
-    ctx = admission.AdmissionContext(
-        caches=caches,
-        builtin_get=admission.builtin_getter(kube, asyncio.get_running_loop()),
-        delivery_resource=names.DEVICE_PLUGIN_RESOURCE if args.device_plugin else None,
-    )
+    feed = AdmissionFeed(state)
     stop = asyncio.Event()
     exit_code = 0
     tasks: list[asyncio.Task[Any]] = []
 
     metrics.serve(args.metrics_port, args.metrics_host)
-    ctx.builtin_dra = await wait_for_apiserver(kube, "resource.k8s.io/v1", "resourceclaims")
-    log.info("cluster inspected", builtin_dra=ctx.builtin_dra)
+    feed.builtin_dra = await wait_for_apiserver(kube, "resource.k8s.io/v1", "resourceclaims")
+    log.info("cluster inspected", builtin_dra=feed.builtin_dra)
 
     if args.tls_cert_file:
         certs = tls.CertFiles(
@@ -286,7 +267,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
 
     def extended_names() -> list[str]:
-        return sorted(caches.extended_resources())
+        return sorted(feed.extended_resources())
 
     def desired_configuration() -> dict[str, Any]:
         # Read the CA each time: with certificate files (cert-manager) it may have been rotated.
@@ -374,8 +355,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         # Every replica: caches are complete, so admission may answer; the leader also starts writing.
         nonlocal warm
         warm = True
-        caches.classes_changed()
-        ctx.ready.set()
+        feed.warm()
         on_reachable(True)
         log.info("caches filled: serving admission")
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
@@ -447,25 +427,37 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         return _connection_info(cfg)
 
     handlers.register(
-        registry, state, reconciler, on_warm, on_taints=taint_rules.changed, on_classes=caches.classes_changed
+        registry,
+        state,
+        reconciler,
+        on_warm,
+        on_taints=taint_rules.changed,
+        on_classes=feed.classes_changed,
+        on_name=feed.seen,
     )
 
     settings = kopf.OperatorSettings()
-    # Admission is served by our own server on its own thread (see dra_operator.admission.server), not by
-    # Kopf's, which would answer on this loop behind the reconciler's work.
-    server = AdmissionServer(
-        ctx,
-        args.webhook_host,
-        args.webhook_port,
-        certs.cert,
-        certs.key,
+    # Admission is served by a process of its own (see dra_operator.operator.webhookprocess), not by Kopf's
+    # server, which would answer on this loop behind the reconciler's work, nor by a thread of this process,
+    # which would wait for the interpreter lock behind it.
+    admission_process = AdmissionProcess(
+        ChildOptions(
+            host=args.webhook_host,
+            port=args.webhook_port,
+            cert=certs.cert,
+            key=certs.key,
+            builtin_dra=feed.builtin_dra,
+            delivery_resource=names.DEVICE_PLUGIN_RESOURCE if args.device_plugin else None,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            log_level=args.log_level,
+            pass_fds=tls.inherited_fds(certs),
+        ),
+        snapshot=feed.snapshot,
         on_review=lambda path, seconds: metrics.ADMISSION_SECONDS.labels(path).observe(seconds),
     )
-    server.start()
-    # The admission thread needs the GIL for each step of a review, and a thread waiting for it gets it only
-    # when the holder's switch interval (5 ms by default) runs out: behind a busy reconciler, a review paid
-    # that several times (apiserver-measured p50 22 ms against 0.55 ms of our own work, bench/README.md).
-    sys.setswitchinterval(ADMISSION_SWITCH_INTERVAL)
+    await admission_process.start()
+    feed.send = admission_process.send
     settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_LABEL}={MANAGED_VALUE}"
     settings.posting.enabled = False
     settings.posting.level = 100  # Kopf's own event posting: never (warn() ignores `enabled`)
@@ -503,7 +495,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
             stop_flag=stop,
         )
     finally:
-        server.stop()
+        await admission_process.stop()
         if elector is not None:
             await elector.stop()
         for task in tasks:

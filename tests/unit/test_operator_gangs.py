@@ -226,7 +226,7 @@ def test_a_partial_hold_left_by_an_interrupted_decision_is_withdrawn_when_the_ga
     add_member(w, "g1", "g", 2)
 
     # An earlier leader allocated and reserved g0's claim, then stopped before g1's (a crash between writes).
-    original = w.reconciler._reserve_all
+    original = w.reconciler._write_reservations
     calls = 0
 
     async def crash_after_first(*args: Any) -> Any:
@@ -236,10 +236,10 @@ def test_a_partial_hold_left_by_an_interrupted_decision_is_withdrawn_when_the_ga
             raise RuntimeError("leader lost mid-decision")
         return await original(*args)
 
-    w.reconciler._reserve_all = crash_after_first  # type: ignore[method-assign]
+    w.reconciler._write_reservations = crash_after_first  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         w.run(w.reconciler.sync_pod(NS, "g0"))
-    w.reconciler._reserve_all = original  # type: ignore[method-assign]
+    w.reconciler._write_reservations = original  # type: ignore[method-assign]
     assert holding(w, ["g0", "g1"]) == ["g0"]
 
     w.drain(["x"])  # another Pod takes a device meanwhile: the gang of 2 no longer fits in the 1 left

@@ -68,6 +68,28 @@ def test_our_written_copy_goes_once_the_watch_brings_the_same_version() -> None:
     assert state.get(CLAIMS, ("ns", "c")) == claim("6", labels={"ours": "yes"})
 
 
+def test_an_assumed_object_is_read_until_its_write_answers_or_is_undone() -> None:
+    state, indexes = bound()
+    indexes[CLAIMS][("ns", "c")] = [claim("5")]
+    first = claim("5", labels={"allocated": "a"})
+    undo_first = state.assume(CLAIMS, first)
+    assert state.get(CLAIMS, ("ns", "c")) is first, "the index's copy of the same version does not hide it"
+    assert state.changes(CLAIMS, 0)[1] == [("ns", "c")], "journaled: the allocator's view catches up"
+    serial = state.assumption(CLAIMS, first)
+    assert serial is not None and state.assumption(CLAIMS, claim("5")) is None
+    undo_first()
+    assert state.get(CLAIMS, ("ns", "c")) == claim("5")
+    # The same version assumed again (another decision): a serial of its own, and the old undo is spent.
+    second = claim("5", labels={"allocated": "b"})
+    undo_second = state.assume(CLAIMS, second)
+    assert state.assumption(CLAIMS, second) not in (None, serial)
+    undo_first()
+    assert state.get(CLAIMS, ("ns", "c")) is second
+    state.wrote(CLAIMS, claim("6", labels={"allocated": "b"}))  # the write's answer replaces it
+    undo_second()
+    assert state.get(CLAIMS, ("ns", "c")) == claim("6", labels={"allocated": "b"})
+
+
 def test_the_journal_lists_keys_changed_since_a_revision_oldest_first() -> None:
     state, _ = bound()
     start, _ = state.changes(CLAIMS, 0)

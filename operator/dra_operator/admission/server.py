@@ -1,6 +1,6 @@
 """The admission HTTPS server: a thread and event loop of its own, in the admission process
-(dra_operator.operator.webhookprocess), whose main thread reads what the operator sends; a Pod create waits for
-our answer, so nothing else runs there.
+(dra_operator.operator.webhookprocess), whose main thread reads what the operator sends; a Pod create waits
+for our answer, so nothing else runs there.
 
 Certificates are read from files (generated in memory, or mounted from a Secret such as cert-manager's); a
 rotated pair is picked up at the next TLS handshake after the files change, without closing the listener.

@@ -89,7 +89,9 @@ class Allocator:
         self._cursor: tuple[int, int] | None = None  # (state epoch, revision) the in-use devices reflect
         self.rebuilds = 0
 
-    def _model(self, obj: Json) -> Any:
+    def _model(self, obj: Json, assumed: int | None = None) -> Any:
+        """The parsed `obj`, cached per uid while its version stays; `assumed`: the state's serial number of
+        an assumed claim (see State.assumption), part of its version."""
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid"))
         version = (
@@ -97,6 +99,8 @@ class Allocator:
             if obj.get("kind") == "ResourceSlice" and meta.get("generation")
             else str(meta.get("resourceVersion"))
         )
+        if assumed is not None:
+            version += f" assumed {assumed}"
         cached = self._models.get(uid)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -118,7 +122,7 @@ class Allocator:
     def allocate(self, req: AllocationRequest) -> Placed | Failure:
         claims: dict[str, ResourceClaim] = {}
         for pod_claim, obj in req.claims.items():
-            model = self._model(obj)
+            model = self._model(obj, req.state.assumption(CLAIMS, obj) if req.state is not None else None)
             if not isinstance(model, ResourceClaim):
                 return Failure("InvalidClaim", f"ResourceClaim {obj['metadata'].get('name')} is not valid")
             claims[pod_claim] = model
@@ -244,7 +248,7 @@ class Allocator:
         if state is not None and self._cursor is not None and self._cursor[0] == state.epoch:
             revision, keys = state.changes(CLAIMS, self._cursor[1])
             for key in keys:
-                self._sync_claim(snapshot, key, state.get(CLAIMS, key))
+                self._sync_claim(snapshot, key, state.get(CLAIMS, key), state)
             self._cursor = (state.epoch, revision)
             return snapshot
         # A full pass: after a rebuild, without the caches, or when the journal's epoch moved.
@@ -253,22 +257,25 @@ class Allocator:
         for obj in req.claims_in_use():
             key = _claim_key(obj)
             present.add(key)
-            self._sync_claim(snapshot, key, obj)
+            self._sync_claim(snapshot, key, obj, state)
         for key in [k for k in self._recorded if k not in present]:
             snapshot.release(key)
             self._models.pop(self._recorded[key].split("/", 1)[0], None)
             del self._recorded[key]
         return snapshot
 
-    def _sync_claim(self, snapshot: Snapshot, key: tuple[str, str], obj: Json | None) -> None:
+    def _sync_claim(
+        self, snapshot: Snapshot, key: tuple[str, str], obj: Json | None, state: State | None
+    ) -> None:
         """Bring one claim's devices in use up to date in the snapshot (gone or unallocated: released)."""
         allocation = None
         token = ""
         if obj is not None and (obj.get("status") or {}).get("allocation"):
-            model = self._model(obj)
+            assumed = state.assumption(CLAIMS, obj) if state is not None else None
+            model = self._model(obj, assumed)
             if isinstance(model, ResourceClaim) and model.status is not None and model.status.allocation:
                 meta = obj.get("metadata") or {}
-                token = f"{meta.get('uid')}/{meta.get('resourceVersion')}"
+                token = f"{meta.get('uid')}/{meta.get('resourceVersion')}/{assumed}"
                 allocation = model.status.allocation
         if allocation is None:
             if key in self._recorded:

@@ -89,6 +89,41 @@ def backoff(failures: int, cap: float) -> float:
     return float(min(cap, 2.0 ** max(0, failures - 1)))
 
 
+@dataclass(frozen=True)
+class _Reservation:
+    """One claim's planned status write: `new` is assumed in the state until the write answers."""
+
+    pod_claim: str
+    claim: Json  # as it is now (its resourceVersion is the write's precondition)
+    new: Json
+    newly: bool  # allocated by this decision (not only reserved)
+    undo: Callable[[], None]
+
+
+def _reserved(claim: Json, pod: Json, allocation: Json | None, node: str | None) -> Json | None:
+    """`claim` allocated (if it is not yet) and reserved for `pod`, with its state and conditions; None when
+    it already is both."""
+    status = claim.get("status") or {}
+    uid = pod["metadata"]["uid"]
+    if status.get("allocation") and uid in reserved_uids(claim):
+        return None
+    new = copy.deepcopy(claim)
+    new_status = new.setdefault("status", {}) or {}
+    new["status"] = new_status
+    newly = not status.get("allocation")
+    if newly:
+        if allocation is None:
+            raise RuntimeError(f"allocator gave no allocation for unallocated claim {_name(claim)}")
+        new_status["allocation"] = allocation
+        new_status["nodeName"] = node
+    reserved = list(new_status.get("reservedFor") or [])
+    reserved.append({"resource": "pods", "name": pod["metadata"]["name"], "uid": uid})
+    new_status["reservedFor"] = reserved
+    new_status["state"] = claim_state(new)
+    new_status["conditions"] = _conditions(new_status, "Allocated" if newly else "Reserved")
+    return new
+
+
 @dataclass
 class Reconciler:
     kube: Kube
@@ -510,11 +545,14 @@ class Reconciler:
         if claims is None:
             return
         async with self._decide:
-            # Decide on the freshest view (another worker may just have written one of these claims) and write
-            # the claims before anyone else decides: no device can go to two claims of this replica.
+            # Decide on the freshest view (another worker may just have written one of these claims), and
+            # assume the claims' new status before anyone else decides: no device can go to two claims of
+            # this replica, and the next decision need not wait for this one's writes.
             claims = {pc: self.state.get(CLAIMS, _key(c)) or c for pc, c in claims.items()}
-            placed = await self._decide_and_reserve(pod, claims)
-        if placed is not None:
+            decided = await self._decide_pod(pod, claims)
+        if decided is not None:
+            outcome, plans = decided
+            placed = await self._write_reservations(pod, claims, outcome, plans)
             await self._ungate(pod, claims, placed)
 
     async def _allocate_gang(self, pod: Json, gang: Gang) -> None:
@@ -572,22 +610,33 @@ class Reconciler:
                 return
             claims_of[member["metadata"]["uid"]] = claims
         async with self._decide:
-            decided = await self._decide_and_reserve_gang(gang, waiting, claims_of)
+            decided = await self._decide_gang_together(gang, waiting, claims_of)
         if decided is None:
             if len(self._gang_misfit) > 4096:  # gangs long gone: forget them all, a retry costs one decision
                 self._gang_misfit.clear()
             self._gang_misfit[(namespace, gang.key)] = (self._epoch, uids)
             return
         self._gang_misfit.pop((namespace, gang.key), None)
+        placed_all = []
+        try:
+            for member, claims, outcome, plans in decided:
+                placed_all.append(
+                    (member, claims, await self._write_reservations(member, claims, outcome, plans))
+                )
+        finally:
+            for *_, plans in decided:  # a failed write leaves the members after it unwritten: not assumed
+                for plan in plans:
+                    plan.undo()
         log.info("gang allocated", gang=gang.display, namespace=namespace, pods=len(decided))
-        for member, claims, placed in decided:
+        for member, claims, placed in placed_all:
             await self._ungate(member, claims, placed)
 
-    async def _decide_and_reserve_gang(
+    async def _decide_gang_together(
         self, gang: Gang, members: list[Json], claims_of: Mapping[str, dict[str, Json]]
-    ) -> list[tuple[Json, dict[str, Json], _Placement]] | None:
-        """Allocate every waiting member of `gang` together and reserve their claims; None (with a Warning on
-        each member, and every reservation a member already held withdrawn) if they do not all fit."""
+    ) -> list[tuple[Json, dict[str, Json], Placed, list[_Reservation]]] | None:
+        """Allocate every waiting member of `gang` together and assume their claims' reservations; None (with
+        a Warning on each member, and every reservation a member already held withdrawn) if they do not all
+        fit."""
         requests: list[AllocationRequest] = []
         fresh: list[dict[str, Json]] = []
         for member in members:
@@ -618,9 +667,17 @@ class Reconciler:
             for member, claims in zip(members, fresh, strict=True):
                 await self._withdraw(member, claims)
             return None
-        decided = []
-        for member, claims, placed in zip(members, fresh, outcome, strict=True):
-            decided.append((member, claims, await self._reserve_all(member, claims, placed)))
+        decided: list[tuple[Json, dict[str, Json], Placed, list[_Reservation]]] = []
+        try:
+            for member, claims, placed in zip(members, fresh, outcome, strict=True):
+                decided.append(
+                    (member, claims, placed, await self._plan_reservations(member, claims, placed))
+                )
+        except BaseException:
+            for *_, plans in decided:
+                for plan in plans:
+                    plan.undo()
+            raise
         return decided
 
     async def _ungate(self, pod: Json, claims: Mapping[str, Json], placed: _Placement) -> None:
@@ -669,8 +726,11 @@ class Reconciler:
         metrics.LATENCY.observe(max(0.0, time.monotonic() - seen) if seen is not None else 0.0)
         log.info("pod ungated", pod=_name(pod), node=node, claims=summary)
 
-    async def _decide_and_reserve(self, pod: Json, claims: dict[str, Json]) -> _Placement | None:
-        """Allocate the Pod's claims together and reserve them for it; None (with a Warning) if impossible."""
+    async def _decide_pod(
+        self, pod: Json, claims: dict[str, Json]
+    ) -> tuple[Placed, list[_Reservation]] | None:
+        """Allocate the Pod's claims together and assume their reservations for it (the caller writes them);
+        None (with a Warning) if impossible."""
         request = self._request(pod, claims)
         if request is None:
             return None
@@ -679,16 +739,42 @@ class Reconciler:
             self._fail(pod, outcome.reason, outcome.message, claims=list(claims.values()))
             await self._withdraw(pod, claims)
             return None
-        return await self._reserve_all(pod, claims, outcome)
+        return outcome, await self._plan_reservations(pod, claims, outcome)
 
-    async def _reserve_all(self, pod: Json, claims: Mapping[str, Json], outcome: Placed) -> _Placement:
+    async def _plan_reservations(
+        self, pod: Json, claims: Mapping[str, Json], outcome: Placed
+    ) -> list[_Reservation]:
+        """Each claim's new status (allocated if new, reserved for `pod`), assumed in the state at once; a
+        claim without our finalizer gets it first (a user's claim: ours are born with it)."""
+        plans: list[_Reservation] = []
+        try:
+            for pod_claim, claim in claims.items():
+                claim = await self._ensure_finalizer(self.state.get(CLAIMS, _key(claim)) or claim)
+                new = _reserved(claim, pod, outcome.allocations.get(pod_claim), outcome.node)
+                if new is not None:
+                    newly = not (claim.get("status") or {}).get("allocation")
+                    plans.append(_Reservation(pod_claim, claim, new, newly, self.state.assume(CLAIMS, new)))
+        except BaseException:
+            for plan in plans:
+                plan.undo()
+            raise
+        return plans
+
+    async def _write_reservations(
+        self, pod: Json, claims: Mapping[str, Json], outcome: Placed, plans: list[_Reservation]
+    ) -> _Placement:
+        """Write the planned statuses, in order; the ones not written when a write fails are un-assumed."""
+        written_by_claim: dict[str, Json] = {}
+        try:
+            for plan in plans:
+                written_by_claim[plan.pod_claim] = await self._write_reservation(pod, plan, outcome.node)
+        finally:
+            for plan in plans:
+                plan.undo()  # nothing for the written ones: their answer replaced the assumption
         allocations: dict[str, Json] = {}
         for pod_claim, claim in claims.items():
-            allocation = outcome.allocations.get(pod_claim)
-            claim = await self._reserve(
-                self.state.get(CLAIMS, _key(claim)) or claim, pod, allocation, outcome.node
-            )
-            allocations[pod_claim] = claim["status"]["allocation"]
+            current = written_by_claim.get(pod_claim) or self.state.get(CLAIMS, _key(claim)) or claim
+            allocations[pod_claim] = current["status"]["allocation"]
         return outcome.node, allocations, outcome.gpu_uuids
 
     def _request(self, pod: Json, claims: Mapping[str, Json]) -> AllocationRequest | None:
@@ -846,61 +932,53 @@ class Reconciler:
                         missing.append(f"{what}: device class {name} does not exist")
         return missing
 
-    async def _reserve(self, claim: Json, pod: Json, allocation: Json | None, node: str | None) -> Json:
-        """Allocate (if new) and reserve `claim` for `pod`: finalizer first, then one status PUT."""
-        status = claim.get("status") or {}
-        uid = pod["metadata"]["uid"]
-        if status.get("allocation") and uid in reserved_uids(claim):
+    async def _ensure_finalizer(self, claim: Json) -> Json:
+        """`claim` with our finalizer, added now if it lacks it (before it is allocated or reserved)."""
+        if names.CLAIM_FINALIZER in (claim["metadata"].get("finalizers") or []):
             return claim
-        if names.CLAIM_FINALIZER not in (claim["metadata"].get("finalizers") or []):
-            claim = await self.kube.json_patch(
-                ours("resourceclaims", *_key(claim)),
-                [
-                    {
-                        "op": "test",
-                        "path": "/metadata/resourceVersion",
-                        "value": claim["metadata"]["resourceVersion"],
-                    },
-                    {
-                        "op": "add",
-                        "path": "/metadata/finalizers",
-                        "value": [*(claim["metadata"].get("finalizers") or []), names.CLAIM_FINALIZER],
-                    },
-                ],
-            )
-            self.state.wrote(CLAIMS, claim)
-            status = claim.get("status") or {}
-        new = copy.deepcopy(claim)
-        new_status = new.setdefault("status", {}) or {}
-        new["status"] = new_status
-        newly = not status.get("allocation")
-        if newly:
-            if allocation is None:
-                raise RuntimeError(f"allocator gave no allocation for unallocated claim {_name(claim)}")
-            new_status["allocation"] = allocation
-            new_status["nodeName"] = node
-        reserved = list(new_status.get("reservedFor") or [])
-        reserved.append({"resource": "pods", "name": pod["metadata"]["name"], "uid": uid})
-        new_status["reservedFor"] = reserved
-        new_status["state"] = claim_state(new)
-        new_status["conditions"] = _conditions(new_status, "Allocated" if newly else "Reserved")
-        written = await self.kube.replace(ours("resourceclaims", *_key(claim), subresource="status"), new)
+        claim = await self.kube.json_patch(
+            ours("resourceclaims", *_key(claim)),
+            [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": claim["metadata"]["resourceVersion"],
+                },
+                {
+                    "op": "add",
+                    "path": "/metadata/finalizers",
+                    "value": [*(claim["metadata"].get("finalizers") or []), names.CLAIM_FINALIZER],
+                },
+            ],
+        )
+        self.state.wrote(CLAIMS, claim)
+        return claim
+
+    async def _write_reservation(self, pod: Json, plan: _Reservation, node: str | None) -> Json:
+        """One status PUT (its resourceVersion the precondition), and the claim's event when it is not the
+        Pod's own."""
+        written = await self.kube.replace(
+            ours("resourceclaims", *_key(plan.claim), subresource="status"), plan.new
+        )
         self.state.wrote(CLAIMS, written)
         # One event per claim and Pod: Allocated when the devices were chosen now, Reserved when it joins.
         # None for the Pod's own generated claim: the Pod's Allocated event names it and its devices, and its
         # status conditions say the same, so a second event would only cost a write per Pod.
-        if not _owned_by(claim, uid):
-            if newly:
+        uid = pod["metadata"]["uid"]
+        if not _owned_by(plan.claim, uid):
+            if plan.newly:
+                allocation = (written.get("status") or {}).get("allocation") or {}
                 self.recorder.normal(
                     written,
                     "Allocated",
-                    f"allocated {_devices(allocation or {})} on node {node}, reserved for pod {_name(pod)}",
+                    f"allocated {_devices(allocation)} on node {node}, reserved for pod {_name(pod)}",
                 )
             else:
+                consumers = len((written.get("status") or {}).get("reservedFor") or [])
                 self.recorder.normal(
-                    written, "Reserved", f"reserved for pod {_name(pod)} ({len(reserved)} consumer(s))"
+                    written, "Reserved", f"reserved for pod {_name(pod)} ({consumers} consumer(s))"
                 )
-        log.info("claim reserved", pod=_name(pod), claim=_name(claim), newly_allocated=newly)
+        log.info("claim reserved", pod=_name(pod), claim=_name(plan.claim), newly_allocated=plan.newly)
         return written
 
     def _fail(self, pod: Json, reason: str, message: str, claims: Iterable[Json] = ()) -> None:

@@ -7,7 +7,8 @@ the index holds the same or a newer resourceVersion (etcd revisions, compared as
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from dra_operator.api.gang import gang_of
@@ -123,6 +124,9 @@ class State:
         self.indexes: Mapping[str, Any] | None = None
         # kind -> key -> our last written object, or None for "we deleted it" (with the rv it had then)
         self._overlay: dict[str, dict[Key, tuple[int, Json | None]]] = {name: {} for name in INDEXES}
+        # kind -> key -> what the object will be once our write in flight lands (see `assume`)
+        self._assumed: dict[str, dict[Key, tuple[int, Json]]] = {name: {} for name in INDEXES}
+        self._assumptions = itertools.count(1)
         self._claims_by_pod: dict[str, set[Key]] = {}
         self._pod_by_uid: dict[str, Key] = {}
         self._gangs: dict[tuple[str, str], set[Key]] = {}  # (namespace, gang key) -> Pod keys
@@ -258,6 +262,9 @@ class State:
         return None
 
     def get(self, kind: str, key: Key) -> Json | None:
+        assumed = self._assumed[kind].get(key)
+        if assumed is not None:
+            return assumed[1]
         indexed = self._indexed(kind, key)
         written = self._overlay[kind].get(key)
         if written is None:
@@ -281,6 +288,8 @@ class State:
     def exists(self, kind: str, key: Key) -> bool:
         """Whether an object is at `key`, by single-key reads only: callable from the admission thread, where
         `get` (which prunes the overlay) and `all` (which iterates) are not."""
+        if key in self._assumed[kind]:
+            return True
         written = self._overlay[kind].get(key)
         if written is not None:
             return written[1] is not None
@@ -291,6 +300,7 @@ class State:
         """Every object of `kind`; by (namespace, name) when `ordered` (a sort costs n log n per call, which
         per-Pod scans over thousands of claims cannot afford)."""
         keys: set[Key] = set(self._overlay[kind])
+        keys.update(self._assumed[kind])
         if self.indexes is not None:
             keys.update(self.indexes[kind])
         for key in sorted(keys) if ordered else keys:
@@ -307,16 +317,46 @@ class State:
             self.deleted(kind, obj)
             return
         obj = slim(kind, obj)
+        self._assumed[kind].pop(key_of(obj), None)
         self._overlay[kind][key_of(obj)] = (_rv(obj), obj)
         self.note(kind, obj)
         self.touch(kind, key_of(obj))
 
+    def assume(self, kind: str, obj: Json) -> Callable[[], None]:
+        """Hold `obj` as what its object will be once our write of it lands, as the scheduler assumes a Pod
+        bound before its binding is written: every read sees it at once (the next allocation decision must
+        not hand its devices out again), so decisions need not wait for the write's round trip. `wrote`
+        (the write's answer) or `deleted`/`forget` replace it; the returned undo drops it, for a write that
+        failed."""
+        key = key_of(obj)
+        held = (next(self._assumptions), obj)
+        self._assumed[kind][key] = held
+        self.note(kind, obj)
+        self.touch(kind, key)
+
+        def undo() -> None:
+            if self._assumed[kind].get(key) is held:
+                del self._assumed[kind][key]
+                self.touch(kind, key)
+
+        return undo
+
+    def assumption(self, kind: str, obj: Mapping[str, Any]) -> int | None:
+        """The serial number of the assumption `obj` is (None: it is no assumed object). An assumed object
+        keeps the resourceVersion its write is conditioned on, so a cache keyed by resourceVersion (the
+        allocator's parsed models) must key it by this too: the same version may be assumed twice, with
+        different devices."""
+        held = self._assumed[kind].get(key_of(obj))
+        return held[0] if held is not None and held[1] is obj else None
+
     def deleted(self, kind: str, obj: Json) -> None:
         """Remember that we deleted an object (it vanishes from reads at once)."""
+        self._assumed[kind].pop(key_of(obj), None)
         self._overlay[kind][key_of(obj)] = (_rv(obj), None)
         self.touch(kind, key_of(obj))
 
     def forget(self, kind: str, key: Key) -> None:
         """The watch reported the object gone: drop any overlay entry too."""
         self._overlay[kind].pop(key, None)
+        self._assumed[kind].pop(key, None)
         self.touch(kind, key)

@@ -20,7 +20,8 @@ answer) over placement and release, divided by P, events apart, without the benc
 DELETEs and without Lease renewals (time-based, not per Pod); the counters are cluster-wide and nothing else
 writes in the window (windows end when the counters stop moving); `cleanup s`: Pods deleted (grace 0: no
 kubelet) until every claim of the namespace is gone; `operator RSS MiB`: VmRSS of the operator process and its
-admission process together when ready / peak (VmHWM, each one's) / after cleanup. Device capacity N x 8 must be at least P, so no Pod waits for a device.
+admission process together when ready / peak (VmHWM, each one's) / after cleanup. Device capacity N x 8 must
+be at least P, so no Pod waits for a device.
 
 Kubernetes' client rate limits (controller manager 20/s, scheduler 50/s) bound the built-in path at these
 sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them. `--cpu-hog N`

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dra_operator.api.crdgen import rendered
-from dra_operator.api.resource import GROUP
+from dra_operator.api.group import GROUP
 
 DEFAULT_DIR = Path("crds")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from dra_operator.admission import validation
 from dra_operator.admission.mutation import TEMPLATE_PATHS
-from dra_operator.api.resource import GROUP, VERSION
+from dra_operator.api.group import GROUP, VERSION
 
 CONFIGURATION_NAME = "dra-operator"
 WEBHOOK_SUFFIX = ".resource.dra-operator.io"

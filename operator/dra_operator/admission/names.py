@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from dra_operator.api.resource import GROUP
+from dra_operator.api.group import GROUP
 
 PREFIX = GROUP + "/"
 

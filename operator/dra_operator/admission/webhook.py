@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dra_operator.admission import configuration, validation
 from dra_operator.admission.mutation import (
@@ -27,8 +27,11 @@ from dra_operator.admission.mutation import (
 )
 from dra_operator.admission.ownership import Lookup, belongs_to_us
 from dra_operator.admission.patch import json_patch
-from dra_operator.api.resource import UPSTREAM_API_VERSION
-from dra_operator.kube.client import Kube, KubeError, path_of
+from dra_operator.api.group import UPSTREAM_API_VERSION
+from dra_operator.kube.rest import KubeError, path_of
+
+if TYPE_CHECKING:
+    from dra_operator.kube.client import Kube
 
 log = logging.getLogger(__name__)
 

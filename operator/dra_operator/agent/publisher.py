@@ -28,7 +28,7 @@ from dra_operator.agent.slices import (
     node_selector,
     plan,
 )
-from dra_operator.api.resource import GROUP, VERSION
+from dra_operator.api.group import GROUP, VERSION
 
 PLURAL = "resourceslices"
 FIELD_MANAGER = "dra-operator-agent"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dra_operator.api.resource import GROUP
+from dra_operator.api.group import GROUP
 
 GANG = GROUP + "/gang"
 GANG_SIZE = GROUP + "/gang-size"

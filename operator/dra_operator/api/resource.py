@@ -29,13 +29,12 @@ from dra_operator.api.formats import (
     QuantityValue,
     RequestReference,
 )
+from dra_operator.api.group import API_VERSION as API_VERSION
+from dra_operator.api.group import API_VERSIONS as API_VERSIONS
+from dra_operator.api.group import GROUP as GROUP
+from dra_operator.api.group import UPSTREAM_API_VERSION as UPSTREAM_API_VERSION
+from dra_operator.api.group import VERSION as VERSION
 from dra_operator.api.meta import annotation_problems, invalid_value, label_problems, qualified_name_messages
-
-GROUP = "resource.dra-operator.io"
-VERSION = "v1"
-API_VERSION = f"{GROUP}/{VERSION}"
-UPSTREAM_API_VERSION = "resource.k8s.io/v1"
-API_VERSIONS = (API_VERSION, UPSTREAM_API_VERSION)
 
 # Limits of resource.k8s.io/v1 (k8s.io/api resource/v1 types.go constants).
 REQUESTS_MAX = 32

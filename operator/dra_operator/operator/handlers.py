@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from dra_operator.admission import names
-from dra_operator.api.resource import GROUP, VERSION
+from dra_operator.api.group import GROUP, VERSION
 from dra_operator.operator.reconciler import CLAIM, POD, Reconciler
 from dra_operator.operator.state import (
     CLAIMS,

@@ -90,6 +90,34 @@ def test_an_assumed_object_is_read_until_its_write_answers_or_is_undone() -> Non
     assert state.get(CLAIMS, ("ns", "c")) == claim("6", labels={"allocated": "b"})
 
 
+def test_the_gated_pods_are_found_without_a_pass_over_every_pod() -> None:
+    state, indexes = bound()
+    gate = {"schedulingGates": [{"name": names.SCHEDULING_GATE}]}
+
+    def pod(name: str, namespace: str = "ns", gated: bool = True) -> Json:
+        return {
+            "metadata": {"name": name, "namespace": namespace, "uid": name},
+            "spec": gate if gated else {},
+        }
+
+    for obj in (pod("a"), pod("b"), pod("c", namespace="other"), pod("free", gated=False)):
+        state.note(PODS, obj)
+        indexes[PODS][key_of(obj)] = [obj]
+    early = pod("early")
+    state.note(PODS, early)  # the index function ran; the index does not hold it yet
+    assert sorted(p["metadata"]["name"] for p in state.gated_pods()) == ["a", "b", "c"]
+    assert [p["metadata"]["name"] for p in state.gated_pods("other")] == ["c"]
+    indexes[PODS][key_of(early)] = [early]
+    assert "early" in {p["metadata"]["name"] for p in state.gated_pods()}, "not lost while it was unstored"
+    state.wrote(PODS, {**pod("a", gated=False), "metadata": {**pod("a")["metadata"], "resourceVersion": "9"}})
+    state.forget_pod(pod("b"))
+    indexes[PODS].pop(("ns", "b"))
+    assert sorted(p["metadata"]["name"] for p in state.gated_pods()) == ["c", "early"]
+    assert state._gated == {("other", "c"), ("ns", "early")}, (
+        "ungated and deleted Pods are not looked at again"
+    )
+
+
 def test_the_journal_lists_keys_changed_since_a_revision_oldest_first() -> None:
     state, _ = bound()
     start, _ = state.changes(CLAIMS, 0)

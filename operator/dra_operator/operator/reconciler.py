@@ -197,10 +197,8 @@ class Reconciler:
     def enqueue_gated(self, namespace: str | None = None) -> None:
         """Every gated Pod (of one namespace): something they may wait for appeared or changed."""
         self._epoch += 1
-        for pod in self.state.all(PODS):
-            meta = pod.get("metadata") or {}
-            if is_gated(pod) and (namespace is None or meta.get("namespace") == namespace):
-                self.enqueue(POD, meta["namespace"], meta["name"])
+        for pod in self.state.gated_pods(namespace):
+            self.enqueue(POD, *_key(pod))
 
     def enqueue_everything(self) -> None:
         """On becoming leader: look at every Pod and claim again (the claims as a backlog: a waiting Pod's
@@ -259,7 +257,7 @@ class Reconciler:
                 metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
             if time.monotonic() - self._waiting_counted > WAITING_EVERY:  # a scan of every Pod: not per item
                 self._waiting_counted = time.monotonic()
-                metrics.WAITING.set(sum(1 for p in self.state.all(PODS) if is_gated(p) and not _deleting(p)))
+                metrics.WAITING.set(sum(1 for p in self.state.gated_pods() if not _deleting(p)))
 
     async def _failed(self, item: Item, exc: KubeError) -> None:
         """Schedule the retry a failed write deserves (see the module docstring), and say why when it was

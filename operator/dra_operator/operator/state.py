@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from dra_operator.api.gang import gang_of
+from dra_operator.operator.placement import is_gated
 
 Json = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
@@ -130,6 +131,7 @@ class State:
         self._claims_by_pod: dict[str, set[Key]] = {}
         self._pod_by_uid: dict[str, Key] = {}
         self._gangs: dict[tuple[str, str], set[Key]] = {}  # (namespace, gang key) -> Pod keys
+        self._gated: set[Key] = set()  # Pods last seen with our scheduling gate
         # The change journal: per kind, each key touched with the revision of its last change, oldest first,
         # so a reader keeping a cursor (the allocator's view of the devices in use) catches up in O(changes).
         # `epoch` moves when the caches are rebound or the journal is trimmed: a cursor from before is void.
@@ -151,6 +153,10 @@ class State:
             if gang is not None:
                 key = key_of(obj)
                 self._gangs.setdefault((key[0], gang.key), set()).add(key)
+            if is_gated(obj):
+                self._gated.add(key_of(obj))
+            else:
+                self._gated.discard(key_of(obj))
 
     def touch(self, kind: str, key: Key) -> None:
         """Record that the object at `key` changed: after the index holds the change (the watch handlers call
@@ -187,6 +193,7 @@ class State:
         """A Pod is gone for good: drop its lookups (its claims are reached through their own events)."""
         metadata = pod.get("metadata") or {}
         uid = str(metadata.get("uid"))
+        self._gated.discard(key_of(pod))
         self._claims_by_pod.pop(uid, None)
         self._pod_by_uid.pop(uid, None)
         gang = gang_of(metadata)
@@ -226,6 +233,22 @@ class State:
                 members.discard(key)
         return found
 
+    def gated_pods(self, namespace: str | None = None) -> list[Json]:
+        """The Pods (of one namespace) that carry our scheduling gate now, without a pass over every Pod: a
+        freed device wakes the waiting Pods, and at 10,000 Pods most of them are not."""
+        found = []
+        for key in list(self._gated):
+            if namespace is not None and key[0] != namespace:
+                continue
+            pod = self.get(PODS, key)
+            if pod is None:
+                continue  # noted by the index function, not stored yet (or gone: forget_pod drops it)
+            if is_gated(pod):
+                found.append(pod)
+            else:
+                self._gated.discard(key)
+        return found
+
     def pod_by_uid(self, uid: str) -> Json | None:
         key = self._pod_by_uid.get(uid)
         pod = self.get(PODS, key) if key is not None else None
@@ -236,6 +259,7 @@ class State:
         self._claims_by_pod.clear()
         self._pod_by_uid.clear()
         self._gangs.clear()
+        self._gated.clear()
         self.epoch += 1
         for kind in (CLAIMS, PODS):
             for obj in self.all(kind):

@@ -10,6 +10,7 @@ import collections
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,25 @@ MERGE_PATCH = "application/merge-patch+json"
 UNREACHABLE = (aiohttp.ClientError, OSError)
 
 
+def skip_environment_lookups(api: k8s.ApiClient) -> None:
+    """Switch off aiohttp's per-request look into the environment where it can find nothing.
+
+    kubernetes_asyncio's session trusts the environment, so before every request aiohttp looks for a proxy in
+    the environment and for credentials in the netrc file, each on a thread of the default executor: two
+    thread round trips per API call, 5 % of the operator's time at 35 Pods/s (py-spy). With no proxy
+    variable and no netrc file both lookups come back empty; where either exists, they stay on."""
+    if any(name.lower().endswith("_proxy") for name in os.environ) or os.environ.get("NETRC"):
+        return
+    try:
+        if (Path.home() / ".netrc").exists():
+            return
+    except (RuntimeError, OSError):  # no home directory: aiohttp finds no netrc file either
+        pass
+    session = getattr(getattr(api, "rest_client", None), "pool_manager", None)
+    if isinstance(session, aiohttp.ClientSession) and hasattr(session, "_trust_env"):
+        session._trust_env = False
+
+
 class Kube:
     """JSON calls against the API server; counts writes per (verb, resource) for the API-cost figures."""
 
@@ -53,6 +73,7 @@ class Kube:
         timeout: float = 30.0,
     ) -> None:
         self.api = api
+        skip_environment_lookups(api)
         # kubernetes_asyncio waits forever by default; a call that hangs (etcd away) would hold its item.
         self.timeout = timeout
         self.writes: collections.Counter[tuple[str, str]] = collections.Counter()

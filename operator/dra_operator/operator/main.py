@@ -27,6 +27,7 @@ from dra_operator.operator.admitting import AdmissionFeed
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.devicehealth import DeviceHealthWatch
 from dra_operator.operator.events import Recorder
+from dra_operator.operator.kopfstorage import NoDiffBase
 from dra_operator.operator.leader import ElectionThread, LeaseElector
 from dra_operator.operator.poolstatus import DEFAULT_INTERVAL as DEFAULT_POOL_STATUS_INTERVAL
 from dra_operator.operator.poolstatus import PoolStatus
@@ -460,6 +461,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     feed.send = admission_process.send
     settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_LABEL}={MANAGED_VALUE}"
     settings.posting.enabled = False
+    settings.persistence.diffbase_storage = NoDiffBase()  # no handler reads it (see kopfstorage)
     settings.posting.level = 100  # Kopf's own event posting: never (warn() ignores `enabled`)
     settings.queueing.idle_timeout = 1.0
     settings.watching.server_timeout = 300

@@ -15,7 +15,7 @@ from dra_operator.operator.placement import (
     pod_fits_node,
     pod_patch,
 )
-from dra_operator.operator.state import CLAIMS, INDEXES, LAST_APPLIED, PODS, State, key_of, slim
+from dra_operator.operator.state import CLAIMS, INDEXES, LAST_APPLIED, PODS, SLICES, State, key_of, slim
 
 Json = dict[str, Any]
 
@@ -116,6 +116,18 @@ def test_the_gated_pods_are_found_without_a_pass_over_every_pod() -> None:
     assert state._gated == {("other", "c"), ("ns", "early")}, (
         "ungated and deleted Pods are not looked at again"
     )
+
+
+def test_a_write_left_out_of_the_journal_is_read_but_moves_no_revision() -> None:
+    """The free-devices status written on slices: no decision reads it, so it must not make the next
+    decision gather every slice again (the reconciler keys that on the revision)."""
+    state, indexes = bound()
+    indexes[SLICES][("", "s")] = [{"metadata": {"name": "s", "resourceVersion": "5", "generation": 1}}]
+    before = state.revision_of(SLICES)
+    written = {"metadata": {"name": "s", "resourceVersion": "6", "generation": 1}, "status": {"free": 8}}
+    state.wrote(SLICES, written, journal=False)
+    assert state.revision_of(SLICES) == before
+    assert state.get(SLICES, ("", "s")) == written, "read back (the next status pass compares against it)"
 
 
 def test_the_journal_lists_keys_changed_since_a_revision_oldest_first() -> None:

@@ -65,7 +65,7 @@ class PoolStatus:
                     log.warning("slice status not written", slice=name, error=str(exc))
                     failed = True
                 continue
-            self.state.wrote(SLICES, patched)
+            self.state.wrote(SLICES, patched, journal=False)  # status only: decisions read the spec
             written += 1
         self.writes += written
         self.unchanged.settled(None if failed else revisions)

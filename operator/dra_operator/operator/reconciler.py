@@ -1,7 +1,9 @@
 """The per-Pod and per-claim flow: generate claims, allocate, reserve, ungate; release and deallocate.
 
-A few workers share one queue of keys; an item never runs twice at once, and allocation decisions with their
-claim writes are serialized, so this replica never races itself. Only the Lease holder decides (a former
+A few workers share one queue of keys; an item never runs twice at once, and allocation decisions are
+serialized, each putting its claims' new status into the state (assumed) before the next decision starts and
+writing them afterwards, so this replica never races itself and no decision waits for another's round trip
+to the API server. Only the Lease holder decides (a former
 leader exits before its lease could pass on), so no two replicas allocate at once; every write carries a
 precondition (resourceVersion, or a JSON-patch `test`), so a decision made from a stale cache — after a
 restart, or a claim changed meanwhile — fails and is retried instead of handing out one device twice.

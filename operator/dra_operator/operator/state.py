@@ -332,10 +332,12 @@ class State:
             if obj is not None:
                 yield obj
 
-    def wrote(self, kind: str, obj: Json) -> None:
+    def wrote(self, kind: str, obj: Json, *, journal: bool = True) -> None:
         """Remember an object as the API server returned it from our write. One our write left with a
         deletionTimestamp and no finalizer is gone from the cluster: remembered as deleted (its watch event
-        may have come before this answer, and nothing would replace it in the overlay afterwards)."""
+        may have come before this answer, and nothing would replace it in the overlay afterwards).
+        `journal=False`: a write no reader of the journal cares about (a slice's status, which no decision
+        reads), so that it does not make every next decision gather the slices again."""
         meta = obj.get("metadata") or {}
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self.deleted(kind, obj)
@@ -344,7 +346,8 @@ class State:
         self._assumed[kind].pop(key_of(obj), None)
         self._overlay[kind][key_of(obj)] = (_rv(obj), obj)
         self.note(kind, obj)
-        self.touch(kind, key_of(obj))
+        if journal:
+            self.touch(kind, key_of(obj))
 
     def assume(self, kind: str, obj: Json) -> Callable[[], None]:
         """Hold `obj` as what its object will be once our write of it lands, as the scheduler assumes a Pod

@@ -791,6 +791,44 @@ def test_api_writes_per_pod(
     assert alloc_writes <= 3, figures
 
 
+def validating_calls(kubectl: Any, webhook: str = "resourceclaims.resource.dra-operator.io") -> float:
+    """How often the API server called `webhook`, by its own apiserver_admission_webhook_admission_duration
+    histogram (every operation and outcome)."""
+    prefix = "apiserver_admission_webhook_admission_duration_seconds_count{"
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in kubectl("get", "--raw", "/metrics").stdout.splitlines()
+        if line.startswith(prefix) and f'name="{webhook}"' in line
+    )
+
+
+def test_claims_generated_for_pods_skip_validation_and_users_claims_do_not(
+    operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], kubectl: Any, wait_for: WaitFor
+) -> None:
+    """The operator's claims copy a template whose selectors were checked when it was stored: a second call
+    per Pod would only cost the API server. A user's claim (here made by the same admin user the operator
+    runs as) is still checked, and refused when its selector does not compile."""
+    ensure_seed_class(cluster)
+    cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    before = validating_calls(kubectl)
+    ref = [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]
+    cluster.create(cluster.pods_path(), pod("checked-once", ref))
+    wait_for(lambda: ungated(cluster.get(cluster.pods_path("checked-once"))), timeout=60)
+    assert len(cluster.claims()) == 1
+    assert validating_calls(kubectl) == before, "the generated claim was sent to the validating webhook"
+
+    cluster.create(cluster.ours("resourceclaims"), seed("resourceclaim.yaml"))
+    assert validating_calls(kubectl) == before + 1, "a user's claim is checked"
+    bad = seed("resourceclaim.yaml")
+    bad["metadata"]["name"] = "bad-selector"
+    bad["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [
+        {"cel": {"expression": "device.driver =="}}
+    ]
+    with pytest.raises(ApiError) as refused:
+        cluster.create(cluster.ours("resourceclaims"), bad)
+    assert refused.value.status == 422 and "Syntax error" in str(refused.value), refused.value
+
+
 def test_two_replicas_one_leader_and_failover(
     operator: LocalOperator, cluster: Cluster, gpu_nodes: list[str], tmp_path: Path, wait_for: WaitFor
 ) -> None:

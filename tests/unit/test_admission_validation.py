@@ -259,6 +259,20 @@ def test_validating_configuration_follows_the_mutating_one() -> None:
         assert hooks["resourceclaims"]["rules"][0]["scope"] == "Namespaced"
 
 
+def test_the_claims_the_operator_generates_are_not_sent_for_validation() -> None:
+    mutating = configuration.build(
+        configuration.Endpoint(url="https://127.0.0.1:9443"), b"CA", excluded_namespaces=[], name="n"
+    )
+    config = configuration.validating_from(mutating, operator_user='system:serviceaccount:dra:op"x')
+    conditions = {h["rules"][0]["resources"][0]: h["matchConditions"] for h in config["webhooks"]}
+    assert [c["name"] for c in conditions["resourceclaims"]][-1] == "not-generated-by-dra-operator"
+    expression = conditions["resourceclaims"][-1]["expression"]
+    assert 'request.userInfo.username != "system:serviceaccount:dra:op\\"x"' in expression, expression
+    assert '"resource.dra-operator.io/pod-claim-name" in object.metadata.annotations' in expression
+    for plural in ("deviceclasses", "resourceclaimtemplates", "devicetaintrules"):
+        assert [c["name"] for c in conditions[plural]] == ["spec-changed", "has-checked-fields"], plural
+
+
 def test_handler_refuses_with_the_apiservers_status_text() -> None:
     with pytest.raises(Refused) as info:
         validate("DeviceClass", device_class("device.driver", "1"), None)

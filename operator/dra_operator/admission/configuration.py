@@ -24,6 +24,7 @@ from typing import Any
 
 from dra_operator.admission import validation
 from dra_operator.admission.mutation import TEMPLATE_PATHS
+from dra_operator.admission.names import POD_CLAIM_NAME_ANNOTATION
 from dra_operator.api.group import GROUP, VERSION
 
 CONFIGURATION_NAME = "dra-operator"
@@ -82,6 +83,16 @@ VALIDATED: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 #: Updates are only sent when the spec changed: unchanged selectors were checked when they were stored.
 SPEC_CHANGED = "request.operation == 'CREATE' || !has(oldObject.spec) || object.spec != oldObject.spec"
+
+
+def not_generated_by(user: str) -> str:
+    """CEL for matchConditions: the object is not a claim `user` generated for a Pod (both must hold: a
+    local run may share its user with the people whose claims it must still check)."""
+    annotation = json.dumps(POD_CLAIM_NAME_ANNOTATION)
+    return (
+        f"request.userInfo.username != {json.dumps(user)} || !has(object.metadata.annotations) || "
+        f"!({annotation} in object.metadata.annotations)"
+    )
 
 
 def claims_condition(kind: str, extended_names: Sequence[str] = ()) -> str:
@@ -194,8 +205,14 @@ def _retarget(client_config: dict[str, Any], path: str) -> dict[str, Any]:
     return config
 
 
-def validating_from(mutating: dict[str, Any]) -> dict[str, Any]:
-    """The ValidatingWebhookConfiguration of the same name, endpoint and CA as a `build` result."""
+def validating_from(mutating: dict[str, Any], operator_user: str | None = None) -> dict[str, Any]:
+    """The ValidatingWebhookConfiguration of the same name, endpoint and CA as a `build` result.
+
+    `operator_user`: the operator's own user name; the claims it generates for Pods are not sent. They are
+    copies of a ResourceClaimTemplate's spec, whose selectors this webhook checked when the template was
+    stored (or the claims of extended resources, whose selectors the operator writes itself), and a call per
+    Pod on the operator's path to placing it costs the API server as much as the Pod's own webhook call
+    (bench/README.md)."""
     client_config = mutating["webhooks"][0]["clientConfig"]
     timeout = mutating["webhooks"][0].get("timeoutSeconds", 5)
     webhooks = []
@@ -218,6 +235,16 @@ def validating_from(mutating: dict[str, Any]) -> dict[str, Any]:
                 "matchConditions": [
                     {"name": "spec-changed", "expression": SPEC_CHANGED},
                     {"name": "has-checked-fields", "expression": condition},
+                    *(
+                        [
+                            {
+                                "name": "not-generated-by-dra-operator",
+                                "expression": not_generated_by(operator_user),
+                            }
+                        ]
+                        if operator_user and kind == "ResourceClaim"
+                        else []
+                    ),
                 ],
                 "failurePolicy": "Fail",
                 "matchPolicy": "Equivalent",

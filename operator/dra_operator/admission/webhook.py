@@ -176,11 +176,13 @@ async def answer(ctx: AdmissionContext, route: str, request_body: bytes) -> Json
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
-async def apply_configuration(kube: Kube, desired: dict[str, Any]) -> None:
+async def apply_configuration(kube: Kube, desired: dict[str, Any], operator_user: str | None = None) -> None:
     """Create or update the MutatingWebhookConfiguration `desired` and the ValidatingWebhookConfiguration
     derived from it (configuration.validating_from): idempotent on restarts, one endpoint and CA for both."""
     await _apply(kube, "mutatingwebhookconfigurations", desired)
-    await _apply(kube, "validatingwebhookconfigurations", configuration.validating_from(desired))
+    await _apply(
+        kube, "validatingwebhookconfigurations", configuration.validating_from(desired, operator_user)
+    )
 
 
 async def _apply(kube: Kube, plural: str, desired: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ __all__ = [
 Json = dict[str, Any]
 
 JSON_PATCH = "application/json-patch+json"
+SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -139,6 +140,17 @@ class Kube:
             if exc.not_found:
                 return None
             raise
+
+    async def username(self) -> str | None:
+        """Who this client is to the API server (a SelfSubjectReview, served since Kubernetes 1.28 to every
+        authenticated user); None when it cannot tell."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        try:
+            found = await self.request("POST", SELF_SUBJECT_REVIEWS, review)
+        except KubeError:
+            return None
+        name = ((found.get("status") or {}).get("userInfo") or {}).get("username")
+        return str(name) if name else None
 
     async def create(self, path: str, body: Json) -> Json:
         return await self.request("POST", path, body)

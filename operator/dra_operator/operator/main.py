@@ -21,7 +21,7 @@ from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
 from dra_operator.allocation.search import PLACEMENTS
-from dra_operator.kube.client import Kube, KubeError, NotLeading, load_configuration
+from dra_operator.kube.client import SELF_SUBJECT_REVIEWS, Kube, KubeError, NotLeading, load_configuration
 from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics, periodic
 from dra_operator.operator.admitting import AdmissionFeed
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
@@ -219,8 +219,9 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         return elector is None or elector.leading
 
     def may_write(path: str) -> bool:
-        # Every write but the Lease's own is a leader's: withheld the moment leadership lapses.
-        return leading() or "/leases" in path
+        # Every write but the Lease's own is a leader's: withheld the moment leadership lapses. (A review of
+        # who we are is a POST that writes nothing.)
+        return leading() or "/leases" in path or path == SELF_SUBJECT_REVIEWS
 
     def on_reachable(answered: bool) -> None:
         reachable["now"] = answered
@@ -254,7 +255,8 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
 
     metrics.serve(args.metrics_port, args.metrics_host)
     feed.builtin_dra = await wait_for_apiserver(kube, "resource.k8s.io/v1", "resourceclaims")
-    log.info("cluster inspected", builtin_dra=feed.builtin_dra)
+    operator_user = await kube.username()
+    log.info("cluster inspected", builtin_dra=feed.builtin_dra, user=operator_user)
 
     if args.tls_cert_file:
         certs = tls.CertFiles(
@@ -292,7 +294,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         while True:
             try:
                 desired = desired_configuration()
-                await admission.apply_configuration(kube, desired)
+                await admission.apply_configuration(kube, desired, operator_user)
                 break
             except NotLeading:
                 return  # the new leader configures it

@@ -165,7 +165,7 @@ class AdmissionProcess:
             theirs.close()
         reader, self._writer = await asyncio.open_connection(sock=ours, limit=1 << 20)
         try:
-            line = await asyncio.wait_for(reader.readline(), START_SECONDS)
+            line = await asyncio.wait_for(_next_line(reader), START_SECONDS)
         except TimeoutError:
             line = b""
         try:
@@ -185,7 +185,7 @@ class AdmissionProcess:
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         delay = 0.5
         while True:
-            while line := await reader.readline():
+            while line := await _next_line(reader):
                 try:
                     report = json.loads(line)
                     if report.get("op") == "reviewed":
@@ -206,6 +206,18 @@ class AdmissionProcess:
                     log.error("%s; retrying in %.1f s", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RESTART_BACKOFF_MAX)
+
+
+async def _next_line(reader: asyncio.StreamReader) -> bytes:
+    """The child's next line, or b"" once it is gone: a child that dies with our messages unread resets the
+    connection (ECONNRESET) instead of closing it, which is its end all the same."""
+    try:
+        return await reader.readline()
+    except (ConnectionError, OSError):
+        return b""
+    except ValueError:  # a line past the reader's limit: not the child we started; replace it
+        log.error("the admission process wrote an overlong line")
+        return b""
 
 
 # ------------------------------------------------------------------------------------------ the child

@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +41,9 @@ Json = dict[str, Any]
 
 #: How long the child may take to listen (it imports the admission code and loads the certificate).
 START_SECONDS = 30.0
-#: Waits before starting a dead child again: 0.5 s doubling to this.
+#: Waits before starting a dead child again: none after a child that served this long, else 0.5 s doubling
+#: to RESTART_BACKOFF_MAX (also between starts that fail).
+STEADY_SECONDS = 30.0
 RESTART_BACKOFF_MAX = 10.0
 
 
@@ -184,6 +187,7 @@ class AdmissionProcess:
 
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         delay = 0.5
+        started = time.monotonic()
         while True:
             while line := await _next_line(reader):
                 try:
@@ -197,10 +201,20 @@ class AdmissionProcess:
             code = self._process.returncode if self._process is not None else None
             log.error("admission process ended (exit code %s): starting another", code)
             await self._end(grace=1.0)
+            if time.monotonic() - started < STEADY_SECONDS:  # it keeps dying: no restart loop at full speed
+                log.error(
+                    "admission process ended within %.0f s of its start; waiting %.1f s",
+                    STEADY_SECONDS,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_MAX)
+            else:
+                delay = 0.5
             while True:
                 try:
                     reader = await self._spawn()
-                    delay = 0.5
+                    started = time.monotonic()
                     break
                 except (ChildFailed, OSError) as exc:
                     log.error("%s; retrying in %.1f s", exc, delay)

@@ -46,13 +46,17 @@ class AdmissionFeed:
     def warm(self) -> None:
         """The caches are filled: publish the names, then let reviews through."""
         self._warm = True
-        self._extended = MappingProxyType(declared_extended_resources(self._state.all(CLASSES)))
+        self._extended = self._declared()
         for message in self.snapshot()[1:]:  # no reset: only the extended names were sent before
             self.send(message)
 
     def classes_changed(self) -> None:
-        self._extended = MappingProxyType(declared_extended_resources(self._state.all(CLASSES)))
+        self._extended = self._declared()
         self.send(mirror.extended(self._extended))
+
+    def _declared(self) -> Mapping[str, str]:
+        # Replaced whole, never changed in place: whoever holds the last one keeps a consistent view.
+        return MappingProxyType(declared_extended_resources(self._state.all(CLASSES)))
 
     def seen(self, kind: str, key: Key, exists: bool) -> None:
         """A watch event of a claim or template (before the caches are filled the snapshot covers it)."""

@@ -122,7 +122,7 @@ class Allocator:
     def allocate(self, req: AllocationRequest) -> Placed | Failure:
         claims: dict[str, ResourceClaim] = {}
         for pod_claim, obj in req.claims.items():
-            model = self._model(obj, req.state.assumption(CLAIMS, obj) if req.state is not None else None)
+            model = self._model(obj, _assumption(req.state, obj))
             if not isinstance(model, ResourceClaim):
                 return Failure("InvalidClaim", f"ResourceClaim {obj['metadata'].get('name')} is not valid")
             claims[pod_claim] = model
@@ -271,7 +271,7 @@ class Allocator:
         allocation = None
         token = ""
         if obj is not None and (obj.get("status") or {}).get("allocation"):
-            assumed = state.assumption(CLAIMS, obj) if state is not None else None
+            assumed = _assumption(state, obj)
             model = self._model(obj, assumed)
             if isinstance(model, ResourceClaim) and model.status is not None and model.status.allocation:
                 meta = obj.get("metadata") or {}
@@ -316,6 +316,11 @@ def _spec_versions(objs: Sequence[Json]) -> tuple[tuple[str, str], ...]:
             for o in objs
         )
     )
+
+
+def _assumption(state: State | None, claim: Json) -> int | None:
+    """The state's serial number for `claim` if it is an assumed one (see State.assumption)."""
+    return state.assumption(CLAIMS, claim) if state is not None else None
 
 
 def _claim_key(obj: Json) -> tuple[str, str]:

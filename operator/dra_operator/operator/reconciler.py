@@ -102,6 +102,12 @@ class _Reservation:
     undo: Callable[[], None]
 
 
+def _undo(plans: Iterable[_Reservation]) -> None:
+    """Drop the assumptions of `plans` whose writes did not land (a no-op for the written ones)."""
+    for plan in plans:
+        plan.undo()
+
+
 def _reserved(claim: Json, pod: Json, allocation: Json | None, node: str | None) -> Json | None:
     """`claim` allocated (if it is not yet) and reserved for `pod`, with its state and conditions; None when
     it already is both."""
@@ -623,10 +629,8 @@ class Reconciler:
                 placed_all.append(
                     (member, claims, await self._write_reservations(member, claims, outcome, plans))
                 )
-        finally:
-            for *_, plans in decided:  # a failed write leaves the members after it unwritten: not assumed
-                for plan in plans:
-                    plan.undo()
+        finally:  # a failed write leaves the members after it unwritten: not assumed
+            _undo(plan for *_, plans in decided for plan in plans)
         log.info("gang allocated", gang=gang.display, namespace=namespace, pods=len(decided))
         for member, claims, placed in placed_all:
             await self._ungate(member, claims, placed)
@@ -674,9 +678,7 @@ class Reconciler:
                     (member, claims, placed, await self._plan_reservations(member, claims, placed))
                 )
         except BaseException:
-            for *_, plans in decided:
-                for plan in plans:
-                    plan.undo()
+            _undo(plan for *_, plans in decided for plan in plans)
             raise
         return decided
 
@@ -755,8 +757,7 @@ class Reconciler:
                     newly = not (claim.get("status") or {}).get("allocation")
                     plans.append(_Reservation(pod_claim, claim, new, newly, self.state.assume(CLAIMS, new)))
         except BaseException:
-            for plan in plans:
-                plan.undo()
+            _undo(plans)
             raise
         return plans
 
@@ -769,8 +770,7 @@ class Reconciler:
             for plan in plans:
                 written_by_claim[plan.pod_claim] = await self._write_reservation(pod, plan, outcome.node)
         finally:
-            for plan in plans:
-                plan.undo()  # nothing for the written ones: their answer replaced the assumption
+            _undo(plans)  # nothing for the written ones: their answer replaced the assumption
         allocations: dict[str, Json] = {}
         for pod_claim, claim in claims.items():
             current = written_by_claim.get(pod_claim) or self.state.get(CLAIMS, _key(claim)) or claim

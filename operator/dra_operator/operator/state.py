@@ -309,17 +309,6 @@ class State:
         if key in self._overlay[kind]:
             self.get(kind, key)
 
-    def exists(self, kind: str, key: Key) -> bool:
-        """Whether an object is at `key`, by single-key reads only: callable from the admission thread, where
-        `get` (which prunes the overlay) and `all` (which iterates) are not."""
-        if key in self._assumed[kind]:
-            return True
-        written = self._overlay[kind].get(key)
-        if written is not None:
-            return written[1] is not None
-        indexes = self.indexes
-        return indexes is not None and key in indexes[kind]
-
     def all(self, kind: str, ordered: bool = False) -> Iterator[Json]:
         """Every object of `kind`; by (namespace, name) when `ordered` (a sort costs n log n per call, which
         per-Pod scans over thousands of claims cannot afford)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dra_operator.api.quantity import Quantity
@@ -297,3 +299,27 @@ def test_regex_library_is_linear_time_and_reports_bad_patterns() -> None:
     assert compile_selector(pathological).evaluate(device) is True  # would take ages with backtracking
     with pytest.raises(CelEvaluationError, match="invalid regular expression"):
         compile_selector('"abc".find("(") == ""').evaluate(device)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_a_device_evaluated_once_keeps_no_cel_memory() -> None:
+    # cel-cpp converts an activation's maps into its arena at the first evaluation, outside Python's heap
+    # (tracemalloc cannot see it): ~9.5 KiB per device while the activation lives, 450 MiB at 40,000
+    # devices when every device kept one. Measured by RSS, with a margin far from both outcomes.
+    selectors = [compile_selector(SEED), compile_selector('device.driver == "driver.example.com"')]
+    devices = [gpu(name=f"gpu-{i}") for i in range(5000)]
+    for device in devices[:100]:  # the allocator's and interpreter's first growth is not the subject
+        for selector in selectors:
+            selector.evaluate(device)
+    before = _rss_mib()
+    for device in devices[100:]:
+        for selector in selectors:
+            assert selector.evaluate(device)
+    grown = _rss_mib() - before
+    assert grown < 12, f"{grown:.1f} MiB kept for 4,900 devices (54 MiB measured when each kept its arena)"

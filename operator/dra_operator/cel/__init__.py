@@ -38,10 +38,12 @@ Python objects cannot be CEL values (quantities and semvers are protobuf message
 message equality is semantic equality); each call into a Python function leaks (measured ~1.2 KB per
 evaluation of `memory.isGreaterThan(quantity("32Gi"))`), so literal `quantity("..")`/`semver("..")` calls are
 folded into message constants and `compareTo`/`isGreaterThan`/`isLessThan` are rewritten into comparisons of
-an order-preserving string field (no growth measured over 100k first evaluations afterwards); a reused
-activation grows ~80-230 B per evaluation, which is why activations live with the CelDevice (one slice
-generation); maps have no default (the domains an expression indexes are pre-created empty per device); two
-Python overloads of one name on two message types collide (one implementation dispatches on type).
+an order-preserving string field (no growth measured over 100k first evaluations afterwards); an activation
+converts its maps into its own arena at the first evaluation (~9.5 KiB per device) and grows ~80-230 B per
+further one, so each evaluation gets a fresh activation, dropped after it (results are cached per slice
+generation, so that is one per device and expression); maps have no default (the domains an expression
+indexes are pre-created empty per device); two Python overloads of one name on two message types collide (one
+implementation dispatches on type).
 
 Known differences from Kubernetes: `isInteger()`/`asInteger()` answer from the value (Kubernetes answers from
 its internal representation, so `quantity("1000m").isInteger()` is false there); `"d" in device.attributes` is

@@ -189,3 +189,36 @@ def test_a_pass_is_skipped_until_slices_rules_or_claims_change_after_one_that_fo
     watcher.state.touch(TAINT_RULES, ("", "maintenance"))  # as the rules' watch handler does
     assert asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=4))) == 1
     assert len(passes) == 2 and deleted(kube) == ["/api/v1/namespaces/ns/pods/p"]
+
+
+def test_the_devices_taints_are_gathered_again_only_after_a_slice_or_rule_changed() -> None:
+    """In a burst of allocations only claims change: the pass that follows each reads the taints it gathered
+    before; a new slice spec (here: a taint the node agent set) is read at the next pass."""
+    watcher, kube, _ = loop(slices=[slice_with()], rules=[], claims=[claim()])
+    gathered: list[int] = []
+    rule_taints = watcher.allocator.rule_taints
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        gathered.append(1)
+        return rule_taints(*args, **kwargs)
+
+    watcher.allocator.rule_taints = counted  # type: ignore[method-assign]
+    assert watcher.state.indexes is not None
+    asyncio.run(watcher.check(T0))
+    for n in range(3):  # claims come and go: every pass runs (the claims changed), none gathers again
+        other = claim() | {
+            "metadata": {"name": f"c{n}", "namespace": "ns", "uid": f"u{n}", "resourceVersion": "1"}
+        }
+        watcher.state.indexes[CLAIMS][("ns", f"c{n}")] = [other]
+        watcher.state.touch(CLAIMS, ("ns", f"c{n}"))
+        assert asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=2 * n + 2))) == 0
+    assert len(gathered) == 1 and not deleted(kube)
+    tainted = slice_with([{"key": "d.example.com/xid", "value": "79", "effect": "NoExecute"}])
+    tainted["metadata"]["resourceVersion"] = "2"
+    tainted["spec"]["pool"]["generation"] = 2
+    watcher.state.indexes[SLICES][("", "n1-slice")] = [tainted]
+    watcher.state.touch(SLICES, ("", "n1-slice"))  # as the slices' watch handler does for a new spec
+    assert (
+        asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=10))) == 1
+    )  # Pod p, whose claims hold gpu-0
+    assert len(gathered) == 2

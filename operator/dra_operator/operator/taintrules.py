@@ -24,7 +24,15 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from dra_operator.allocation.taints import Eviction, device_taints, due_now, evictions, format_time
+from dra_operator.allocation.snapshot import DeviceID
+from dra_operator.allocation.taints import (
+    Eviction,
+    RuleTaints,
+    device_taints,
+    due_now,
+    evictions,
+    format_time,
+)
 from dra_operator.api.resource import DeviceTaint
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours, path_of
 from dra_operator.operator.allocating import Allocator
@@ -40,6 +48,7 @@ EVICTION_REASON = "DeviceTaintEviction"
 DISRUPTION_REASON = "DeletionByDeviceTaintManager"
 EVICTING = "EvictionInProgress"
 
+DeviceTaints = dict[DeviceID, tuple[DeviceTaint, ...]]
 TaintId = tuple[tuple[str, str, str], str, str, str]  # (device, key, value, effect)
 
 
@@ -59,6 +68,9 @@ class TaintRules:
         self.evicted: set[str] = set()  # Pod uids deleted by this replica
         self._first_seen: dict[TaintId, str] = {}  # slice taints without timeAdded -> when first seen
         self.unchanged = Unchanged(state, SLICES, TAINT_RULES, CLAIMS)
+        # What the slices and rules taint, kept while neither changed: in a burst of allocations only the
+        # claims change, and gathering every device's taints each pass cost 6.7 % of the operator's CPU.
+        self._taints: tuple[tuple[int, ...], RuleTaints, DeviceTaints] | None = None
 
     def changed(self) -> None:
         """A rule or slice changed: look now rather than at the next tick."""
@@ -75,10 +87,9 @@ class TaintRules:
             return 0
         revisions = self.unchanged.now()
         now = now or datetime.datetime.now(datetime.UTC)
-        slices = list(self.state.all(SLICES))
         rules = list(self.state.all(TAINT_RULES))
-        ruled = self.allocator.rule_taints(slices, rules)
-        taints = self._stamped(device_taints(self.allocator.slice_models(slices), ruled.by_device), now)
+        ruled, taints = self._device_taints(rules)
+        taints = self._stamped(taints, now)
         claims = list(self.state.all(CLAIMS))
         found = evictions(claims, taints, now) if taints and claims else []
         evicted = 0
@@ -98,6 +109,16 @@ class TaintRules:
                     rule, "SelectorFailed", f"the devices these fail on are not tainted: {listed}"
                 )
         return evicted
+
+    def _device_taints(self, rules: list[Json]) -> tuple[RuleTaints, DeviceTaints]:
+        """What the rules taint, and every device's taints (the slices' own and the rules'); recomputed only
+        after a slice's spec or a rule changed (the slice handler journals no status-only change)."""
+        key = (self.state.epoch, self.state.revision_of(SLICES), self.state.revision_of(TAINT_RULES))
+        if self._taints is None or self._taints[0] != key:
+            slices = list(self.state.all(SLICES))
+            ruled = self.allocator.rule_taints(slices, rules)
+            self._taints = (key, ruled, device_taints(self.allocator.slice_models(slices), ruled.by_device))
+        return self._taints[1], self._taints[2]
 
     def _stamped(
         self, taints: dict[tuple[str, str, str], tuple[DeviceTaint, ...]], now: datetime.datetime

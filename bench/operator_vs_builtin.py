@@ -21,7 +21,8 @@ DELETEs and without Lease renewals (time-based, not per Pod); the counters are c
 writes in the window (windows end when the counters stop moving); `cleanup s`: Pods deleted (grace 0: no
 kubelet) until every claim of the namespace is gone; `operator RSS MiB`: VmRSS of the operator process and its
 admission process together when ready / peak (VmHWM, each one's) / after cleanup. Device capacity N x 8 must
-be at least P, so no Pod waits for a device.
+be at least P, so no Pod waits for a device. After the table, fragmentation: the nodes none of whose GPUs a
+claim holds once every Pod is placed (where an 8-GPU Pod still fits).
 
 Kubernetes' client rate limits (controller manager 20/s, scheduler 50/s) bound the built-in path at these
 sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them. `--cpu-hog N`
@@ -95,6 +96,7 @@ class Result:
     rss_mib: tuple[float, float, float] | None = None
     webhook_ms: tuple[float, float, float] | None = None  # p50, p99, calls: the apiserver's own histogram
     review_ms: tuple[float, float, float] | None = None  # the same from the operator's finer histogram
+    whole_nodes_free: tuple[int, int] = (0, 0)  # nodes whose GPUs no claim holds once all are placed; of all
 
     @property
     def writes_per_pod(self) -> float:
@@ -455,6 +457,7 @@ class Bench:
         wall = max(watch.bound.values()) - first
         latencies = [(watch.bound[name] - created[name]) * 1000 for name in created]
         rss_peak = memory_mib(operator.pid, "VmHWM") if operator else 0.0
+        whole_free = (len(set(self.nodes) - nodes_in_use(self.claims(flavour))), len(self.nodes))
 
         started = time.monotonic()
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
@@ -483,7 +486,9 @@ class Bench:
             p50, calls = bucket_quantile(reviews_before, reviews_after, 0.50)
             p99, _ = bucket_quantile(reviews_before, reviews_after, 0.99)
             reviews = (p50, p99, calls)
-        return Result(flavour, self.pods, creating, wall, latencies, cleanup, writes, rss, webhook, reviews)
+        return Result(
+            flavour, self.pods, creating, wall, latencies, cleanup, writes, rss, webhook, reviews, whole_free
+        )
 
     def diagnose(self, flavour: Flavour, operator: LocalOperator | None, unbound: set[str]) -> str:
         """Why Pods were not bound: one of them, its claim(s), events, and the operator's log tail."""
@@ -507,6 +512,16 @@ class Bench:
         if operator:
             lines.append(operator.log())
         return "\n".join(lines)
+
+
+def nodes_in_use(claims: list[Json]) -> set[str]:
+    """The nodes holding an allocated device (each node's slice is its own pool, named after it)."""
+    used = set()
+    for claim in claims:
+        allocation = (claim.get("status") or {}).get("allocation") or {}
+        for result in (allocation.get("devices") or {}).get("results") or []:
+            used.add(str(result.get("pool")))
+    return used
 
 
 def without_leases(writes: dict[WriteKey, float]) -> dict[WriteKey, float]:
@@ -611,6 +626,12 @@ def report(builtin: Result, ours: Result) -> str:
     lines = [row(table[0], widths), "-+-".join("-" * w for w in widths)]
     lines += [row(r, widths) for r in table[1:]]
 
+    lines += [
+        "",
+        "fragmentation once every Pod is placed: whole nodes left free (where an 8-GPU Pod still fits): "
+        f"built-in {builtin.whole_nodes_free[0]} of {builtin.whole_nodes_free[1]}, dra-operator "
+        f"{ours.whole_nodes_free[0]} of {ours.whole_nodes_free[1]} (placement policy binpack, the default)",
+    ]
     if ours.webhook_ms is not None:
         p50, p99, calls = ours.webhook_ms
         lines += [

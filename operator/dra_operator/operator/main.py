@@ -22,7 +22,7 @@ from dra_operator.admission import webhook as admission
 from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
 from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import SELF_SUBJECT_REVIEWS, Kube, KubeError, NotLeading, load_configuration
-from dra_operator.operator import handlers, heap, kopfpatch, leader, logs, metrics, periodic
+from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics, periodic
 from dra_operator.operator.admitting import AdmissionFeed
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
 from dra_operator.operator.devicehealth import DeviceHealthWatch
@@ -361,7 +361,6 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         feed.warm()
         on_reachable(True)
         log.info("caches filled: serving admission")
-        heap.release_free_memory()
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if args.resync_seconds > 0:
             tasks.append(asyncio.create_task(reconciler.resync_every(args.resync_seconds), name="resync"))

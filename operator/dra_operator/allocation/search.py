@@ -878,10 +878,16 @@ def allocate(
 
     order: Iterable[int] = (p for p in candidates(start, blocked_too=full_scan) if fits(p))
     if placement != "first" and needs:
-        ranked = list(order)
-        free = {p: sum(snapshot.free_candidates(sig, snapshot.nodes[p]) for sig in needs) for p in ranked}
-        ranked.sort(key=(lambda p: (free[p], p)) if placement == "binpack" else (lambda p: (-free[p], p)))
-        order = ranked
+        # One count per node and signature serves both the fit and the rank (the ranking visits every node).
+        free: dict[int, int] = {}
+        for position in candidates(start, blocked_too=full_scan):
+            node = snapshot.nodes[position]
+            counts = [(snapshot.free_candidates(sig, node), n) for sig, n in needs.items()]
+            if full_scan or all(count >= n for count, n in counts):
+                free[position] = sum(count for count, _ in counts)
+        order = sorted(
+            free, key=(lambda p: (free[p], p)) if placement == "binpack" else (lambda p: (-free[p], p))
+        )
     for position in order:
         node = snapshot.nodes[position]
         search = _NodeSearch(snapshot, node, plans)

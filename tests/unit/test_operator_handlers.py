@@ -3,6 +3,7 @@ per-object diff base (dra_operator.operator.kopfstorage)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, cast
 
 import kopf
@@ -19,3 +20,15 @@ def test_no_handler_needs_the_diff_base() -> None:
     assert found._watching.get_all_handlers(), "the watch-event handlers are registered"
     assert found._changing.get_all_handlers() == [], "on.create/update/delete/resume read the diff base"
     assert found._spawning.get_all_handlers() == [], "daemons and timers read the diff base"
+
+
+def test_every_handler_and_index_function_runs_on_the_event_loop() -> None:
+    """Kopf runs a plain function in its thread pool: a thread hop per watch event, and the State touched from
+    a second thread. Coroutines run on the loop."""
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None)
+    found: Any = registry
+    registered = found._indexing.get_all_handlers() + found._watching.get_all_handlers()
+    assert len(found._indexing.get_all_handlers()) == 7, "one index per cached kind"
+    plain = [h.id for h in registered if not inspect.iscoroutinefunction(h.fn)]
+    assert plain == [], f"run in Kopf's thread pool: {plain}"

@@ -18,7 +18,10 @@ Json = Mapping[str, Any]
 HEALTH_TAINT_SUFFIXES = ("/xid", "/gpu-lost")
 
 
-def _current_devices(slices: Iterable[Json]) -> dict[tuple[str, str], dict[str, Json]]:
+CurrentDevices = dict[tuple[str, str], dict[str, Json]]
+
+
+def current_devices(slices: Iterable[Json]) -> CurrentDevices:
     """(driver, pool) -> device name -> device, from each pool's highest-generation slices."""
     newest: dict[tuple[str, str], int] = {}
     listed: list[tuple[tuple[str, str], int, Json]] = []
@@ -29,7 +32,7 @@ def _current_devices(slices: Iterable[Json]) -> dict[tuple[str, str], dict[str, 
         generation = int(pool.get("generation") or 0)
         newest[key] = max(newest.get(key, generation), generation)
         listed.append((key, generation, spec))
-    devices: dict[tuple[str, str], dict[str, Json]] = {key: {} for key in newest}
+    devices: CurrentDevices = {key: {} for key in newest}
     for key, generation, spec in listed:
         if generation == newest[key]:
             for device in spec.get("devices") or []:
@@ -51,7 +54,12 @@ def _health_taint(device: Json) -> str | None:
 
 def unhealthy_devices(slices: Iterable[Json], claims: Iterable[Json]) -> dict[DeviceKey, str]:
     """Every (driver, pool, device) an allocated claim holds that is unhealthy now -> why."""
-    current = _current_devices(slices)
+    return unhealthy_among(current_devices(slices), claims)
+
+
+def unhealthy_among(current: CurrentDevices, claims: Iterable[Json]) -> dict[DeviceKey, str]:
+    """`unhealthy_devices` with the slices' `current_devices` already gathered (a caller may keep them while
+    no slice changed)."""
     found: dict[DeviceKey, str] = {}
     for claim in claims:
         for key, _ in allocation_results(claim):

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from test_operator_taintrules import FakeRecorder
 
 from dra_operator.operator import devicehealth
 from dra_operator.operator.devicehealth import REASON, DeviceHealthWatch
@@ -23,14 +24,6 @@ class FakeKube:
     async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Json:
         self.calls.append((method, path, body))
         return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "p1"}}
-
-
-class FakeRecorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []
-
-    def warning(self, obj: Json, reason: str, message: str) -> None:
-        self.events.append((obj["metadata"]["name"], reason, message))
 
 
 def slice_of(*devices: str, generation: int = 1) -> Json:

@@ -105,6 +105,19 @@ def deleted(kube: FakeKube) -> list[str]:
     return [path for method, path, _ in kube.calls if method == "DELETE"]
 
 
+def count_gatherings(watcher: TaintRules) -> list[int]:
+    """A list that grows by one each time the loop gathers what the rules taint."""
+    gathered: list[int] = []
+    rule_taints = watcher.allocator.rule_taints
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        gathered.append(1)
+        return rule_taints(*args, **kwargs)
+
+    watcher.allocator.rule_taints = counted  # type: ignore[method-assign]
+    return gathered
+
+
 def test_an_untolerated_noexecute_rule_evicts_with_event_condition_and_delete() -> None:
     watcher, kube, recorder = loop(slices=[slice_with()], rules=[rule()], claims=[claim()])
     assert asyncio.run(watcher.check(T0)) == 1
@@ -173,14 +186,7 @@ def test_a_slice_taint_without_time_counts_from_when_it_was_first_seen() -> None
 
 def test_a_pass_is_skipped_until_slices_rules_or_claims_change_after_one_that_found_nothing() -> None:
     watcher, kube, _ = loop(slices=[slice_with()], rules=[], claims=[claim()])
-    passes: list[int] = []
-    rule_taints = watcher.allocator.rule_taints
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        passes.append(1)
-        return rule_taints(*args, **kwargs)
-
-    watcher.allocator.rule_taints = counted  # type: ignore[method-assign]
+    passes = count_gatherings(watcher)
     asyncio.run(watcher.check(T0))
     asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=2)))
     assert len(passes) == 1, "nothing changed and nothing was pending: the second pass is skipped"
@@ -195,14 +201,7 @@ def test_the_devices_taints_are_gathered_again_only_after_a_slice_or_rule_change
     """In a burst of allocations only claims change: the pass that follows each reads the taints it gathered
     before; a new slice spec (here: a taint the node agent set) is read at the next pass."""
     watcher, kube, _ = loop(slices=[slice_with()], rules=[], claims=[claim()])
-    gathered: list[int] = []
-    rule_taints = watcher.allocator.rule_taints
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        gathered.append(1)
-        return rule_taints(*args, **kwargs)
-
-    watcher.allocator.rule_taints = counted  # type: ignore[method-assign]
+    gathered = count_gatherings(watcher)
     assert watcher.state.indexes is not None
     asyncio.run(watcher.check(T0))
     for n in range(3):  # claims come and go: every pass runs (the claims changed), none gathers again

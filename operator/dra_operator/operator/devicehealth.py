@@ -21,7 +21,7 @@ from dra_operator.allocation.health import CurrentDevices, current_devices, unhe
 from dra_operator.allocation.usage import DeviceKey, allocation_results
 from dra_operator.kube.client import Kube, KubeError, NotLeading, path_of
 from dra_operator.operator.events import Recorder
-from dra_operator.operator.periodic import Unchanged, leader_passes
+from dra_operator.operator.periodic import Kept, Unchanged, leader_passes
 from dra_operator.operator.state import CLAIMS, PODS, SLICES, Json, State
 
 log = structlog.get_logger("dra_operator.devicehealth")
@@ -57,9 +57,7 @@ class DeviceHealthWatch:
         self.interval = interval
         self.reported: dict[str, set[DeviceKey]] = {}  # Pod uid -> devices already reported
         self.unchanged = Unchanged(state, SLICES, CLAIMS)
-        # The slices' current devices, kept while no slice's spec changed (the slice handler journals no
-        # status-only change): in a burst only claims change, and gathering them walked every slice each pass.
-        self._current: tuple[tuple[int, int], CurrentDevices] | None = None
+        self._current: Kept[CurrentDevices] = Kept(state, SLICES)  # the slices' current devices
 
     async def run(self) -> None:
         await leader_passes(self.interval, self.is_leader, self.check)
@@ -71,7 +69,11 @@ class DeviceHealthWatch:
             return 0
         revisions = self.unchanged.now()
         claims = list(self.state.all(CLAIMS))
-        problems = unhealthy_among(self._current_devices(), claims) if claims else {}
+        problems = (
+            unhealthy_among(self._current.get(lambda: current_devices(self.state.all(SLICES))), claims)
+            if claims
+            else {}
+        )
         told, untold = 0, 0
         holders: set[str] = set()
         for claim in claims:
@@ -92,12 +94,6 @@ class DeviceHealthWatch:
             del self.reported[uid]
         self.unchanged.settled(None if untold else revisions)
         return told
-
-    def _current_devices(self) -> CurrentDevices:
-        key = (self.state.epoch, self.state.revision_of(SLICES))
-        if self._current is None or self._current[0] != key:
-            self._current = (key, current_devices(self.state.all(SLICES)))
-        return self._current[1]
 
     async def _tell(self, pod: Json, claim: Json, bad: dict[DeviceKey, str]) -> bool:
         meta = pod["metadata"]

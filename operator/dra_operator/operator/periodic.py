@@ -8,13 +8,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 from dra_operator.operator.state import CLASSES, NODES, SLICES, TAINT_RULES, TEMPLATES, State
 
 log = structlog.get_logger("dra_operator.operator")
+
+T = TypeVar("T")
 
 
 async def leader_passes(
@@ -56,6 +58,22 @@ class Unchanged:
     def settled(self, revisions: tuple[int, ...] | None) -> None:
         """The pass that started at `revisions` left nothing to do (None: it did, look again next time)."""
         self._settled = revisions
+
+
+class Kept(Generic[T]):
+    """A value a pass derives from the caches of `kinds`, computed again only after one of them changed or the
+    journal's epoch moved. In a burst of allocations only claims change: a pass that also reads every slice
+    need not gather from them each time (the slice handler journals no status-only change)."""
+
+    def __init__(self, state: State, *kinds: str) -> None:
+        self.state, self.kinds = state, kinds
+        self._kept: tuple[tuple[int, ...], T] | None = None  # (epoch and revisions, value)
+
+    def get(self, compute: Callable[[], T]) -> T:
+        key = (self.state.epoch, *(self.state.revision_of(kind) for kind in self.kinds))
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, compute())
+        return self._kept[1]
 
 
 async def standby_warm_ups(

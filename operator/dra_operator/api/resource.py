@@ -12,7 +12,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from dra_operator.api.formats import (
@@ -35,6 +43,7 @@ from dra_operator.api.group import GROUP as GROUP
 from dra_operator.api.group import UPSTREAM_API_VERSION as UPSTREAM_API_VERSION
 from dra_operator.api.group import VERSION as VERSION
 from dra_operator.api.meta import annotation_problems, invalid_value, label_problems, qualified_name_messages
+from dra_operator.api.sharing import Table, shared_map
 
 # Limits of resource.k8s.io/v1 (k8s.io/api resource/v1 types.go constants).
 REQUESTS_MAX = 32
@@ -538,6 +547,13 @@ class ResourceClaimStatus(KubeModel):
 # ------------------------------------------------------------------------------------------------ slices
 
 
+# Parsed attribute and capacity values, shared by the devices that repeat them (see api.sharing).
+_ATTRIBUTES = Table()
+_ATTRIBUTE_FIELDS = frozenset({"int", "bool", "string", "version"})
+_CAPACITIES = Table()
+_CAPACITY_FIELDS = frozenset({"value"})
+
+
 class DeviceAttribute(KubeModel):
     """Exactly one of int, bool, string or version (a semantic version 2.0.0)."""
 
@@ -553,6 +569,11 @@ class DeviceAttribute(KubeModel):
             "exactly one of int, bool, string or version must be set",
         ),
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _shared(cls, data: Any, handler: ModelWrapValidatorHandler[DeviceAttribute]) -> DeviceAttribute:
+        return _ATTRIBUTES.parsed(data, _ATTRIBUTE_FIELDS, handler)
 
     @field_validator("int_value")
     @classmethod
@@ -621,6 +642,11 @@ class CapacityRequestPolicy(KubeModel):
 class DeviceCapacity(KubeModel):
     value: QuantityValue
     request_policy: CapacityRequestPolicy | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _shared(cls, data: Any, handler: ModelWrapValidatorHandler[DeviceCapacity]) -> DeviceCapacity:
+        return _CAPACITIES.parsed(data, _CAPACITY_FIELDS, handler)
 
 
 class Counter(KubeModel):
@@ -719,6 +745,11 @@ class Device(KubeModel):
             "at most one of nodeName, nodeSelector or allNodes may be set on a device",
         ),
     )
+
+    @field_validator("attributes", "capacity")
+    @classmethod
+    def _shared_map(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return shared_map(value)
 
     @model_validator(mode="after")
     def _limits(self) -> Device:

@@ -1,0 +1,95 @@
+"""Equal parts of parsed devices held once: attribute and capacity values, and whole attribute maps.
+
+At 5,000 slices x 8 GPUs the parsed slices were the operator's largest item (20 KiB per slice, issue 14),
+although most devices of a cluster repeat one another: the same product name, driver version, memory. A
+value seen before is answered with the model parsed then (so it is also parsed once), and a device's map
+equal to one held already becomes that map. The tables hold their entries weakly: a value leaves with the
+last device that uses it, and nothing here grows with the slices that came and went.
+
+What is shared must not change: the models are only read after validation (the allocator's contract), and a
+shared map refuses writes, so a caller that tried would fail loudly rather than change other devices.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NoReturn, TypeVar
+
+V = TypeVar("V")
+
+
+class SharedMap(dict[str, V]):
+    """A read-only dict (weakly referable, so the table does not keep it alive)."""
+
+    __slots__ = ("__weakref__",)
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a device's shared attribute or capacity map is read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
+
+    def __copy__(self) -> SharedMap[V]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedMap[V]:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedMap, (dict(self),))
+
+    def __init__(self, items: Mapping[str, V] | None = None) -> None:
+        dict.__init__(self, items or {})
+
+
+class Table:
+    """Values by a hashable key of their JSON form, held weakly."""
+
+    def __init__(self) -> None:
+        self._held: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
+
+    def get(self, key: Hashable) -> Any | None:
+        return self._held.get(key)
+
+    def keep(self, key: Hashable, value: V) -> V:
+        self._held[key] = value
+        return value
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def parsed(self, data: Any, fields: frozenset[str], parse: Callable[[Any], V]) -> V:
+        """`parse(data)`, or the value held for equal JSON input (see `scalar_key`)."""
+        key = scalar_key(data, fields)
+        if key is None:
+            return parse(data)
+        found: V | None = self._held.get(key)
+        return found if found is not None else self.keep(key, parse(data))
+
+
+def scalar_key(data: Any, fields: frozenset[str]) -> Hashable | None:
+    """A key for JSON input of one scalar field named in `fields` (`{"string": "gpu"}`), else None: other
+    input is parsed as usual, not shared. The value's type is part of the key (1 and true are equal in
+    Python, not in JSON)."""
+    if type(data) is not dict or len(data) != 1:
+        return None
+    ((name, value),) = data.items()
+    if name not in fields or type(value) not in (str, int, bool):
+        return None
+    return (name, type(value), value)
+
+
+MAPS = Table()
+
+
+def shared_map(values: dict[str, V] | None) -> dict[str, V] | None:
+    """`values`, or an equal map held already. Equal means the same keys naming the same value objects, so
+    only maps of shared values are shared (a map of values parsed apart stays apart)."""
+    if not values:
+        return values
+    key = tuple((name, id(value)) for name, value in values.items())
+    found: dict[str, V] | None = MAPS.get(key)
+    if found is not None and found == values:
+        return found
+    # The key's ids stay valid while the map lives: it holds its values, and its entry leaves with it.
+    return MAPS.keep(key, SharedMap(values))

@@ -271,3 +271,13 @@ def test_other_kinds_lose_only_managed_fields_and_the_last_applied_copy() -> Non
     assert "managedFields" not in (state.get(CLAIMS, ("ns", "c")) or {})["metadata"], (
         "our writes are slimmed too"
     )
+
+
+def test_slimmed_slices_share_their_devices_equal_maps() -> None:
+    from dra_operator.controlplane.fakes import gpu_slice_manifest
+
+    a, b = (gpu_slice_manifest(node, {"gpu-0": "64Gi"}) for node in ("node-a", "node-b"))
+    slim_a, slim_b = slim(SLICES, a), slim(SLICES, b)
+    assert slim_a["spec"]["devices"][0]["attributes"] is slim_b["spec"]["devices"][0]["attributes"]
+    assert slim_a["spec"]["devices"] == a["spec"]["devices"] and slim_a["spec"]["pool"] is a["spec"]["pool"]
+    assert type(a["spec"]["devices"][0]["attributes"]) is dict  # the watched object is left as it was

@@ -1,10 +1,13 @@
-"""Equal parts of parsed devices held once: attribute and capacity values, and whole attribute maps.
+"""Equal parts of devices held once, parsed and as JSON: attribute and capacity values, and whole maps.
 
 At 5,000 slices x 8 GPUs the parsed slices were the operator's largest item (20 KiB per slice, issue 14),
 although most devices of a cluster repeat one another: the same product name, driver version, memory. A
 value seen before is answered with the model parsed then (so it is also parsed once), and a device's map
 equal to one held already becomes that map. The tables hold their entries weakly: a value leaves with the
 last device that uses it, and nothing here grows with the slices that came and went.
+
+The operator keeps each slice twice, as JSON for its periodic passes and parsed for decisions; the JSON
+devices' attribute and capacity maps are shared the same way (`shared_devices`).
 
 What is shared must not change: the models are only read after validation (the allocator's contract), and a
 shared map refuses writes, so a caller that tried would fail loudly rather than change other devices.
@@ -71,7 +74,7 @@ def scalar_key(data: Any, fields: frozenset[str]) -> Hashable | None:
     """A key for JSON input of one scalar field named in `fields` (`{"string": "gpu"}`), else None: other
     input is parsed as usual, not shared. The value's type is part of the key (1 and true are equal in
     Python, not in JSON)."""
-    if type(data) is not dict or len(data) != 1:
+    if not isinstance(data, dict) or len(data) != 1:
         return None
     ((name, value),) = data.items()
     if name not in fields or type(value) not in (str, int, bool):
@@ -93,3 +96,48 @@ def shared_map(values: dict[str, V] | None) -> dict[str, V] | None:
         return found
     # The key's ids stay valid while the map lives: it holds its values, and its entry leaves with it.
     return MAPS.keep(key, SharedMap(values))
+
+
+JSON_LEAVES = Table()
+JSON_MAPS = Table()
+_SCALARS = (str, int, bool, float)
+
+
+def _shared_leaf(value: Any) -> Any:
+    """A JSON object of scalars (`{"string": "gpu"}`), shared; anything else as it is."""
+    if not isinstance(value, dict) or not value:
+        return value
+    key = []
+    for name, item in value.items():
+        if type(item) not in _SCALARS:
+            return value
+        key.append((name, type(item), item))
+    found = JSON_LEAVES.get(tuple(key))
+    return found if found is not None else JSON_LEAVES.keep(tuple(key), SharedMap(value))
+
+
+def _shared_json_map(value: Any) -> Any:
+    if not isinstance(value, dict) or not value:
+        return value
+    leaves = {name: _shared_leaf(item) for name, item in value.items()}
+    key = tuple((name, id(item)) for name, item in leaves.items())
+    found = JSON_MAPS.get(key)
+    if found is not None and found == leaves:
+        return found
+    return JSON_MAPS.keep(key, SharedMap(leaves))
+
+
+def shared_devices(devices: Any) -> Any:
+    """A slice's JSON `spec.devices` with each device's `attributes` and `capacity` (and their values)
+    shared with equal ones already held; the device objects themselves are new, other fields untouched."""
+    if not isinstance(devices, list):
+        return devices
+    shared = []
+    for device in devices:
+        if isinstance(device, dict) and ("attributes" in device or "capacity" in device):
+            device = dict(device)
+            for field in ("attributes", "capacity"):
+                if field in device:
+                    device[field] = _shared_json_map(device[field])
+        shared.append(device)
+    return shared

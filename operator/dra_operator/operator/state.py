@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from dra_operator.api.gang import gang_of
+from dra_operator.api.sharing import shared_devices
 from dra_operator.operator.placement import is_gated
 
 Json = dict[str, Any]
@@ -75,7 +76,8 @@ def _slim_container(container: Any) -> Any:
 def slim(kind: str, obj: Mapping[str, Any]) -> Json:
     """`obj` without what no decision reads, for the caches: managedFields and kubectl's last-applied copy
     everywhere; a Pod's volumes, its containers' images, commands, probes and mounts, and its container
-    statuses. The objects at 10,000 Pods and claims are most of the operator's memory (issue 14)."""
+    statuses. A slice's devices share their equal attribute and capacity maps (api.sharing). The objects
+    at 10,000 Pods and claims are most of the operator's memory (issue 14)."""
     kept = dict(obj)
     meta = obj.get("metadata")
     if isinstance(meta, Mapping):
@@ -84,6 +86,11 @@ def slim(kind: str, obj: Mapping[str, Any]) -> Json:
         if isinstance(annotations, Mapping) and LAST_APPLIED in annotations:
             meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
         kept["metadata"] = meta
+    if kind == SLICES:
+        spec = obj.get("spec")
+        if isinstance(spec, Mapping) and "devices" in spec:
+            kept["spec"] = {**spec, "devices": shared_devices(spec["devices"])}
+        return kept
     if kind != PODS:
         return kept
     spec = obj.get("spec")

@@ -186,3 +186,17 @@ def test_unknown_release_is_refused_with_the_matrix() -> None:
     with pytest.raises(build.BuildError, match=r"v1\.30\.14"):
         build.release("1.29")
     assert build.release("v1.37.2").minor == 37
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_bind() -> None:
+    # Outgoing connections take their source ports from the ephemeral range: a port picked there may be
+    # gone before the server binds it (an admission process failed so: address already in use).
+    import socket
+
+    from dra_operator.controlplane.launcher import _ephemeral_ports, free_port
+
+    for _ in range(20):
+        port = free_port()
+        assert port not in _ephemeral_ports()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))

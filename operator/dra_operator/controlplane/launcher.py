@@ -45,6 +45,7 @@ import ctypes
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -77,8 +78,34 @@ class ControlPlaneError(RuntimeError):
     """Start-up failed; the message names the component and ends with the tail of its log."""
 
 
+#: Where free_port looks first: below the kernel's ephemeral range (see free_port).
+_LISTEN_PORTS = range(20000, 32768)
+
+
+def _ephemeral_ports() -> range:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; races are retried by start())."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server started next.
+
+    Not one the OS picks (`bind(0)`): that comes from the ephemeral range, from which every outgoing
+    connection takes its source port too, so between our pick and the server's bind a client of the
+    control plane could take it (an admission process failed to listen that way: address in use). A random
+    port below that range is taken only by another listener."""
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in random.sample(_LISTEN_PORTS, 64) if p not in ephemeral]
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -281,3 +281,27 @@ def test_slimmed_slices_share_their_devices_equal_maps() -> None:
     assert slim_a["spec"]["devices"][0]["attributes"] is slim_b["spec"]["devices"][0]["attributes"]
     assert slim_a["spec"]["devices"] == a["spec"]["devices"] and slim_a["spec"]["pool"] is a["spec"]["pool"]
     assert type(a["spec"]["devices"][0]["attributes"]) is dict  # the watched object is left as it was
+
+
+def test_a_slice_whose_generation_is_unchanged_keeps_the_spec_held() -> None:
+    from dra_operator.controlplane.fakes import gpu_slice_manifest
+
+    def version(rv: str, generation: int, uid: str = "u1", status: Json | None = None) -> Json:
+        obj = gpu_slice_manifest("node-a", {"gpu-0": "64Gi"}, name="s")
+        obj["metadata"].update(resourceVersion=rv, generation=generation, uid=uid)
+        return obj | ({"status": status} if status else {})
+
+    held = slim(SLICES, version("1", 1))
+    assert slim(SLICES, version("2", 1, status={"x": 1}), held)["spec"] is held["spec"]
+    assert slim(SLICES, version("3", 2), held)["spec"] is not held["spec"]  # the spec changed
+    assert (
+        slim(SLICES, version("4", 1, uid="u2"), held)["spec"] is not held["spec"]
+    )  # another slice, same name
+    assert slim(SLICES, version("5", 0), held | {"metadata": {"generation": 0}})["spec"] is not held["spec"]
+
+    # Our status write's answer (the pool-status pass) keeps the indexed spec too.
+    state, indexes = bound()
+    indexes[SLICES][("", "s")] = [held]
+    state.wrote(SLICES, version("2", 1, status={"x": 1}), journal=False)
+    written = state.get(SLICES, ("", "s"))
+    assert written is not None and written["status"] == {"x": 1} and written["spec"] is held["spec"]

@@ -94,10 +94,17 @@ def register(
 
         return index
 
+    async def slice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
+        # A status write (the pool-status pass writes them) keeps the spec already held (state.slim).
+        key = key_of(body)
+        return {key: slim(SLICES, body, state.get(SLICES, key))}
+
     for index_id, resource in sources.items():
         fn = (
             _node
             if index_id == NODES
+            else slice_index
+            if index_id == SLICES
             else noting(index_id)
             if index_id in (CLAIMS, PODS)
             else _keeping(index_id)

@@ -73,11 +73,26 @@ def _slim_container(container: Any) -> Any:
     return {k: v for k, v in container.items() if k not in _CONTAINER_FIELDS_DROPPED}
 
 
-def slim(kind: str, obj: Mapping[str, Any]) -> Json:
+def _same_spec(obj: Mapping[str, Any], held: Mapping[str, Any] | None) -> bool:
+    """Whether `held` (the cached version of `obj`'s object) has the same spec: the same object (uid) at the
+    same generation, which the API server moves with every spec change."""
+    if held is None:
+        return False
+    meta, held_meta = obj.get("metadata") or {}, held.get("metadata") or {}
+    generation = meta.get("generation")
+    return (
+        bool(generation)
+        and generation == held_meta.get("generation")
+        and meta.get("uid") == held_meta.get("uid")
+    )
+
+
+def slim(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None = None) -> Json:
     """`obj` without what no decision reads, for the caches: managedFields and kubectl's last-applied copy
     everywhere; a Pod's volumes, its containers' images, commands, probes and mounts, and its container
-    statuses. A slice's devices share their equal attribute and capacity maps (api.sharing). The objects
-    at 10,000 Pods and claims are most of the operator's memory (issue 14)."""
+    statuses. A slice's devices share their equal attribute and capacity maps (api.sharing), and a slice
+    whose spec is that of `held` (its cached version: only its status changed) keeps `held`'s spec object.
+    The objects at 10,000 Pods and claims are most of the operator's memory (issue 14)."""
     kept = dict(obj)
     meta = obj.get("metadata")
     if isinstance(meta, Mapping):
@@ -88,7 +103,9 @@ def slim(kind: str, obj: Mapping[str, Any]) -> Json:
         kept["metadata"] = meta
     if kind == SLICES:
         spec = obj.get("spec")
-        if isinstance(spec, Mapping) and "devices" in spec:
+        if held is not None and _same_spec(obj, held) and "spec" in held:
+            kept["spec"] = held["spec"]  # one spec per generation: status writes make no copy
+        elif isinstance(spec, Mapping) and "devices" in spec:
             kept["spec"] = {**spec, "devices": shared_devices(spec["devices"])}
         return kept
     if kind != PODS:
@@ -338,7 +355,7 @@ class State:
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self.deleted(kind, obj)
             return
-        obj = slim(kind, obj)
+        obj = slim(kind, obj, self.get(kind, key_of(obj)) if kind == SLICES else None)
         self._assumed[kind].pop(key_of(obj), None)
         self._overlay[kind][key_of(obj)] = (_rv(obj), obj)
         self.note(kind, obj)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dra_operator.api.quantity import Quantity
-from dra_operator.api.resource import Device
+from dra_operator.api.resource import Device, DeviceAttribute
 from dra_operator.api.semver import Semver
 from dra_operator.cel import (
     MAX_EXPRESSION_LENGTH,
@@ -323,3 +323,41 @@ def test_a_device_evaluated_once_keeps_no_cel_memory() -> None:
             assert selector.evaluate(device)
     grown = _rss_mib() - before
     assert grown < 12, f"{grown:.1f} MiB kept for 4,900 devices (54 MiB measured when each kept its arena)"
+
+
+def test_devices_that_share_their_maps_share_their_cel_form() -> None:
+    import gc
+
+    from dra_operator.cel import device as cel_device
+
+    def parsed(name: str, uuid: str) -> Device:
+        return Device.model_validate(
+            {
+                "name": name,
+                "attributes": {"model": {"string": "H100"}, "uuid": {"string": uuid}},
+                "capacity": {"memory": {"value": "80Gi"}},
+            }
+        )
+
+    a, b, c = parsed("gpu-0", "GPU-0"), parsed("gpu-1", "GPU-0"), parsed("gpu-2", "GPU-2")
+    bound = [CelDevice.from_device("driver.example.com", d) for d in (a, b, c)]
+    assert bound[0]._attributes is bound[1]._attributes and bound[0]._capacity is bound[2]._capacity
+    assert bound[2]._attributes is not bound[0]._attributes  # another uuid: another map
+    assert [d.name for d in bound] == ["gpu-0", "gpu-1", "gpu-2"]
+    selector = compile_selector('device.attributes["driver.example.com"].uuid == "GPU-2"')
+    assert [selector.evaluate(d) for d in bound] == [False, False, True]
+    # Another driver's devices with the same maps fold their domain-less names apart.
+    other = CelDevice.from_device("other.example.com", a)
+    assert other._attributes is not bound[0]._attributes and "other.example.com" in other._attributes
+
+    held = len(cel_device._BOUND)
+    del a, b, c, bound, other
+    gc.collect()
+    assert len(cel_device._BOUND) <= held - 3, "the CEL forms leave with the maps they came from"
+
+
+def test_a_device_built_without_validation_is_bound_apart() -> None:
+    attributes = {"v": DeviceAttribute.model_construct(version="not-a-version")}
+    device = Device.model_construct(name="d", attributes=attributes, capacity=None)
+    bound = CelDevice.from_device("driver.example.com", device)
+    assert bound.binding_error is not None and "semantic version" in bound.binding_error

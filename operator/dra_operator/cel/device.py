@@ -11,20 +11,23 @@ immutable in content; the allocator caches them per slice generation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dra_operator.api.quantity import Quantity
 from dra_operator.api.semver import Semver
+from dra_operator.api.sharing import SharedMap
 from dra_operator.cel.values import quantity_to_message, semver_to_message
 
 if TYPE_CHECKING:
-    from dra_operator.api.resource import Device
+    from dra_operator.api.resource import Device, DeviceAttribute, DeviceCapacity
 
 __all__ = ["AttributeValue", "CelDevice", "split_qualified_name"]
 
 AttributeValue = int | bool | str | Semver
+V = TypeVar("V")
 
 _EMPTY: dict[str, Any] = {}
 
@@ -47,6 +50,71 @@ def split_qualified_name(name: str, default_domain: str) -> tuple[str, str]:
     if not slash:
         return default_domain, name
     return domain, ident
+
+
+Bound = tuple[dict[str, dict[str, Any]], str | None]  # CEL maps by domain, and the first binding error
+
+
+def _bind_attributes(driver: str, source: Mapping[str, DeviceAttribute]) -> Bound:
+    attributes: dict[str, dict[str, Any]] = {}
+    error = None
+    for name, attribute in source.items():
+        domain, ident = split_qualified_name(name, driver)
+        value: Any
+        if attribute.int_value is not None:
+            value = attribute.int_value
+        elif attribute.bool_value is not None:
+            value = attribute.bool_value
+        elif attribute.string is not None:
+            value = attribute.string
+        elif attribute.version is not None:
+            try:
+                value = _version_value(attribute.version)
+            except ValueError as err:
+                error = error or f"attribute {name}: parse semantic version: {err}"
+                continue
+        else:
+            error = error or f"attribute {name}: unsupported attribute value"
+            continue
+        attributes.setdefault(domain, {})[ident] = value
+    return attributes, error
+
+
+def _bind_capacity(driver: str, source: Mapping[str, DeviceCapacity]) -> Bound:
+    capacity: dict[str, dict[str, Any]] = {}
+    for name, entry in source.items():
+        domain, ident = split_qualified_name(name, driver)
+        capacity.setdefault(domain, {})[ident] = _quantity_value(entry.value)
+    return capacity, None
+
+
+class _BoundBySource:
+    """The CEL form of each shared attribute or capacity map (api.sharing), per driver: devices that share a
+    map share its CEL form, which is only read (activations copy it). 853 bytes per device were bound apart
+    at 40,000 devices (32.5 MiB). An entry leaves with its map; maps that are not shared are bound apart."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, int], Bound] = {}
+
+    def get(
+        self, driver: str, source: Mapping[str, V] | None, bind: Callable[[str, Mapping[str, V]], Bound]
+    ) -> Bound:
+        if not source:
+            return {}, None
+        if not isinstance(source, SharedMap):
+            return bind(driver, source)
+        key = (driver, id(source))
+        found = self._held.get(key)
+        if found is None:
+            found = self._held[key] = bind(driver, source)
+            weakref.finalize(source, self._held.pop, key, None)  # the id stays valid while the map lives
+        return found
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+_BOUND = _BoundBySource()
 
 
 class CelDevice:
@@ -88,31 +156,8 @@ class CelDevice:
     @classmethod
     def from_device(cls, driver: str, device: Device) -> CelDevice:
         """Binds an api.resource.Device of a slice of `driver`."""
-        attributes: dict[str, dict[str, Any]] = {}
-        error = None
-        for name, attribute in (device.attributes or {}).items():
-            domain, ident = split_qualified_name(name, driver)
-            value: Any
-            if attribute.int_value is not None:
-                value = attribute.int_value
-            elif attribute.bool_value is not None:
-                value = attribute.bool_value
-            elif attribute.string is not None:
-                value = attribute.string
-            elif attribute.version is not None:
-                try:
-                    value = _version_value(attribute.version)
-                except ValueError as err:
-                    error = error or f"attribute {name}: parse semantic version: {err}"
-                    continue
-            else:
-                error = error or f"attribute {name}: unsupported attribute value"
-                continue
-            attributes.setdefault(domain, {})[ident] = value
-        capacity: dict[str, dict[str, Any]] = {}
-        for name, entry in (device.capacity or {}).items():
-            domain, ident = split_qualified_name(name, driver)
-            capacity.setdefault(domain, {})[ident] = _quantity_value(entry.value)
+        attributes, error = _BOUND.get(driver, device.attributes, _bind_attributes)
+        capacity, _ = _BOUND.get(driver, device.capacity, _bind_capacity)
         multiple = bool(device.allow_multiple_allocations)
         return cls(device.name, driver, attributes, capacity, error, multiple)
 

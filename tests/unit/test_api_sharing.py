@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from dra_operator.api import resource as resource_module
 from dra_operator.api.resource import Device, DeviceAttribute, DeviceCapacity, ResourceSlice
-from dra_operator.api.sharing import SharedMap, shared_devices
+from dra_operator.api.sharing import SharedMap, shared_devices, shared_tree
 from dra_operator.controlplane.fakes import gpu_slice_manifest
 
 
@@ -182,3 +182,38 @@ def test_parsed_json_devices_still_share_their_parsed_values() -> None:
     a, b = parsed.spec.devices
     assert a.attributes is b.attributes and a.capacity is b.capacity
     assert type(a.attributes) is SharedMap and a.to_dict()["attributes"] == {"type": {"string": "gpu"}}
+
+
+def test_equal_trees_are_one_read_only_object_all_the_way_down() -> None:
+    spec = {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu", "count": 1}}]}}
+    reordered = {
+        "devices": {"requests": [{"exactly": {"count": 1, "deviceClassName": "gpu"}, "name": "gpu"}]}
+    }
+    first, second = shared_tree(spec), shared_tree(json.loads(json.dumps(reordered)))
+    assert first is second and first == spec
+    assert shared_tree({"devices": {"requests": []}}) is not first
+    requests = first["devices"]["requests"]
+    assert isinstance(requests, list) and isinstance(first, dict)  # readers' type checks still hold
+    for write in (
+        lambda: requests.append({}),
+        lambda: requests.__setitem__(0, {}),
+        lambda: requests[0]["exactly"].__setitem__("count", 2),
+        lambda: first.__setitem__("devices", {}),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            write()
+    assert copy.deepcopy(first) is first and pickle.loads(pickle.dumps(first)) == spec
+    assert json.loads(json.dumps(first)) == spec
+    assert shared_tree("not an object") == "not an object" and shared_tree(None) is None
+
+
+def test_a_tree_leaves_with_its_last_holder() -> None:
+    from dra_operator.api import sharing
+
+    gc.collect()
+    held = len(sharing.TREES)
+    trees = [shared_tree({"n": i}) for i in range(50)]
+    assert len(sharing.TREES) == held + 50
+    del trees
+    gc.collect()
+    assert len(sharing.TREES) == held

@@ -305,3 +305,28 @@ def test_a_slice_whose_generation_is_unchanged_keeps_the_spec_held() -> None:
     state.wrote(SLICES, version("2", 1, status={"x": 1}), journal=False)
     written = state.get(SLICES, ("", "s"))
     assert written is not None and written["status"] == {"x": 1} and written["spec"] is held["spec"]
+
+
+def test_claims_with_equal_specs_share_one() -> None:
+    def user_claim(name: str) -> Json:
+        return {
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu"}}]}},
+            "status": {"state": "pending"},
+        }
+
+    a, b = slim(CLAIMS, user_claim("a")), slim(CLAIMS, user_claim("b"))
+    assert a["spec"] is b["spec"] and a["spec"] == user_claim("a")["spec"]
+    assert a["status"] is not b["status"]  # statuses change: ours are written from copies, never shared
+    # How the reconciler writes: a deep copy (the shared spec stays one object), its status and metadata
+    # changed, never its spec (immutable in Kubernetes).
+    import copy
+
+    written = copy.deepcopy(a)
+    written["status"]["state"] = "allocated"
+    written["metadata"]["finalizers"] = ["x"]
+    assert (
+        written["spec"] is a["spec"]
+        and a["status"] == {"state": "pending"}
+        and "finalizers" not in a["metadata"]
+    )

@@ -7,7 +7,9 @@ equal to one held already becomes that map. The tables hold their entries weakly
 last device that uses it, and nothing here grows with the slices that came and went.
 
 The operator keeps each slice twice, as JSON for its periodic passes and parsed for decisions; the JSON
-devices' attribute and capacity maps are shared the same way (`shared_devices`).
+devices' attribute and capacity maps are shared the same way (`shared_devices`). A claim's spec, which the
+API server never lets change, is shared whole with equal ones (`shared_tree`): every claim made from one
+template, or from one manifest, has the same.
 
 What is shared must not change: the models are only read after validation (the allocator's contract), and a
 shared map refuses writes, so a caller that tried would fail loudly rather than change other devices.
@@ -15,8 +17,9 @@ shared map refuses writes, so a caller that tried would fail loudly rather than 
 
 from __future__ import annotations
 
+import json
 import weakref
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 V = TypeVar("V")
@@ -43,6 +46,30 @@ class SharedMap(dict[str, V]):
 
     def __init__(self, items: Mapping[str, V] | None = None) -> None:
         dict.__init__(self, items or {})
+
+
+class SharedList(list[V]):
+    """A read-only list, the lists of a shared tree."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a shared list is read-only")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = remove = pop = clear = sort = reverse = _read_only
+
+    def __copy__(self) -> SharedList[V]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedList[V]:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedList, (list(self),))
+
+    def __init__(self, items: Iterable[V] = ()) -> None:
+        list.__init__(self, items)
 
 
 class Table:
@@ -141,3 +168,28 @@ def shared_devices(devices: Any) -> Any:
                     device[field] = _shared_json_map(device[field])
         shared.append(device)
     return shared
+
+
+TREES = Table()
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return SharedMap({name: _frozen(item) for name, item in value.items()})
+    if isinstance(value, list):
+        return SharedList(_frozen(item) for item in value)
+    return value
+
+
+def shared_tree(value: Any) -> Any:
+    """A JSON object held read-only, all the way down, and shared with an equal one held already (equal as
+    JSON, key order aside); anything but an object is returned as it is. For parts that never change."""
+    if not isinstance(value, dict):
+        return value
+    key = _tree_key(value)
+    found = TREES.get(key)
+    return found if found is not None else TREES.keep(key, _frozen(value))
+
+
+def _tree_key(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from dra_operator.api.gang import gang_of
-from dra_operator.api.sharing import shared_devices
+from dra_operator.api.sharing import shared_devices, shared_tree
 from dra_operator.operator.placement import is_gated
 
 Json = dict[str, Any]
@@ -107,6 +107,11 @@ def slim(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None = Non
             kept["spec"] = held["spec"]  # one spec per generation: status writes make no copy
         elif isinstance(spec, Mapping) and "devices" in spec:
             kept["spec"] = {**spec, "devices": shared_devices(spec["devices"])}
+        return kept
+    if kind == CLAIMS:
+        # The API server never changes a claim's spec: claims from one template or manifest share one.
+        if "spec" in obj:
+            kept["spec"] = shared_tree(obj["spec"])
         return kept
     if kind != PODS:
         return kept

@@ -25,21 +25,30 @@ from typing import Any, NoReturn, TypeVar
 V = TypeVar("V")
 
 
-class SharedMap(dict[str, V]):
+Self_ = TypeVar("Self_")
+
+
+def _read_only(self: object, *args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError(f"a shared {type(self).__name__} is read-only: other objects hold it too")
+
+
+class _Shared:
+    """What the shared containers have in common: a copy is the object itself (it never changes)."""
+
+    __slots__ = ()
+
+    def __copy__(self: Self_) -> Self_:
+        return self
+
+    def __deepcopy__(self: Self_, memo: dict[int, Any]) -> Self_:
+        return self
+
+
+class SharedMap(_Shared, dict[str, V]):
     """A read-only dict (weakly referable, so the table does not keep it alive)."""
 
     __slots__ = ("__weakref__",)
-
-    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("a device's shared attribute or capacity map is read-only")
-
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
-
-    def __copy__(self) -> SharedMap[V]:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> SharedMap[V]:
-        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SharedMap, (dict(self),))
@@ -48,22 +57,12 @@ class SharedMap(dict[str, V]):
         dict.__init__(self, items or {})
 
 
-class SharedList(list[V]):
+class SharedList(_Shared, list[V]):
     """A read-only list, the lists of a shared tree."""
 
     __slots__ = ()
-
-    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("a shared list is read-only")
-
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
     append = extend = insert = remove = pop = clear = sort = reverse = _read_only
-
-    def __copy__(self) -> SharedList[V]:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> SharedList[V]:
-        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SharedList, (list(self),))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -225,3 +226,70 @@ def test_seed_claim_as_written_gets_the_hint_without_strict_decoding(
     assert result.returncode != 0, f"accepted: {result.stdout}"
     assert "spec.devices.requests[0].exactly.selectors[0]" in result.stderr
     assert "`expression` must be nested under `cel`" in result.stderr, result.stderr
+
+
+def _patch(
+    kubectl: Kubectl, namespace: str, resource: str, name: str, patch: dict[str, Any], *flags: str
+) -> CompletedProcess[str]:
+    args = ["patch", "-n", namespace, f"{resource}.{GROUP}", name, "--type=merge", "-p", json.dumps(patch)]
+    return kubectl(*args, *flags, check=False)
+
+
+def test_updates_keep_what_kubernetes_keeps_immutable(crds: None, kubectl: Kubectl, namespace: str) -> None:
+    """A claim's spec, a template, a slice's driver, pool and node, and a set allocation cannot change, as
+    Kubernetes' update validation says for resource.k8s.io; what may change still can."""
+    claim = _seed("resourceclaim.yaml")
+    template = _seed("resourceclaimtemplate.yaml")
+    slice_ = {
+        "apiVersion": API_VERSION,
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"s-immutable-{uuid.uuid4().hex[:6]}"},
+        "spec": {**_SLICE_SPEC, "nodeName": "node-1", "devices": [{"name": "gpu-0"}]},
+    }
+    for obj in (claim, template, slice_):
+        kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(obj))
+    try:
+        names = (claim["metadata"]["name"], template["metadata"]["name"], slice_["metadata"]["name"])
+        _check_immutable(kubectl, namespace, *names)
+    finally:  # slices are cluster-scoped: the namespace's removal does not take this one
+        kubectl("delete", f"resourceslices.{GROUP}", slice_["metadata"]["name"], "--wait=false", check=False)
+
+
+def _check_immutable(
+    kubectl: Kubectl, namespace: str, claim_name: str, template_name: str, slice_name: str
+) -> None:
+    def patch(resource: str, name: str, body: dict[str, Any], *flags: str) -> CompletedProcess[str]:
+        return _patch(kubectl, namespace, resource, name, body, *flags)
+
+    refusals = [
+        (patch("resourceclaims", claim_name, {"spec": {"devices": {"requests": []}}}), "field is immutable"),
+        (
+            patch("resourceclaimtemplates", template_name, {"spec": {"metadata": {"labels": {"a": "b"}}}}),
+            "metadata: field is immutable",
+        ),
+        (patch("resourceslices", slice_name, {"spec": {"nodeName": "node-2"}}), "nodeName is immutable"),
+        (
+            patch("resourceslices", slice_name, {"spec": {"driver": "other.example"}}),
+            "driver is immutable",
+        ),
+    ]
+    for result, message in refusals:
+        assert result.returncode != 0 and message in result.stderr, (result.stdout, result.stderr)
+
+    # An allocation is set once, then may only be removed (the claim deallocated).
+    result = {"request": "gpu", "driver": "d.example.com", "pool": "p", "device": "g"}
+    allocation = {"devices": {"results": [result]}}
+    elsewhere = {
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]}]
+    }
+    status = "--subresource=status"
+    assert patch("resourceclaims", claim_name, {"status": {"allocation": allocation}}, status).returncode == 0
+    changed = patch(
+        "resourceclaims", claim_name, {"status": {"allocation": {"nodeSelector": elsewhere}}}, status
+    )
+    assert changed.returncode != 0 and "field is immutable" in changed.stderr, changed.stderr
+    assert patch("resourceclaims", claim_name, {"status": {"allocation": None}}, status).returncode == 0
+
+    # A slice's devices and pool generation move freely.
+    moved = {"spec": {"devices": [{"name": "gpu-0"}, {"name": "gpu-1"}], "pool": {"generation": 2}}}
+    assert patch("resourceslices", slice_name, moved).returncode == 0

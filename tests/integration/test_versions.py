@@ -155,6 +155,11 @@ def test_crd_printer_columns_and_category(plane: ControlPlane, crds: None, ns: s
     crd_cases.test_kubectl_names_columns_and_category(None, kubectl_of(plane), ns)
 
 
+def test_crds_keep_immutable_fields(plane: ControlPlane, crds: None, ns: str) -> None:
+    # Transition rules (oldSelf) are GA from 1.29: every release of the matrix enforces them.
+    crd_cases.test_updates_keep_what_kubernetes_keeps_immutable(None, kubectl_of(plane), ns)
+
+
 @pytest.mark.parametrize("form", ["flat", "source"])
 def test_pod_claim_syntax_of_the_release(
     plane: ControlPlane, operator: LocalOperator, ns: str, minor: int, form: str

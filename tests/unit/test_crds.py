@@ -277,23 +277,33 @@ def _split(text: Any, separator: Any) -> Any:
     return celtypes.ListType([celtypes.StringType(part) for part in str(text).split(str(separator))])
 
 
-def _rule_failures(schema: dict[str, Any], value: Any) -> list[str]:
-    """Evaluate every x-kubernetes-validations rule where the object has a value, like the apiserver does."""
+_NO_OLD = object()
+
+
+def _rule_failures(schema: dict[str, Any], value: Any, old: Any = _NO_OLD) -> list[str]:
+    """Evaluate every x-kubernetes-validations rule where the object has a value, like the apiserver does:
+    transition rules (they read `oldSelf`) only where `old` has a value too (an update)."""
     failures: list[str] = []
     for rule in schema.get("x-kubernetes-validations", []):
+        variables = {"self": json_to_cel(value)}
+        if "oldSelf" in rule["rule"]:
+            if old is _NO_OLD:
+                continue
+            variables["oldSelf"] = json_to_cel(old)
         program = _ENV.program(_ENV.compile(rule["rule"]), functions={"split": _split})
-        if not program.evaluate({"self": json_to_cel(value)}):
+        if not program.evaluate(variables):
             failures.append(rule["message"])
     if isinstance(value, dict):
+        olds = old if isinstance(old, dict) else {}
         for name, child in schema.get("properties", {}).items():
             if name in value:
-                failures += _rule_failures(child, value[name])
+                failures += _rule_failures(child, value[name], olds.get(name, _NO_OLD))
         if isinstance(schema.get("additionalProperties"), dict):
-            for item in value.values():
-                failures += _rule_failures(schema["additionalProperties"], item)
+            for key, item in value.items():
+                failures += _rule_failures(schema["additionalProperties"], item, olds.get(key, _NO_OLD))
     elif isinstance(value, list) and "items" in schema:
         for item in value:
-            failures += _rule_failures(schema["items"], item)
+            failures += _rule_failures(schema["items"], item)  # no correlation of list items
     return failures
 
 
@@ -510,3 +520,101 @@ def test_unknown_subrequest_is_left_to_the_models() -> None:
     assert _rule_failures(schema, _apply_defaults(schema, copy.deepcopy(obj))) == []
     with pytest.raises(InvalidObject, match="'b/y' is not the name of a request"):
         load_object(obj)
+
+
+def _slice(**spec: Any) -> dict[str, Any]:
+    base = {"driver": "gpu.example.com", "pool": {"name": "p", "resourceSliceCount": 1}, "nodeName": "n1"}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ResourceSlice",
+        "metadata": {"name": "s"},
+        "spec": base | spec,
+    }
+
+
+def _template(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "t"},
+        "spec": spec,
+    }
+
+
+_ALLOCATION = {
+    "devices": {"results": [{"request": "gpu", "driver": "d.example.com", "pool": "p", "device": "g0"}]}
+}
+_GPU = {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu"}}]}
+_TWO_GPUS = {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu", "count": 2}}]}
+
+# (id, old object, new object, expected message or None): Kubernetes' update validation of DRA objects
+# (ValidateResourceClaimUpdate, ...StatusUpdate, ...TemplateUpdate, ...SliceUpdate), as the CRDs say it.
+UPDATE_CASES = [
+    ("claim status only", _claim(_GPU), _claim(_GPU, {"allocation": _ALLOCATION}), None),
+    ("claim spec changed", _claim(_GPU), _claim(_TWO_GPUS), "field is immutable"),
+    (
+        "allocation changed",
+        _claim(_GPU, {"allocation": _ALLOCATION}),
+        _claim(_GPU, {"allocation": {**_ALLOCATION, "nodeSelector": {"nodeSelectorTerms": []}}}),
+        "field is immutable",
+    ),
+    ("allocation removed", _claim(_GPU, {"allocation": _ALLOCATION}), _claim(_GPU, {}), None),
+    (
+        "template spec changed",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ResourceClaimTemplate",
+            "metadata": {"name": "t"},
+            "spec": {"spec": {"devices": _GPU}},
+        },
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ResourceClaimTemplate",
+            "metadata": {"name": "t"},
+            "spec": {"spec": {"devices": _TWO_GPUS}},
+        },
+        "field is immutable",
+    ),
+    (
+        "template metadata changed",
+        _template({"spec": {"devices": _GPU}}),
+        _template({"metadata": {"labels": {"a": "b"}}, "spec": {"devices": _GPU}}),
+        "metadata: field is immutable",
+    ),
+    ("slice devices changed", _slice(), _slice(devices=[{"name": "g0"}]), None),
+    (
+        "slice pool generation moved",
+        _slice(),
+        _slice(pool={"name": "p", "generation": 2, "resourceSliceCount": 1}),
+        None,
+    ),
+    ("slice driver changed", _slice(), _slice(driver="other.example.com"), "driver is immutable"),
+    (
+        "slice pool renamed",
+        _slice(),
+        _slice(pool={"name": "q", "resourceSliceCount": 1}),
+        "pool.name is immutable",
+    ),
+    ("slice node changed", _slice(), _slice(nodeName="n2"), "nodeName is immutable"),
+    (
+        "slice node dropped",
+        _slice(),
+        _slice(nodeName=None)
+        | {"spec": {k: v for k, v in _slice()["spec"].items() if k != "nodeName"} | {"allNodes": True}},
+        "nodeName is immutable",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"), [c[1:] for c in UPDATE_CASES], ids=[c[0] for c in UPDATE_CASES]
+)
+def test_updates_keep_what_kubernetes_keeps_immutable(
+    old: dict[str, Any], new: dict[str, Any], expected: str | None
+) -> None:
+    [version] = _crds()[new["kind"]]["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    old, new = (_apply_defaults(schema, copy.deepcopy(o)) for o in (old, new))
+    assert _rule_failures(schema, old) == [] and _rule_failures(schema, new) == []  # each valid on its own
+    failures = _rule_failures(schema, new, old)
+    assert failures == ([] if expected is None else [expected])

@@ -220,7 +220,7 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
-    rules = getattr(model, "crd_rules", ())
+    rules = (*getattr(model, "crd_rules", ()), *getattr(model, "crd_transition_rules", ()))
     if rules:
         schema["x-kubernetes-validations"] = [{"rule": rule, "message": message} for rule, message in rules]
     return schema

@@ -96,6 +96,9 @@ class KubeModel(BaseModel):
     crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Fields required in Python whose absence the CRD reports through a friendlier `crd_rules` message.
     crd_not_required: ClassVar[frozenset[str]] = frozenset()
+    # Transition rules (they read `oldSelf`): checked on updates only, by the apiserver; a model checks one
+    # object at a time and cannot. Kubernetes' own update validation (ValidateImmutableField) as CEL.
+    crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The Kubernetes JSON form: camelCase, unset fields left out."""
@@ -448,6 +451,8 @@ class DeviceClaim(KubeModel):
 class ResourceClaimSpec(KubeModel):
     devices: DeviceClaim = Field(default_factory=DeviceClaim)
 
+    crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (("self == oldSelf", "field is immutable"),)
+
 
 # ---------------------------------------------------------------------------------------- claim status
 
@@ -483,6 +488,9 @@ class AllocationResult(KubeModel):
     # None means the devices are reachable from every node.
     node_selector: NodeSelector | None = None
     allocation_timestamp: str | None = None
+
+    # Set once; it may only be removed (the claim is deallocated).
+    crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (("self == oldSelf", "field is immutable"),)
 
 
 class ResourceClaimConsumerReference(KubeModel):
@@ -789,6 +797,15 @@ class ResourceSliceSpec(KubeModel):
     devices: Annotated[list[Device], Field(max_length=DEVICES_PER_SLICE_MAX)] | None = None
     shared_counters: Annotated[list[CounterSet], Field(max_length=COUNTER_SETS_MAX)] | None = None
 
+    crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (
+        ("self.driver == oldSelf.driver", "driver is immutable"),
+        ("self.pool.name == oldSelf.pool.name", "pool.name is immutable"),
+        (
+            "(has(self.nodeName) ? self.nodeName : '') == (has(oldSelf.nodeName) ? oldSelf.nodeName : '')",
+            "nodeName is immutable",
+        ),
+    )
+
     crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {
         "devices": ("name",),
         "shared_counters": ("name",),
@@ -895,6 +912,15 @@ class ResourceClaim(_TopLevel):
 class ResourceClaimTemplateSpec(KubeModel):
     metadata: ClaimTemplateMeta | None = None
     spec: ResourceClaimSpec
+
+    # The whole template is immutable; `spec` says so itself (ResourceClaimSpec), once.
+    crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (
+        (
+            "has(self.metadata) == has(oldSelf.metadata)"
+            " && (!has(self.metadata) || self.metadata == oldSelf.metadata)",
+            "metadata: field is immutable",
+        ),
+    )
 
 
 class ResourceClaimTemplate(_TopLevel):

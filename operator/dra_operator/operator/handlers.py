@@ -15,6 +15,7 @@ import kopf
 
 from dra_operator.admission import names
 from dra_operator.api.group import GROUP, VERSION
+from dra_operator.operator.kopfpatch import hold_only
 from dra_operator.operator.reconciler import CLAIM, POD, Reconciler
 from dra_operator.operator.state import (
     CLAIMS,
@@ -43,9 +44,16 @@ def _keeping(kind: str) -> IndexFn:
     async def keep(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
         # Index values are the object as listed/watched without what no decision reads (state.slim), a fresh
         # dict per event, never mutated afterwards.
-        return {key_of(body): slim(kind, body)}
+        return {key_of(body): _held(body, slim(kind, body))}
 
     return keep
+
+
+def _held(body: kopf.Body, kept: Json) -> Json:
+    """`kept`, which the raw object behind `body` now holds too (kopfpatch.hold_only): the later handlers of
+    this event read only what the cache keeps."""
+    hold_only(body, kept)
+    return kept
 
 
 def _node_form(body: kopf.Body) -> Json:
@@ -59,7 +67,11 @@ def _node_form(body: kopf.Body) -> Json:
 
 
 async def _node(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
-    return {key_of(body): _node_form(body)}
+    form = _node_form(body)
+    # The raw Node keeps its metadata (Kopf reads uid and resourceVersion), not its status: images,
+    # conditions and addresses are most of a Node, and no handler reads them.
+    hold_only(body, {k: v for k, v in slim(NODES, body).items() if k != "status"})
+    return {key_of(body): form}
 
 
 def register(
@@ -90,14 +102,14 @@ def register(
     def noting(kind: str) -> IndexFn:
         async def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
             state.note(kind, body)  # the uid lookups move with the index, in the same step
-            return {key_of(body): slim(kind, body)}
+            return {key_of(body): _held(body, slim(kind, body))}
 
         return index
 
     async def slice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
         # A status write (the pool-status pass writes them) keeps the spec already held (state.slim).
         key = key_of(body)
-        return {key: slim(SLICES, body, state.get(SLICES, key))}
+        return {key: _held(body, slim(SLICES, body, state.get(SLICES, key)))}
 
     for index_id, resource in sources.items():
         fn = (

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
+import kopf
 import pytest
 from kopf._cogs.aiokits import aiotoggles
 
@@ -137,3 +139,15 @@ def test_start_up_grows_linearly_with_the_objects_where_kopfs_grows_quadraticall
     theirs = start_up(KopfToggleSet, 800) / start_up(KopfToggleSet, 200)
     assert 3 < ours < 5, f"counting set: 4x the objects, {ours:.1f}x the evaluations"
     assert theirs > 12, f"Kopf's own set: 4x the objects, {theirs:.1f}x the evaluations (expected quadratic)"
+
+
+def test_hold_only_needs_kopfs_body_to_be_a_view_over_the_raw_dict() -> None:
+    # Kopf is pinned; if a release changes Body, this says so (hold_only then keeps the raw object as it is).
+    raw: dict[str, Any] = {"metadata": {"name": "x", "managedFields": []}, "status": {}}
+    body = kopf.Body(raw)
+    assert getattr(body, "_src", None) is raw
+    kopfpatch.hold_only(body, {"metadata": {"name": "x"}})
+    assert raw == {"metadata": {"name": "x"}} and dict(body) == raw
+    nested = kopf.Body(raw).metadata  # a view of a part: left alone
+    kopfpatch.hold_only(nested, {})
+    assert raw == {"metadata": {"name": "x"}}

@@ -23,8 +23,6 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 V = TypeVar("V")
-
-
 Self_ = TypeVar("Self_")
 
 

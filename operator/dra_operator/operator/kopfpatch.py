@@ -1,4 +1,6 @@
-"""A faster `kopf._cogs.aiokits.aiotoggles.ToggleSet` for Kopf 1.45, installed before the operator starts.
+"""Our changes to Kopf 1.45's internals: a faster ToggleSet, and `hold_only` for indexed events' raw objects.
+
+The ToggleSet (`kopf._cogs.aiokits.aiotoggles.ToggleSet`) is installed before the operator starts.
 
 Kopf holds every watched object's handlers until all indexes have their first listing: each object of an
 indexed kind gets a toggle in one ToggleSet, dropped once the object is indexed, and each object's worker
@@ -134,7 +136,7 @@ def hold_only(body: Mapping[str, Any], kept: Mapping[str, Any]) -> None:
     freed space is scattered through the allocator's arenas, which the system never gets back. Our index
     functions run first and keep what any later handler reads (state.slim), so the raw object can shrink to
     that at once. Kopf 1.45's Body is a view over the raw dict (`_src`); a Kopf whose Body is not keeps its
-    raw object, which is only memory (tests/unit/test_operator_kopfpatch.py says so).
+    raw object, which is only memory (tests/unit/test_operator_kopfpatch.py fails then).
     """
     raw = getattr(body, "_src", None)
     if type(raw) is dict and raw is not kept and getattr(body, "_path", ()) == ():

@@ -109,7 +109,7 @@ def slim(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None = Non
             kept["spec"] = {**spec, "devices": shared_devices(spec["devices"])}
         return kept
     if kind == CLAIMS:
-        # The API server never changes a claim's spec: claims from one template or manifest share one.
+        # A claim's spec is immutable (as in Kubernetes): claims from one template or manifest share one.
         if "spec" in obj:
             kept["spec"] = shared_tree(obj["spec"])
         return kept

@@ -376,13 +376,26 @@ def test_an_agent_writes_only_its_own_nodes_slices(setup: Setup) -> None:
     code, output = setup.kubectl("delete", f"resourceslices.resource.dra-operator.io/{name}",
                                  config=setup.agent_config)  # fmt: skip
     assert code != 0 and "may write only" in output, output
-    for _ in range(5):  # the operator writes slices' status (device counts): a read-modify-write may conflict
-        moved = cp.request("GET", f"{OURS}/resourceslices/{name}")
-        moved["spec"]["nodeName"] = setup.node  # "adopting" it would publish devices on our node: refused too
-        code, output = setup.kubectl("replace", "-f", "-", input=json.dumps(moved), config=setup.agent_config)
-        if "(Conflict)" not in output:
-            break
+
+    def replaced(change: Callable[[Json], None]) -> tuple[int, str]:
+        for _ in range(
+            5
+        ):  # the operator writes slices' status (device counts): a read-modify-write may conflict
+            changed = cp.request("GET", f"{OURS}/resourceslices/{name}")
+            change(changed["spec"])
+            code, output = setup.kubectl(
+                "replace", "-f", "-", input=json.dumps(changed), config=setup.agent_config
+            )
+            if "(Conflict)" not in output:
+                break
+        return code, output
+
+    # Changing its devices: refused by the policy. "Adopting" it (our node's name) would publish devices on
+    # our node: the CRD refuses that for anyone, as Kubernetes does (a slice's nodeName is immutable).
+    code, output = replaced(lambda spec: spec.update(devices=[{"name": "gpu-x"}]))
     assert code != 0 and "may write only" in output, output
+    code, output = replaced(lambda spec: spec.update(nodeName=setup.node))
+    assert code != 0 and "nodeName is immutable" in output, output
 
     # Its own node: fine (the agent process published it already); and a token naming no node is refused.
     mine = gpu_slice_manifest(setup.node, {"gpu-9": "64Gi"}, name=f"{setup.node}-extra")

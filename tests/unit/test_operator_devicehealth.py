@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import test_operator_taintrules as taintrules_tests
 from test_operator_taintrules import FakeRecorder
 
 from dra_operator.operator import devicehealth
@@ -17,13 +18,12 @@ Json = dict[str, Any]
 DRIVER = "d.example.com"
 
 
-class FakeKube:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, Any]] = []
-
-    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Json:
-        self.calls.append((method, path, body))
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "p1"}}
+class FakeKube(taintrules_tests.FakeKube):
+    answer: Json = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "ns", "uid": "p1"},
+    }
 
 
 def slice_of(*devices: str, generation: int = 1) -> Json:

@@ -18,12 +18,14 @@ GROUP = "/apis/resource.dra-operator.io/v1"
 
 
 class FakeKube:
+    answer: Json = {}  # what every request answers
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, Any]] = []
 
     async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Json:
         self.calls.append((method, path, body))
-        return {}
+        return dict(self.answer)
 
     async def delete(self, path: str, preconditions: Json | None = None) -> Json:
         self.calls.append(("DELETE", path, preconditions))

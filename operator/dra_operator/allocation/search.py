@@ -876,8 +876,10 @@ def allocate(
         node = snapshot.nodes[position]
         return full_scan or all(snapshot.free_candidates(sig, node) >= n for sig, n in needs.items())
 
-    order: Iterable[int] = (p for p in candidates(start, blocked_too=full_scan) if fits(p))
-    if placement != "first" and needs:
+    order: Iterable[int]
+    if placement == "first" or not needs:
+        order = (p for p in candidates(start, blocked_too=full_scan) if fits(p))
+    else:
         # One count per node and signature serves both the fit and the rank (the ranking visits every node).
         free: dict[int, int] = {}
         for position in candidates(start, blocked_too=full_scan):

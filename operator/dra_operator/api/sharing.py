@@ -112,14 +112,18 @@ MAPS = Table()
 def shared_map(values: dict[str, V] | None) -> dict[str, V] | None:
     """`values`, or an equal map held already. Equal means the same keys naming the same value objects, so
     only maps of shared values are shared (a map of values parsed apart stays apart)."""
-    if not values:
-        return values
+    return _held_map(MAPS, values) if values else values
+
+
+def _held_map(table: Table, values: Mapping[str, V]) -> SharedMap[V]:
+    """`values` as a SharedMap: the one `table` holds for the same keys naming the same value objects, or a
+    new one it holds from now on."""
     key = tuple((name, id(value)) for name, value in values.items())
-    found: dict[str, V] | None = MAPS.get(key)
+    found: SharedMap[V] | None = table.get(key)
     if found is not None and found == values:
         return found
     # The key's ids stay valid while the map lives: it holds its values, and its entry leaves with it.
-    return MAPS.keep(key, SharedMap(values))
+    return table.keep(key, SharedMap(values))
 
 
 JSON_LEAVES = Table()
@@ -143,12 +147,7 @@ def _shared_leaf(value: Any) -> Any:
 def _shared_json_map(value: Any) -> Any:
     if not isinstance(value, dict) or not value:
         return value
-    leaves = {name: _shared_leaf(item) for name, item in value.items()}
-    key = tuple((name, id(item)) for name, item in leaves.items())
-    found = JSON_MAPS.get(key)
-    if found is not None and found == leaves:
-        return found
-    return JSON_MAPS.keep(key, SharedMap(leaves))
+    return _held_map(JSON_MAPS, {name: _shared_leaf(item) for name, item in value.items()})
 
 
 def shared_devices(devices: Any) -> Any:

@@ -1,5 +1,5 @@
 """The operator's Kopf registry: watch-event and index handlers only, which is what lets it switch off Kopf's
-per-object diff base (dra_operator.operator.kopfstorage)."""
+per-object diff base (dra_operator.operator.kopfstorage); and the reactions to the informed kinds' events."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from typing import Any, cast
 import kopf
 
 from dra_operator.operator import handlers
+from dra_operator.operator.informer import Watcher
 from dra_operator.operator.reconciler import Reconciler
-from dra_operator.operator.state import State
+from dra_operator.operator.state import CLAIMS, INDEXES, NODES, SLICES, State
+
+NO_KUBE = cast(Watcher, object())  # the informers are built, not run
 
 
 def test_no_handler_needs_the_diff_base() -> None:
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None)
+    handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None, kube=NO_KUBE)
     found: Any = registry
     assert found._watching.get_all_handlers(), "the watch-event handlers are registered"
     assert found._changing.get_all_handlers() == [], "on.create/update/delete/resume read the diff base"
@@ -26,10 +29,10 @@ def test_every_handler_and_index_function_runs_on_the_event_loop() -> None:
     """Kopf runs a plain function in its thread pool: a thread hop per watch event, and the State touched from
     a second thread. Coroutines run on the loop."""
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None)
+    handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None, kube=NO_KUBE)
     found: Any = registry
     registered = found._indexing.get_all_handlers() + found._watching.get_all_handlers()
-    assert len(found._indexing.get_all_handlers()) == 7, "one index per cached kind"
+    assert len(found._indexing.get_all_handlers()) == 4, "one index per kind Kopf caches"
     plain = [h.id for h in registered if not inspect.iscoroutinefunction(h.fn)]
     assert plain == [], f"run in Kopf's thread pool: {plain}"
 
@@ -41,21 +44,116 @@ def test_after_indexing_kopfs_raw_object_holds_only_what_the_cache_keeps() -> No
     import asyncio
 
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None)
+    handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None, kube=NO_KUBE)
     found: Any = registry
     by_id = {h.id: h.fn for h in found._indexing.get_all_handlers()}
     managed = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]
-    meta = {"name": "n", "uid": "u", "resourceVersion": "7", "managedFields": managed}
-    raw_node = {"metadata": dict(meta), "spec": {"taints": []}, "status": {"images": [{"names": ["a"]}]}}
-    raw_claim = {
-        "metadata": dict(meta, namespace="ns"),
-        "spec": {"devices": {}},
-        "status": {"state": "pending"},
+    meta = {"name": "p", "namespace": "ns", "uid": "u", "resourceVersion": "7", "managedFields": managed}
+    raw_pod = {
+        "metadata": meta,
+        "spec": {"volumes": [{"name": "v"}], "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "c"}]},
     }
-    for index_id, raw in (("dra_nodes", raw_node), ("dra_claims", raw_claim)):
-        indexed = asyncio.run(by_id[index_id](body=kopf.Body(raw)))
-        assert "managedFields" not in raw["metadata"], index_id
-        assert raw["metadata"]["uid"] == "u" and raw["metadata"]["resourceVersion"] == "7"  # Kopf reads them
-        assert list(indexed) == [("ns", "n") if index_id == "dra_claims" else ("", "n")]
-    assert "status" not in raw_node and raw_node["spec"] == {"taints": []}
-    assert raw_claim["status"] == {"state": "pending"} and raw_claim["spec"] == {"devices": {}}
+    indexed = asyncio.run(by_id["dra_pods"](body=kopf.Body(raw_pod)))
+    assert "managedFields" not in raw_pod["metadata"]
+    assert (
+        raw_pod["metadata"]["uid"] == "u" and raw_pod["metadata"]["resourceVersion"] == "7"
+    )  # Kopf reads them
+    assert list(indexed) == [("ns", "p")]
+    assert raw_pod["spec"] == {"containers": [{"name": "c"}]} and raw_pod["status"] == {"phase": "Pending"}
+
+
+class Reconciling:
+    """What the informed kinds' handlers call on the reconciler."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.recorder = self
+
+    def enqueue(self, *item: str) -> None:
+        self.calls.append(("enqueue", *item))
+
+    def enqueue_gated(self, namespace: str | None = None) -> None:
+        self.calls.append(("gated", namespace))
+
+    def forget(self, uid: str) -> None:
+        self.calls.append(("forget", uid))
+
+
+def informed() -> tuple[State, Reconciling, dict[str, Any], list[tuple[str, Any, bool]]]:
+    state, reconciling, names = State(), Reconciling(), []
+    informers = handlers.register(
+        kopf.OperatorRegistry(),
+        state,
+        cast(Reconciler, reconciling),
+        on_warm=lambda: None,
+        on_name=lambda kind, key, exists: names.append((kind, key, exists)),
+        kube=NO_KUBE,
+    )
+    by_kind = {informer.name: informer for informer in informers}
+    assert sorted(by_kind) == sorted(handlers.INFORMED)
+    state.bind({name: by_kind[name].store if name in by_kind else {} for name in INDEXES})
+    return state, reconciling, by_kind, names
+
+
+def hand(informer: Any, type: str | None, raw: dict[str, Any]) -> None:
+    """What an informer does with one event: the cache first, then the handler."""
+    key = (raw["metadata"].get("namespace", ""), raw["metadata"]["name"])
+    old = informer.store.get(key, [None])[0]
+    kept = informer.form(raw)
+    if type == "DELETED":
+        informer.store.pop(key, None)
+    else:
+        informer.store[key] = [kept]
+    informer.on_event(type, kept, old)
+
+
+def test_a_nodes_status_update_is_no_change_to_placement() -> None:
+    state, reconciling, informers, _ = informed()
+    node = {"metadata": {"name": "n1", "labels": {"zone": "a"}}, "spec": {}, "status": {"images": ["x"]}}
+    hand(informers[NODES], None, node)
+    assert informers[NODES].store[("", "n1")][0] == {
+        "metadata": {"name": "n1", "labels": {"zone": "a"}},
+        "spec": {"unschedulable": None, "taints": None},
+    }, "a Node's status is never kept"
+    revision = state.revision_of(NODES)
+    hand(informers[NODES], "MODIFIED", {**node, "status": {"images": ["y"]}})
+    assert state.revision_of(NODES) == revision
+    hand(informers[NODES], "MODIFIED", {**node, "spec": {"unschedulable": True}})
+    assert state.revision_of(NODES) > revision
+    assert reconciling.calls == [("gated", None)], "only a node added wakes the waiting Pods"
+
+
+def test_a_slice_status_write_wakes_nobody_and_its_spec_change_does() -> None:
+    state, reconciling, informers, _ = informed()
+    meta = {"name": "s1", "generation": 1, "resourceVersion": "5"}
+    slice_ = {"metadata": meta, "spec": {"driver": "d", "devices": [{"name": "gpu-0"}]}}
+    hand(informers[SLICES], "ADDED", slice_)
+    reconciling.calls.clear()
+    revision = state.revision_of(SLICES)
+    status = {**slice_, "metadata": {**meta, "resourceVersion": "6"}, "status": {"devices": 1}}
+    hand(informers[SLICES], "MODIFIED", status)
+    assert reconciling.calls == [] and state.revision_of(SLICES) == revision
+    kept = informers[SLICES].store[("", "s1")][0]
+    assert kept["status"] == {"devices": 1}
+    respec = {**status, "metadata": {**meta, "generation": 2, "resourceVersion": "7"}}
+    hand(informers[SLICES], "MODIFIED", respec)
+    assert reconciling.calls == [("gated", None)] and state.revision_of(SLICES) > revision
+
+
+def test_claims_are_named_to_admission_and_a_deleted_allocation_wakes_waiting_pods() -> None:
+    state, reconciling, informers, names = informed()
+    claim = {
+        "metadata": {"name": "c", "namespace": "ns", "uid": "u1", "resourceVersion": "3"},
+        "spec": {"devices": {"requests": []}},
+        "status": {"allocation": {"devices": {"results": []}}},
+    }
+    hand(informers[CLAIMS], "ADDED", claim)
+    assert names == [(CLAIMS, ("ns", "c"), True)]
+    assert reconciling.calls == [("enqueue", "claim", "ns", "c"), ("gated", "ns")]
+    assert state.get(CLAIMS, ("ns", "c")) is not None
+    reconciling.calls.clear()
+    hand(informers[CLAIMS], "DELETED", claim)
+    assert names[-1] == (CLAIMS, ("ns", "c"), False)
+    assert reconciling.calls == [("forget", "u1"), ("gated", None)]
+    assert state.get(CLAIMS, ("ns", "c")) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,49 @@ class Kube:
             raise KubeError(0, "Unreachable", detail, method=method, path=path) from None
         self._reachable(True)
         return data if isinstance(data, dict) else {}
+
+    async def watch(
+        self, path: str, query: list[tuple[str, str]], read_timeout: float
+    ) -> AsyncIterator[Json]:
+        """The events of one watch request (`query` names the resourceVersion and the server's timeout), one
+        parsed JSON object per line, until the server ends the stream. Raises KubeError for a refused request
+        (410: the resourceVersion is too old) and for a connection lost or silent for `read_timeout` s."""
+        try:
+            response = await self.api.call_api(
+                path,
+                "GET",
+                query_params=[("watch", "true"), *query],
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=aiohttp.ClientTimeout(sock_connect=self.timeout, sock_read=read_timeout),
+            )
+        except UNREACHABLE as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            raise KubeError(0, "Unreachable", detail, method="WATCH", path=path) from None
+        async with response:
+            if response.status != 200:
+                text = await response.text()
+                try:
+                    body: Any = json.loads(text)
+                except ValueError:
+                    body = text
+                raise KubeError(response.status, str(response.reason), body, method="WATCH", path=path)
+            while True:
+                try:
+                    line = await response.content.readline()
+                except (*UNREACHABLE, ValueError) as exc:  # ValueError: a line past aiohttp's buffer
+                    detail = f"{type(exc).__name__}: {exc}"
+                    raise KubeError(0, "Unreachable", detail, method="WATCH", path=path) from None
+                if not line:
+                    return
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    raise KubeError(0, "Garbled", line[:200], method="WATCH", path=path) from None
+                if isinstance(event, dict):
+                    yield event
 
     def _reachable(self, reachable: bool) -> None:
         if self.on_reachable is not None:

@@ -1,20 +1,27 @@
-"""Kopf watch handlers: indexes of the cluster, and event reactions that only enqueue work.
+"""The operator's watches: Kopf handlers for Pods and the small kinds, our informers for the large ones, and
+event reactions that only enqueue work.
 
 Kopf writes nothing for these.
 No on.create/on.update/timers/daemons: those make Kopf write annotations, status and finalizers on every
 object. Pods are watched with a server-side label selector, so only Pods our webhook gated are listed and
-indexed.
+indexed. Nodes, ResourceSlices and ResourceClaims, thousands of each at cluster scale, are listed and watched
+by our informers (dra_operator.operator.informer), which keep one slim copy per object and no per-object
+worker: Kopf's per-object state was most of the operator's memory there (issue 14).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import kopf
 
 from dra_operator.admission import names
 from dra_operator.api.group import GROUP, VERSION
+from dra_operator.kube.rest import ours as our_path
+from dra_operator.kube.rest import path_of
+from dra_operator.operator.informer import Informer, Watcher
 from dra_operator.operator.kopfpatch import hold_only
 from dra_operator.operator.reconciler import CLAIM, POD, Reconciler
 from dra_operator.operator.state import (
@@ -56,22 +63,23 @@ def _held(body: kopf.Body, kept: Json) -> Json:
     return kept
 
 
-def _node_form(body: kopf.Body) -> Json:
-    """What placement reads of a Node: labels, unschedulable, taints."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
+#: The kinds our informers list and watch; Kopf indexes the others.
+INFORMED = (NODES, SLICES, CLAIMS)
+
+
+def _node_form(node: Json) -> Json:
+    """What placement reads of a Node: labels, unschedulable, taints. A Node's status (images, conditions,
+    addresses: most of it) is never kept."""
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
     return {
         "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
         "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints")},
     }
 
 
-async def _node(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
-    form = _node_form(body)
-    # The raw Node keeps its metadata (Kopf reads uid and resourceVersion), not its status: images,
-    # conditions and addresses are most of a Node, and no handler reads them.
-    hold_only(body, {k: v for k, v in slim(NODES, body).items() if k != "status"})
-    return {key_of(body): form}
+def _generation(obj: Json | None) -> Any:
+    return ((obj or {}).get("metadata") or {}).get("generation")
 
 
 def register(
@@ -82,20 +90,22 @@ def register(
     on_taints: Callable[[], None] = lambda: None,
     on_classes: Callable[[], None] = lambda: None,
     on_name: Callable[[str, Key, bool], None] = lambda kind, key, exists: None,
-) -> None:
-    """Register every handler on `registry`. `on_name(kind, key, exists)`: a claim or template was added (or
-    listed again) or deleted; the admission process mirrors their names."""
+    *,
+    kube: Watcher,
+    namespaces: Sequence[str] = (),
+) -> list[Informer]:
+    """Register every Kopf handler on `registry`, and return the informers of the INFORMED kinds, which the
+    caller runs beside Kopf (`kube` lists and watches; `namespaces`: the claims' scopes, default all).
+    `on_name(kind, key, exists)`: a claim or template was added (or listed again) or deleted; the admission
+    process mirrors their names."""
 
     def ours(plural: str) -> tuple[str, str, str]:
         return (GROUP, VERSION, plural)
 
     sources = {
         CLASSES: ours("deviceclasses"),
-        SLICES: ours("resourceslices"),
-        CLAIMS: ours("resourceclaims"),
         TEMPLATES: ours("resourceclaimtemplates"),
         PODS: ("v1", "pods"),
-        NODES: ("v1", "nodes"),
         TAINT_RULES: ours("devicetaintrules"),
     }
 
@@ -106,41 +116,99 @@ def register(
 
         return index
 
-    async def slice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
-        # A status write (the pool-status pass writes them) keeps the spec already held (state.slim).
-        key = key_of(body)
-        return {key: _held(body, slim(SLICES, body, state.get(SLICES, key)))}
-
     for index_id, resource in sources.items():
-        fn = (
-            _node
-            if index_id == NODES
-            else slice_index
-            if index_id == SLICES
-            else noting(index_id)
-            if index_id in (CLAIMS, PODS)
-            else _keeping(index_id)
+        kopf.index(*resource, id=index_id, registry=registry)(
+            noting(index_id) if index_id == PODS else _keeping(index_id)
         )
-        kopf.index(*resource, id=index_id, registry=registry)(fn)
 
-    def warm(**kwargs: Any) -> None:
-        # Kopf holds every watch handler until all indexes have finished their first listing, so the first
-        # call of any handler means the caches are complete: bind the indexes and open the webhook and the
-        # worker.
+    # --- the informed kinds: Nodes, slices, claims -------------------------------------------------------
+
+    def claim_event(type: str | None, claim: Json, old: Json | None) -> None:
+        namespace, name = key = key_of(claim)
+        if type in (None, "ADDED", "DELETED"):
+            on_name(CLAIMS, key, type != "DELETED")
+        if type == "DELETED":
+            state.forget(CLAIMS, key)  # journaled too
+            reconciler.recorder.forget(str((claim.get("metadata") or {}).get("uid")))
+            if (claim.get("status") or {}).get("allocation"):
+                reconciler.enqueue_gated()  # its devices are free again
+            return
+        state.note(CLAIMS, claim)
+        state.settle(CLAIMS, key)
+        state.touch(CLAIMS, key)
+        reconciler.enqueue(CLAIM, namespace, name)
+        annotations = (claim.get("metadata") or {}).get("annotations") or {}
+        generated = names.POD_CLAIM_NAME_ANNOTATION in annotations
+        if type in (None, "ADDED") and not generated:
+            reconciler.enqueue_gated(namespace)  # a Pod may have waited for a claim of this name
+
+    def slice_event(type: str | None, found: Json, old: Json | None) -> None:
+        key = key_of(found)
+        state.settle(SLICES, key)
+        if type == "DELETED":
+            # Our status write (poolstatus) left it in the overlay: without this it would outlive its deletion
+            # there, and the allocator would still see its devices.
+            state.forget(SLICES, key)
+        elif type == "MODIFIED" and old is not None and _generation(old) == _generation(found):
+            # metadata.generation moves only with the spec (the status is a subresource): the operator's own
+            # status writes (the device counts, see poolstatus) must not send every waiting Pod round again.
+            return
+        state.touch(SLICES, key)
+        reconciler.enqueue_gated()
+        on_taints()
+
+    def node_event(type: str | None, node: Json, old: Json | None) -> None:
+        # The cache keeps what placement reads of each node (labels, taints, unschedulable): a status update
+        # changes none of it, and must not make the next decision gather every node again.
+        if type == "DELETED" or node != old:
+            state.touch(NODES, key_of(node))
+        if type in ("ADDED", None):
+            reconciler.enqueue_gated()
+
+    def slice_form(raw: Json) -> Json:
+        # A status write (the pool-status pass writes them) keeps the spec already held (state.slim).
+        return slim(SLICES, raw, state.get(SLICES, key_of(raw)))
+
+    def claim_form(raw: Json) -> Json:
+        return slim(CLAIMS, raw)
+
+    scopes: list[str | None] = [*namespaces] or [None]
+    informers = {
+        NODES: Informer(kube, NODES, [path_of("nodes")], form=_node_form, on_event=node_event),
+        SLICES: Informer(kube, SLICES, [our_path("resourceslices")], form=slice_form, on_event=slice_event),
+        CLAIMS: Informer(
+            kube,
+            CLAIMS,
+            [our_path("resourceclaims", namespace) for namespace in scopes],
+            form=claim_form,
+            on_event=claim_event,
+        ),
+    }
+
+    async def warm(**kwargs: Any) -> None:
+        # Kopf holds every watch handler until all its indexes have finished their first listing; the
+        # informers' caches are complete once they have theirs. Then bind the caches, let the informers'
+        # events through, and open the webhook and the worker.
+        if state.bound:
+            return
+        await asyncio.gather(*(informer.listed() for informer in informers.values()))
         if not state.bound:
-            state.bind({name: kwargs[name] for name in INDEXES})
+            caches = {name: kwargs[name] for name in INDEXES if name not in informers}
+            state.bind({**caches, **{kind: informer.store for kind, informer in informers.items()}})
+            for informer in informers.values():
+                informer.open()
             on_warm()
 
     @kopf.on.event("v1", "namespaces", id="readiness", registry=registry)
-    async def namespaces(**kwargs: Any) -> None:
+    async def namespaces_seen(**kwargs: Any) -> None:
         # Some namespace always exists (default, kube-system): this handler is sure to fire once at start.
-        warm(**kwargs)
+        await warm(**kwargs)
 
     @kopf.on.event(
         "v1", "pods", id="pods", registry=registry, labels={names.MANAGED_LABEL: names.MANAGED_VALUE}
     )
     async def pods(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        warm(**kwargs)
+        await warm(**kwargs)
         namespace, name = key_of(body)
         if type == "DELETED":
             state.forget(PODS, (namespace, name))
@@ -155,28 +223,9 @@ def register(
         state.settle(PODS, (namespace, name))
         reconciler.enqueue(POD, namespace, name)
 
-    @kopf.on.event(*ours("resourceclaims"), id="claims", registry=registry)
-    async def claims(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        warm(**kwargs)
-        namespace, name = key_of(body)
-        if type in (None, "ADDED", "DELETED"):
-            on_name(CLAIMS, (namespace, name), type != "DELETED")
-        if type == "DELETED":
-            state.forget(CLAIMS, (namespace, name))  # journaled too
-            reconciler.recorder.forget(str(body.get("metadata", {}).get("uid")))
-            if (body.get("status") or {}).get("allocation"):
-                reconciler.enqueue_gated()  # its devices are free again
-            return
-        state.settle(CLAIMS, (namespace, name))
-        state.touch(CLAIMS, (namespace, name))  # the index holds this event's object by now
-        reconciler.enqueue(CLAIM, namespace, name)
-        generated = names.POD_CLAIM_NAME_ANNOTATION in (body.get("metadata", {}).get("annotations") or {})
-        if type in (None, "ADDED") and not generated:
-            reconciler.enqueue_gated(namespace)  # a Pod may have waited for a claim of this name
-
     @kopf.on.event(*ours("resourceclaimtemplates"), id="templates", registry=registry)
     async def templates(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        warm(**kwargs)
+        await warm(**kwargs)
         if type in (None, "ADDED", "DELETED"):
             on_name(TEMPLATES, key_of(body), type != "DELETED")
         if type != "DELETED":
@@ -184,38 +233,16 @@ def register(
 
     @kopf.on.event(*ours("deviceclasses"), id="deviceclasses", registry=registry)
     async def classes(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        warm(**kwargs)
+        await warm(**kwargs)
         state.touch(CLASSES, key_of(body))
         on_classes()
         reconciler.enqueue_gated()
-
-    # metadata.generation moves only with the spec (the status is a subresource): the operator's own
-    # status writes (the device counts, see poolstatus) must not send every waiting Pod round again.
-    slice_generations: dict[str, int] = {}
-
-    @kopf.on.event(*ours("resourceslices"), id="resourceslices", registry=registry)
-    async def slices(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        warm(**kwargs)
-        name, generation = str(body.metadata.name), int(body.metadata.get("generation") or 0)
-        state.settle(SLICES, key_of(body))
-        if type == "DELETED":
-            slice_generations.pop(name, None)
-            # Our status write (poolstatus) left it in the overlay: without this it would outlive its deletion
-            # there, and the allocator would still see its devices.
-            state.forget(SLICES, key_of(body))
-        elif type == "MODIFIED" and slice_generations.get(name) == generation:
-            return
-        else:
-            slice_generations[name] = generation
-        state.touch(SLICES, key_of(body))
-        reconciler.enqueue_gated()
-        on_taints()
 
     rule_generations: dict[tuple[str, str], Any] = {}
 
     @kopf.on.event(*ours("devicetaintrules"), id="devicetaintrules", registry=registry)
     async def taint_rules(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        warm(**kwargs)
+        await warm(**kwargs)
         if type == "DELETED":
             state.forget(TAINT_RULES, key_of(body))  # our status write may have left it in the overlay
             rule_generations.pop(key_of(body), None)
@@ -227,21 +254,4 @@ def register(
         reconciler.enqueue_gated()  # a rule removed or narrowed frees devices
         on_taints()
 
-    # What placement reads of each node (labels, taints, unschedulable): a status update changes none of it,
-    # and must not make the next decision gather every node again.
-    node_forms: dict[tuple[str, str], Json] = {}
-
-    @kopf.on.event("v1", "nodes", id="nodes", registry=registry)
-    async def nodes(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        warm(**kwargs)
-        key = key_of(body)
-        if type == "DELETED":
-            node_forms.pop(key, None)
-            state.touch(NODES, key)
-        else:
-            form = _node_form(body)
-            if node_forms.get(key) != form:
-                node_forms[key] = form
-                state.touch(NODES, key)
-        if type in ("ADDED", None):
-            reconciler.enqueue_gated()
+    return list(informers.values())

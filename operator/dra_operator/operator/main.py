@@ -429,7 +429,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return _connection_info(cfg)
 
-    handlers.register(
+    informers = handlers.register(
         registry,
         state,
         reconciler,
@@ -437,6 +437,8 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         on_taints=taint_rules.changed,
         on_classes=feed.classes_changed,
         on_name=feed.seen,
+        kube=kube,
+        namespaces=args.namespace,
     )
 
     settings = kopf.OperatorSettings()
@@ -476,6 +478,19 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         # Shown in Kopf's /healthz answer; liveness shares that endpoint, so it reports and never fails.
         return reachable["now"]
 
+    def informer_ended(task: asyncio.Task[Any]) -> None:
+        # An informer retries every API failure itself; one that ended otherwise leaves its cache stale, so
+        # the operator stops (and its Pod restarts) rather than decide on it.
+        nonlocal exit_code
+        if not task.cancelled():
+            exit_code = 1
+            log.error("informer ended", informer=task.get_name(), error=repr(task.exception()))
+            stop.set()
+
+    for informer in informers:
+        watching = asyncio.create_task(informer.run(), name=f"informer-{informer.name}")
+        watching.add_done_callback(informer_ended)
+        tasks.append(watching)
     recorder.start()
     tasks.append(asyncio.create_task(probe_apiserver(), name="apiserver-probe"))
     if elector is not None:

@@ -345,24 +345,21 @@ class Reconciler:
             self.state.wrote(CLAIMS, written)
 
     async def resync(self) -> None:
-        """Compare the caches with a LIST: Kopf's relist after a watch error never drops objects deleted
-        meanwhile, so Pods and claims that are gone are hidden here and their claims released."""
+        """Compare the cached Pods with a LIST: Kopf's relist after a watch error never drops objects deleted
+        meanwhile, so Pods that are gone are hidden here and their claims released. (Claims come from our
+        informer, whose relist hands over what vanished.)"""
         selector = [("labelSelector", f"{names.MANAGED_LABEL}={names.MANAGED_VALUE}")]
         scopes: list[str | None] = list(self.namespaces) or [None]
-        present: dict[str, set[Key]] = {PODS: set(), CLAIMS: set()}
+        present: set[Key] = set()
         for namespace in scopes:
             pods = await self.kube.request("GET", path_of("pods", namespace=namespace), query=selector)
-            claims = await self.kube.request("GET", ours("resourceclaims", namespace))
-            present[PODS].update(_key(o) for o in pods.get("items") or [])
-            present[CLAIMS].update(_key(o) for o in claims.get("items") or [])
-        for kind in (PODS, CLAIMS):
-            for obj in list(self.state.all(kind)):
-                if _key(obj) not in present[kind]:
-                    log.info("vanished from the cluster", kind=kind, object=_name(obj))
-                    self.state.deleted(kind, obj)
-                    if kind == PODS:
-                        for claim in self._claims_of_pod(obj):
-                            self.enqueue(CLAIM, *_key(claim))
+            present.update(_key(o) for o in pods.get("items") or [])
+        for pod in list(self.state.all(PODS)):
+            if _key(pod) not in present:
+                log.info("vanished from the cluster", kind=PODS, object=_name(pod))
+                self.state.deleted(PODS, pod)
+                for claim in self._claims_of_pod(pod):
+                    self.enqueue(CLAIM, *_key(claim))
 
     async def resync_every(self, seconds: float) -> None:
         while True:

@@ -11,7 +11,7 @@ import kopf
 from dra_operator.operator import handlers
 from dra_operator.operator.informer import Watcher
 from dra_operator.operator.reconciler import Reconciler
-from dra_operator.operator.state import CLAIMS, INDEXES, NODES, SLICES, State
+from dra_operator.operator.state import CLAIMS, INDEXES, NODES, PODS, SLICES, State
 
 NO_KUBE = cast(Watcher, object())  # the informers are built, not run
 
@@ -32,7 +32,7 @@ def test_every_handler_and_index_function_runs_on_the_event_loop() -> None:
     handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None, kube=NO_KUBE)
     found: Any = registry
     registered = found._indexing.get_all_handlers() + found._watching.get_all_handlers()
-    assert len(found._indexing.get_all_handlers()) == 4, "one index per kind Kopf caches"
+    assert len(found._indexing.get_all_handlers()) == 3, "one index per kind Kopf caches"
     plain = [h.id for h in registered if not inspect.iscoroutinefunction(h.fn)]
     assert plain == [], f"run in Kopf's thread pool: {plain}"
 
@@ -47,20 +47,13 @@ def test_after_indexing_kopfs_raw_object_holds_only_what_the_cache_keeps() -> No
     handlers.register(registry, State(), cast(Reconciler, object()), on_warm=lambda: None, kube=NO_KUBE)
     found: Any = registry
     by_id = {h.id: h.fn for h in found._indexing.get_all_handlers()}
-    managed = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]
-    meta = {"name": "p", "namespace": "ns", "uid": "u", "resourceVersion": "7", "managedFields": managed}
-    raw_pod = {
-        "metadata": meta,
-        "spec": {"volumes": [{"name": "v"}], "containers": [{"name": "c", "image": "busybox"}]},
-        "status": {"phase": "Pending", "containerStatuses": [{"name": "c"}]},
-    }
-    indexed = asyncio.run(by_id["dra_pods"](body=kopf.Body(raw_pod)))
-    assert "managedFields" not in raw_pod["metadata"]
-    assert (
-        raw_pod["metadata"]["uid"] == "u" and raw_pod["metadata"]["resourceVersion"] == "7"
-    )  # Kopf reads them
-    assert list(indexed) == [("ns", "p")]
-    assert raw_pod["spec"] == {"containers": [{"name": "c"}]} and raw_pod["status"] == {"phase": "Pending"}
+    managed = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    meta = {"name": "t", "namespace": "ns", "uid": "u", "resourceVersion": "7", "managedFields": managed}
+    raw = {"metadata": meta, "spec": {"spec": {"devices": {}}}}
+    indexed = asyncio.run(by_id["dra_templates"](body=kopf.Body(raw)))
+    assert "managedFields" not in raw["metadata"]
+    assert raw["metadata"]["uid"] == "u" and raw["metadata"]["resourceVersion"] == "7"  # Kopf reads them
+    assert list(indexed) == [("ns", "t")] and raw["spec"] == {"spec": {"devices": {}}}
 
 
 class Reconciling:
@@ -78,6 +71,9 @@ class Reconciling:
 
     def forget(self, uid: str) -> None:
         self.calls.append(("forget", uid))
+
+    def forget_pod(self, uid: str) -> None:
+        self.calls.append(("forget_pod", uid))
 
 
 def informed() -> tuple[State, Reconciling, dict[str, Any], list[tuple[str, Any, bool]]]:
@@ -157,3 +153,23 @@ def test_claims_are_named_to_admission_and_a_deleted_allocation_wakes_waiting_po
     assert names[-1] == (CLAIMS, ("ns", "c"), False)
     assert reconciling.calls == [("forget", "u1"), ("gated", None)]
     assert state.get(CLAIMS, ("ns", "c")) is None
+
+
+def test_a_deleted_pod_sends_its_claims_round_and_leaves_no_lookup() -> None:
+    state, reconciling, informers, _ = informed()
+    owner = [{"uid": "pod-1", "controller": True, "kind": "Pod", "name": "p"}]
+    claim = {"metadata": {"name": "p-gpu", "namespace": "ns", "uid": "c1", "ownerReferences": owner}}
+    hand(informers[CLAIMS], "ADDED", claim)
+    managed = [{"manager": "kubelet"}]
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "pod-1", "managedFields": managed},
+        "spec": {"volumes": [{"name": "v"}], "containers": [{"name": "c", "image": "busybox"}]},
+    }
+    hand(informers[PODS], "ADDED", pod)
+    kept = informers[PODS].store[("ns", "p")][0]
+    assert "managedFields" not in kept["metadata"] and kept["spec"] == {"containers": [{"name": "c"}]}
+    assert state.pod_by_uid("pod-1") is not None
+    reconciling.calls.clear()
+    hand(informers[PODS], "DELETED", pod)
+    assert reconciling.calls == [("forget_pod", "pod-1"), ("enqueue", "claim", "ns", "p-gpu")]
+    assert state.pod_by_uid("pod-1") is None and state.claims_of("pod-1") == []

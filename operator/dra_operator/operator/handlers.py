@@ -1,12 +1,13 @@
-"""The operator's watches: Kopf handlers for Pods and the small kinds, our informers for the large ones, and
+"""The operator's watches: our informers for the kinds counted in thousands, Kopf for the small ones, and
 event reactions that only enqueue work.
 
-Kopf writes nothing for these.
-No on.create/on.update/timers/daemons: those make Kopf write annotations, status and finalizers on every
-object. Pods are watched with a server-side label selector, so only Pods our webhook gated are listed and
-indexed. Nodes, ResourceSlices and ResourceClaims, thousands of each at cluster scale, are listed and watched
-by our informers (dra_operator.operator.informer), which keep one slim copy per object and no per-object
-worker: Kopf's per-object state was most of the operator's memory there (issue 14).
+Nodes, ResourceSlices, ResourceClaims and Pods are listed and watched by our informers
+(dra_operator.operator.informer), which keep one slim copy per object and no per-object worker: Kopf's
+per-object state was most of the operator's memory at cluster scale, and its per-event processing the largest
+part of its CPU (issue 14). Pods are watched with a server-side label selector, so only Pods our webhook gated
+are listed. Kopf keeps DeviceClasses, ResourceClaimTemplates and DeviceTaintRules, with event handlers only:
+no on.create/on.update/timers/daemons, which make Kopf write annotations, status and finalizers on every
+object. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _held(body: kopf.Body, kept: Json) -> Json:
 
 
 #: The kinds our informers list and watch; Kopf indexes the others.
-INFORMED = (NODES, SLICES, CLAIMS)
+INFORMED = (NODES, SLICES, CLAIMS, PODS)
 
 
 def _node_form(node: Json) -> Json:
@@ -105,23 +106,12 @@ def register(
     sources = {
         CLASSES: ours("deviceclasses"),
         TEMPLATES: ours("resourceclaimtemplates"),
-        PODS: ("v1", "pods"),
         TAINT_RULES: ours("devicetaintrules"),
     }
-
-    def noting(kind: str) -> IndexFn:
-        async def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Json]:
-            state.note(kind, body)  # the uid lookups move with the index, in the same step
-            return {key_of(body): _held(body, slim(kind, body))}
-
-        return index
-
     for index_id, resource in sources.items():
-        kopf.index(*resource, id=index_id, registry=registry)(
-            noting(index_id) if index_id == PODS else _keeping(index_id)
-        )
+        kopf.index(*resource, id=index_id, registry=registry)(_keeping(index_id))
 
-    # --- the informed kinds: Nodes, slices, claims -------------------------------------------------------
+    # --- the informed kinds: Nodes, slices, claims, Pods -------------------------------------------------
 
     def claim_event(type: str | None, claim: Json, old: Json | None) -> None:
         namespace, name = key = key_of(claim)
@@ -165,12 +155,30 @@ def register(
         if type in ("ADDED", None):
             reconciler.enqueue_gated()
 
+    def pod_event(type: str | None, pod: Json, old: Json | None) -> None:
+        namespace, name = key = key_of(pod)
+        if type == "DELETED":
+            state.forget(PODS, key)
+            uid = str((pod.get("metadata") or {}).get("uid"))
+            reconciler.forget_pod(uid)
+            for claim in state.claims_of(uid):
+                if (claim.get("metadata") or {}).get("namespace") == namespace:
+                    reconciler.enqueue(CLAIM, namespace, str(claim["metadata"].get("name")))
+            state.forget_pod(pod)
+            return
+        state.note(PODS, pod)
+        state.settle(PODS, key)
+        reconciler.enqueue(POD, namespace, name)
+
     def slice_form(raw: Json) -> Json:
         # A status write (the pool-status pass writes them) keeps the spec already held (state.slim).
         return slim(SLICES, raw, state.get(SLICES, key_of(raw)))
 
     def claim_form(raw: Json) -> Json:
         return slim(CLAIMS, raw)
+
+    def pod_form(raw: Json) -> Json:
+        return slim(PODS, raw)
 
     scopes: list[str | None] = [*namespaces] or [None]
     informers = {
@@ -182,6 +190,15 @@ def register(
             [our_path("resourceclaims", namespace) for namespace in scopes],
             form=claim_form,
             on_event=claim_event,
+        ),
+        # Only the Pods our webhook gated carry the label: the others are never listed.
+        PODS: Informer(
+            kube,
+            PODS,
+            [path_of("pods", namespace=namespace) for namespace in scopes],
+            form=pod_form,
+            on_event=pod_event,
+            label_selector=f"{names.MANAGED_LABEL}={names.MANAGED_VALUE}",
         ),
     }
 
@@ -203,25 +220,6 @@ def register(
     async def namespaces_seen(**kwargs: Any) -> None:
         # Some namespace always exists (default, kube-system): this handler is sure to fire once at start.
         await warm(**kwargs)
-
-    @kopf.on.event(
-        "v1", "pods", id="pods", registry=registry, labels={names.MANAGED_LABEL: names.MANAGED_VALUE}
-    )
-    async def pods(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        await warm(**kwargs)
-        namespace, name = key_of(body)
-        if type == "DELETED":
-            state.forget(PODS, (namespace, name))
-            uid = str(body.get("metadata", {}).get("uid"))
-            reconciler.forget_pod(uid)
-            for claim in state.claims_of(uid):
-                meta = claim.get("metadata") or {}
-                if meta.get("namespace") == namespace:
-                    reconciler.enqueue(CLAIM, namespace, str(meta.get("name")))
-            state.forget_pod(body)
-            return
-        state.settle(PODS, (namespace, name))
-        reconciler.enqueue(POD, namespace, name)
 
     @kopf.on.event(*ours("resourceclaimtemplates"), id="templates", registry=registry)
     async def templates(body: kopf.Body, type: str | None, **kwargs: Any) -> None:

@@ -31,7 +31,7 @@ from dra_operator.operator.kopfstorage import NoDiffBase
 from dra_operator.operator.leader import ElectionThread, LeaseElector
 from dra_operator.operator.poolstatus import DEFAULT_INTERVAL as DEFAULT_POOL_STATUS_INTERVAL
 from dra_operator.operator.poolstatus import PoolStatus
-from dra_operator.operator.reconciler import Reconciler
+from dra_operator.operator.reconciler import WORKERS, Reconciler
 from dra_operator.operator.state import SLICES, TAINT_RULES, State
 from dra_operator.operator.taintrules import TaintRules
 from dra_operator.operator.webhookprocess import AdmissionProcess, ChildOptions
@@ -89,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nvidia-driver", default=NVIDIA_DRIVER, help="driver name of NVML GPUs")
     parser.add_argument(
-        "--workers", type=int, default=4, help="Pods and claims handled at once (allocation stays serialized)"
+        "--workers",
+        type=int,
+        default=WORKERS,
+        help=f"Pods and claims handled at once (allocation stays serialized; default {WORKERS})",
     )
     parser.add_argument(
         "--resync-seconds", type=float, default=300.0, help="how often to check the caches against a LIST"

@@ -241,3 +241,26 @@ def test_every_scope_must_list_before_the_cache_counts_as_complete(scopes: list[
         task.cancel()
 
     asyncio.run(main())
+
+
+def test_a_server_that_ends_every_watch_at_once_is_not_asked_in_a_tight_loop() -> None:
+    class Curt(FakeServer):
+        async def watch(
+            self, path: str, query: list[tuple[str, str]], read_timeout: float
+        ) -> AsyncIterator[Json]:
+            self.watches.append(query)
+            await asyncio.sleep(0)  # a real request yields to the loop: without the back-off this spins
+            for _ in ():
+                yield {}
+
+    server = Curt([obj("a", 1)], rv=5)
+
+    async def main() -> None:
+        informer = Informer(server, "x", [PATH], form=form, on_event=lambda *_: None, backoffs=(0.05,))
+        informer.open()
+        task = asyncio.create_task(informer.run())
+        await asyncio.sleep(0.3)
+        task.cancel()
+
+    asyncio.run(main())
+    assert 2 <= len(server.watches) <= 8, f"{len(server.watches)} watches in 0.3 s with a 0.05 s back-off"

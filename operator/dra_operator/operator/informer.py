@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +42,8 @@ PAGE = 500
 SERVER_TIMEOUT = 300
 #: Seconds between watch retries after a failure: doubling up to the last.
 BACKOFFS = (0.5, 1.0, 2.0, 4.0, 5.0)
+#: A watch the server ends sooner than this counts as a failure (backed off), not as a normal end.
+MIN_WATCH_SECONDS = 1.0
 
 
 class Watcher(Protocol):
@@ -117,8 +120,13 @@ class Informer:
                     await self._open.wait()
                     for change in changes:
                         self._hand(*change)
+                started = time.monotonic()
                 rv = await self._watch(path, rv)
-                failures = 0
+                if time.monotonic() - started > MIN_WATCH_SECONDS:
+                    failures = 0
+                else:  # a server that ends every watch at once must not be asked again in a tight loop
+                    await asyncio.sleep(self.backoffs[min(failures, len(self.backoffs) - 1)])
+                    failures += 1
             except Expired:
                 log.info("watch expired: listing again", kind=self.name, path=path)
                 self.relists += 1
@@ -127,8 +135,9 @@ class Informer:
                 delay = self.backoffs[min(failures, len(self.backoffs) - 1)]
                 failures += 1
                 if exc.status == 410:
+                    # The watch request refused as too old, or a list's continue token expired: list afresh.
                     self.relists += 1
-                    rv = None  # a list's continue token expired: start the list again
+                    rv = None
                 log.warning("watch failed", kind=self.name, path=path, error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
 

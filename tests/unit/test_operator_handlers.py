@@ -63,8 +63,8 @@ class Reconciling:
         self.calls: list[tuple[Any, ...]] = []
         self.recorder = self
 
-    def enqueue(self, *item: str) -> None:
-        self.calls.append(("enqueue", *item))
+    def enqueue(self, *item: str, backlog: bool = False) -> None:
+        self.calls.append(("backlog" if backlog else "enqueue", *item))
 
     def enqueue_gated(self, namespace: str | None = None) -> None:
         self.calls.append(("gated", namespace))
@@ -153,6 +153,9 @@ def test_claims_are_named_to_admission_and_a_deleted_allocation_wakes_waiting_po
     assert names[-1] == (CLAIMS, ("ns", "c"), False)
     assert reconciling.calls == [("forget", "u1"), ("gated", None)]
     assert state.get(CLAIMS, ("ns", "c")) is None
+    reconciling.calls.clear()
+    hand(informers[CLAIMS], None, claim)  # listed: behind the Pods
+    assert reconciling.calls == [("backlog", "claim", "ns", "c"), ("gated", "ns")]
 
 
 def test_a_deleted_pod_sends_its_claims_round_and_leaves_no_lookup() -> None:

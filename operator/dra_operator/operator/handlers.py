@@ -126,7 +126,9 @@ def register(
         state.note(CLAIMS, claim)
         state.settle(CLAIMS, key)
         state.touch(CLAIMS, key)
-        reconciler.enqueue(CLAIM, namespace, name)
+        # A listed claim (at start, or after a relist) waits behind the Pods, as on becoming leader: a Pod's
+        # own claims come with its item, and 10,000 users' claims must not hold up the first Pod.
+        reconciler.enqueue(CLAIM, namespace, name, backlog=type is None)
         annotations = (claim.get("metadata") or {}).get("annotations") or {}
         generated = names.POD_CLAIM_NAME_ANNOTATION in annotations
         if type in (None, "ADDED") and not generated:

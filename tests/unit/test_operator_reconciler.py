@@ -428,21 +428,6 @@ def test_restart_between_claim_write_and_pod_patch_resumes_without_reallocating(
     assert json.dumps(w.kube.of("resourceclaims")[0]["status"]["reservedFor"]).count('"uid"') == 1
 
 
-def test_resync_hides_objects_the_watch_missed_and_releases_their_claims() -> None:
-    w = World()
-    w.add(claims_path("shared"), copy.deepcopy(CLAIM))
-    w.add_pod("a", [{"name": "s", "resourceClaimName": "shared"}])
-    w.run(w.reconciler.sync_pod(NS, "a"))
-    # The Pod vanishes while the watch is down: the index (a Kopf relist) keeps it.
-    del w.kube.objects[pods_path("a")]
-    assert w.reconciler.state.get(PODS, (NS, "a")) is not None
-    asyncio.run(w.reconciler.resync())
-    assert w.reconciler.state.get(PODS, (NS, "a")) is None
-    assert ("claim", NS, "shared") in w.reconciler._queued
-    asyncio.run(w.reconciler.sync_claim(NS, "shared"))
-    assert "allocation" not in w.kube.objects[claims_path("shared")]["status"]
-
-
 def test_concurrent_workers_never_double_allocate_nor_create_twice() -> None:
     w = World()
     w.add(

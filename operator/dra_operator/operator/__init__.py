@@ -1,1 +1,1 @@
-"""The operator shell: Kopf watch handlers, the allocation worker, leader election, events, metrics, `run`."""
+"""The operator shell: informers and Kopf handlers, the allocation worker, leader election, events, `run`."""

@@ -96,7 +96,8 @@ def register(
     namespaces: Sequence[str] = (),
 ) -> list[Informer]:
     """Register every Kopf handler on `registry`, and return the informers of the INFORMED kinds, which the
-    caller runs beside Kopf (`kube` lists and watches; `namespaces`: the claims' scopes, default all).
+    caller runs beside Kopf (`kube` lists and watches; `namespaces`: where claims and Pods are watched,
+    default everywhere).
     `on_name(kind, key, exists)`: a claim or template was added (or listed again) or deleted; the admission
     process mirrors their names."""
 

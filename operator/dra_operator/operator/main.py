@@ -95,9 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Pods and claims handled at once (allocation stays serialized; default {WORKERS})",
     )
     parser.add_argument(
-        "--resync-seconds", type=float, default=300.0, help="how often to check the caches against a LIST"
-    )
-    parser.add_argument(
         "--pool-status-seconds",
         type=float,
         default=DEFAULT_POOL_STATUS_INTERVAL,
@@ -365,8 +362,6 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         on_reachable(True)
         log.info("caches filled: serving admission")
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
-        if args.resync_seconds > 0:
-            tasks.append(asyncio.create_task(reconciler.resync_every(args.resync_seconds), name="resync"))
         if args.pool_status_seconds > 0:
             pools = PoolStatus(
                 kube,

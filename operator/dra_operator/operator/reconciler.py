@@ -349,32 +349,6 @@ class Reconciler:
         if written.get("metadata"):
             self.state.wrote(CLAIMS, written)
 
-    async def resync(self) -> None:
-        """Compare the cached Pods with a LIST: Kopf's relist after a watch error never drops objects deleted
-        meanwhile, so Pods that are gone are hidden here and their claims released. (Claims come from our
-        informer, whose relist hands over what vanished.)"""
-        selector = [("labelSelector", f"{names.MANAGED_LABEL}={names.MANAGED_VALUE}")]
-        scopes: list[str | None] = list(self.namespaces) or [None]
-        present: set[Key] = set()
-        for namespace in scopes:
-            pods = await self.kube.request("GET", path_of("pods", namespace=namespace), query=selector)
-            present.update(_key(o) for o in pods.get("items") or [])
-        for pod in list(self.state.all(PODS)):
-            if _key(pod) not in present:
-                log.info("vanished from the cluster", kind=PODS, object=_name(pod))
-                self.state.deleted(PODS, pod)
-                for claim in self._claims_of_pod(pod):
-                    self.enqueue(CLAIM, *_key(claim))
-
-    async def resync_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            if self.is_leader():
-                try:
-                    await self.resync()
-                except KubeError as exc:
-                    log.info("resync failed", error=str(exc))
-
     async def _refresh(self, item: Item) -> None:
         """After a failed precondition: read the objects involved again, not waiting for the watch."""
         kind, namespace, name = item

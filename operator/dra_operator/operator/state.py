@@ -1,6 +1,7 @@
-"""The operator's view of the cluster: Kopf indexes (filled by watches) overlaid with our own writes.
+"""The operator's view of the cluster: the caches filled by watches (our informers' and Kopf's indexes, of one
+shape) overlaid with our own writes.
 
-Kopf indexes lag our writes by one watch event. The allocator must never see a device as free because the
+The caches lag our writes by one watch event. The allocator must never see a device as free because the
 claim we just allocated has not come back through the watch yet, so every object we write is kept here until
 the index holds the same or a newer resourceVersion (etcd revisions, compared as integers).
 """
@@ -18,7 +19,7 @@ from dra_operator.operator.placement import is_gated
 Json = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
 
-#: Kopf index ids (the kwarg names handlers receive them under).
+#: Cache ids (for the kinds Kopf indexes, the kwarg names its handlers receive them under).
 CLASSES, SLICES, CLAIMS, TEMPLATES, PODS, NODES, TAINT_RULES = (
     "dra_classes",
     "dra_slices",
@@ -145,8 +146,8 @@ class State:
 
     Lookups by Pod uid spare the per-Pod scans over every claim and Pod: the claims related to a Pod (owned
     by it or reserved for it) and the Pod itself; a third finds a gang's Pods. They are kept by `note`, which
-    the index functions call for every object they index (so they move with Kopf's indexes, event by event)
-    and our writes call too; they may hold stale keys (an object changed or gone), which every lookup
+    the watch handlers call for every object the caches take in (so they move with the caches, event by
+    event) and our writes call too; they may hold stale keys (an object changed or gone), which every lookup
     filters out.
     """
 
@@ -188,8 +189,8 @@ class State:
                 self._gated.discard(key_of(obj))
 
     def touch(self, kind: str, key: Key) -> None:
-        """Record that the object at `key` changed: after the index holds the change (the watch handlers call
-        this, not the index functions, which run before Kopf stores what they return), or after our write."""
+        """Record that the object at `key` changed: after the cache holds the change (the watch handlers call
+        this once their event is stored), or after our write."""
         self._revision += 1
         changed = self._changed[kind]
         changed.pop(key, None)
@@ -246,9 +247,8 @@ class State:
     def gang_pods(self, namespace: str, gang_key: str) -> list[Json]:
         """The Pods of one namespace that belong to the gang `gang_key` now (by name).
 
-        A member missing from the cache is kept: its index function runs before Kopf stores it, so another
-        Pod's decision may look between the two. Members leave when their Pod is deleted (`forget_pod`) or
-        names another gang."""
+        A member missing from the cache is skipped, not dropped. Members leave when their Pod is deleted
+        (`forget_pod`) or names another gang."""
         found = []
         members = self._gangs.get((namespace, gang_key), set())
         for key in sorted(members):
@@ -299,7 +299,8 @@ class State:
         return self.indexes is not None
 
     def bind(self, indexes: Mapping[str, Any]) -> None:
-        """Keep Kopf's index objects (they are long-lived; handlers get the same ones every time)."""
+        """Keep the caches by kind (long-lived: Kopf hands its handlers the same index objects every time, and
+        an informer keeps one store)."""
         if self.indexes is None and all(name in indexes for name in INDEXES):
             self.indexes = {name: indexes[name] for name in INDEXES}
             self.reindex()

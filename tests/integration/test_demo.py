@@ -237,8 +237,13 @@ def test_clean_up_leaves_no_claim_and_no_process(demo_run: subprocess.CompletedP
 
 
 def test_ctrl_c_stops_everything() -> None:
+    # The demo starts with Ctrl-C's default disposition, as from a terminal: a suite started in the background
+    # by a shell without job control inherits SIGINT ignored, and an ignored SIGINT stays ignored in Python.
+    # (An exec keeps SIG_DFL; a preexec_fn would be unsafe beside the suite's threads.)
+    with_default_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    with_default_sigint += "os.execvp(sys.argv[1], sys.argv[1:])"
     proc = subprocess.Popen(
-        demo_command(),
+        [sys.executable, "-c", with_default_sigint, *demo_command()],
         env=demo_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -19,7 +19,6 @@ from kubernetes_asyncio import client as k8s
 
 from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
-from dra_operator.admission.names import MANAGED_LABEL, MANAGED_VALUE
 from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import SELF_SUBJECT_REVIEWS, Kube, KubeError, NotLeading, load_configuration
 from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics, periodic
@@ -461,7 +460,6 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     )
     await admission_process.start()
     feed.send = admission_process.send
-    settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_LABEL}={MANAGED_VALUE}"
     settings.posting.enabled = False
     settings.persistence.diffbase_storage = NoDiffBase()  # no handler reads it (see kopfstorage)
     settings.posting.level = 100  # Kopf's own event posting: never (warn() ignores `enabled`)

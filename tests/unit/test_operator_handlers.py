@@ -93,15 +93,7 @@ def informed() -> tuple[State, Reconciling, dict[str, Any], list[tuple[str, Any,
 
 
 def hand(informer: Any, type: str | None, raw: dict[str, Any]) -> None:
-    """What an informer does with one event: the cache first, then the handler."""
-    key = (raw["metadata"].get("namespace", ""), raw["metadata"]["name"])
-    old = informer.store.get(key, [None])[0]
-    kept = informer.form(raw)
-    if type == "DELETED":
-        informer.store.pop(key, None)
-    else:
-        informer.store[key] = [kept]
-    informer.on_event(type, kept, old)
+    informer.apply(type, raw)
 
 
 def test_a_nodes_status_update_is_no_change_to_placement() -> None:

@@ -187,20 +187,23 @@ class Informer:
                 code, reason = int(raw.get("code") or 0), str(raw.get("reason"))
                 raise KubeError(code, reason, raw, method="WATCH", path=path)
             rv = _rv(raw) or rv
-            if kind in ("ADDED", "MODIFIED"):
-                key = key_of(raw)
-                old = self._current(key)
-                kept = self.form(raw)
-                self.store[key] = [kept]
-                self._keys[path].add(key)
-                self._hand(str(kind), kept, old)
-            elif kind == "DELETED":
-                key = key_of(raw)
-                old = self._current(key)
-                self.store.pop(key, None)
-                self._keys[path].discard(key)
-                self._hand("DELETED", self.form(raw), old)
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                self.apply(str(kind), raw, path)
         return rv
+
+    def apply(self, kind: str | None, raw: Json, path: str | None = None) -> None:
+        """One event of the scope `path` (default the first): the cache takes it in, then its handler gets it
+        with what the cache held before. `kind` None: an object as listed."""
+        key, keys = key_of(raw), self._keys[path or self.paths[0]]
+        old = self._current(key)
+        kept = self.form(raw)
+        if kind == "DELETED":
+            self.store.pop(key, None)
+            keys.discard(key)
+        else:
+            self.store[key] = [kept]
+            keys.add(key)
+        self._hand(kind, kept, old)
 
     def _current(self, key: Key) -> Json | None:
         held = self.store.get(key)

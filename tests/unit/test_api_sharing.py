@@ -110,6 +110,20 @@ def test_parsed_slices_are_the_same_json_as_before() -> None:
     assert first.to_dict()["spec"]["devices"] == manifest["spec"]["devices"]
 
 
+def test_models_given_the_same_fields_share_one_set_of_their_names() -> None:
+    first, second = (Device.model_validate(gpu(f"gpu-{i}", index={"int": i})) for i in range(2))
+    bare = Device.model_validate({"name": "gpu-2"})
+    assert first.model_fields_set is second.model_fields_set == {"name", "attributes", "capacity"}
+    assert bare.model_fields_set == {"name"} and bare.model_fields_set is not first.model_fields_set
+    # A copy gets a set of its own, and what the dumps say is untouched by the sharing.
+    assert first.model_copy().model_fields_set is not first.model_fields_set
+    assert bare.to_dict() == {"name": "gpu-2"}
+    meta = [
+        ResourceSlice.model_validate(gpu_slice_manifest(f"n-{i}", {"gpu": "1Gi"})).metadata for i in range(2)
+    ]
+    assert meta[0].model_fields_set is meta[1].model_fields_set
+
+
 def test_nothing_is_kept_after_the_last_device_is_gone() -> None:
     gc.collect()
     held = len(resource_module._ATTRIBUTES), len(resource_module._CAPACITIES)

@@ -13,7 +13,6 @@ import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -43,7 +42,7 @@ from dra_operator.api.group import GROUP as GROUP
 from dra_operator.api.group import UPSTREAM_API_VERSION as UPSTREAM_API_VERSION
 from dra_operator.api.group import VERSION as VERSION
 from dra_operator.api.meta import annotation_problems, invalid_value, label_problems, qualified_name_messages
-from dra_operator.api.sharing import Table, shared_map
+from dra_operator.api.sharing import LeanModel, Table, shared_map
 
 # Limits of resource.k8s.io/v1 (k8s.io/api resource/v1 types.go constants).
 REQUESTS_MAX = 32
@@ -80,7 +79,7 @@ CrdRule = tuple[str, str]
 """A CEL rule for `x-kubernetes-validations` and its message."""
 
 
-class KubeModel(BaseModel):
+class KubeModel(LeanModel):
     """Base of the spec and status types: camelCase JSON, unknown fields rejected."""
 
     model_config = ConfigDict(
@@ -117,7 +116,7 @@ def _exactly_one(owner: str, fields: dict[str, bool]) -> None:
 # ---------------------------------------------------------------------------------------------- metadata
 
 
-class OwnerReference(BaseModel):
+class OwnerReference(LeanModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     api_version: str
@@ -128,7 +127,7 @@ class OwnerReference(BaseModel):
     block_owner_deletion: bool | None = None
 
 
-class ObjectMeta(BaseModel):
+class ObjectMeta(LeanModel):
     """metav1.ObjectMeta; fields the operator does not read pass through unchanged (extra allowed)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")

@@ -6,6 +6,9 @@ value seen before is answered with the model parsed then (so it is also parsed o
 equal to one held already becomes that map. The tables hold their entries weakly: a value leaves with the
 last device that uses it, and nothing here grows with the slices that came and went.
 
+Every parsed model also shares the set of field names it was given (pydantic keeps one per model, 200 to
+500 bytes, for `exclude_unset` dumps, which nothing here makes): 60,000 sets, 17 MiB, at 5,000 slices.
+
 The operator keeps each slice twice, as JSON for its periodic passes and parsed for decisions; the JSON
 devices' attribute and capacity maps are shared the same way (`shared_devices`). A claim's spec, which the
 API server never lets change, is shared whole with equal ones (`shared_tree`): every claim made from one
@@ -21,6 +24,8 @@ import json
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
+
+from pydantic import BaseModel
 
 V = TypeVar("V")
 Self_ = TypeVar("Self_")
@@ -67,6 +72,20 @@ class SharedList(_Shared, list[V]):
 
     def __init__(self, items: Iterable[V] = ()) -> None:
         list.__init__(self, items)
+
+
+#: Each distinct set of given field names, once (a handful per kind; the table never grows with objects).
+_FIELD_SETS: dict[frozenset[str], set[str]] = {}
+
+
+class LeanModel(BaseModel):
+    """A model that holds its set of given field names (`model_fields_set`) in common with the models given
+    the same ones. The set is then not this model's own: setting a field adds its name for all of them,
+    so `model_fields_set` and `exclude_unset` are not to be relied on; the operator uses neither."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        names = self.__pydantic_fields_set__
+        object.__setattr__(self, "__pydantic_fields_set__", _FIELD_SETS.setdefault(frozenset(names), names))
 
 
 class Table:

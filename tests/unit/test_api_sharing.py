@@ -122,6 +122,11 @@ def test_models_given_the_same_fields_share_one_set_of_their_names() -> None:
         ResourceSlice.model_validate(gpu_slice_manifest(f"n-{i}", {"gpu": "1Gi"})).metadata for i in range(2)
     ]
     assert meta[0].model_fields_set is meta[1].model_fields_set
+    # Setting a field not given moves that model to another set; the shared one stays as it was.
+    given = set(meta[1].model_fields_set)
+    meta[0].namespace = "team-a"
+    assert meta[0].model_fields_set == given | {"namespace"} and meta[1].model_fields_set == given
+    assert meta[0].namespace == "team-a" and meta[1].namespace is None
 
 
 def test_nothing_is_kept_after_the_last_device_is_gone() -> None:

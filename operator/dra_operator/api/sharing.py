@@ -78,14 +78,23 @@ class SharedList(_Shared, list[V]):
 _FIELD_SETS: dict[frozenset[str], set[str]] = {}
 
 
+def _held_names(names: set[str]) -> set[str]:
+    return _FIELD_SETS.setdefault(frozenset(names), names)
+
+
 class LeanModel(BaseModel):
     """A model that holds its set of given field names (`model_fields_set`) in common with the models given
-    the same ones. The set is then not this model's own: setting a field adds its name for all of them,
-    so `model_fields_set` and `exclude_unset` are not to be relied on; the operator uses neither."""
+    the same ones; setting a field not given yet moves the model to the set with that name added, so the
+    shared sets never change."""
 
     def model_post_init(self, context: Any, /) -> None:
+        object.__setattr__(self, "__pydantic_fields_set__", _held_names(self.__pydantic_fields_set__))
+
+    def __setattr__(self, name: str, value: Any) -> None:
         names = self.__pydantic_fields_set__
-        object.__setattr__(self, "__pydantic_fields_set__", _FIELD_SETS.setdefault(frozenset(names), names))
+        if name not in names and name in type(self).model_fields:
+            object.__setattr__(self, "__pydantic_fields_set__", _held_names(names | {name}))
+        super().__setattr__(name, value)
 
 
 class Table:

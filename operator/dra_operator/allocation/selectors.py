@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from dra_operator.cel import (
     CelCompileError,
@@ -47,8 +48,11 @@ class SelectorCache:
 
     def __init__(self) -> None:
         self._compiled: dict[str, CompiledSelector | CelCompileError] = {}
-        # token -> (anchor, {expression: result}); the anchor keeps alive an object whose id() is a token.
-        self._results: dict[Hashable, tuple[object, dict[str, Result]]] = {}
+        # expression -> {token: result}: one table per selector rather than one per device (a dict and a tuple
+        # for each of 40,000 devices were 11 MiB, issue 14).
+        self._results: dict[str, dict[Hashable, Result]] = {}
+        # token -> the object whose id() the token is (offline input without versions): kept alive with it.
+        self._anchors: dict[Hashable, object] = {}
         self.evaluations = 0
         self.hits = 0
 
@@ -70,16 +74,16 @@ class SelectorCache:
         self,
         expression: str,
         token: Hashable,
-        anchor: object,
+        anchor: object | None,
         cel_device: Callable[[], CelDevice],
         device_label: str,
     ) -> Result:
-        entry = self._results.get(token)
-        if entry is None:
-            entry = (anchor, {})
-            self._results[token] = entry
-        results = entry[1]
-        found = results.get(expression)
+        """The selector's result on the device `token` names; `anchor`: the object whose id() is part of the
+        token, if it is (None for tokens made of versions)."""
+        results = self._results.get(expression)
+        if results is None:
+            results = self._results[expression] = {}
+        found = results.get(token)
         if found is not None:
             self.hits += 1
             return found
@@ -95,14 +99,18 @@ class SelectorCache:
             except CelEvaluationError as err:
                 # Named by driver/pool/device here, which the CEL layer does not know.
                 found = SelectorFailure(expression, device_label, err.reason, key=err.key)
-        results[expression] = found
+        if anchor is not None:
+            self._anchors[token] = anchor
+        results[token] = found
         return found
 
     def retain(self, tokens: Iterable[Hashable]) -> None:
         """Forget results of devices that are gone (call after building a snapshot from new slices)."""
         keep = set(tokens)
-        for token in [t for t in self._results if t not in keep]:
-            del self._results[token]
+        tables: list[dict[Hashable, Any]] = [*self._results.values(), self._anchors]
+        for table in tables:
+            for token in [t for t in table if t not in keep]:
+                del table[token]
 
     def __len__(self) -> int:
-        return sum(len(entry[1]) for entry in self._results.values())
+        return sum(len(results) for results in self._results.values())

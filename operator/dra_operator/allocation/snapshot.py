@@ -130,7 +130,7 @@ class DeviceRecord:
     slice: SliceRecord
     device: Device
     token: Hashable
-    anchor: object
+    anchor: object | None  # the device when the token is its id() (see SelectorCache.result)
     attributes: Mapping[str, DeviceAttribute]
     taints: tuple[DeviceTaint, ...]
     per_device: bool
@@ -328,7 +328,7 @@ class Snapshot:
                     slice=record,
                     device=device,
                     token=token,
-                    anchor=device,
+                    anchor=device if base_token is None else None,
                     attributes=device.attributes or {},
                     taints=tuple(device.taints or ()) + self._extra_taints.get(device_id, ()),
                     per_device=per_device,

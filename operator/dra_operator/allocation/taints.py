@@ -93,10 +93,11 @@ def current_devices(slices: Iterable[ResourceSlice]) -> list[tuple[DeviceID, Res
     return found
 
 
-def _device_token(slice_: ResourceSlice | None, device: Device) -> Hashable:
-    # The snapshot's token for the same device (Snapshot._add_slice), so both share cached CEL results.
+def _device_token(slice_: ResourceSlice | None, device: Device) -> tuple[Hashable, object | None]:
+    """The snapshot's token for the same device (Snapshot._add_slice), so both share cached CEL results, and
+    its anchor (see SelectorCache.result)."""
     base = _slice_token(slice_) if slice_ is not None else None
-    return (base, device.name) if base is not None else ("object", id(device))
+    return ((base, device.name), None) if base is not None else (("object", id(device)), device)
 
 
 def rule_matches(
@@ -122,7 +123,7 @@ def rule_matches(
         return False
     if not selector.selectors:
         return True
-    token = _device_token(slice_, device)
+    token, anchor = _device_token(slice_, device)
     bound: list[CelDevice] = []
 
     def cel_device() -> CelDevice:
@@ -132,7 +133,7 @@ def rule_matches(
 
     label = "/".join(device_id)
     for entry in selector.selectors:
-        result = cache.result(entry.cel.expression, token, device, cel_device, label)
+        result = cache.result(entry.cel.expression, token, anchor, cel_device, label)
         if result is not True:
             return result
     return True

@@ -21,6 +21,7 @@ shared map refuses writes, so a caller that tried would fail loudly rather than 
 from __future__ import annotations
 
 import json
+import sys
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
@@ -217,3 +218,15 @@ def shared_tree(value: Any) -> Any:
 
 def _tree_key(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def shared_keys(value: Any) -> Any:
+    """`value` rebuilt with every dict key interned: the JSON parser makes each object's keys anew
+    ("metadata", "name", ...), a third of a cached Pod and its claim (19.7 -> 13.7 KiB per pair, issue 14).
+    Shared parts (SharedMap, SharedList) hold theirs once already and are kept as they are, as are scalars."""
+    kind = type(value)
+    if kind is dict:
+        return {sys.intern(key): shared_keys(item) for key, item in value.items()}
+    if kind is list:
+        return [shared_keys(item) for item in value]
+    return value

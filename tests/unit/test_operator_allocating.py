@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from dra_operator.api.resource import ResourceClaim
 from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure, Placed
 from dra_operator.operator.reconciler import Reconciler
 from dra_operator.operator.state import (
@@ -185,9 +186,10 @@ def test_a_slice_status_write_neither_rebuilds_the_snapshot_nor_evaluates_cel_ag
     assert allocator.selectors.evaluations == evaluations + 2, "only the changed slice's device again"
 
 
-def test_parsed_models_are_kept_one_per_object_and_go_with_their_claim() -> None:
-    """A slice's status write reuses its model (same generation), a new generation replaces it, and the model
-    of a claim that is gone is dropped: the cache holds one model per live object, not one per version."""
+def test_parsed_models_are_kept_one_per_object_and_a_claims_allocation_goes_with_its_claim() -> None:
+    """A slice's status write reuses its model (same generation), a new generation replaces it: the cache
+    holds one model per live object, not one per version. Of a claim only its parsed allocation is kept, until
+    the claim is gone."""
     allocator = Allocator()
     slices = [slice_for("n1", ["64Gi", "64Gi"])]
     slices[0]["metadata"]["generation"] = 1
@@ -205,9 +207,11 @@ def test_parsed_models_are_kept_one_per_object_and_go_with_their_claim() -> None
     assert isinstance(placed, Placed)
     held = allocated(claim, placed.allocations["gpu"])
     allocator.allocate(request({"gpu": claim_from_template("c1")}, [held], changed))
-    assert claim["metadata"]["uid"] in allocator._models
+    key = (claim["metadata"]["namespace"], claim["metadata"]["name"])
+    assert list(allocator._allocations) == [key]
+    assert not [m for _, m in allocator._models.values() if isinstance(m, ResourceClaim)], "no claim's model"
     allocator.allocate(request({"gpu": claim_from_template("c2")}, [], changed))  # c0 is gone
-    assert claim["metadata"]["uid"] not in allocator._models
+    assert not allocator._allocations
 
 
 def test_a_standbys_warm_up_leaves_the_first_decision_nothing_to_evaluate() -> None:

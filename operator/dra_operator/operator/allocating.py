@@ -1,10 +1,10 @@
 """The bridge from the operator's cached dicts to the core allocator (dra_operator.allocation) and back.
 
-Parsed models are cached one per object (by uid, with the version they were parsed from: a slice's
-generation, since our status writes change no spec, else its resourceVersion), and a claim's goes when the
-claim does. The allocator's Snapshot is kept while classes, slices
-and nodes are unchanged, and only the claims whose allocation changed since the last Pod are recorded or
-released in it, so a Pod's turn costs its own search, not a rebuild over every device. An object that fails
+Parsed classes, slices and taint rules are cached one per object (by uid, with the version they were parsed
+from: a slice's generation, since our status writes change no spec, else its resourceVersion); of a claim,
+only its parsed allocation is kept, until the claim goes. The allocator's Snapshot is kept while classes,
+slices and nodes are unchanged, and only the claims whose allocation changed since the last Pod are recorded
+or released in it, so a Pod's turn costs its own search, not a rebuild over every device. An object that fails
 validation is left out (and logged once)."""
 
 from __future__ import annotations
@@ -83,15 +83,16 @@ class Allocator:
         self._snapshot: Snapshot | None = None
         self._signature: Any = None
         self._inputs: tuple[Sequence[Json], ...] | None = None  # the lists `_signature` was computed from
-        self._recorded: dict[tuple[str, str], str] = {}  # claim key -> uid/resourceVersion recorded
+        self._recorded: dict[tuple[str, str], str] = {}  # claim key -> the token recorded in the snapshot
+        # claim key -> (token, its parsed allocation): kept across snapshots; a rebuild parses no claim again.
+        self._allocations: dict[tuple[str, str], tuple[str, AllocationResult]] = {}
         self._uuids: dict[tuple[str, str, str], str] = {}
         self._rule_taints: tuple[Any, RuleTaints] | None = None  # (signature, what the rules taint)
         self._cursor: tuple[int, int] | None = None  # (state epoch, revision) the in-use devices reflect
         self.rebuilds = 0
 
-    def _model(self, obj: Json, assumed: int | None = None) -> Any:
-        """The parsed `obj`, cached per uid while its version stays; `assumed`: the state's serial number of
-        an assumed claim (see State.assumption), part of its version."""
+    def _model(self, obj: Json) -> Any:
+        """The parsed `obj` (a class, slice or taint rule), cached per uid while its version stays."""
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid"))
         version = (
@@ -99,22 +100,31 @@ class Allocator:
             if obj.get("kind") == "ResourceSlice" and meta.get("generation")
             else str(meta.get("resourceVersion"))
         )
-        if assumed is not None:
-            version += f" assumed {assumed}"
         cached = self._models.get(uid)
         if cached is not None and cached[0] == version:
             return cached[1]
-        try:
-            model = load_object(obj)
-        except InvalidObject as exc:
-            if (uid, version) not in self._bad:
-                self._bad.add((uid, version))
-                log.warning("object ignored: invalid", error=str(exc))
+        model = self._parsed(obj, uid, version)
+        if model is None:
             return None
         if len(self._models) > 100_000:  # objects gone without a release (slices, classes): start afresh
             self._models.clear()
         self._models[uid] = (version, model)
         return model
+
+    def _claim(self, obj: Json) -> Any:
+        """A claim, parsed afresh: each write gives it a new version, and what outlives a decision is its
+        allocation (`_allocations`), not the whole model (about 12 KiB per claim, issue 14)."""
+        meta = obj.get("metadata") or {}
+        return self._parsed(obj, str(meta.get("uid")), str(meta.get("resourceVersion")))
+
+    def _parsed(self, obj: Json, uid: str, version: str) -> Any:
+        try:
+            return load_object(obj)
+        except InvalidObject as exc:
+            if (uid, version) not in self._bad:
+                self._bad.add((uid, version))
+                log.warning("object ignored: invalid", error=str(exc))
+            return None
 
     def _models_of(self, objs: Sequence[Json], kind: type) -> list[Any]:
         return [m for m in (self._model(o) for o in objs) if isinstance(m, kind)]
@@ -122,7 +132,7 @@ class Allocator:
     def allocate(self, req: AllocationRequest) -> Placed | Failure:
         claims: dict[str, ResourceClaim] = {}
         for pod_claim, obj in req.claims.items():
-            model = self._model(obj, _assumption(req.state, obj))
+            model = self._claim(obj)
             if not isinstance(model, ResourceClaim):
                 return Failure("InvalidClaim", f"ResourceClaim {obj['metadata'].get('name')} is not valid")
             claims[pod_claim] = model
@@ -260,8 +270,9 @@ class Allocator:
             self._sync_claim(snapshot, key, obj, state)
         for key in [k for k in self._recorded if k not in present]:
             snapshot.release(key)
-            self._models.pop(self._recorded[key].split("/", 1)[0], None)
             del self._recorded[key]
+        for key in [k for k in self._allocations if k not in present]:
+            del self._allocations[key]
         return snapshot
 
     def _sync_claim(
@@ -271,19 +282,24 @@ class Allocator:
         allocation = None
         token = ""
         if obj is not None and (obj.get("status") or {}).get("allocation"):
-            assumed = _assumption(state, obj)
-            model = self._model(obj, assumed)
-            if isinstance(model, ResourceClaim) and model.status is not None and model.status.allocation:
-                meta = obj.get("metadata") or {}
-                token = f"{meta.get('uid')}/{meta.get('resourceVersion')}/{assumed}"
-                allocation = model.status.allocation
+            meta = obj.get("metadata") or {}
+            token = f"{meta.get('uid')}/{meta.get('resourceVersion')}/{_assumption(state, obj)}"
+            if self._recorded.get(key) == token:
+                return
+            held = self._allocations.get(key)
+            if held is not None and held[0] == token:
+                allocation = held[1]
+            else:
+                model = self._claim(obj)
+                if isinstance(model, ResourceClaim) and model.status is not None and model.status.allocation:
+                    allocation = model.status.allocation
+                    self._allocations[key] = (token, allocation)
         if allocation is None:
+            self._allocations.pop(key, None)
             if key in self._recorded:
                 snapshot.release(key)
-                if obj is None:  # gone: its parsed model too
-                    self._models.pop(self._recorded[key].split("/", 1)[0], None)
                 del self._recorded[key]
-        elif self._recorded.get(key) != token:
+        else:
             snapshot.record_allocation(key, allocation)
             self._recorded[key] = token
 

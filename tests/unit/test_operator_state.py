@@ -258,17 +258,19 @@ def test_a_slim_pod_decides_exactly_as_the_full_one() -> None:
     assert len(json.dumps(kept)) < len(json.dumps(full)) * 0.7
 
 
-def test_objects_parsed_apart_hold_each_key_once_and_keep_their_values() -> None:
+def test_objects_parsed_apart_hold_each_key_and_string_once_and_keep_their_values() -> None:
     first, second = (slim(PODS, json.loads(json.dumps(full_pod()))) for _ in range(2))
     assert first == second == slim(PODS, full_pod())
 
-    def keys(obj: Any) -> list[str]:
+    def strings(obj: Any) -> list[str]:
         if isinstance(obj, dict):
-            return [k for key, item in obj.items() for k in (key, *keys(item))]
-        return [k for item in obj for k in keys(item)] if isinstance(obj, list) else []
+            return [s for key, item in obj.items() for s in (key, *strings(item))]
+        if isinstance(obj, list):
+            return [s for item in obj for s in strings(item)]
+        return [obj] if isinstance(obj, str) else []
 
-    assert len(keys(first)) > 20
-    assert all(a is b for a, b in zip(keys(first), keys(second), strict=True))
+    assert len(strings(first)) > 40
+    assert all(a is b for a, b in zip(strings(first), strings(second), strict=True))
 
 
 def test_other_kinds_lose_only_managed_fields_and_the_last_applied_copy() -> None:

@@ -20,7 +20,7 @@ import kopf
 
 from dra_operator.admission import names
 from dra_operator.api.group import GROUP, VERSION
-from dra_operator.api.sharing import shared_keys
+from dra_operator.api.sharing import interned
 from dra_operator.kube.rest import ours as our_path
 from dra_operator.kube.rest import path_of
 from dra_operator.operator.informer import Informer, Watcher
@@ -74,10 +74,13 @@ def _node_form(node: Json) -> Json:
     addresses: most of it) is never kept."""
     meta = node.get("metadata") or {}
     spec = node.get("spec") or {}
-    return {
-        "metadata": {"name": meta.get("name"), "labels": shared_keys(dict(meta.get("labels") or {}))},
-        "spec": {"unschedulable": spec.get("unschedulable"), "taints": shared_keys(spec.get("taints"))},
-    }
+    form: Json = interned(
+        {
+            "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+            "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints")},
+        }
+    )
+    return form
 
 
 def _generation(obj: Json | None) -> Any:

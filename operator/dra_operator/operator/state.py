@@ -14,7 +14,7 @@ from sys import intern
 from typing import Any
 
 from dra_operator.api.gang import gang_of
-from dra_operator.api.sharing import shared_devices, shared_keys, shared_tree
+from dra_operator.api.sharing import interned, shared_devices, shared_tree
 from dra_operator.operator.placement import is_gated
 
 Json = dict[str, Any]
@@ -94,12 +94,12 @@ def slim(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None = Non
     everywhere; a Pod's volumes, its containers' images, commands, probes and mounts, and its container
     statuses. A slice's devices share their equal attribute and capacity maps (api.sharing), and a slice
     whose spec is that of `held` (its cached version: only its status changed) keeps `held`'s spec object.
-    Every key is held once (api.sharing.shared_keys). The objects at 10,000 Pods and claims are most of the
-    operator's memory (issue 14)."""
+    Every key and string is held once (api.sharing.interned). The objects at 10,000 Pods and claims are most
+    of the operator's memory (issue 14)."""
     kept = _slimmed(kind, obj, held)
     # Every part but a slice's spec, whose devices are shared and which status writes keep (above).
     return {
-        intern(key): item if kind == SLICES and key == "spec" else shared_keys(item)
+        intern(key): item if kind == SLICES and key == "spec" else interned(item)
         for key, item in kept.items()
     }
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import http.client
 import json
 import re
+import socket
 import ssl
 import threading
 import urllib.request
@@ -295,3 +297,58 @@ def test_a_port_in_use_fails_the_start_with_the_address(tmp_path: Path) -> None:
             second.start()
     finally:
         first.stop()
+
+
+def test_the_server_speaks_http_as_the_api_server_calls_it(tmp_path: Path) -> None:
+    """One kept-alive connection serves review after review (the API server's `?timeout=` query ignored),
+    and a request it cannot serve gets a status that says why, not a dropped connection or a hang."""
+    files = tls.generate(tmp_path, ["127.0.0.1"])
+    reviews: list[str] = []
+    server = AdmissionServer(
+        ready_context(), "127.0.0.1", 0, files.cert, files.key, on_review=lambda path, s: reviews.append(path)
+    )
+    server.start()
+    context = ssl.create_default_context(cafile=str(files.ca))
+    try:
+        connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=10)
+        for _ in range(3):
+            connection.request("POST", "/mutate-pods?timeout=10s", admission_review(POD))
+            reply = connection.getresponse()
+            assert reply.status == 200 and json.loads(reply.read())["response"]["allowed"] is True
+        assert reviews == ["mutate-pods"] * 3
+        sockets = {connection.sock.getsockname()}
+        connection.request("GET", "/mutate-pods")
+        reply = connection.getresponse()
+        assert reply.status == 405 and "POSTed" in json.loads(reply.read())["message"]
+        connection.close()
+        assert len(sockets) == 1, "the three reviews shared one connection"
+
+        too_big = b"{" + b" " * (8 << 20) + b"}"
+        connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=10)
+        try:
+            connection.request("POST", "/mutate-pods", too_big)
+            reply = connection.getresponse()
+            assert reply.status == 413
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered 413 and closed before the whole body was sent: also a refusal
+        connection.close()
+
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket,
+        ):
+            tls_socket.sendall(b"POST /mutate-pods HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+            answer = b""
+            while chunk := tls_socket.recv(65536):  # the server answers, then closes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"bad request" in answer
+
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket,
+        ):
+            tls_socket.sendall(b"POST /mutate-pods HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        # The server gave up on the half-sent request and still serves the next one.
+        assert post(server.port, "mutate-pods", admission_review(POD), files.ca)[0] == 200
+    finally:
+        server.stop()

@@ -4,28 +4,45 @@ for our answer, so nothing else runs there.
 
 Certificates are read from files (generated in memory, or mounted from a Secret such as cert-manager's); a
 rotated pair is picked up at the next TLS handshake after the files change, without closing the listener.
+
+HTTP/1.1 is spoken by h11 over asyncio's TLS streams: the API server POSTs one review at a time per
+connection and keeps connections alive. aiohttp's server did the same and cost the admission process about
+10 MiB of its imports (issue 14).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+import h11
 
 from dra_operator.admission.webhook import ROUTES, AdmissionContext, answer
 
 log = logging.getLogger(__name__)
 
+Json = dict[str, Any]
+
 #: How often a handshake may look whether the certificate files changed.
 RELOAD_CHECK_SECONDS = 10.0
+#: The largest review read: an object and its old version (etcd keeps each under 1.5 MiB) and the review.
+MAX_BODY_BYTES = 8 << 20
+#: The largest request line and headers.
+MAX_HEADER_BYTES = 64 << 10
+#: A kept-alive connection that sends no request for this long is closed (as aiohttp's server did).
+IDLE_SECONDS = 75.0
+#: A request whose next bytes take longer than this is given up.
+READ_SECONDS = 30.0
+READ_CHUNK = 64 << 10
 
 
 class RotatingContext:
@@ -88,6 +105,7 @@ class AdmissionServer:
         self._stop: asyncio.Event | None = None
         self._listening = threading.Event()
         self._failure: BaseException | None = None
+        self._open: set[asyncio.StreamWriter] = set()
 
     def start(self, timeout: float = 10.0) -> None:
         """Listen (port 0 picks a free one, then in `port`); raises when the address cannot be bound."""
@@ -120,37 +138,100 @@ class AdmissionServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/{route}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+        server = await asyncio.start_server(
+            self._connection, self._host, self.port, ssl=self._tls.context, reuse_address=True
+        )
         try:
-            site = web.TCPSite(
-                runner, self._host, self.port, ssl_context=self._tls.context, reuse_address=True
-            )
-            await site.start()
-            self.port = int(runner.addresses[0][1])
+            self.port = int(server.sockets[0].getsockname()[1])
             self._listening.set()
             await self._stop.wait()
         finally:
-            await runner.cleanup()
+            server.close()
+            for writer in list(self._open):
+                writer.close()
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        route = request.match_info["route"]
-        if route not in ROUTES:
-            return web.json_response({"message": f"no admission webhook at /{route}"}, status=404)
-        started = time.perf_counter()
-        body = await request.read()
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection: requests one after another while the client keeps it alive."""
+        self._open.add(writer)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
-            review = await answer(self._ctx, route, body)
+            while True:
+                request = await _next_event(conn, reader, IDLE_SECONDS)
+                if not isinstance(request, h11.Request):
+                    return  # closed, or a protocol state this server never expects
+                await _send(conn, writer, *await self._request(conn, reader, writer, request))
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # the client asked to close, or a body was left unread
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(h11.LocalProtocolError, OSError):
+                    await _send(conn, writer, exc.error_status_hint, {"message": f"bad request: {exc}"})
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the client went away or stalled: nothing to answer
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    async def _request(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: h11.Request,
+    ) -> tuple[int, Json]:
+        """Read one request's body and answer it: (HTTP status, JSON answer)."""
+        route = request.target.decode("ascii", "replace").split("?", 1)[0].lstrip("/")
+        if request.method != b"POST":
+            return 405, {"message": "admission reviews are POSTed"}
+        if route not in ROUTES:
+            return 404, {"message": f"no admission webhook at /{route}"}
+        if conn.they_are_waiting_for_100_continue:
+            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        started = time.perf_counter()
+        body = bytearray()
+        while True:
+            event = await _next_event(conn, reader, READ_SECONDS)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY_BYTES:
+                    return 413, {"message": f"an admission review over {MAX_BODY_BYTES} bytes"}
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise ConnectionError("the client closed the connection inside a request")
+        try:
+            return 200, await answer(self._ctx, route, bytes(body))
         except ValueError as exc:
-            return web.json_response({"message": str(exc)}, status=400)
+            return 400, {"message": str(exc)}
         except Exception as exc:  # never a traceback to the API server: a refusal that says what failed
             log.exception("admission review failed on /%s", route)
-            review = _internal_error(body, exc)
+            return 200, _internal_error(bytes(body), exc)
         finally:
             self._on_review(route, time.perf_counter() - started)
-        return web.json_response(review)
+
+
+async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, answer: Json) -> None:
+    payload = json.dumps(answer, separators=(",", ":")).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
+    for event in (
+        h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase),
+        h11.Data(data=payload),
+        h11.EndOfMessage(),
+    ):
+        writer.write(conn.send(event) or b"")
+    await writer.drain()
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, patience: float) -> Any:
+    """h11's next event, reading as it needs (each read given `patience` seconds); ConnectionClosed at the
+    end of the stream."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        async with asyncio.timeout(patience):
+            conn.receive_data(await reader.read(READ_CHUNK))
 
 
 def _internal_error(body: bytes, exc: Exception) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -158,3 +160,23 @@ def test_a_process_that_cannot_listen_says_why() -> None:
         run(test)
     finally:
         taken.close()
+
+
+def test_the_process_imports_the_admission_code_alone() -> None:
+    """What the child imports is its memory (issue 14): no Kopf, no allocator, no HTTP framework, no API
+    client (only the lazy stand-ins of kubernetes_asyncio's generated packages); CEL stays, for the
+    selectors' compile check."""
+    program = "import sys, dra_operator.operator.webhookprocess; print(' '.join(sys.modules))"
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    found = set(run.stdout.split())
+    assert {"dra_operator.admission.webhook", "h11", "cel_expr_python"} <= found
+    unwanted = [
+        name
+        for name in found
+        if name.split(".")[0] in ("kopf", "aiohttp")
+        or name.startswith(
+            ("dra_operator.allocation", "dra_operator.operator.reconciler", "dra_operator.kube.client")
+        )
+        or (name.startswith("kubernetes_asyncio") and name.count(".") > 2)
+    ]
+    assert not unwanted, unwanted

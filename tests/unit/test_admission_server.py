@@ -8,6 +8,7 @@ import base64
 import copy
 import http.client
 import json
+import logging
 import re
 import socket
 import ssl
@@ -352,3 +353,28 @@ def test_the_server_speaks_http_as_the_api_server_calls_it(tmp_path: Path) -> No
         assert post(server.port, "mutate-pods", admission_review(POD), files.ca)[0] == 200
     finally:
         server.stop()
+
+
+def test_a_stop_with_connections_open_ends_them_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API server keeps its connections open; the server's stop (the operator leaving) ends them without
+    an error in the log (the chaos test counts tracebacks in the operator's logs)."""
+    files = tls.generate(tmp_path, ["127.0.0.1"])
+    server = AdmissionServer(ready_context(), "127.0.0.1", 0, files.cert, files.key)
+    server.start()
+    context = ssl.create_default_context(cafile=str(files.ca))
+    connections = [
+        http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=10) for _ in range(3)
+    ]
+    try:
+        for connection in connections:
+            connection.request("POST", "/mutate-pods", admission_review(POD))
+            assert connection.getresponse().read()
+        with caplog.at_level(logging.DEBUG):
+            server.stop()
+        assert server._thread is not None and not server._thread.is_alive()
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        for connection in connections:
+            connection.close()

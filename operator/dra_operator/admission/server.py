@@ -106,6 +106,7 @@ class AdmissionServer:
         self._listening = threading.Event()
         self._failure: BaseException | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     def start(self, timeout: float = 10.0) -> None:
         """Listen (port 0 picks a free one, then in `port`); raises when the address cannot be bound."""
@@ -149,10 +150,16 @@ class AdmissionServer:
             server.close()
             for writer in list(self._open):
                 writer.close()
+            # Each handler then sees its stream end and returns; asyncio.run cancels any still waiting.
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=1.0)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client connection: requests one after another while the client keeps it alive."""
         self._open.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
             while True:
@@ -169,8 +176,14 @@ class AdmissionServer:
                     await _send(conn, writer, exc.error_status_hint, {"message": f"bad request: {exc}"})
         except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or stalled: nothing to answer
+        except asyncio.CancelledError:
+            # Only the server's stop cancels a handler (asyncio.run, at its end). Ended cancelled, the task
+            # would make asyncio's stream callback log a traceback for each connection open at a stop.
+            pass
         finally:
             self._open.discard(writer)
+            if handler is not None:
+                self._handlers.discard(handler)
             writer.close()
 
     async def _request(

@@ -105,8 +105,8 @@ class AdmissionServer:
         self._stop: asyncio.Event | None = None
         self._listening = threading.Event()
         self._failure: BaseException | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
+        # The open connections, each with its handler.
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
 
     def start(self, timeout: float = 10.0) -> None:
         """Listen (port 0 picks a free one, then in `port`); raises when the address cannot be bound."""
@@ -148,18 +148,16 @@ class AdmissionServer:
             await self._stop.wait()
         finally:
             server.close()
-            for writer in list(self._open):
+            for writer in self._connections:
                 writer.close()
             # Each handler then sees its stream end and returns; asyncio.run cancels any still waiting.
-            if self._handlers:
-                await asyncio.wait(self._handlers, timeout=1.0)
+            handlers = [task for task in self._connections.values() if task is not None]
+            if handlers:
+                await asyncio.wait(handlers, timeout=1.0)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client connection: requests one after another while the client keeps it alive."""
-        self._open.add(writer)
-        handler = asyncio.current_task()
-        if handler is not None:
-            self._handlers.add(handler)
+        self._connections[writer] = asyncio.current_task()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
             while True:
@@ -181,9 +179,7 @@ class AdmissionServer:
             # would make asyncio's stream callback log a traceback for each connection open at a stop.
             pass
         finally:
-            self._open.discard(writer)
-            if handler is not None:
-                self._handlers.discard(handler)
+            self._connections.pop(writer, None)
             writer.close()
 
     async def _request(

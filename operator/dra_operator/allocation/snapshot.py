@@ -223,6 +223,15 @@ def _slice_token(slice_: ResourceSlice) -> Hashable | None:
     return None
 
 
+def device_token(base: Hashable | None, device: Device) -> tuple[Hashable, object | None]:
+    """A device's token for cached selector results (`base`: its slice's `_slice_token`), and its anchor (see
+    SelectorCache.result). Without a version (offline input) the device object itself is the identity, kept
+    alive through the anchor so that its id cannot be reused."""
+    if base is not None:
+        return (base, device.name), None
+    return ("object", id(device)), device
+
+
 class Snapshot:
     """Classes, slices, nodes and in-use devices; built once, then updated allocation by allocation."""
 
@@ -320,9 +329,7 @@ class Snapshot:
         for device in spec.devices or ():
             device_id = (record.driver, record.pool, device.name)
             index = len(self.records)
-            # Without a resourceVersion (offline input) the device object itself is the identity; the cache
-            # keeps it alive through the anchor so the id cannot be reused.
-            token: Hashable = (base_token, device.name) if base_token is not None else ("object", id(device))
+            token, anchor = device_token(base_token, device)
             self.records.append(
                 DeviceRecord(
                     index=index,
@@ -331,7 +338,7 @@ class Snapshot:
                     slice=record,
                     device=device,
                     token=token,
-                    anchor=device if base_token is None else None,
+                    anchor=anchor,
                     attributes=device.attributes or {},
                     taints=tuple(device.taints or ()) + self._extra_taints.get(device_id, ()),
                     per_device=per_device,

@@ -20,13 +20,20 @@ error, or an expression that does not compile) means "does not match" there; the
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dra_operator.allocation.selectors import Result, SelectorCache, SelectorFailure
-from dra_operator.allocation.snapshot import ClaimKey, DeviceID, TolerationKey, _slice_token, tolerates
+from dra_operator.allocation.snapshot import (
+    ClaimKey,
+    DeviceID,
+    TolerationKey,
+    _slice_token,
+    device_token,
+    tolerates,
+)
 from dra_operator.allocation.usage import allocation_results
 from dra_operator.api.resource import Device, DeviceTaint, DeviceTaintRule, ResourceSlice
 from dra_operator.cel import CelDevice
@@ -93,13 +100,6 @@ def current_devices(slices: Iterable[ResourceSlice]) -> list[tuple[DeviceID, Res
     return found
 
 
-def _device_token(slice_: ResourceSlice | None, device: Device) -> tuple[Hashable, object | None]:
-    """The snapshot's token for the same device (Snapshot._add_slice), so both share cached CEL results, and
-    its anchor (see SelectorCache.result)."""
-    base = _slice_token(slice_) if slice_ is not None else None
-    return ((base, device.name), None) if base is not None else (("object", id(device)), device)
-
-
 def rule_matches(
     rule: DeviceTaintRule,
     device_id: DeviceID,
@@ -123,7 +123,8 @@ def rule_matches(
         return False
     if not selector.selectors:
         return True
-    token, anchor = _device_token(slice_, device)
+    # The snapshot's token for the same device, so both share cached CEL results.
+    token, anchor = device_token(_slice_token(slice_) if slice_ is not None else None, device)
     bound: list[CelDevice] = []
 
     def cel_device() -> CelDevice:

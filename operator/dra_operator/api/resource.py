@@ -42,7 +42,7 @@ from dra_operator.api.group import GROUP as GROUP
 from dra_operator.api.group import UPSTREAM_API_VERSION as UPSTREAM_API_VERSION
 from dra_operator.api.group import VERSION as VERSION
 from dra_operator.api.meta import annotation_problems, invalid_value, label_problems, qualified_name_messages
-from dra_operator.api.sharing import LeanModel, Table, shared_map
+from dra_operator.api.sharing import LeanModel, Table, compacted, shared_map
 
 # Limits of resource.k8s.io/v1 (k8s.io/api resource/v1 types.go constants).
 REQUESTS_MAX = 32
@@ -830,6 +830,12 @@ class ResourceSliceSpec(KubeModel):
             "nodeName, nodeSelector and allNodes on a device need perDeviceNodeSelection: true",
         ),
     )
+
+    @field_validator("devices")
+    @classmethod
+    def _compact_devices(cls, devices: list[Device] | None) -> list[Device] | None:
+        # The operator keeps every device of the cluster parsed (api.sharing.compacted).
+        return None if devices is None else [compacted(device) for device in devices]
 
     @model_validator(mode="after")
     def _scope_and_limits(self) -> ResourceSliceSpec:

@@ -36,9 +36,11 @@ same load (a machine whose other tenants are busy).
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import http.client
 import json
+import os
 import socket
 import ssl
 import statistics
@@ -334,23 +336,70 @@ def pod(name: str) -> Json:
 # ------------------------------------------------------------------------------------------------ operator
 
 
-def memory_mib(pid: int, field_name: str = "VmRSS") -> float:
-    """`field_name` of /proc/PID/status summed over the process and its descendants (the operator's admission
-    process), in MiB: what the container's memory limit counts. For VmHWM the sum of each one's peak."""
-    total, pending = 0, [pid]
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants still running (the operator and its admission process)."""
+    found, pending = [], [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text().splitlines()
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except FileNotFoundError:
             continue  # ended meanwhile
+        found.append(current)
+        pending.extend(int(child) for child in children)
+    return found
+
+
+def memory_mib(pid: int, field_name: str = "VmRSS") -> float:
+    """`field_name` of /proc/PID/status summed over the process and its descendants (the operator's admission
+    process), in MiB. For VmHWM the sum of each one's peak. A page both processes map (the shared libraries
+    both load) counts twice; `pages_once_mib` counts it once."""
+    total = 0
+    for current in process_tree(pid):
+        try:
+            status = Path(f"/proc/{current}/status").read_text().splitlines()
+        except FileNotFoundError:
+            continue
         found = [line for line in status if line.startswith(field_name + ":")]
         if not found:
             raise RuntimeError(f"{field_name} not in /proc/{current}/status")
         total += int(found[0].split()[1])  # kB
-        pending.extend(int(child) for child in children)
     return total / 1024
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+_PRESENT = 1 << 63
+_FRAME = (1 << 55) - 1
+
+
+def pages_once_mib(pid: int) -> float | None:
+    """The distinct physical pages that the process and its descendants map, each counted once, in MiB: the
+    memory they hold together, as a memory cgroup holding just them charges it (page cache they do not map
+    aside). From each mapping's frame numbers in /proc/PID/pagemap; None where the kernel hides those (they
+    read as 0 without CAP_SYS_ADMIN)."""
+    frames: set[int] = set()
+    present = 0
+    for current in process_tree(pid):
+        try:
+            maps = Path(f"/proc/{current}/maps").read_text().splitlines()
+            fd = os.open(f"/proc/{current}/pagemap", os.O_RDONLY)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        try:
+            for line in maps:
+                start, end = (int(bound, 16) for bound in line.split(None, 1)[0].split("-"))
+                if line.endswith("[vsyscall]"):
+                    continue  # outside the process's page tables
+                data = os.pread(fd, (end - start) // PAGE * 8, start // PAGE * 8)
+                entries = array.array("Q", data)
+                mapped = [entry & _FRAME for entry in entries if entry & _PRESENT]
+                present += len(mapped)
+                frames.update(mapped)
+        finally:
+            os.close(fd)
+    if present and frames <= {0}:
+        return None
+    return len(frames) * PAGE / 2**20
 
 
 # ------------------------------------------------------------------------------------------------ scenario

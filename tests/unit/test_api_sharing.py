@@ -196,6 +196,11 @@ def test_json_devices_share_equal_maps_and_values_and_stay_the_same_json() -> No
     assert first[1]["attributes"] is not second[1]["attributes"]  # the uuids differ
     assert first[1]["attributes"]["type"] is second[1]["attributes"]["type"]  # their equal values do not
     assert first[0] is not manifests[0]["spec"]["devices"][0]  # devices are new objects, inputs untouched
+    # Names and keys are held once, also as the JSON parser makes them anew for each object.
+    parsed = [shared_devices(json.loads(json.dumps(m["spec"]["devices"]))) for m in manifests[:2]]
+    assert parsed[0][0]["name"] is parsed[1][0]["name"] == "gpu-0"
+    assert [next(iter(d)) for d in parsed[0]] == [next(iter(d)) for d in parsed[1]] == ["name", "name"]
+    assert next(iter(parsed[0][0])) is next(iter(parsed[1][0]))
     assert type(manifests[0]["spec"]["devices"][0]["attributes"]) is dict
     with pytest.raises(TypeError, match="read-only"):
         first[0]["attributes"]["type"]["string"] = "tpu"

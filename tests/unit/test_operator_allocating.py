@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,26 @@ def test_one_64gi_gpu_per_claim_until_none_is_left_then_released() -> None:
         and outcome.allocations["gpu"]["devices"]["results"][0]["device"] == "gpu-1"
     )
     assert allocator.rebuilds == 2
+
+
+def test_a_node_label_change_rebuilds_the_snapshot_and_a_heartbeat_does_not() -> None:
+    allocator = Allocator()
+    slices = [slice_for("n1", ["64Gi"]), slice_for("n2", ["64Gi"])]
+    first = request({"gpu": claim_from_template("c0")}, [], slices)
+    assert isinstance(allocator.allocate(first), Placed) and allocator.rebuilds == 1
+    nodes = copy.deepcopy(first.nodes)
+    nodes[0]["metadata"]["resourceVersion"] = "99"  # a status heartbeat: same name, same labels
+    nodes[0].setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
+    again = dataclasses.replace(first, nodes=nodes)
+    assert isinstance(allocator.allocate(again), Placed) and allocator.rebuilds == 1
+    # A label that a node selector may read changes the nodes the snapshot knows.
+    nodes = copy.deepcopy(nodes)
+    nodes[0]["metadata"].setdefault("labels", {})["zone"] = "a"
+    relabelled = dataclasses.replace(first, nodes=nodes)
+    assert isinstance(allocator.allocate(relabelled), Placed) and allocator.rebuilds == 2
+    snapshot = allocator._snapshot
+    assert snapshot is not None and snapshot.nodes[0].labels.get("zone") == "a"
+    assert snapshot.nodes[0].labels is nodes[0]["metadata"]["labels"]  # the cached object's map, no copy
 
 
 def test_missing_class_and_invalid_claim() -> None:

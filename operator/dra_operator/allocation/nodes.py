@@ -27,6 +27,9 @@ class Node:
         labels = meta.get("labels") or {}
         if not isinstance(labels, Mapping):
             raise ValueError(f"Node {meta['name']}: metadata.labels must be a map")
+        if all(type(k) is str and type(v) is str for k, v in labels.items()):
+            # The object's own map, not a copy: nothing here writes it, and a snapshot holds every Node's.
+            return cls(name=meta["name"], labels=labels)
         return cls(name=str(meta["name"]), labels={str(k): str(v) for k, v in labels.items()})
 
 

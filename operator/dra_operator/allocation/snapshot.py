@@ -134,7 +134,6 @@ class DeviceRecord:
     taints: tuple[DeviceTaint, ...]
     per_device: bool
     shared: bool = False  # allowMultipleAllocations: claims share it by consumable capacity
-    _cel: CelDevice | None = None
 
     @property
     def label(self) -> str:
@@ -142,9 +141,9 @@ class DeviceRecord:
         return "/".join(self.id)
 
     def cel_device(self) -> CelDevice:
-        if self._cel is None:
-            self._cel = CelDevice.from_device(self.id[0], self.device)
-        return self._cel
+        """The device's CEL form, made for each evaluation and not kept: the results are (SelectorCache),
+        and 40,000 kept forms took 3 MiB (issue 14)."""
+        return CelDevice.from_device(self.id[0], self.device)
 
     def node_name(self) -> str | None:
         return self.device.node_name if self.per_device else self.slice.node_name
@@ -569,10 +568,15 @@ class Snapshot:
         if found is None:
             record = self.records[index]
             found = True
+            made: list[CelDevice] = []
+
+            def cel_device() -> CelDevice:  # made once for the signature's expressions, when one is evaluated
+                if not made:
+                    made.append(record.cel_device())
+                return made[0]
+
             for expression in signature.expressions:
-                result = self.cache.result(
-                    expression, record.token, record.anchor, record.cel_device, record.label
-                )
+                result = self.cache.result(expression, record.token, record.anchor, cel_device, record.label)
                 if result is not True:
                     found = result
                     break

@@ -204,16 +204,19 @@ def _shared_json_map(value: Any) -> Any:
 
 def shared_devices(devices: Any) -> Any:
     """A slice's JSON `spec.devices` with each device's `attributes` and `capacity` (and their values)
-    shared with equal ones already held; the device objects themselves are new, other fields untouched."""
+    shared with equal ones already held, and its keys and name interned (slices repeat `gpu-0`); the device
+    objects themselves are new, other fields untouched."""
     if not isinstance(devices, list):
         return devices
     shared = []
     for device in devices:
-        if isinstance(device, dict) and ("attributes" in device or "capacity" in device):
-            device = dict(device)
+        if isinstance(device, dict):
+            device = {_intern(key): item for key, item in device.items()}
             for field in ("attributes", "capacity"):
                 if field in device:
                     device[field] = _shared_json_map(device[field])
+            if type(device.get("name")) is str:
+                device["name"] = _intern(device["name"])
         shared.append(device)
     return shared
 

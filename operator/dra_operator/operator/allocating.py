@@ -228,9 +228,10 @@ class Allocator:
                 _versions(req.classes),
                 _spec_versions(req.slices),
                 _versions(req.taint_rules),
+                # Per node its labels' hash, not a copy of them kept: 30 labels took 2 KiB per node.
                 tuple(
                     sorted(
-                        (n["metadata"]["name"], tuple(sorted(n["metadata"].get("labels", {}).items())))
+                        (n["metadata"]["name"], hash(frozenset((n["metadata"].get("labels") or {}).items())))
                         for n in req.nodes
                     )
                 ),

@@ -34,6 +34,7 @@ from dra_operator.operator.reconciler import WORKERS, Reconciler
 from dra_operator.operator.state import SLICES, TAINT_RULES, State
 from dra_operator.operator.taintrules import TaintRules
 from dra_operator.operator.webhookprocess import AdmissionProcess, ChildOptions
+from dra_operator.tlsbuffers import size_read_buffers
 
 log = structlog.get_logger("dra_operator.operator")
 
@@ -522,6 +523,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
 
 def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
+    size_read_buffers()
     if args.leader_election:
         try:
             leader.timings(args.lease_seconds)

@@ -34,6 +34,7 @@ from typing import Any
 from dra_operator.admission.mirror import NameMirror
 from dra_operator.admission.server import RELOAD_CHECK_SECONDS, AdmissionServer
 from dra_operator.admission.webhook import AdmissionContext
+from dra_operator.tlsbuffers import size_read_buffers
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     from dra_operator.operator import logs
 
     logs.setup(args.log_level)
+    size_read_buffers()
     # The operator decides when this process ends (by closing the socket): a Ctrl-C or SIGTERM sent to the
     # whole group must not take admission down before the operator has stopped.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

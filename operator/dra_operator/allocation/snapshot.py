@@ -332,7 +332,7 @@ class Snapshot:
             self.records.append(
                 DeviceRecord(
                     index=index,
-                    id_index=self._intern(device_id),
+                    id_index=self._intern(device_id, index),
                     id=device_id,
                     slice=record,
                     device=device,
@@ -346,10 +346,12 @@ class Snapshot:
             )
             record.devices.append(index)
 
-    def _intern(self, device_id: DeviceID) -> int:
+    def _intern(self, device_id: DeviceID, index: int | None = None) -> int:
         found = self._id_index.get(device_id)
         if found is None:
             found = len(self._ids)
+            if found == index:
+                found = index  # one int object for both numbers of a device (32 bytes each past 256)
             self._id_index[device_id] = found
             self._ids.append(device_id)
             self._in_use.append(0)

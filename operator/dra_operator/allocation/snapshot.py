@@ -262,7 +262,7 @@ class Snapshot:
         self._verdicts: dict[RequestSignature, list[Result | None]] = {}
         self._sig_errors: dict[RequestSignature, bool] = {}
         self._relevant: dict[tuple[RequestSignature, str | None], tuple[int, ...]] = {}
-        self._candidate_ids: dict[tuple[RequestSignature, str | None], list[int]] = {}
+        self._candidate_ids: dict[tuple[RequestSignature, str | None], Sequence[int]] = {}
         self._shared_candidates: set[tuple[RequestSignature, str | None]] = set()
         self._frontier: dict[RequestSignature, int] = {}
         # Search steps taken so far (like Kubernetes' numAllocateOneInvocations), for tests and benchmarks.
@@ -603,7 +603,8 @@ class Snapshot:
         found = self._relevant.get(key)
         if found is None:
             out: list[int] = []
-            for pool in self.view(node).pools:
+            pools = self.view(node).pools
+            for pool in pools:
                 if not pool.usable:
                     continue
                 for index in pool.devices:
@@ -622,6 +623,8 @@ class Snapshot:
                     elif verdict is not False:
                         out.append(index)
             found = tuple(out)
+            if len(pools) == 1 and found == pools[0].devices:
+                found = pools[0].devices  # every device of the node's pool: its tuple, not a copy per node
             self._relevant[key] = found
         return found
 
@@ -637,7 +640,10 @@ class Snapshot:
                 ids = self._candidate_ids[key] = []
                 self._shared_candidates.add(key)
             else:
-                ids = self._candidate_ids[key] = [records[i].id_index for i in candidates]
+                ids = [records[i].id_index for i in candidates]
+                if ids == list(candidates):
+                    ids = candidates  # record and id numbers agree (no device listed twice): no copy per node
+                self._candidate_ids[key] = ids
         if key in self._shared_candidates:
             return SHARED_CANDIDATES
         in_use = self._in_use

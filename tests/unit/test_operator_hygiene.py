@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from dra_operator.admission import tls
@@ -27,6 +28,26 @@ def test_generated_certificates_live_in_memory_only() -> None:
     context.load_cert_chain(files.cert, files.key)  # what the admission server does with the paths
     cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(files.ca_bundle()))
+
+
+def test_the_operator_makes_its_certificates_without_loading_cryptography() -> None:
+    """A child process makes them (issue 14: `cryptography` would stay in the operator's memory, 8.5 MiB)."""
+    program = (
+        "import sys, dra_operator.operator.main; from dra_operator.admission import tls; "
+        "files = tls.in_memory(['127.0.0.1']); "
+        "print(files.key.read_bytes().startswith(b'-----BEGIN PRIVATE KEY'), 'cryptography' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == ["True", "False"], run.stderr
+
+
+def test_a_child_that_cannot_make_the_certificates_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    for executable in (sys.executable + "-missing", "/bin/false"):
+        monkeypatch.setattr(sys, "executable", executable)
+        with pytest.raises(RuntimeError, match="making the webhook's certificates failed"):
+            tls.in_memory(["127.0.0.1"])
 
 
 def test_a_lease_too_short_is_refused_at_start() -> None:

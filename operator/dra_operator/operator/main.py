@@ -265,7 +265,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
             ca=Path(args.tls_ca_file or args.tls_cert_file),
         )
     else:
-        certs = tls.in_memory(_cert_hosts(args))
+        certs = await asyncio.to_thread(tls.in_memory, _cert_hosts(args))
 
     excluded = ["kube-system"] + ([args.operator_namespace] if args.operator_namespace else [])
 

@@ -640,9 +640,10 @@ class Snapshot:
                 ids = self._candidate_ids[key] = []
                 self._shared_candidates.add(key)
             else:
-                ids = [records[i].id_index for i in candidates]
-                if ids == list(candidates):
+                if all(records[i].id_index == i for i in candidates):
                     ids = candidates  # record and id numbers agree (no device listed twice): no copy per node
+                else:
+                    ids = [records[i].id_index for i in candidates]
                 self._candidate_ids[key] = ids
         if key in self._shared_candidates:
             return SHARED_CANDIDATES

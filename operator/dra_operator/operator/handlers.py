@@ -76,7 +76,7 @@ def _node_form(node: Json) -> Json:
     spec = node.get("spec") or {}
     form: Json = interned(
         {
-            "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+            "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {}},  # copied by interned
             "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints")},
         }
     )

@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from dra_operator.api.formats import DNSLabel, DNSSubdomain
 from dra_operator.api.meta import dns_label_messages, dns_subdomain_messages, invalid_value
-from dra_operator.api.resource import InvalidObject, problems_of
+from dra_operator.api.problems import InvalidObject, problems_of
 
 __all__ = [
     "AT_MOST_ONE_MESSAGE",

@@ -71,12 +71,9 @@ def main(args: argparse.Namespace) -> int:
     except (KubeError, NoApiServer) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    ruled = (
-        rule_taints(_models(rules, DeviceTaintRule), _models(slices, ResourceSlice), SelectorCache())
-        if rules
-        else None
-    )
-    usage = slice_usage(slices, claims, ruled.by_device if ruled is not None else None)
+    parsed = _models(slices, ResourceSlice)
+    ruled = rule_taints(_models(rules, DeviceTaintRule), parsed, SelectorCache()) if rules else None
+    usage = slice_usage(parsed, claims, ruled.by_device if ruled is not None else None)
     if args.node:
         usage = {name: u for name, u in usage.items() if u.node == args.node}
     rows = table(usage)

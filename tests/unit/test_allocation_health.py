@@ -7,13 +7,20 @@ from typing import Any
 import pytest
 
 from dra_operator.allocation.health import unhealthy_devices
+from dra_operator.api.resource import ResourceSlice
 
 Json = dict[str, Any]
 D = "gpu.nvidia.com"
 
 
-def _slice(pool: str, generation: int, devices: list[Json]) -> Json:
-    return {"spec": {"driver": D, "pool": {"name": pool, "generation": generation}, "devices": devices}}
+def _slice(pool: str, generation: int, devices: list[Json]) -> ResourceSlice:
+    spec = {
+        "driver": D,
+        "nodeName": pool,
+        "pool": {"name": pool, "generation": generation, "resourceSliceCount": 1},
+        "devices": devices,
+    }
+    return ResourceSlice.model_validate({"metadata": {"name": f"{pool}-{generation}"}, "spec": spec})
 
 
 def _claim(*devices: str, pool: str = "n1") -> Json:
@@ -62,7 +69,7 @@ def _tainted(name: str, key: str, effect: str, value: str | None = None) -> Json
         ([_slice("n1", 1, [])], [{"status": {}}, {}], {}),  # unallocated claims hold nothing
     ],
 )
-def test_unhealthy_devices(slices: list[Json], claims: list[Json], expected: dict[Any, str]) -> None:
+def test_unhealthy_devices(slices: list[ResourceSlice], claims: list[Json], expected: dict[Any, str]) -> None:
     found = unhealthy_devices(slices, claims)
     assert set(found) == set(expected)
     for key, part in expected.items():

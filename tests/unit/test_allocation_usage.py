@@ -7,14 +7,16 @@ from typing import Any
 import pytest
 
 from dra_operator.allocation.usage import allocated_devices, slice_usage, table
+from dra_operator.api.resource import ResourceSlice
 
 Json = dict[str, Any]
 
 
-def _slice(name: str, node: str | None, devices: list[Json], driver: str = "d.example.com") -> Json:
-    spec: Json = {"driver": driver, "pool": {"name": node or "shared"}, "devices": devices}
+def _slice(name: str, node: str | None, devices: list[Json], driver: str = "d.example.com") -> ResourceSlice:
+    pool = {"name": node or "shared", "resourceSliceCount": 1}
+    spec: Json = {"driver": driver, "pool": pool, "devices": devices}
     spec.update({"nodeName": node} if node else {"allNodes": True})
-    return {"metadata": {"name": name}, "spec": spec}
+    return ResourceSlice.model_validate({"metadata": {"name": name}, "spec": spec})
 
 
 def _claim(*results: tuple[str, str, str], admin: bool = False) -> Json:
@@ -43,9 +45,7 @@ IDLE = {"n1": (4, 0, 1, 3), "n2": (2, 0, 0, 2), "net": (1, 0, 0, 1)}
 D = "d.example.com"
 SLICES = [
     _slice("n1", "n1", [{"name": "a"}, {"name": "b"}, {"name": "c", "taints": [NO_SCHEDULE]}, {"name": "d"}]),
-    _slice(
-        "n2", "n2", [{"name": "a"}, {"name": "b", "taints": [{"key": "k", "effect": "PreferNoSchedule"}]}]
-    ),
+    _slice("n2", "n2", [{"name": "a"}, {"name": "b", "taints": [{"key": "k", "effect": "None"}]}]),
     _slice("net", None, [{"name": "x"}]),
 ]
 

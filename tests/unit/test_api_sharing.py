@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from dra_operator.api import resource as resource_module
 from dra_operator.api.resource import Device, DeviceAttribute, DeviceCapacity, ResourceSlice
-from dra_operator.api.sharing import SharedMap, shared_devices, shared_tree
+from dra_operator.api.sharing import SharedMap, shared_tree
 from dra_operator.controlplane.fakes import gpu_slice_manifest
 
 
@@ -176,57 +176,6 @@ def test_slices_of_repeated_devices_take_a_quarter_of_their_unshared_size() -> N
     finally:
         tracemalloc.stop()
     assert per_slice < 5, f"{per_slice:.1f} KiB per parsed slice"
-
-
-def test_json_devices_share_equal_maps_and_values_and_stay_the_same_json() -> None:
-    manifests = [gpu_slice_manifest(f"node-{i}", {"gpu-0": "64Gi", "gpu-1": "80Gi"}) for i in range(3)]
-    for i, manifest in enumerate(manifests):
-        manifest["spec"]["devices"][1]["attributes"]["uuid"] = {"string": f"GPU-{i}"}
-    before = json.dumps(manifests, sort_keys=True)
-    shared = [shared_devices(m["spec"]["devices"]) for m in manifests]
-    assert (
-        json.dumps(
-            [{**m, "spec": {**m["spec"], "devices": d}} for m, d in zip(manifests, shared, strict=True)],
-            sort_keys=True,
-        )
-        == before
-    )
-    first, second = shared[0], shared[1]
-    assert first[0]["attributes"] is second[0]["attributes"] and first[0]["capacity"] is second[0]["capacity"]
-    assert first[1]["attributes"] is not second[1]["attributes"]  # the uuids differ
-    assert first[1]["attributes"]["type"] is second[1]["attributes"]["type"]  # their equal values do not
-    assert first[0] is not manifests[0]["spec"]["devices"][0]  # devices are new objects, inputs untouched
-    # Names and keys are held once, also as the JSON parser makes them anew for each object.
-    parsed = [shared_devices(json.loads(json.dumps(m["spec"]["devices"]))) for m in manifests[:2]]
-    assert parsed[0][0]["name"] is parsed[1][0]["name"] == "gpu-0"
-    assert [next(iter(d)) for d in parsed[0]] == [next(iter(d)) for d in parsed[1]] == ["name", "name"]
-    assert next(iter(parsed[0][0])) is next(iter(parsed[1][0]))
-    assert type(manifests[0]["spec"]["devices"][0]["attributes"]) is dict
-    with pytest.raises(TypeError, match="read-only"):
-        first[0]["attributes"]["type"]["string"] = "tpu"
-
-
-def test_json_devices_with_nested_or_odd_values_keep_them() -> None:
-    devices: list[Any] = [
-        {"name": "a", "capacity": {"memory": {"value": "1Gi", "requestPolicy": {"default": "1Gi"}}}},
-        {"name": "b", "attributes": {"x": {"int": 1}, "y": {"bool": True}}},
-        "not a device",
-    ]
-    shared = shared_devices(devices)
-    assert shared == devices
-    assert shared[0]["capacity"]["memory"] is devices[0]["capacity"]["memory"]  # nested: not a leaf
-    assert shared[1]["attributes"]["x"] is not shared[1]["attributes"]["y"]
-    assert shared_devices(None) is None
-
-
-def test_parsed_json_devices_still_share_their_parsed_values() -> None:
-    manifest = gpu_slice_manifest("node-a", {"gpu-0": "64Gi", "gpu-1": "64Gi"})
-    manifest["spec"]["devices"] = shared_devices(manifest["spec"]["devices"])
-    parsed = ResourceSlice.model_validate(manifest)
-    assert parsed.spec.devices is not None
-    a, b = parsed.spec.devices
-    assert a.attributes is b.attributes and a.capacity is b.capacity
-    assert type(a.attributes) is SharedMap and a.to_dict()["attributes"] == {"type": {"string": "gpu"}}
 
 
 def test_equal_trees_are_one_read_only_object_all_the_way_down() -> None:

@@ -28,6 +28,8 @@ class FakeKube(taintrules_tests.FakeKube):
 
 def slice_of(*devices: str, generation: int = 1) -> Json:
     return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "ResourceSlice",
         "metadata": {"name": "n1-slice", "uid": "s1", "resourceVersion": str(generation)},
         "spec": {
             "driver": DRIVER,

@@ -288,14 +288,37 @@ def test_other_kinds_lose_only_managed_fields_and_the_last_applied_copy() -> Non
     )
 
 
-def test_slimmed_slices_share_their_devices_equal_maps() -> None:
+def test_a_cached_slice_holds_its_devices_once_as_the_parsed_models() -> None:
+    from dra_operator.api.resource import ResourceSlice, load_object
     from dra_operator.controlplane.fakes import gpu_slice_manifest
+    from dra_operator.operator.slices import CachedSlice, slice_models
 
     a, b = (gpu_slice_manifest(node, {"gpu-0": "64Gi"}) for node in ("node-a", "node-b"))
     slim_a, slim_b = slim(SLICES, a), slim(SLICES, b)
-    assert slim_a["spec"]["devices"][0]["attributes"] is slim_b["spec"]["devices"][0]["attributes"]
-    assert slim_a["spec"]["devices"] == a["spec"]["devices"] and slim_a["spec"]["pool"] is a["spec"]["pool"]
-    assert type(a["spec"]["devices"][0]["attributes"]) is dict  # the watched object is left as it was
+    assert isinstance(slim_a, CachedSlice) and isinstance(slim_b, CachedSlice)
+    assert slim_a.model == load_object(a) and slice_models([slim_a, slim_b]) == [slim_a.model, slim_b.model]
+    assert slim_a.model is not None and slim_a["spec"]["devices"] is slim_a.model.spec.devices  # one form
+    assert slim_b.model is not None
+    assert slim_a.model.spec.devices is not None and slim_b.model.spec.devices is not None
+    assert slim_a.model.spec.devices[0].attributes is slim_b.model.spec.devices[0].attributes
+    assert type(a["spec"]["devices"][0]) is dict  # the watched object is left as it was
+    # A copy that lost the model (a plain dict) still parses to the same slice.
+    copied = dict(slim_a)
+    assert slice_models([copied]) == [slim_a.model] and ResourceSlice.model_validate(copied) == slim_a.model
+    # The caches hand the cached slice itself out, model and all.
+    state, indexes = bound()
+    indexes[SLICES][key_of(slim_a)] = [slim_a]
+    assert state.get(SLICES, key_of(slim_a)) is slim_a and list(state.all(SLICES)) == [slim_a]
+
+
+def test_an_invalid_slice_is_cached_as_sent_without_a_model() -> None:
+    from dra_operator.controlplane.fakes import gpu_slice_manifest
+    from dra_operator.operator.slices import CachedSlice, slice_models
+
+    bad = gpu_slice_manifest("node-a", {"gpu-0": "64Gi", "GPU 1": "64Gi"})  # not a DNS label
+    cached = slim(SLICES, bad)
+    assert isinstance(cached, CachedSlice) and cached.model is None
+    assert cached["spec"]["devices"] == bad["spec"]["devices"] and slice_models([cached, bad]) == []
 
 
 def test_a_slice_whose_generation_is_unchanged_keeps_the_spec_held() -> None:

@@ -9,50 +9,42 @@ its health and is not reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dra_operator.allocation.usage import DeviceKey, allocation_results
+from dra_operator.api.resource import Device, ResourceSlice
 
 Json = Mapping[str, Any]
 HEALTH_TAINT_SUFFIXES = ("/xid", "/gpu-lost")
 
 
-CurrentDevices = dict[tuple[str, str], dict[str, Json]]
+CurrentDevices = dict[tuple[str, str], dict[str, Device]]
 
 
-def current_devices(slices: Iterable[Json]) -> CurrentDevices:
+def current_devices(slices: Sequence[ResourceSlice]) -> CurrentDevices:
     """(driver, pool) -> device name -> device, from each pool's highest-generation slices."""
     newest: dict[tuple[str, str], int] = {}
-    listed: list[tuple[tuple[str, str], int, Json]] = []
-    for obj in slices:
-        spec = obj.get("spec") or {}
-        pool = spec.get("pool") or {}
-        key = (str(spec.get("driver") or ""), str(pool.get("name") or ""))
-        generation = int(pool.get("generation") or 0)
+    for slice_ in slices:
+        key, generation = (slice_.spec.driver, slice_.spec.pool.name), slice_.spec.pool.generation
         newest[key] = max(newest.get(key, generation), generation)
-        listed.append((key, generation, spec))
     devices: CurrentDevices = {key: {} for key in newest}
-    for key, generation, spec in listed:
-        if generation == newest[key]:
-            for device in spec.get("devices") or []:
-                if isinstance(device, Mapping):
-                    devices[key][str(device.get("name"))] = device
+    for slice_ in slices:
+        spec = slice_.spec
+        if spec.pool.generation == newest[(spec.driver, spec.pool.name)]:
+            for device in spec.devices or ():
+                devices[(spec.driver, spec.pool.name)][device.name] = device
     return devices
 
 
-def _health_taint(device: Json) -> str | None:
-    for taint in device.get("taints") or []:
-        if not isinstance(taint, Mapping):
-            continue
-        key, effect = str(taint.get("key") or ""), str(taint.get("effect") or "")
-        if key.endswith(HEALTH_TAINT_SUFFIXES) or effect == "NoExecute":
-            value = taint.get("value")
-            return f"tainted {key}{'=' + str(value) if value else ''}:{effect}"
+def _health_taint(device: Device) -> str | None:
+    for taint in device.taints or ():
+        if taint.key.endswith(HEALTH_TAINT_SUFFIXES) or taint.effect == "NoExecute":
+            return f"tainted {taint.key}{'=' + taint.value if taint.value else ''}:{taint.effect}"
     return None
 
 
-def unhealthy_devices(slices: Iterable[Json], claims: Iterable[Json]) -> dict[DeviceKey, str]:
+def unhealthy_devices(slices: Sequence[ResourceSlice], claims: Iterable[Json]) -> dict[DeviceKey, str]:
     """Every (driver, pool, device) an allocated claim holds that is unhealthy now -> why."""
     return unhealthy_among(current_devices(slices), claims)
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dra_operator.api.resource import ResourceSlice
+
 Json = Mapping[str, Any]
 DeviceKey = tuple[str, str, str]  # (driver, pool, device)
 
@@ -59,7 +61,7 @@ def allocated_devices(claims: Iterable[Json]) -> set[DeviceKey]:
 
 
 def slice_usage(
-    slices: Iterable[Json],
+    slices: Iterable[ResourceSlice],
     claims: Iterable[Json],
     extra_taints: Mapping[DeviceKey, Iterable[Any]] | None = None,
 ) -> dict[str, SliceUsage]:
@@ -72,22 +74,17 @@ def slice_usage(
         if any(getattr(t, "effect", None) in _AVOIDED for t in taints)
     }
     usage: dict[str, SliceUsage] = {}
-    for obj in slices:
-        spec = obj.get("spec") or {}
-        driver, pool = str(spec.get("driver") or ""), str((spec.get("pool") or {}).get("name") or "")
-        devices = [d for d in spec.get("devices") or [] if isinstance(d, Mapping)]
-        allocated = sum(1 for d in devices if (driver, pool, str(d.get("name"))) in taken)
+    for slice_ in slices:
+        spec = slice_.spec
+        devices = [((spec.driver, spec.pool.name, device.name), device) for device in spec.devices or ()]
+        allocated = sum(1 for key, _ in devices if key in taken)
         tainted = sum(
             1
-            for d in devices
-            if (driver, pool, str(d.get("name"))) not in taken
-            and (
-                (driver, pool, str(d.get("name"))) in ruled
-                or any(isinstance(t, Mapping) and t.get("effect") in _AVOIDED for t in d.get("taints") or [])
-            )
+            for key, device in devices
+            if key not in taken and (key in ruled or any(t.effect in _AVOIDED for t in device.taints or ()))
         )
-        node = str(spec.get("nodeName") or ("(all nodes)" if spec.get("allNodes") else "(selected nodes)"))
-        usage[str(obj["metadata"]["name"])] = SliceUsage(node, driver, pool, len(devices), allocated, tainted)
+        node = spec.node_name or ("(all nodes)" if spec.all_nodes else "(selected nodes)")
+        usage[slice_.name] = SliceUsage(node, spec.driver, spec.pool.name, len(devices), allocated, tainted)
     return usage
 
 

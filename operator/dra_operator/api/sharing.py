@@ -11,10 +11,8 @@ Every parsed model also shares the set of field names it was given (`LeanModel`;
 model, 200 to 500 bytes, for `exclude_unset` dumps, which nothing here makes): 60,000 sets, 17 MiB, at 5,000
 slices. Cached objects hold each key and string once (`interned`).
 
-The operator keeps each slice twice, as JSON for its periodic passes and parsed for decisions; the JSON
-devices' attribute and capacity maps are shared the same way (`shared_devices`). A claim's spec, which the
-API server never lets change, is shared whole with equal ones (`shared_tree`): every claim made from one
-template, or from one manifest, has the same.
+A claim's spec, which the API server never lets change, is shared whole with equal ones (`shared_tree`):
+every claim made from one template, or from one manifest, has the same.
 
 What is shared must not change: the models are only read after validation (the allocator's contract), and a
 shared map refuses writes, so a caller that tried would fail loudly rather than change other devices.
@@ -177,49 +175,6 @@ def _held_map(table: Table, values: Mapping[str, V]) -> SharedMap[V]:
         return found
     # The key's ids stay valid while the map lives: it holds its values, and its entry leaves with it.
     return table.keep(key, SharedMap(values))
-
-
-JSON_LEAVES = Table()
-JSON_MAPS = Table()
-_SCALARS = (str, int, bool, float)
-
-
-def _shared_leaf(value: Any) -> Any:
-    """A JSON object of scalars (`{"string": "gpu"}`), shared; anything else as it is."""
-    if not isinstance(value, dict) or not value:
-        return value
-    key = []
-    for name, item in value.items():
-        if type(item) not in _SCALARS:
-            return value
-        key.append((name, type(item), item))
-    found = JSON_LEAVES.get(tuple(key))
-    return found if found is not None else JSON_LEAVES.keep(tuple(key), SharedMap(value))
-
-
-def _shared_json_map(value: Any) -> Any:
-    if not isinstance(value, dict) or not value:
-        return value
-    return _held_map(JSON_MAPS, {name: _shared_leaf(item) for name, item in value.items()})
-
-
-def shared_devices(devices: Any) -> Any:
-    """A slice's JSON `spec.devices` with each device's `attributes` and `capacity` (and their values)
-    shared with equal ones already held, and its keys and name interned (slices repeat `gpu-0`); the device
-    objects themselves are new, other fields untouched."""
-    if not isinstance(devices, list):
-        return devices
-    shared = []
-    for device in devices:
-        if isinstance(device, dict):
-            device = {_intern(key): item for key, item in device.items()}
-            for field in ("attributes", "capacity"):
-                if field in device:
-                    device[field] = _shared_json_map(device[field])
-            if type(device.get("name")) is str:
-                device["name"] = _intern(device["name"])
-        shared.append(device)
-    return shared
 
 
 TREES = Table()

@@ -32,6 +32,7 @@ from dra_operator.api.resource import (
     ResourceSlice,
     load_object,
 )
+from dra_operator.operator.slices import CachedSlice
 from dra_operator.operator.state import CLAIMS, State
 
 log = structlog.get_logger("dra_operator.allocating")
@@ -93,7 +94,10 @@ class Allocator:
         self.rebuilds = 0
 
     def _model(self, obj: Json) -> Any:
-        """The parsed `obj` (a class, slice or taint rule), cached per uid while its version stays."""
+        """The parsed `obj` (a class, slice or taint rule), cached per uid while its version stays; a slice
+        from the caches comes parsed."""
+        if isinstance(obj, CachedSlice) and obj.model is not None:
+            return obj.model
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid"))
         version = (
@@ -307,16 +311,15 @@ class Allocator:
 
     def _gpu_uuids(self, slices: Sequence[Json]) -> dict[tuple[str, str, str], str]:
         uuids: dict[tuple[str, str, str], str] = {}
-        for obj in slices:
-            spec = obj.get("spec") or {}
-            if spec.get("driver") != self.nvidia_driver:
+        for slice_ in self._models_of(slices, ResourceSlice):
+            spec = slice_.spec
+            if spec.driver != self.nvidia_driver:
                 continue
-            pool = str((spec.get("pool") or {}).get("name"))
-            for device in spec.get("devices") or []:
-                attrs = device.get("attributes") or {}
-                uuid = attrs.get("uuid") or attrs.get(f"{self.nvidia_driver}/uuid") or {}
-                if isinstance(uuid, dict) and uuid.get("string"):
-                    uuids[(self.nvidia_driver, pool, str(device.get("name")))] = str(uuid["string"])
+            for device in spec.devices or ():
+                attrs = device.attributes or {}
+                uuid = attrs.get("uuid") or attrs.get(f"{self.nvidia_driver}/uuid")
+                if uuid is not None and uuid.string:
+                    uuids[(self.nvidia_driver, spec.pool.name, device.name)] = uuid.string
         return uuids
 
 

@@ -22,6 +22,7 @@ from dra_operator.allocation.usage import DeviceKey, allocation_results
 from dra_operator.kube.client import Kube, KubeError, NotLeading, path_of
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.periodic import Kept, Unchanged, leader_passes
+from dra_operator.operator.slices import slice_models
 from dra_operator.operator.state import CLAIMS, PODS, SLICES, Json, State
 
 log = structlog.get_logger("dra_operator.devicehealth")
@@ -62,6 +63,9 @@ class DeviceHealthWatch:
     async def run(self) -> None:
         await leader_passes(self.interval, self.is_leader, self.check)
 
+    def _gather(self) -> CurrentDevices:
+        return current_devices(slice_models(self.state.all(SLICES)))
+
     async def check(self) -> int:
         """Report what is new; returns how many Pods were told. Skipped while slices and claims are unchanged
         since a pass that left nothing to report."""
@@ -69,11 +73,7 @@ class DeviceHealthWatch:
             return 0
         revisions = self.unchanged.now()
         claims = list(self.state.all(CLAIMS))
-        problems = (
-            unhealthy_among(self._current.get(lambda: current_devices(self.state.all(SLICES))), claims)
-            if claims
-            else {}
-        )
+        problems = unhealthy_among(self._current.get(self._gather), claims) if claims else {}
         told, untold = 0, 0
         holders: set[str] = set()
         for claim in claims:

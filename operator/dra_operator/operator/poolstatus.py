@@ -16,6 +16,7 @@ import structlog
 from dra_operator.allocation.usage import slice_usage
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours
 from dra_operator.operator.periodic import Unchanged, leader_passes
+from dra_operator.operator.slices import slice_models
 from dra_operator.operator.state import CLAIMS, SLICES, TAINT_RULES, State
 
 log = structlog.get_logger("dra_operator.poolstatus")
@@ -48,7 +49,7 @@ class PoolStatus:
         revisions = self.unchanged.now()
         failed = False
         slices = {str(s["metadata"]["name"]): s for s in self.state.all(SLICES)}
-        usage = slice_usage(slices.values(), self.state.all(CLAIMS), self.rule_taints())
+        usage = slice_usage(slice_models(slices.values()), self.state.all(CLAIMS), self.rule_taints())
         written = 0
         for name, counts in usage.items():
             wanted = counts.status()

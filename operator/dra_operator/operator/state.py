@@ -14,8 +14,9 @@ from sys import intern
 from typing import Any
 
 from dra_operator.api.gang import gang_of
-from dra_operator.api.sharing import interned, shared_devices, shared_tree
+from dra_operator.api.sharing import interned, shared_tree
 from dra_operator.operator.placement import is_gated
+from dra_operator.operator.slices import CachedSlice, cached_slice
 
 Json = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
@@ -75,36 +76,18 @@ def _slim_container(container: Any) -> Any:
     return {k: v for k, v in container.items() if k not in _CONTAINER_FIELDS_DROPPED}
 
 
-def _same_spec(obj: Mapping[str, Any], held: Mapping[str, Any] | None) -> bool:
-    """Whether `held` (the cached version of `obj`'s object) has the same spec: the same object (uid) at the
-    same generation, which the API server moves with every spec change."""
-    if held is None:
-        return False
-    meta, held_meta = obj.get("metadata") or {}, held.get("metadata") or {}
-    generation = meta.get("generation")
-    return (
-        bool(generation)
-        and generation == held_meta.get("generation")
-        and meta.get("uid") == held_meta.get("uid")
-    )
-
-
 def slim(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None = None) -> Json:
     """`obj` without what no decision reads, for the caches: managedFields and kubectl's last-applied copy
     everywhere; a Pod's volumes, its containers' images, commands, probes and mounts, and its container
-    statuses. A slice's devices share their equal attribute and capacity maps (api.sharing), and a slice
-    whose spec is that of `held` (its cached version: only its status changed) keeps `held`'s spec object.
-    Every key and string is held once (api.sharing.interned). The objects at 10,000 Pods and claims are most
-    of the operator's memory (issue 14)."""
-    kept = _slimmed(kind, obj, held)
-    # Every part but a slice's spec, whose devices are shared and which status writes keep (above).
-    return {
-        intern(key): item if kind == SLICES and key == "spec" else interned(item)
-        for key, item in kept.items()
-    }
+    statuses. Every key and string is held once (api.sharing.interned). A slice is parsed here, once, and
+    holds its devices as models only; one whose spec is that of `held` (its cached version: only its status
+    changed) keeps `held`'s (operator.slices). The objects at 10,000 Pods and claims are most of the
+    operator's memory (issue 14)."""
+    kept = {intern(key): interned(item) for key, item in _slimmed(kind, obj).items()}
+    return cached_slice(kept, held) if kind == SLICES else kept
 
 
-def _slimmed(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None) -> Json:
+def _slimmed(kind: str, obj: Mapping[str, Any]) -> Json:
     kept = dict(obj)
     meta = obj.get("metadata")
     if isinstance(meta, Mapping):
@@ -113,13 +96,6 @@ def _slimmed(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None) 
         if isinstance(annotations, Mapping) and LAST_APPLIED in annotations:
             meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
         kept["metadata"] = meta
-    if kind == SLICES:
-        spec = obj.get("spec")
-        if held is not None and _same_spec(obj, held) and "spec" in held:
-            kept["spec"] = held["spec"]  # one spec per generation: status writes make no copy
-        elif isinstance(spec, Mapping) and "devices" in spec:
-            kept["spec"] = {**spec, "devices": shared_devices(spec["devices"])}
-        return kept
     if kind == CLAIMS:
         # A claim's spec is immutable (as in Kubernetes): claims from one template or manifest share one.
         if "spec" in obj:
@@ -323,7 +299,9 @@ class State:
         if key not in index:
             return None
         for value in index[key]:
-            return dict(value)
+            # A copy, against a reader changing what the index holds; but a slice's would lose its parsed
+            # model (operator.slices), and no reader changes a slice.
+            return value if isinstance(value, CachedSlice) else dict(value)
         return None
 
     def get(self, kind: str, key: Key) -> Json | None:

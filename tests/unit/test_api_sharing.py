@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from dra_operator.api import resource as resource_module
-from dra_operator.api.resource import Device, DeviceAttribute, DeviceCapacity, ResourceSlice
+from dra_operator.api.resource import Device, DeviceAttribute, DeviceCapacity, ObjectMeta, ResourceSlice
 from dra_operator.api.sharing import SharedMap, shared_tree
 from dra_operator.controlplane.fakes import gpu_slice_manifest
 
@@ -139,6 +139,10 @@ def test_a_slices_devices_are_compacted_and_behave_as_parsed() -> None:
     assert devices == plain and [d.to_dict() for d in devices] == manifest["spec"]["devices"]
     assert sys.getsizeof(devices[0].__dict__) < sys.getsizeof(plain[0].__dict__)
     assert devices[0].model_fields_set is plain[0].model_fields_set
+    # So is the slice's metadata, kept with it.
+    meta = ObjectMeta.model_validate(manifest["metadata"])
+    assert parsed.metadata == meta and sys.getsizeof(parsed.metadata.__dict__) < sys.getsizeof(meta.__dict__)
+    assert parsed.to_dict()["metadata"] == manifest["metadata"]
     # Writes, copies and a slice built in code keep working.
     devices[0].all_nodes = False
     assert devices[0].model_fields_set == {"name", "attributes", "capacity", "all_nodes"}

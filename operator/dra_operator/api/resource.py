@@ -952,6 +952,12 @@ class ResourceSlice(_TopLevel):
     spec: ResourceSliceSpec
     status: ResourceSliceStatus | None = None
 
+    @field_validator("metadata")
+    @classmethod
+    def _compact_metadata(cls, metadata: ObjectMeta) -> ObjectMeta:
+        # Kept by the thousand, as the devices are (api.sharing.compacted): 12 fields, most of them None.
+        return compacted(metadata)
+
 
 class DeviceTaintSelector(KubeModel):
     """Which devices a DeviceTaintRule taints: every field that is set must match (an empty one matches all).

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dra_operator.admission import tls
+from dra_operator.admission import mirror, tls
 from dra_operator.admission.mirror import NameMirror, UnknownMessage
 from dra_operator.admission.patch import json_patch
 from dra_operator.admission.server import AdmissionServer
@@ -146,6 +146,13 @@ def test_the_feed_sends_names_once_the_caches_are_filled_and_a_snapshot_rebuilds
     fresh = mirrored([*sent, *feed.snapshot()])
     assert fresh.ready.is_set() and fresh.claim_exists("ns", "d") and not fresh.template_exists("ns", "t")
     assert dict(fresh.extended_resources()) == {"example.com/gpu": "gpu", "x/fpga": "fpga"}
+
+
+def test_the_mirror_holds_a_namespace_once_however_many_names_it_keys() -> None:
+    found = mirrored([mirror.present(mirror.CLAIMS, [("team-a", "c1"), ("team-a", "c2")])])
+    assert found.claim_exists("team-a", "c1") and found.claim_exists("team-a", "c2")
+    first, second = sorted(found._names[mirror.CLAIMS])  # what it holds, not what it answers
+    assert first[0] is second[0]
 
 
 def test_without_built_in_dra_no_name_is_sent_since_every_reference_is_ours() -> None:

@@ -79,6 +79,12 @@ def once(pid: int) -> str:
     return "unknown (frame numbers hidden: run as root)" if found is None else f"{found:.0f} MiB"
 
 
+def allocated_in_status(cp: ControlPlane, group: str) -> int:
+    """The devices allocated, as the slices' status counts them (the operator's free-devices view)."""
+    slices = cp.request("GET", f"{group}/resourceslices")["items"]
+    return sum(int((s.get("status") or {}).get("allocated") or 0) for s in slices)
+
+
 def caches_full(operator: LocalOperator) -> bool:
     operator.check()
     return operator.metrics().get("dra_operator_ready") == 1.0
@@ -170,6 +176,15 @@ def main() -> int:
                     )
                     burst = time.monotonic() - started
                 figures.append(("burst: Pods/s", f"{args.pods / burst:.1f}"))
+                # The burst's last work: the leader writes the allocations into the slices' status (the
+                # free-devices view, every 5 s), one write per slice after the last Pod is bound; the peak
+                # figures below include it.
+                with stage("A settles: the slices' status counts the burst's devices"):
+                    wait_until(
+                        lambda: allocated_in_status(cp, group) >= args.pods,
+                        timeout=args.timeout,
+                        message="the slices' status counting every allocated device",
+                    )
                 figures.append(
                     (
                         "A RSS after the burst / peak (VmHWM)",

@@ -305,6 +305,9 @@ def test_a_cached_slice_holds_its_devices_once_as_the_parsed_models() -> None:
     # A copy that lost the model (a plain dict) still parses to the same slice.
     copied = dict(slim_a)
     assert slice_models([copied]) == [slim_a.model] and ResourceSlice.model_validate(copied) == slim_a.model
+    # The status (the free-devices view) stays JSON: it changes under an unchanged spec and model.
+    counted = slim(SLICES, {**a, "status": {"devices": 1, "allocated": 0, "tainted": 0, "free": 1}})
+    assert counted["status"]["free"] == 1 and counted.model is not None and counted.model.status is None
     # The caches hand the cached slice itself out, model and all.
     state, indexes = bound()
     indexes[SLICES][key_of(slim_a)] = [slim_a]

@@ -48,7 +48,9 @@ def cached_slice(obj: Mapping[str, Any], held: Mapping[str, Any] | None = None) 
     if isinstance(held, CachedSlice) and same_spec(obj, held) and "spec" in held:
         return CachedSlice({**obj, "spec": held["spec"]}, held.model)
     try:
-        model = load_object(dict(obj))
+        # Without the status, which changes under an unchanged spec (the free-devices view): the model would
+        # hold a stale copy, which nothing reads, for every slice.
+        model = load_object({key: item for key, item in obj.items() if key != "status"})
     except InvalidObject:
         return CachedSlice(obj, None)
     if not isinstance(model, ResourceSlice):

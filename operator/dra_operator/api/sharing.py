@@ -1,5 +1,5 @@
-"""Equal parts held once: devices' values and maps (parsed and as JSON), claims' specs, models' sets of
-given field names, and the strings of cached objects.
+"""Equal parts held once: parsed devices' values and maps, claims' specs, models' sets of given field names,
+and the strings of cached objects.
 
 At 5,000 slices x 8 GPUs the parsed slices were the operator's largest item (20 KiB per slice, issue 14),
 although most devices of a cluster repeat one another: the same product name, driver version, memory. A

@@ -1,11 +1,12 @@
 """The bridge from the operator's cached dicts to the core allocator (dra_operator.allocation) and back.
 
-Parsed classes, slices and taint rules are cached one per object (by uid, with the version they were parsed
-from: a slice's generation, since our status writes change no spec, else its resourceVersion); of a claim,
-only its parsed allocation is kept, until the claim goes. The allocator's Snapshot is kept while classes,
-slices and nodes are unchanged, and only the claims whose allocation changed since the last Pod are recorded
-or released in it, so a Pod's turn costs its own search, not a rebuild over every device. An object that fails
-validation is left out (and logged once)."""
+Slices from the operator's caches come parsed (operator.slices). Classes, taint rules and other slices are
+parsed once and cached one per object (by uid, with the version they were parsed from: a slice's generation,
+since our status writes change no spec, else its resourceVersion); of a claim, only its parsed allocation is
+kept, until the claim goes. The allocator's Snapshot is kept while classes, slices and nodes are unchanged,
+and only the claims whose allocation changed since the last Pod are recorded or released in it, so a Pod's
+turn costs its own search, not a rebuild over every device. An object that fails validation is left out
+(and logged once)."""
 
 from __future__ import annotations
 

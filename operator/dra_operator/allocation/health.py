@@ -9,9 +9,10 @@ its health and is not reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dra_operator.allocation import taints
 from dra_operator.allocation.usage import DeviceKey, allocation_results
 from dra_operator.api.resource import Device, ResourceSlice
 
@@ -22,18 +23,11 @@ HEALTH_TAINT_SUFFIXES = ("/xid", "/gpu-lost")
 CurrentDevices = dict[tuple[str, str], dict[str, Device]]
 
 
-def current_devices(slices: Sequence[ResourceSlice]) -> CurrentDevices:
+def current_devices(slices: Iterable[ResourceSlice]) -> CurrentDevices:
     """(driver, pool) -> device name -> device, from each pool's highest-generation slices."""
-    newest: dict[tuple[str, str], int] = {}
-    for slice_ in slices:
-        key, generation = (slice_.spec.driver, slice_.spec.pool.name), slice_.spec.pool.generation
-        newest[key] = max(newest.get(key, generation), generation)
-    devices: CurrentDevices = {key: {} for key in newest}
-    for slice_ in slices:
-        spec = slice_.spec
-        if spec.pool.generation == newest[(spec.driver, spec.pool.name)]:
-            for device in spec.devices or ():
-                devices[(spec.driver, spec.pool.name)][device.name] = device
+    devices: CurrentDevices = {}
+    for (driver, pool, name), _, device in taints.current_devices(slices):
+        devices.setdefault((driver, pool), {})[name] = device
     return devices
 
 
@@ -44,7 +38,7 @@ def _health_taint(device: Device) -> str | None:
     return None
 
 
-def unhealthy_devices(slices: Sequence[ResourceSlice], claims: Iterable[Json]) -> dict[DeviceKey, str]:
+def unhealthy_devices(slices: Iterable[ResourceSlice], claims: Iterable[Json]) -> dict[DeviceKey, str]:
     """Every (driver, pool, device) an allocated claim holds that is unhealthy now -> why."""
     return unhealthy_among(current_devices(slices), claims)
 

@@ -10,9 +10,11 @@ loses the model still parses to the same slice, as pydantic takes a `Device` as 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from sys import intern
 from typing import Any
 
 from dra_operator.api.resource import InvalidObject, ResourceSlice, load_object
+from dra_operator.api.sharing import interned
 
 
 class CachedSlice(dict[str, Any]):
@@ -42,10 +44,13 @@ def same_spec(obj: Mapping[str, Any], held: Mapping[str, Any] | None) -> bool:
 
 
 def cached_slice(obj: Mapping[str, Any], held: Mapping[str, Any] | None = None) -> CachedSlice:
-    """`obj` (a slice's JSON as the caches keep it otherwise) parsed. A status write's answer, whose spec is
-    `held`'s, keeps `held`'s spec and model: no parse, no second copy."""
+    """`obj` (a slice's JSON, slimmed as the caches keep every object) parsed, each key and string held once
+    (api.sharing.interned). A status write's answer, whose spec is `held`'s, keeps `held`'s spec and model:
+    no parse, no second copy, and its spec is not walked."""
     if isinstance(held, CachedSlice) and same_spec(obj, held) and "spec" in held:
-        return CachedSlice({**obj, "spec": held["spec"]}, held.model)
+        rest = {intern(key): interned(item) for key, item in obj.items() if key != "spec"}
+        return CachedSlice({**rest, "spec": held["spec"]}, held.model)
+    obj = {intern(key): interned(item) for key, item in obj.items()}
     try:
         # Without the status, which changes under an unchanged spec (the free-devices view): the model would
         # hold a stale copy, which nothing reads, for every slice.

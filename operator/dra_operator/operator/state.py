@@ -83,8 +83,9 @@ def slim(kind: str, obj: Mapping[str, Any], held: Mapping[str, Any] | None = Non
     holds its devices as models only; one whose spec is that of `held` (its cached version: only its status
     changed) keeps `held`'s (operator.slices). The objects at 10,000 Pods and claims are most of the
     operator's memory (issue 14)."""
-    kept = {intern(key): interned(item) for key, item in _slimmed(kind, obj).items()}
-    return cached_slice(kept, held) if kind == SLICES else kept
+    if kind == SLICES:
+        return cached_slice(_slimmed(kind, obj), held)
+    return {intern(key): interned(item) for key, item in _slimmed(kind, obj).items()}
 
 
 def _slimmed(kind: str, obj: Mapping[str, Any]) -> Json:

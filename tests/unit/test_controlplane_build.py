@@ -200,3 +200,13 @@ def test_free_ports_lie_below_the_ephemeral_range_and_bind() -> None:
         assert port not in _ephemeral_ports()
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ports picked together are bound later: a second draw of the first one still finds it free, and the
+    # second server to start fails to listen (an operator's admission process failed so in CI).
+    from dra_operator.controlplane import launcher
+
+    monkeypatch.setattr(launcher.random, "sample", lambda population, k: list(population)[:k])
+    ports = [launcher.free_port() for _ in range(3)]
+    assert len(set(ports)) == 3

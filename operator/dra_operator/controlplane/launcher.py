@@ -80,6 +80,8 @@ class ControlPlaneError(RuntimeError):
 
 #: Where free_port looks first: below the kernel's ephemeral range (see free_port).
 _LISTEN_PORTS = range(20000, 32768)
+#: Every port free_port has handed out in this process, so that it never hands out one twice.
+_HANDED_OUT: set[int] = set()
 
 
 def _ephemeral_ports() -> range:
@@ -96,19 +98,28 @@ def free_port() -> int:
     Not one the OS picks (`bind(0)`): that comes from the ephemeral range, from which every outgoing
     connection takes its source port too, so between our pick and the server's bind a client of the
     control plane could take it (an admission process failed to listen that way: address in use). A random
-    port below that range is taken only by another listener."""
+    port below that range is taken only by another listener.
+
+    Nor one it handed out before: ports picked together (a server's webhook, metrics and health ports) are
+    bound later, so a second random draw of the first one would still find it free, and the second server
+    to start would fail to listen (an admission process failed that way too)."""
     ephemeral = _ephemeral_ports()
-    candidates = [p for p in random.sample(_LISTEN_PORTS, 64) if p not in ephemeral]
+    candidates = [p for p in random.sample(_LISTEN_PORTS, 64) if p not in ephemeral and p not in _HANDED_OUT]
     for port in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _sweep_stale_run_dirs() -> None:

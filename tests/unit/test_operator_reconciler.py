@@ -593,6 +593,46 @@ def test_a_release_waits_for_an_allocation_decision_in_flight() -> None:
     assert "allocation" not in w.kube.objects[claims_path("shared")]["status"]
 
 
+def test_ended_pods_claims_are_deleted_outside_the_decision_lock() -> None:
+    """The clean-up of many Pods' claims overlaps (issue 14: under the lock it ran one write at a time), and
+    the devices of a claim being deleted stay in use until it is gone."""
+    w = World()
+    w.add(
+        f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
+        copy.deepcopy(TEMPLATE),
+    )
+    for name in ("a", "b"):
+        w.add_pod(name, [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+        w.run(w.reconciler.sync_pod(NS, name))
+        w.finish(name)
+    claims = [c["metadata"]["name"] for c in w.kube.of("resourceclaims")]
+    assert len(claims) == 2
+    lock = w.reconciler._decide
+    locked_at_write: list[bool] = []
+    in_flight: list[str] = []
+    both_in_flight = asyncio.Event()
+    drop = w.kube.json_patch
+
+    async def slow_drop(path: str, ops: list[Json]) -> Json:
+        locked_at_write.append(lock.locked())
+        in_flight.append(path)
+        if len(in_flight) == 2:
+            both_in_flight.set()
+        await asyncio.wait_for(both_in_flight.wait(), 5)
+        # Meanwhile the claim is still in use for decisions: nothing released it yet.
+        assert w.state.get(CLAIMS, (NS, path.rsplit("/", 1)[-1])) is not None
+        return await drop(path, ops)
+
+    w.kube.json_patch = slow_drop  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await asyncio.gather(*(w.reconciler.sync_claim(NS, name) for name in claims))
+
+    w.run(scenario())
+    assert locked_at_write == [False, False]
+    assert w.kube.of("resourceclaims") == []
+
+
 def test_a_pod_ungated_by_hand_before_allocation_is_deleted_and_told_why() -> None:
     """Where the chart's admission policy is not installed, someone may remove the gate before allocation:
     the Pod would run without devices. The event says what happened (not "nodeName at creation") and the Pod

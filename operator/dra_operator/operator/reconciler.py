@@ -971,14 +971,21 @@ class Reconciler:
         """Drop consumers that ended or vanished; deallocate an unused claim; delete ended Pods' claims.
 
         Under the decision lock, like allocation: a release decided between another Pod's allocation and
-        its reservation of this claim would leave that Pod's claims on different nodes."""
+        its reservation of this claim would leave that Pod's claims on different nodes. The claim of an ended
+        Pod is deleted once the lock is released: its devices stay in use for every decision until the
+        deletion is done, and a Pod that reserves it meanwhile (by name) makes one of the two writes fail on
+        the claim's resourceVersion. Under the lock, the clean-up of 2,000 Pods' claims ran one write at a
+        time (issue 14: slower than built-in DRA's with client limits lifted)."""
         async with self._decide:
-            await self._sync_claim(namespace, name)
+            ended = await self._sync_claim(namespace, name)
+        if ended is not None:
+            await self._delete_ended(ended)
 
-    async def _sync_claim(self, namespace: str, name: str) -> None:
+    async def _sync_claim(self, namespace: str, name: str) -> Json | None:
+        """What can be decided and written under the lock; returns the claim of an ended Pod, to delete."""
         claim = self.state.get(CLAIMS, (namespace, name))
         if claim is None:
-            return
+            return None
         meta, status = claim["metadata"], claim.get("status") or {}
         reserved = list(status.get("reservedFor") or [])
         keep = [r for r in reserved if r.get("resource") != "pods" or self._pod_alive(namespace, r)]
@@ -990,18 +997,7 @@ class Reconciler:
 
         if generated and owner_gone and not keep:
             # The claim of an ended or deleted Pod: delete it (no point clearing its status first).
-            if finalized:
-                claim = await self._drop_finalizer(claim)
-            if not _deleting(claim):
-                await self.kube.delete(
-                    ours("resourceclaims", namespace, name), preconditions={"uid": meta["uid"]}
-                )
-                self.state.deleted(CLAIMS, claim)
-                log.info("generated claim deleted", claim=f"{namespace}/{name}")
-            if allocated:
-                metrics.RELEASES.inc()
-                self.enqueue_gated()
-            return
+            return claim
 
         deallocated = False
         if keep != reserved or (not keep and allocated):
@@ -1013,7 +1009,7 @@ class Reconciler:
             # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
             # generated claim keeps the finalizer it was born with until its Pod is done with it.)
             claim = await self._drop_finalizer(claim)
-            return
+            return None
 
         if not status and not generated and not _deleting(claim):
             # A user's claim nobody wrote a status for yet: say `pending` (kubectl's STATE column) once.
@@ -1026,6 +1022,23 @@ class Reconciler:
                 ours("resourceclaims", namespace, name, subresource="status"), new
             )
             self.state.wrote(CLAIMS, written)
+        return None
+
+    async def _delete_ended(self, claim: Json) -> None:
+        """Delete the claim of an ended Pod, our finalizer first; release its devices once it is gone."""
+        meta = claim["metadata"]
+        allocated = bool((claim.get("status") or {}).get("allocation"))
+        if names.CLAIM_FINALIZER in (meta.get("finalizers") or []):
+            claim = await self._drop_finalizer(claim)
+        if not _deleting(claim):
+            await self.kube.delete(
+                ours("resourceclaims", meta["namespace"], meta["name"]), preconditions={"uid": meta["uid"]}
+            )
+            self.state.deleted(CLAIMS, claim)
+            log.info("generated claim deleted", claim=f"{meta['namespace']}/{meta['name']}")
+        if allocated:
+            metrics.RELEASES.inc()
+            self.enqueue_gated()
 
     async def _drop_finalizer(self, claim: Json) -> Json:
         meta = claim["metadata"]

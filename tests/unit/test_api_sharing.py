@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from dra_operator.api import resource as resource_module
 from dra_operator.api.resource import Device, DeviceAttribute, DeviceCapacity, ObjectMeta, ResourceSlice
-from dra_operator.api.sharing import SharedMap, shared_tree
+from dra_operator.api.sharing import SharedMap, copy_on_write_tree, shared_tree
 from dra_operator.controlplane.fakes import gpu_slice_manifest
 
 
@@ -203,6 +203,34 @@ def test_equal_trees_are_one_read_only_object_all_the_way_down() -> None:
     assert copy.deepcopy(first) is first and pickle.loads(pickle.dumps(first)) == spec
     assert json.loads(json.dumps(first)) == spec
     assert shared_tree("not an object") == "not an object" and shared_tree(None) is None
+
+
+def test_a_copy_on_write_tree_is_shared_read_only_and_its_copies_are_plain() -> None:
+    # A waiting claim's status: equal ones are one object, never changed in place; the operator writes a
+    # new status from a copy, which must be plain JSON all the way down.
+    status = {
+        "state": "pending",
+        "conditions": [{"type": "Allocated", "status": "False", "reason": "Pending"}],
+    }
+    first, second = copy_on_write_tree(status), copy_on_write_tree(json.loads(json.dumps(status)))
+    assert first is second and first == status and shared_tree(status) is not first
+    conditions = first["conditions"]
+    for write in (
+        lambda: conditions.append({}),
+        lambda: conditions[0].__setitem__("status", "True"),
+        lambda: first.__setitem__("state", "allocated"),
+        lambda: first.setdefault("reservedFor", []),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            write()
+    for made in (copy.deepcopy(first), copy.copy(first), pickle.loads(pickle.dumps(first))):
+        assert made == status and type(made) is dict
+        assert type(made["conditions"]) is list and type(made["conditions"][0]) is dict
+        made["conditions"][0]["status"] = "True"
+        made["state"] = "allocated"
+    assert first == status, "changing a copy left the shared tree as it was"
+    assert json.loads(json.dumps(first)) == status
+    assert copy_on_write_tree(None) is None
 
 
 def test_a_tree_leaves_with_its_last_holder() -> None:

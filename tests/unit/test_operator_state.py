@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from dra_operator.admission import names
 from dra_operator.admission.delivery import container_devices, delivery_containers
 from dra_operator.api.gang import gang_of
@@ -358,7 +360,12 @@ def test_claims_with_equal_specs_share_one() -> None:
 
     a, b = slim(CLAIMS, user_claim("a")), slim(CLAIMS, user_claim("b"))
     assert a["spec"] is b["spec"] and a["spec"] == user_claim("a")["spec"]
-    assert a["status"] is not b["status"]  # statuses change: ours are written from copies, never shared
+    # A waiting claim's status is shared too (many claims repeat it), read-only; its copies are plain.
+    assert a["status"] is b["status"]
+    with pytest.raises(TypeError, match="read-only"):
+        a["status"]["state"] = "allocated"
+    allocated = user_claim("c") | {"status": {"state": "allocated", "allocation": {"devices": {}}}}
+    assert slim(CLAIMS, allocated)["status"] is not slim(CLAIMS, allocated)["status"]
     # How the reconciler writes: a deep copy (the shared spec stays one object), its status and metadata
     # changed, never its spec (immutable in Kubernetes).
     import copy

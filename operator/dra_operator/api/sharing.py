@@ -75,6 +75,45 @@ class SharedList(_Shared, list[V]):
         list.__init__(self, items)
 
 
+class _CopiedWhenChanged:
+    """What the copy-on-write containers have in common: a copy, shallow or deep, is plain JSON that the
+    caller may change; the original stays shared and read-only."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> Any:
+        return _plain(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _plain(self)
+
+
+class CopyOnWriteMap(_CopiedWhenChanged, SharedMap[V]):
+    """A read-only dict, shared like SharedMap, whose copies are plain dicts."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (_plain(self),))
+
+
+class CopyOnWriteList(_CopiedWhenChanged, SharedList[V]):
+    """A read-only list of a copy-on-write tree."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (_plain(self),))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {name: _plain(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 #: Each distinct set of given field names, once (a handful per kind; the table never grows with objects).
 _FIELD_SETS: dict[frozenset[str], set[str]] = {}
 
@@ -196,6 +235,29 @@ def shared_tree(value: Any) -> Any:
     key = _tree_key(value)
     found = TREES.get(key)
     return found if found is not None else TREES.keep(key, _frozen(value))
+
+
+COPY_ON_WRITE_TREES = Table()
+
+
+def copy_on_write_tree(value: Any) -> Any:
+    """A JSON object held read-only, all the way down, and shared with an equal one held already, like
+    `shared_tree`; but a copy of it (`copy.copy`, `copy.deepcopy`) is plain JSON to change, not the shared
+    tree. For parts that many objects repeat and that the operator changes by copy: the status of the claims
+    that wait for a Pod (`pending`, two conditions), the same for all written in one second."""
+    if not isinstance(value, dict):
+        return value
+    key = _tree_key(value)
+    found = COPY_ON_WRITE_TREES.get(key)
+    return found if found is not None else COPY_ON_WRITE_TREES.keep(key, _copy_on_write(value))
+
+
+def _copy_on_write(value: Any) -> Any:
+    if isinstance(value, dict):
+        return CopyOnWriteMap({_intern(name): _copy_on_write(item) for name, item in value.items()})
+    if isinstance(value, list):
+        return CopyOnWriteList(_copy_on_write(item) for item in value)
+    return _intern(value) if isinstance(value, str) else value
 
 
 def _tree_key(value: Mapping[str, Any]) -> str:

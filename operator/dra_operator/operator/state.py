@@ -14,7 +14,7 @@ from sys import intern
 from typing import Any
 
 from dra_operator.api.gang import gang_of
-from dra_operator.api.sharing import interned, shared_tree
+from dra_operator.api.sharing import copy_on_write_tree, interned, shared_tree
 from dra_operator.operator.placement import is_gated
 from dra_operator.operator.slices import CachedSlice, cached_slice
 
@@ -50,6 +50,8 @@ def _rv(obj: Mapping[str, Any] | None) -> int:
 #: copy of the whole applied object. Our writes of whole objects go to the status subresource, which ignores
 #: metadata, so a cached object without them is safe to write back.
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+#: The fields of a claim's status while it waits for a Pod: neither allocated nor reserved.
+_WAITING_STATUS = frozenset({"state", "conditions"})
 #: Container fields no decision reads (the name, resources and env, which delivery reads, stay).
 _CONTAINER_FIELDS_DROPPED = (
     "args",
@@ -101,6 +103,11 @@ def _slimmed(kind: str, obj: Mapping[str, Any]) -> Json:
         # A claim's spec is immutable (as in Kubernetes): claims from one template or manifest share one.
         if "spec" in obj:
             kept["spec"] = shared_tree(obj["spec"])
+        # The status of a claim that waits for a Pod (its state and two conditions: 620 bytes) is the same
+        # for every claim written in the same second; it is shared until the operator changes it, by copy.
+        status = obj.get("status")
+        if isinstance(status, Mapping) and status.keys() <= _WAITING_STATUS:
+            kept["status"] = copy_on_write_tree(status)
         return kept
     if kind != PODS:
         return kept

@@ -18,8 +18,9 @@ from just before its create request to its binding seen on the watch (creationTi
 resolution); `writes/Pod`: the apiserver's own apiserver_request_total (POST/PUT/PATCH/DELETE/APPLY, any
 answer) over placement and release, divided by P, events apart, without the benchmark's own Pod POSTs and
 DELETEs and without Lease renewals (time-based, not per Pod); the counters are cluster-wide and nothing else
-writes in the window (windows end when the counters stop moving); `cleanup s`: Pods deleted (grace 0: no
-kubelet) until every claim of the namespace is gone; `operator RSS MiB`: VmRSS of the operator process and its
+writes in the window (windows end when the counters stop moving); `cleanup s`: Pods deleted one after the
+other (grace 0: no kubelet) until every claim of the namespace is gone (the deletes' own time is printed after
+the table); `operator RSS MiB`: VmRSS of the operator process and its
 admission process together when ready / peak (VmHWM, each one's) / after cleanup. Device capacity N x 8 must
 be at least P, so no Pod waits for a device. After the table, fragmentation: the nodes none of whose GPUs a
 claim holds once every Pod is placed (where an 8-GPU Pod still fits).
@@ -99,6 +100,7 @@ class Result:
     webhook_ms: tuple[float, float, float] | None = None  # p50, p99, calls: the apiserver's own histogram
     review_ms: tuple[float, float, float] | None = None  # the same from the operator's finer histogram
     whole_nodes_free: tuple[int, int] = (0, 0)  # nodes whose GPUs no claim holds once all are placed; of all
+    deleting: float = 0.0  # of `cleanup`, the benchmark's own Pod deletes (one after the other)
 
     @property
     def writes_per_pod(self) -> float:
@@ -512,6 +514,7 @@ class Bench:
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
         for name in created:
             self.cp.request("DELETE", f"{pods_path}/{name}", options)
+        deleting = time.monotonic() - started
         wait_until(
             lambda: not self.cp.request("GET", pods_path)["items"] and not self.claims(flavour),
             timeout=self.timeout,
@@ -536,7 +539,18 @@ class Bench:
             p99, _ = bucket_quantile(reviews_before, reviews_after, 0.99)
             reviews = (p50, p99, calls)
         return Result(
-            flavour, self.pods, creating, wall, latencies, cleanup, writes, rss, webhook, reviews, whole_free
+            flavour,
+            self.pods,
+            creating,
+            wall,
+            latencies,
+            cleanup,
+            writes,
+            rss,
+            webhook,
+            reviews,
+            whole_free,
+            deleting,
         )
 
     def diagnose(self, flavour: Flavour, operator: LocalOperator | None, unbound: set[str]) -> str:
@@ -680,6 +694,10 @@ def report(builtin: Result, ours: Result) -> str:
         "fragmentation once every Pod is placed: whole nodes left free (where an 8-GPU Pod still fits): "
         f"built-in {builtin.whole_nodes_free[0]} of {builtin.whole_nodes_free[1]}, dra-operator "
         f"{ours.whole_nodes_free[0]} of {ours.whole_nodes_free[1]} (placement policy binpack, the default)",
+        "",
+        f"clean-up: the benchmark's own {ours.pods} Pod deletes took {builtin.deleting:.2f} s (built-in) and "
+        f"{ours.deleting:.2f} s (dra-operator), one after the other; the rest is the wait for every claim to "
+        "be gone",
     ]
     if ours.webhook_ms is not None:
         p50, p99, calls = ours.webhook_ms

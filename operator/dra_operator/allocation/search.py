@@ -421,7 +421,7 @@ class _NodeSearch:
                 self._return_counters(record)
             return False
         constraints = self.constraints[ci]
-        driver = record.id[0]
+        driver = record.driver
         for position, constraint in enumerate(constraints):
             if not constraint.add(alt.request, alt.subrequest, driver, record.attributes):
                 if must:
@@ -516,7 +516,7 @@ class _NodeSearch:
                 )
             on_node = not record.per_device or record.on_node(self.node)
             attributes = tuple(
-                typed_value(lookup_attribute(record.attributes, record.id[0], name))
+                typed_value(lookup_attribute(record.attributes, record.driver, name))
                 for name in self._attr_names
             )
             counters: object = None
@@ -540,9 +540,9 @@ class _NodeSearch:
             results = [
                 DeviceRequestAllocationResult(
                     request=alt.name,
-                    driver=self.records[index].id[0],
-                    pool=self.records[index].id[1],
-                    device=self.records[index].id[2],
+                    driver=self.records[index].slice.driver,
+                    pool=self.records[index].slice.pool,
+                    device=self.records[index].device.name,
                     admin_access=True if alt.admin else None,
                     tolerations=alt.tolerations,
                     binding_conditions=self.records[index].device.binding_conditions,

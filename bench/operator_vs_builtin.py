@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +101,7 @@ class Result:
     review_ms: tuple[float, float, float] | None = None  # the same from the operator's finer histogram
     whole_nodes_free: tuple[int, int] = (0, 0)  # nodes whose GPUs no claim holds once all are placed; of all
     deleting: float = 0.0  # of `cleanup`, the benchmark's own Pod deletes (one after the other)
+    cleanup_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process during the clean-up
 
     @property
     def writes_per_pod(self) -> float:
@@ -352,6 +353,20 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User and system CPU time of `pids` and their descendants, in seconds (/proc/PID/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        for current in process_tree(pid):
+            try:
+                fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+    return total / ticks
+
+
 def memory_mib(pid: int, field_name: str = "VmRSS") -> float:
     """`field_name` of /proc/PID/status summed over the process and its descendants (the operator's admission
     process), in MiB. For VmHWM the sum of each one's peak. A page both processes map (the shared libraries
@@ -510,6 +525,8 @@ class Bench:
         rss_peak = memory_mib(operator.pid, "VmHWM") if operator else 0.0
         whole_free = (len(set(self.nodes) - nodes_in_use(self.claims(flavour))), len(self.nodes))
 
+        processes = {**self.cp.pids(), **({"dra-operator": operator.pid} if operator else {})}
+        cpu_before = {name: cpu_seconds([pid]) for name, pid in processes.items()}
         started = time.monotonic()
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
         for name in created:
@@ -521,6 +538,7 @@ class Bench:
             message=f"Pods and claims of {ns} to be gone",
         )
         cleanup = time.monotonic() - started
+        cleanup_cpu = {name: cpu_seconds([pid]) - cpu_before[name] for name, pid in processes.items()}
         released = self.quiet_writes()
         rss_after = memory_mib(operator.pid) if operator else 0.0
 
@@ -551,6 +569,7 @@ class Bench:
             reviews,
             whole_free,
             deleting,
+            cleanup_cpu,
         )
 
     def diagnose(self, flavour: Flavour, operator: LocalOperator | None, unbound: set[str]) -> str:
@@ -697,7 +716,11 @@ def report(builtin: Result, ours: Result) -> str:
         "",
         f"clean-up: the benchmark's own {ours.pods} Pod deletes took {builtin.deleting:.2f} s (built-in) and "
         f"{ours.deleting:.2f} s (dra-operator), one after the other; the rest is the wait for every claim to "
-        "be gone",
+        "be gone; CPU seconds spent meanwhile: "
+        + "; ".join(
+            f"{r.flavour.label}: " + ", ".join(f"{name} {cpu:.1f}" for name, cpu in r.cleanup_cpu.items())
+            for r in (builtin, ours)
+        ),
     ]
     if ours.webhook_ms is not None:
         p50, p99, calls = ours.webhook_ms

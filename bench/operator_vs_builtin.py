@@ -525,7 +525,7 @@ class Bench:
         rss_peak = memory_mib(operator.pid, "VmHWM") if operator else 0.0
         whole_free = (len(set(self.nodes) - nodes_in_use(self.claims(flavour))), len(self.nodes))
 
-        processes = {**self.cp.pids(), **({"dra-operator": operator.pid} if operator else {})}
+        processes = {**self.cp.pids, **({"dra-operator": operator.pid} if operator else {})}
         cpu_before = {name: cpu_seconds([pid]) for name, pid in processes.items()}
         started = time.monotonic()
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}

@@ -974,8 +974,8 @@ class Reconciler:
         its reservation of this claim would leave that Pod's claims on different nodes. The claim of an ended
         Pod is deleted once the lock is released: its devices stay in use for every decision until the
         deletion is done, and a Pod that reserves it meanwhile (by name) makes one of the two writes fail on
-        the claim's resourceVersion. Under the lock, the clean-up of 2,000 Pods' claims ran one write at a
-        time (issue 14: slower than built-in DRA's with client limits lifted)."""
+        the claim's resourceVersion. So decisions do not wait behind the two writes of every ended Pod's
+        clean-up, and the clean-ups of many Pods overlap."""
         async with self._decide:
             ended = await self._sync_claim(namespace, name)
         if ended is not None:

@@ -19,11 +19,12 @@ resolution); `writes/Pod`: the apiserver's own apiserver_request_total (POST/PUT
 answer) over placement and release, divided by P, events apart, without the benchmark's own Pod POSTs and
 DELETEs and without Lease renewals (time-based, not per Pod); the counters are cluster-wide and nothing else
 writes in the window (windows end when the counters stop moving); `cleanup s`: Pods deleted one after the
-other (grace 0: no kubelet) until every claim of the namespace is gone (the deletes' own time is printed after
-the table); `operator RSS MiB`: VmRSS of the operator process and its
-admission process together when ready / peak (VmHWM, each one's) / after cleanup. Device capacity N x 8 must
-be at least P, so no Pod waits for a device. After the table, fragmentation: the nodes none of whose GPUs a
-claim holds once every Pod is placed (where an 8-GPU Pod still fits).
+other (grace 0: no kubelet) until every claim of the namespace is gone; `operator RSS MiB`: VmRSS of the
+operator process and its admission process together when ready / peak (VmHWM, each one's) / after cleanup.
+Device capacity N x 8 must be at least P, so no Pod waits for a device. After the table, fragmentation: the
+nodes none of whose GPUs a claim holds once every Pod is placed (where an 8-GPU Pod still fits); how long the
+clean-up's own Pod deletes took, and the CPU seconds each process (the control plane's, the operator's) spent
+during the clean-up.
 
 Kubernetes' client rate limits (controller manager 20/s, scheduler 50/s) bound the built-in path at these
 sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them. `--cpu-hog N`
@@ -50,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,18 +354,16 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """User and system CPU time of `pids` and their descendants, in seconds (/proc/PID/stat)."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of `pid` and its descendants (the operator's admission process)."""
     total = 0
-    for pid in pids:
-        for current in process_tree(pid):
-            try:
-                fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
-    return total / ticks
+    for current in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)'s stat
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mib(pid: int, field_name: str = "VmRSS") -> float:
@@ -526,7 +525,7 @@ class Bench:
         whole_free = (len(set(self.nodes) - nodes_in_use(self.claims(flavour))), len(self.nodes))
 
         processes = {**self.cp.pids, **({"dra-operator": operator.pid} if operator else {})}
-        cpu_before = {name: cpu_seconds([pid]) for name, pid in processes.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         started = time.monotonic()
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
         for name in created:
@@ -538,7 +537,7 @@ class Bench:
             message=f"Pods and claims of {ns} to be gone",
         )
         cleanup = time.monotonic() - started
-        cleanup_cpu = {name: cpu_seconds([pid]) - cpu_before[name] for name, pid in processes.items()}
+        cleanup_cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
         released = self.quiet_writes()
         rss_after = memory_mib(operator.pid) if operator else 0.0
 

@@ -151,7 +151,7 @@ class DeviceRecord:
     def cel_device(self) -> CelDevice:
         """The device's CEL form, made for each evaluation and not kept: the results are (SelectorCache),
         and 40,000 kept forms took 3 MiB (issue 14)."""
-        return CelDevice.from_device(self.slice.driver, self.device)
+        return CelDevice.from_device(self.driver, self.device)
 
     def node_name(self) -> str | None:
         return self.device.node_name if self.per_device else self.slice.node_name

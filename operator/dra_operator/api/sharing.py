@@ -219,22 +219,10 @@ def _held_map(table: Table, values: Mapping[str, V]) -> SharedMap[V]:
 TREES = Table()
 
 
-def _frozen(value: Any) -> Any:
-    if isinstance(value, dict):
-        return SharedMap({name: _frozen(item) for name, item in value.items()})
-    if isinstance(value, list):
-        return SharedList(_frozen(item) for item in value)
-    return value
-
-
 def shared_tree(value: Any) -> Any:
     """A JSON object held read-only, all the way down, and shared with an equal one held already (equal as
     JSON, key order aside); anything but an object is returned as it is. For parts that never change."""
-    if not isinstance(value, dict):
-        return value
-    key = _tree_key(value)
-    found = TREES.get(key)
-    return found if found is not None else TREES.keep(key, _frozen(value))
+    return _held_tree(TREES, value, SharedMap, SharedList)
 
 
 COPY_ON_WRITE_TREES = Table()
@@ -245,18 +233,28 @@ def copy_on_write_tree(value: Any) -> Any:
     `shared_tree`; but a copy of it (`copy.copy`, `copy.deepcopy`) is plain JSON to change, not the shared
     tree. For parts that many objects repeat and that the operator changes by copy: the status of the claims
     that wait for a Pod (`pending`, two conditions), the same for all written in one second."""
+    return _held_tree(COPY_ON_WRITE_TREES, value, CopyOnWriteMap, CopyOnWriteList)
+
+
+def _held_tree(
+    table: Table, value: Any, map_type: type[SharedMap[Any]], list_type: type[SharedList[Any]]
+) -> Any:
     if not isinstance(value, dict):
         return value
     key = _tree_key(value)
-    found = COPY_ON_WRITE_TREES.get(key)
-    return found if found is not None else COPY_ON_WRITE_TREES.keep(key, _copy_on_write(value))
+    found = table.get(key)
+    return found if found is not None else table.keep(key, _read_only_tree(value, map_type, list_type))
 
 
-def _copy_on_write(value: Any) -> Any:
+def _read_only_tree(value: Any, map_type: type[SharedMap[Any]], list_type: type[SharedList[Any]]) -> Any:
+    # Its keys and strings interned, as `interned` does for the rest of a cached object (it keeps shared
+    # parts as they are).
     if isinstance(value, dict):
-        return CopyOnWriteMap({_intern(name): _copy_on_write(item) for name, item in value.items()})
+        return map_type(
+            {_intern(name): _read_only_tree(item, map_type, list_type) for name, item in value.items()}
+        )
     if isinstance(value, list):
-        return CopyOnWriteList(_copy_on_write(item) for item in value)
+        return list_type(_read_only_tree(item, map_type, list_type) for item in value)
     return _intern(value) if isinstance(value, str) else value
 
 

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import array
+import base64
 import contextlib
+import datetime
 import http.client
 import json
 import os
@@ -58,7 +60,9 @@ from pathlib import Path
 from typing import Any
 
 from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest, node_manifest, wait_until
+from dra_operator.controlplane.launcher import free_port
 from dra_operator.operator.local import LocalOperator
+from dra_operator.pki import CertificateAuthority, write_pem
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = "driver.example.com"
@@ -66,6 +70,8 @@ PER_NODE = 8
 SELECTOR = (
     f'device.attributes["{DRIVER}"].type == "gpu" && device.capacity["{DRIVER}"].memory == quantity("64Gi")'
 )
+OUR_WEBHOOK = "pods.resource.dra-operator.io"
+NOOP_WEBHOOK = "noop.bench.dra-operator.io"
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
 Json = dict[str, Any]
 WriteKey = tuple[str, str, str, str, bool]  # verb, group, resource, subresource, answered non-2xx
@@ -99,10 +105,12 @@ class Result:
     writes: dict[WriteKey, float]
     rss_mib: tuple[float, float, float] | None = None
     webhook_ms: tuple[float, float, float] | None = None  # p50, p99, calls: the apiserver's own histogram
+    noop_webhook_ms: tuple[float, float, float] | None = None  # the same for the no-op webhook beside ours
     review_ms: tuple[float, float, float] | None = None  # the same from the operator's finer histogram
     whole_nodes_free: tuple[int, int] = (0, 0)  # nodes whose GPUs no claim holds once all are placed; of all
     deleting: float = 0.0  # of `cleanup`, the benchmark's own Pod deletes (one after the other)
     cleanup_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process during the clean-up
+    creating_scheduling: dict[str, Scheduling] = field(default_factory=dict)  # by process, during the creates
 
     @property
     def writes_per_pod(self) -> float:
@@ -175,7 +183,7 @@ class Client:
         finally:
             conn.close()
 
-    def webhook_buckets(self, webhook: str = "pods.resource.dra-operator.io") -> dict[float, float]:
+    def webhook_buckets(self, webhook: str = OUR_WEBHOOK) -> dict[float, float]:
         """The apiserver's own apiserver_admission_webhook_admission_duration_seconds for `webhook` (mutating,
         CREATE): upper bound -> cumulative count."""
         prefix = "apiserver_admission_webhook_admission_duration_seconds_bucket{"
@@ -366,6 +374,32 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class Scheduling:
+    """What the kernel's scheduler says of a process's threads (/proc/PID/task/*/schedstat), in seconds:
+    time on a CPU, time runnable but waiting for one, and how many times it was put on a CPU."""
+
+    on_cpu: float = 0.0
+    waiting: float = 0.0
+    runs: int = 0
+
+    def __sub__(self, other: Scheduling) -> Scheduling:
+        return Scheduling(self.on_cpu - other.on_cpu, self.waiting - other.waiting, self.runs - other.runs)
+
+
+def scheduling(pids: list[int]) -> Scheduling:
+    """`Scheduling` summed over every thread of `pids` (threads that ended meanwhile drop out of the sum)."""
+    on_cpu = waiting = runs = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                cpu_ns, wait_ns, count = (int(v) for v in stat.read_text().split())
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            on_cpu, waiting, runs = on_cpu + cpu_ns, waiting + wait_ns, runs + count
+    return Scheduling(on_cpu / 1e9, waiting / 1e9, runs)
+
+
 def memory_mib(pid: int, field_name: str = "VmRSS") -> float:
     """`field_name` of /proc/PID/status summed over the process and its descendants (the operator's admission
     process), in MiB. For VmHWM the sum of each one's peak. A page both processes map (the shared libraries
@@ -429,6 +463,7 @@ class Bench:
     pods: int
     timeout: float
     clients: int = 1
+    noop_webhook: bool = False  # whether the no-op webhook answers inside our scenario's creates too
     log: Callable[[str], None] = field(default=print)
 
     def setup(self, flavour: Flavour) -> None:
@@ -482,7 +517,10 @@ class Bench:
         rss_before = memory_mib(operator.pid) if operator else 0.0
         before = self.quiet_writes()
         hooks_before = self.client.webhook_buckets() if operator else {}
+        noop_before = self.client.webhook_buckets(NOOP_WEBHOOK) if operator and self.noop_webhook else {}
         reviews_before = review_buckets(operator) if operator else {}
+        scheduled = self.scheduled_processes(operator)
+        scheduling_before = {name: scheduling(pids) for name, pids in scheduled.items()}
         created: dict[str, float] = {}
         try:
 
@@ -499,7 +537,11 @@ class Bench:
                     create(index)
             self.client.close()
             creating = time.monotonic() - min(created.values())
+            creating_scheduling = {
+                name: scheduling(pids) - scheduling_before[name] for name, pids in scheduled.items()
+            }
             hooks_after = self.client.webhook_buckets() if operator else {}
+            noop_after = self.client.webhook_buckets(NOOP_WEBHOOK) if operator and self.noop_webhook else {}
 
             def all_bound() -> bool:
                 if watch.error is not None:
@@ -547,11 +589,15 @@ class Bench:
             writes[own] = writes.get(own, 0.0) - self.pods
         writes = {k: v for k, v in writes.items() if v}
         rss = (rss_before, rss_peak, rss_after) if operator else None
-        webhook = reviews = None
+        webhook = reviews = noop = None
         if operator:
             p50, calls = bucket_quantile(hooks_before, hooks_after, 0.50)
             p99, _ = bucket_quantile(hooks_before, hooks_after, 0.99)
             webhook = (p50, p99, calls)
+        if noop_after:
+            p50, calls = bucket_quantile(noop_before, noop_after, 0.50)
+            p99, _ = bucket_quantile(noop_before, noop_after, 0.99)
+            noop = (p50, p99, calls)
             p50, calls = bucket_quantile(reviews_before, reviews_after, 0.50)
             p99, _ = bucket_quantile(reviews_before, reviews_after, 0.99)
             reviews = (p50, p99, calls)
@@ -565,11 +611,22 @@ class Bench:
             writes,
             rss,
             webhook,
+            noop,
             reviews,
             whole_free,
             deleting,
             cleanup_cpu,
+            creating_scheduling,
         )
+
+    def scheduled_processes(self, operator: LocalOperator | None) -> dict[str, list[int]]:
+        """The processes whose scheduling the creates' figures show: the control plane's, the operator's
+        main process and its admission process (the one that answers inside each create)."""
+        found = {name: [pid] for name, pid in self.cp.pids.items()}
+        if operator:
+            found["dra-operator"] = [operator.pid]
+            found["its admission process"] = process_tree(operator.pid)[1:]
+        return found
 
     def diagnose(self, flavour: Flavour, operator: LocalOperator | None, unbound: set[str]) -> str:
         """Why Pods were not bound: one of them, its claim(s), events, and the operator's log tail."""
@@ -721,6 +778,15 @@ def report(builtin: Result, ours: Result) -> str:
             for r in (builtin, ours)
         ),
     ]
+    for r in (builtin, ours):
+        lines.append(
+            f"during {r.flavour.label}'s creates ({r.creating:.1f} s), CPU seconds / seconds runnable but "
+            "waiting for a CPU / the mean wait each time the kernel put a thread on a CPU: "
+            + ", ".join(
+                f"{name} {s.on_cpu:.1f} / {s.waiting:.1f} / {1000 * s.waiting / max(s.runs, 1):.2f} ms"
+                for name, s in r.creating_scheduling.items()
+            )
+        )
     if ours.webhook_ms is not None:
         p50, p99, calls = ours.webhook_ms
         lines += [
@@ -729,6 +795,12 @@ def report(builtin: Result, ours: Result) -> str:
             f"duration_seconds, pods.resource.dra-operator.io, CREATE, {calls:.0f} calls): p50 {p50:.1f} ms, "
             f"p99 {p99:.1f} ms (interpolated in the apiserver's buckets 5/25/100/500 ms ...)",
         ]
+    if ours.noop_webhook_ms is not None:
+        p50, p99, calls = ours.noop_webhook_ms
+        lines.append(
+            f"a no-op webhook beside ours, the same way ({NOOP_WEBHOOK}, {calls:.0f} calls: it answers "
+            f"`allowed` at once, with no patch): p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        )
     if ours.review_ms is not None:
         p50, p99, calls = ours.review_ms
         lines.append(
@@ -783,6 +855,69 @@ def cpu_hog(processes: int) -> Iterator[None]:
             hog.wait()
 
 
+@contextlib.contextmanager
+def noop_webhook(cp: ControlPlane, directory: Path, namespace: str) -> Iterator[None]:
+    """bench/noop_webhook.py running, and registered for the Pod creates of `namespace` (before ours: the
+    apiserver calls configurations in name order, and a webhook that mutates nothing makes no other run
+    again)."""
+    ca = CertificateAuthority.create("bench-noop-ca", datetime.timedelta(days=1))
+    cert, key = ca.issue("bench-noop", hosts=("127.0.0.1",), server=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "noop_webhook.py"),
+            f"--port={port}",
+            f"--cert={write_pem(directory / 'noop.crt', cert)}",
+            f"--key={write_pem(directory / 'noop.key', key, private=True)}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "listening":
+            raise RuntimeError(f"bench/noop_webhook.py did not start (exit {server.wait()})")
+        webhook = {
+            "name": NOOP_WEBHOOK,
+            "clientConfig": {
+                "url": f"https://127.0.0.1:{port}/",
+                "caBundle": base64.b64encode(ca.cert_pem).decode(),
+            },
+            "rules": [
+                {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
+            ],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10,
+        }
+        cp.request("POST", path, {"metadata": {"name": "bench-noop"}, "webhooks": [webhook]})
+        yield
+    finally:
+        with contextlib.suppress(ApiError):
+            cp.request("DELETE", f"{path}/bench-noop")
+        server.kill()
+        server.wait()
+
+
+def wait_for_webhook(cp: ControlPlane, client: Client, namespace: str, webhook: str) -> None:
+    """Until the apiserver calls `webhook` for a Pod create in `namespace` (its configuration takes effect
+    asynchronously), tried with dry-run creates of a Pod without claims."""
+    probe = {
+        **pod("noop-probe"),
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+    }
+
+    def called() -> bool:
+        cp.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", probe)
+        return sum(client.webhook_buckets(webhook).values()) > 0
+
+    wait_until(called, timeout=30, message=f"the apiserver to call {webhook}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -801,6 +936,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--cpu-hog", type=int, default=0, help="busy processes beside both scenarios (default 0: none)"
+    )
+    parser.add_argument(
+        "--noop-webhook",
+        action="store_true",
+        help="a webhook that answers at once (bench/noop_webhook.py) inside our scenario's creates too, "
+        "its latency shown beside ours: the floor of any webhook's under the same load",
     )
     args = parser.parse_args()
     capacity = args.nodes * PER_NODE
@@ -830,7 +971,9 @@ def main() -> int:
                 timeout=120,
                 message="no namespace terminating",
             )
-        bench = Bench(cp, client, nodes, args.pods, args.timeout, clients=args.clients)
+        bench = Bench(
+            cp, client, nodes, args.pods, args.timeout, clients=args.clients, noop_webhook=args.noop_webhook
+        )
         load.enter_context(cpu_hog(args.cpu_hog))  # from here to the end of the last clean-up
 
         with stage(f"built-in DRA: {args.pods} Pods"):
@@ -848,7 +991,11 @@ def main() -> int:
             with stage("operator start"):
                 operator.wait_ready(timeout=90)
             with stage(f"dra-operator: {args.pods} Pods"):
+                if args.noop_webhook:
+                    load.enter_context(noop_webhook(cp, Path(tmp), OURS.namespace))
                 bench.setup(OURS)
+                if args.noop_webhook:
+                    wait_for_webhook(cp, client, OURS.namespace, NOOP_WEBHOOK)
                 ours = bench.run(OURS, operator)
                 bench.teardown(OURS)
         except BaseException:

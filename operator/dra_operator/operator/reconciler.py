@@ -933,9 +933,13 @@ class Reconciler:
     async def _write_reservation(self, pod: Json, plan: _Reservation, node: str | None) -> Json:
         """One status PUT (its resourceVersion the precondition), and the claim's event when it is not the
         Pod's own."""
-        written = await self.kube.replace(
-            ours("resourceclaims", *_key(plan.claim), subresource="status"), plan.new
-        )
+        path = ours("resourceclaims", *_key(plan.claim), subresource="status")
+        try:
+            written = await self.kube.replace(path, plan.new)
+        except KubeError as exc:
+            if not _ambiguous(exc):
+                raise
+            written = await self._resolve_ambiguous(path, plan, pod, exc)
         self.state.wrote(CLAIMS, written)
         # One event per claim and Pod: Allocated when the devices were chosen now, Reserved when it joins.
         # None for the Pod's own generated claim: the Pod's Allocated event names it and its devices, and its
@@ -956,6 +960,46 @@ class Reconciler:
                 )
         log.info("claim reserved", pod=_name(pod), claim=_name(plan.claim), newly_allocated=plan.newly)
         return written
+
+    async def _resolve_ambiguous(self, path: str, plan: _Reservation, pod: Json, first: KubeError) -> Json:
+        """The claim as it is after a reservation write whose outcome is unknown (no answer, or a server
+        error: etcd may have committed it all the same); raises when it did not land.
+
+        Until that is known the write's assumption stays: were its devices handed back at once and the write
+        landed after all, the next decision could give them to a second claim. So the same write is sent
+        again, conditioned on the same resourceVersion, until an answer settles it: it lands (the first did
+        not), or it conflicts, and a read shows whether the first landed or another writer came first
+        (either way the first can no longer land). The assumption is what every decision reads meanwhile."""
+        exc, failures = first, 0
+        while True:
+            failures += 1
+            delay = backoff(failures - 1, TRANSIENT_BACKOFF_CAP) if failures > 1 else 0.0
+            log.warning(
+                "claim write without a clear answer: its devices stay held until it is settled",
+                claim=_name(plan.claim), error=str(exc), failures=failures, retry_in=delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            try:
+                try:
+                    return await self.kube.replace(path, plan.new)
+                except KubeError as again:
+                    if not again.conflict:
+                        raise
+                current = await self.kube.get(ours("resourceclaims", *_key(plan.claim)))
+            except KubeError as again:
+                if not _ambiguous(again):
+                    raise
+                exc = again
+                continue
+            if current is None:
+                raise KubeError(404, "NotFound", f"claim {_name(plan.claim)} is gone", path=path)
+            self.state.wrote(CLAIMS, current)  # the truth replaces the assumption, whoever wrote it
+            allocation = (plan.new.get("status") or {}).get("allocation")
+            if (current.get("status") or {}).get("allocation") == allocation and pod["metadata"][
+                "uid"
+            ] in reserved_uids(current):
+                return current
+            raise KubeError(409, "Conflict", f"claim {_name(plan.claim)} was written by another", path=path)
 
     def _fail(self, pod: Json, reason: str, message: str, claims: Iterable[Json] = ()) -> None:
         metrics.FAILURES.labels(reason).inc()
@@ -1069,6 +1113,13 @@ class Reconciler:
             if pod is not None and pod["metadata"].get("uid") == uid:
                 return not is_done(pod)
         return False
+
+
+def _ambiguous(exc: KubeError) -> bool:
+    """Whether a failed write may have landed all the same: no answer came (a timeout after the request went
+    out), or the server failed (etcd's "request timed out" is a 500 for a write it may have committed). A
+    refusal (4xx) says it did not land, and so does NotLeading, which never sent it."""
+    return not isinstance(exc, NotLeading) and (exc.unreachable or exc.status >= 500)
 
 
 def _key(obj: Mapping[str, Any]) -> Key:

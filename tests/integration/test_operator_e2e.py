@@ -619,8 +619,12 @@ def test_builtin_claims_are_left_to_kubernetes(operator: LocalOperator, cluster:
 
 
 def test_workload_templates_are_mutated_so_their_pods_are_born_gated(
-    operator: LocalOperator, cluster: Cluster, wait_for: WaitFor
+    operator: LocalOperator, cluster: Cluster, kubectl: Any, wait_for: WaitFor
 ) -> None:
+    """The Deployment's template is mutated once, at its create; the ReplicaSet and the Pod made from it carry
+    no claim reference left, so their creates never call the webhook (its match conditions)."""
+    webhooks = ("deployments", "replicasets", "pods")
+    calls_before = {kind: validating_calls(kubectl, f"{kind}.resource.dra-operator.io") for kind in webhooks}
     template = {
         "metadata": {"labels": {"app": "w"}},
         "spec": {
@@ -646,6 +650,11 @@ def test_workload_templates_are_mutated_so_their_pods_are_born_gated(
         message="the Deployment's Pod",
     )
     assert not ungated(pods[0]) and pods[0]["metadata"]["labels"][names.MANAGED_LABEL] == "true"
+    calls = {
+        kind: validating_calls(kubectl, f"{kind}.resource.dra-operator.io") - calls_before[kind]
+        for kind in webhooks
+    }
+    assert calls == {"deployments": 1, "replicasets": 0, "pods": 0}
     cluster.delete(f"/apis/apps/v1/namespaces/{cluster.ns}/deployments/w")
 
 

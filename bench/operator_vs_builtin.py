@@ -111,6 +111,7 @@ class Result:
     deleting: float = 0.0  # of `cleanup`, the benchmark's own Pod deletes (one after the other)
     cleanup_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process during the clean-up
     creating_scheduling: dict[str, Scheduling] = field(default_factory=dict)  # by process, during the creates
+    placing_scheduling: dict[str, Scheduling] = field(default_factory=dict)  # first create to last bound
 
     @property
     def writes_per_pod(self) -> float:
@@ -555,6 +556,9 @@ class Bench:
             except TimeoutError:
                 self.log(self.diagnose(flavour, operator, set(created) - set(watch.bound)))
                 raise
+            placing_scheduling = {
+                name: scheduling(pids) - scheduling_before[name] for name, pids in scheduled.items()
+            }
         finally:
             watch.close()
         # The admission process reports each review to the operator, whose loop may still be busy with the
@@ -617,6 +621,7 @@ class Bench:
             deleting,
             cleanup_cpu,
             creating_scheduling,
+            placing_scheduling,
         )
 
     def scheduled_processes(self, operator: LocalOperator | None) -> dict[str, list[int]]:
@@ -778,6 +783,13 @@ def report(builtin: Result, ours: Result) -> str:
             for r in (builtin, ours)
         ),
     ]
+    for r in (builtin, ours):
+        used = {name: 1000 * s.on_cpu / r.pods for name, s in r.placing_scheduling.items()}
+        lines.append(
+            f"CPU ms per Pod from {r.flavour.label}'s first create to its last Pod bound: "
+            + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items())
+            + f"; all {sum(used.values()):.1f}"
+        )
     for r in (builtin, ours):
         lines.append(
             f"during {r.flavour.label}'s creates ({r.creating:.1f} s), CPU seconds / seconds runnable but "

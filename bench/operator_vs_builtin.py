@@ -24,7 +24,11 @@ operator process and its admission process together when ready / peak (VmHWM, ea
 Device capacity N x 8 must be at least P, so no Pod waits for a device. After the table, fragmentation: the
 nodes none of whose GPUs a claim holds once every Pod is placed (where an 8-GPU Pod still fits); how long the
 clean-up's own Pod deletes took, and the CPU seconds each process (the control plane's, the operator's) spent
-during the clean-up.
+during the clean-up; the CPU ms per Pod each process spent from the first create to the last Pod bound, and
+during the creates each one's time runnable but waiting for a CPU (/proc schedstat); the admission webhook's
+latency as the apiserver measures it. `--noop-webhook` also registers bench/noop_webhook.py, which answers
+at once with no patch, for our scenario's creates, and shows its latency beside ours: what any webhook pays
+under the same load (its calls add to that load, so that run's other figures are not comparable).
 
 Kubernetes' client rate limits (controller manager 20/s, scheduler 50/s) bound the built-in path at these
 sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them. `--cpu-hog N`
@@ -32,7 +36,7 @@ runs N busy processes beside both scenarios, from the first setup to the last cl
 same load (a machine whose other tenants are busy).
 
     .venv/bin/python bench/operator_vs_builtin.py [--nodes 20] [--pods 100] [--clients 1] [--client-qps N]
-        [--cpu-hog N] [--timeout 180]
+        [--cpu-hog N] [--noop-webhook] [--timeout 180]
 """
 
 from __future__ import annotations

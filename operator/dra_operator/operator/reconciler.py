@@ -994,11 +994,10 @@ class Reconciler:
             if current is None:
                 raise KubeError(404, "NotFound", f"claim {_name(plan.claim)} is gone", path=path)
             self.state.wrote(CLAIMS, current)  # the truth replaces the assumption, whoever wrote it
-            allocation = (plan.new.get("status") or {}).get("allocation")
-            if (current.get("status") or {}).get("allocation") == allocation and pod["metadata"][
-                "uid"
-            ] in reserved_uids(current):
-                return current
+            if (current.get("status") or {}).get("allocation") and pod["metadata"]["uid"] in reserved_uids(
+                current
+            ):
+                return current  # the Pod is placed with what the claim holds (the API server's own form)
             raise KubeError(409, "Conflict", f"claim {_name(plan.claim)} was written by another", path=path)
 
     def _fail(self, pod: Json, reason: str, message: str, claims: Iterable[Json] = ()) -> None:

@@ -180,7 +180,7 @@ def test_an_expired_watch_lists_again_and_hands_over_only_what_changed() -> None
         server.events.put_nowait({"type": "ERROR", "object": {"code": 410, "reason": "Expired"}})
         await until(lambda: len(run.server.watches) == 2)
         assert sorted(run.handed, key=str) == [
-            ("DELETED", "gone@3", "3"),
+            ("DELETED", "gone@42", "3"),  # gone as of the list's resourceVersion, as a DELETED event says
             (None, "changed@40", "2"),
             (None, "new@41", None),
         ]

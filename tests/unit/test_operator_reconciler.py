@@ -396,13 +396,19 @@ def test_no_device_left_keeps_the_pod_gated_and_explains() -> None:
     assert len(w.kube.of("resourceclaims")) == 2
 
 
-def test_restart_between_claim_write_and_pod_patch_resumes_without_reallocating() -> None:
+def template_pod_world(name: str) -> World:
+    """A World with the template `tmpl` and one Pod, `name`, whose claim `gpu` comes from it."""
     w = World()
     w.add(
         f"/apis/resource.dra-operator.io/v1/namespaces/{NS}/resourceclaimtemplates/tmpl",
         copy.deepcopy(TEMPLATE),
     )
-    w.add_pod("p", [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+    w.add_pod(name, [{"name": "gpu", "resourceClaimTemplateName": "tmpl"}])
+    return w
+
+
+def test_restart_between_claim_write_and_pod_patch_resumes_without_reallocating() -> None:
+    w = template_pod_world("p")
     original = w.kube.json_patch
 
     async def crash(path: str, ops: list[Json]) -> Json:
@@ -631,6 +637,32 @@ def test_ended_pods_claims_are_deleted_outside_the_decision_lock() -> None:
     w.run(scenario())
     assert locked_at_write == [False, False]
     assert w.kube.of("resourceclaims") == []
+
+
+def test_a_pod_deleted_while_its_ungating_is_answered_stays_gone() -> None:
+    """The watch's DELETED event of a Pod can be read before the answer to our ungating PATCH of it. That
+    answer must not bring the Pod back into the cache, where it would look alive and hold its claim for good
+    (a CI run saw a deleted Pod's claim never released)."""
+    w = template_pod_world("a")
+    patch = w.kube.json_patch
+
+    async def deleted_before_the_answer_is_read(path: str, ops: list[Json]) -> Json:
+        answer = await patch(path, ops)
+        if "/pods/" in path:
+            gone = w.kube.objects.pop(path)
+            w.sync()  # the watch: the Pod is gone, at a resourceVersion past the PATCH's
+            rv = str(int(answer["metadata"]["resourceVersion"]) + 1)
+            last = {**gone, "metadata": {**gone["metadata"], "resourceVersion": rv}}
+            w.state.forget(PODS, key_of(gone), last)
+        return answer
+
+    w.kube.json_patch = deleted_before_the_answer_is_read  # type: ignore[method-assign]
+    w.run(w.reconciler.sync_pod(NS, "a"))
+    assert w.state.get(PODS, (NS, "a")) is None, "the late answer brought the deleted Pod back"
+    w.kube.json_patch = patch  # type: ignore[method-assign]
+    (claim,) = w.kube.of("resourceclaims")
+    w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
+    assert w.kube.of("resourceclaims") == [], "the deleted Pod's claim is released"
 
 
 def test_a_pod_ungated_by_hand_before_allocation_is_deleted_and_told_why() -> None:

@@ -10,6 +10,7 @@ import pytest
 from dra_operator.admission import names
 from dra_operator.admission.delivery import container_devices, delivery_containers
 from dra_operator.api.gang import gang_of
+from dra_operator.operator import state as state_module
 from dra_operator.operator.placement import (
     is_done,
     is_gated,
@@ -90,6 +91,26 @@ def test_an_assumed_object_is_read_until_its_write_answers_or_is_undone() -> Non
     state.wrote(CLAIMS, claim("6", labels={"allocated": "b"}))  # the write's answer replaces it
     undo_second()
     assert state.get(CLAIMS, ("ns", "c")) == claim("6", labels={"allocated": "b"})
+
+
+def test_a_late_answer_to_our_write_does_not_bring_back_a_deleted_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state, indexes = bound()
+    indexes[CLAIMS][("ns", "c")] = [claim("5")]
+    del indexes[CLAIMS][("ns", "c")]
+    state.forget(CLAIMS, ("ns", "c"), claim("7"))  # the DELETED event, read before our write's answer
+    state.wrote(CLAIMS, claim("6", labels={"late": "answer"}))
+    assert state.get(CLAIMS, ("ns", "c")) is None and list(state.all(CLAIMS)) == []
+    state.wrote(CLAIMS, claim("8", labels={"new": "object"}))  # created again under the same name
+    assert state.get(CLAIMS, ("ns", "c")) == claim("8", labels={"new": "object"})
+    # Remembered for GONE_SECONDS only: later deletions forget the old ends.
+    clock = [1000.0]
+    monkeypatch.setattr(state_module.time, "monotonic", lambda: clock[0])
+    state.forget(CLAIMS, ("ns", "old"), claim("9"))
+    clock[0] += state_module.GONE_SECONDS + 1
+    state.forget(CLAIMS, ("ns", "new"), claim("10"))
+    assert list(state._gone[CLAIMS]) == [("ns", "new")]
 
 
 def test_the_gated_pods_are_found_without_a_pass_over_every_pod() -> None:

@@ -123,7 +123,7 @@ def register(
         if type in (None, "ADDED", "DELETED"):
             on_name(CLAIMS, key, type != "DELETED")
         if type == "DELETED":
-            state.forget(CLAIMS, key)  # journaled too
+            state.forget(CLAIMS, key, claim)  # journaled too
             reconciler.recorder.forget(str((claim.get("metadata") or {}).get("uid")))
             if (claim.get("status") or {}).get("allocation"):
                 reconciler.enqueue_gated()  # its devices are free again
@@ -145,7 +145,7 @@ def register(
         if type == "DELETED":
             # Our status write (poolstatus) left it in the overlay: without this it would outlive its deletion
             # there, and the allocator would still see its devices.
-            state.forget(SLICES, key)
+            state.forget(SLICES, key, found)
         elif type == "MODIFIED" and old is not None and _generation(old) == _generation(found):
             # metadata.generation moves only with the spec (the status is a subresource): the operator's own
             # status writes (the device counts, see poolstatus) must not send every waiting Pod round again.
@@ -165,7 +165,7 @@ def register(
     def pod_event(type: str | None, pod: Json, old: Json | None) -> None:
         namespace, name = key = key_of(pod)
         if type == "DELETED":
-            state.forget(PODS, key)
+            state.forget(PODS, key, pod)
             uid = str((pod.get("metadata") or {}).get("uid"))
             reconciler.forget_pod(uid)
             for claim in state.claims_of(uid):
@@ -249,7 +249,7 @@ def register(
     async def taint_rules(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         await warm(**kwargs)
         if type == "DELETED":
-            state.forget(TAINT_RULES, key_of(body))  # our status write may have left it in the overlay
+            state.forget(TAINT_RULES, key_of(body), body)  # our status write may have left it in the overlay
             rule_generations.pop(key_of(body), None)
         elif (body.get("metadata") or {}).get("generation") != rule_generations.get(key_of(body)):
             state.touch(TAINT_RULES, key_of(body))  # not for our own status writes

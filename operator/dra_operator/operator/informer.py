@@ -162,12 +162,15 @@ class Informer:
             if old != kept:
                 self.store[key] = [kept]
                 changes.append((None, kept, old))
+        rv = str(meta.get("resourceVersion") or "")
         for key in self._keys[path] - listed.keys():
             gone = self.store.pop(key, None)
             if gone:
-                changes.append(("DELETED", gone[0], gone[0]))
+                # Gone as of the list's resourceVersion (its last version is older), as a DELETED event says.
+                last = {**gone[0], "metadata": {**(gone[0].get("metadata") or {}), "resourceVersion": rv}}
+                changes.append(("DELETED", last, gone[0]))
         self._keys[path] = set(listed)
-        return str(meta.get("resourceVersion") or ""), changes
+        return rv, changes
 
     async def _watch(self, path: str, rv: str) -> str:
         """Watch `path` from `rv` until the server ends the stream; the resourceVersion reached."""

@@ -9,6 +9,7 @@ the index holds the same or a newer resourceVersion (etcd revisions, compared as
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator, Mapping
 from sys import intern
 from typing import Any
@@ -37,6 +38,11 @@ INDEXES = (CLASSES, SLICES, CLAIMS, TEMPLATES, PODS, NODES, TAINT_RULES)
 def key_of(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+#: How long a deleted object's end is remembered against late answers to our writes: longer than any request
+#: may take (the API client gives up after 30 s).
+GONE_SECONDS = 120.0
 
 
 def _rv(obj: Mapping[str, Any] | None) -> int:
@@ -153,6 +159,9 @@ class State:
         # kind -> key -> what the object will be once our write in flight lands (see `assume`)
         self._assumed: dict[str, dict[Key, tuple[int, Json]]] = {name: {} for name in INDEXES}
         self._assumptions = itertools.count(1)
+        # kind -> key -> (the resourceVersion at which the watch saw it deleted, when), oldest first: an
+        # answer to our write that arrives after its object's DELETED event must not bring the object back
+        self._gone: dict[str, dict[Key, tuple[int, float]]] = {name: {} for name in INDEXES}
         self._claims_by_pod: dict[str, set[Key]] = {}
         self._pod_by_uid: dict[str, Key] = {}
         self._gangs: dict[tuple[str, str], set[Key]] = {}  # (namespace, gang key) -> Pod keys
@@ -354,6 +363,11 @@ class State:
         may have come before this answer, and nothing would replace it in the overlay afterwards).
         `journal=False`: a write no reader of the journal cares about (a slice's status, which no decision
         reads), so that it does not make every next decision gather the slices again."""
+        gone = self._gone[kind].get(key_of(obj))
+        if gone is not None:
+            if _rv(obj) <= gone[0]:
+                return  # the answer came after the watch reported the object deleted: it is no more
+            del self._gone[kind][key_of(obj)]  # a new object of the same name
         meta = obj.get("metadata") or {}
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self.deleted(kind, obj)
@@ -398,8 +412,17 @@ class State:
         self._overlay[kind][key_of(obj)] = (_rv(obj), None)
         self.touch(kind, key_of(obj))
 
-    def forget(self, kind: str, key: Key) -> None:
-        """The watch reported the object gone: drop any overlay entry too."""
+    def forget(self, kind: str, key: Key, last: Mapping[str, Any] | None = None) -> None:
+        """The watch reported the object gone: drop any overlay entry too. `last`: the object as the DELETED
+        event carried it, whose resourceVersion is where it ended; an answer to our write that was in flight
+        meanwhile (a Pod's ungating, a claim's status) may be read after the event, and `wrote` then drops it
+        instead of holding a ghost of the object (a Pod that looks alive keeps its claims for good)."""
         self._overlay[kind].pop(key, None)
         self._assumed[kind].pop(key, None)
+        if last is not None:
+            gone, now = self._gone[kind], time.monotonic()
+            gone.pop(key, None)
+            gone[key] = (_rv(last), now)
+            while now - next(iter(gone.values()))[1] > GONE_SECONDS:
+                del gone[next(iter(gone))]
         self.touch(kind, key)

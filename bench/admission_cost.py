@@ -1,18 +1,18 @@
 """What one Pod create costs kube-apiserver with each way of admitting it (a benchmark, not a test).
 
 One embedded control plane (Kubernetes 1.36, no operator, no kubelet); C concurrent clients create P Pods
-without claims in each of three namespaces in turn:
+without claims, row after row, each row in a namespace of its own:
 
 - `none`: nothing but the built-in admission plugins;
 - `no-op webhook`: bench/noop_webhook.py, which answers `allowed` at once with no patch;
 - `policy`: a MutatingAdmissionPolicy (admissionregistration.k8s.io/v1, GA since 1.36) that does in the
   apiserver the cheapest part of what our webhook does to a Pod: add the scheduling gate and the label
-  (JSONPatch), without the claims manifest or the env vars.
+  (JSONPatch), without the claims manifest or the env vars;
+- `none, again`: as the first row, a check on the machine's drift.
 
-Then `none` again, as a check on the machine's drift. Per row: the creates' wall time, the mean latency of
-one create (clients x wall / P) and kube-apiserver's CPU per create (/proc schedstat). It answers whether
-admitting Pods without a webhook call, in the apiserver itself, would be cheaper (issue 14's admission
-latency is read from the apiserver while it is saturated).
+Per row: the creates' wall time, the mean latency of one create (clients x wall / P) and kube-apiserver's CPU
+per create (/proc schedstat). It answers whether admitting Pods without a webhook call, in the apiserver
+itself, would be cheaper (issue 14's admission latency is read from the apiserver while it is saturated).
 
     .venv/bin/python bench/admission_cost.py [--pods 1500] [--clients 8]
 """

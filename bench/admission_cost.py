@@ -27,9 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dra_operator.controlplane import ControlPlane, wait_until
-from operator_vs_builtin import NOOP_WEBHOOK, Client, noop_webhook, scheduling, wait_for_webhook
+from operator_vs_builtin import NOOP_WEBHOOK, Client, Json, noop_webhook, scheduling, wait_for_webhook
 
-Json = dict[str, object]
 POLICIES = "/apis/admissionregistration.k8s.io/v1"
 GATE_AND_LABEL = (
     "[JSONPatch{op: 'add', path: '/metadata/labels', value: {'resource.dra-operator.io/managed': 'true'}},"

@@ -367,18 +367,6 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of `pid` and its descendants (the operator's admission process)."""
-    total = 0
-    for current in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)'s stat
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass(frozen=True)
 class Scheduling:
     """What the kernel's scheduler says of a process's threads (/proc/PID/task/*/schedstat), in seconds:
@@ -403,6 +391,11 @@ def scheduling(pids: list[int]) -> Scheduling:
                 continue
             on_cpu, waiting, runs = on_cpu + cpu_ns, waiting + wait_ns, runs + count
     return Scheduling(on_cpu / 1e9, waiting / 1e9, runs)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants (the operator's admission process) so far."""
+    return scheduling(process_tree(pid)).on_cpu
 
 
 def memory_mib(pid: int, field_name: str = "VmRSS") -> float:

@@ -624,7 +624,7 @@ def test_workload_templates_are_mutated_so_their_pods_are_born_gated(
     """The Deployment's template is mutated once, at its create; the ReplicaSet and the Pod made from it carry
     no claim reference left, so their creates never call the webhook (its match conditions)."""
     webhooks = ("deployments", "replicasets", "pods")
-    calls_before = {kind: validating_calls(kubectl, f"{kind}.resource.dra-operator.io") for kind in webhooks}
+    calls_before = {kind: webhook_calls(kubectl, f"{kind}.resource.dra-operator.io") for kind in webhooks}
     template = {
         "metadata": {"labels": {"app": "w"}},
         "spec": {
@@ -651,7 +651,7 @@ def test_workload_templates_are_mutated_so_their_pods_are_born_gated(
     )
     assert not ungated(pods[0]) and pods[0]["metadata"]["labels"][names.MANAGED_LABEL] == "true"
     calls = {
-        kind: validating_calls(kubectl, f"{kind}.resource.dra-operator.io") - calls_before[kind]
+        kind: webhook_calls(kubectl, f"{kind}.resource.dra-operator.io") - calls_before[kind]
         for kind in webhooks
     }
     assert calls == {"deployments": 1, "replicasets": 0, "pods": 0}
@@ -800,7 +800,7 @@ def test_api_writes_per_pod(
     assert alloc_writes <= 3, figures
 
 
-def validating_calls(kubectl: Any, webhook: str = "resourceclaims.resource.dra-operator.io") -> float:
+def webhook_calls(kubectl: Any, webhook: str = "resourceclaims.resource.dra-operator.io") -> float:
     """How often the API server called `webhook`, by its own apiserver_admission_webhook_admission_duration
     histogram (every operation and outcome)."""
     prefix = "apiserver_admission_webhook_admission_duration_seconds_count{"
@@ -819,15 +819,15 @@ def test_claims_generated_for_pods_skip_validation_and_users_claims_do_not(
     runs as) is still checked, and refused when its selector does not compile."""
     ensure_seed_class(cluster)
     cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
-    before = validating_calls(kubectl)
+    before = webhook_calls(kubectl)
     ref = [{"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}]
     cluster.create(cluster.pods_path(), pod("checked-once", ref))
     wait_for(lambda: ungated(cluster.get(cluster.pods_path("checked-once"))), timeout=60)
     assert len(cluster.claims()) == 1
-    assert validating_calls(kubectl) == before, "the generated claim was sent to the validating webhook"
+    assert webhook_calls(kubectl) == before, "the generated claim was sent to the validating webhook"
 
     cluster.create(cluster.ours("resourceclaims"), seed("resourceclaim.yaml"))
-    assert validating_calls(kubectl) == before + 1, "a user's claim is checked"
+    assert webhook_calls(kubectl) == before + 1, "a user's claim is checked"
     bad = seed("resourceclaim.yaml")
     bad["metadata"]["name"] = "bad-selector"
     bad["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [

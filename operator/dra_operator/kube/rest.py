@@ -47,6 +47,13 @@ class KubeError(Exception):
         return self.status == 0
 
     @property
+    def ambiguous(self) -> bool:
+        """A write that failed so may have landed all the same: no answer came (a timeout after the request
+        went out), or the server failed (etcd's "request timed out" is a 500 for a write it may have
+        committed). A refusal (4xx) says it did not land."""
+        return self.unreachable or self.status >= 500
+
+    @property
     def permanent(self) -> bool:
         """Repeating the same request cannot succeed: it was refused as invalid (400, or 422 with reason
         Invalid naming the object and its field errors) or forbidden (403). A failed JSON-patch `test` is a
@@ -66,6 +73,10 @@ class NotLeading(KubeError):
 
     def __init__(self, method: str, path: str) -> None:
         super().__init__(0, "NotLeading", "not the leader: write withheld", method=method, path=path)
+
+    @property
+    def ambiguous(self) -> bool:
+        return False  # never sent
 
 
 def path_of(

@@ -937,7 +937,7 @@ class Reconciler:
         try:
             written = await self.kube.replace(path, plan.new)
         except KubeError as exc:
-            if not _ambiguous(exc):
+            if not exc.ambiguous:
                 raise
             written = await self._resolve_ambiguous(path, plan, pod, exc)
         self.state.wrote(CLAIMS, written)
@@ -980,23 +980,25 @@ class Reconciler:
             )  # fmt: skip
             await asyncio.sleep(delay)
             try:
-                try:
-                    return await self.kube.replace(path, plan.new)
-                except KubeError as again:
-                    if not again.conflict:
-                        raise
+                return await self.kube.replace(path, plan.new)
+            except KubeError as again:
+                if not (again.ambiguous or again.conflict):
+                    raise
+                exc = again
+            if exc.ambiguous:
+                continue
+            try:
                 current = await self.kube.get(ours("resourceclaims", *_key(plan.claim)))
             except KubeError as again:
-                if not _ambiguous(again):
+                if not again.ambiguous:
                     raise
                 exc = again
                 continue
             if current is None:
                 raise KubeError(404, "NotFound", f"claim {_name(plan.claim)} is gone", path=path)
             self.state.wrote(CLAIMS, current)  # the truth replaces the assumption, whoever wrote it
-            if (current.get("status") or {}).get("allocation") and pod["metadata"]["uid"] in reserved_uids(
-                current
-            ):
+            reserved = pod["metadata"]["uid"] in reserved_uids(current)
+            if reserved and (current.get("status") or {}).get("allocation"):
                 return current  # the Pod is placed with what the claim holds (the API server's own form)
             raise KubeError(409, "Conflict", f"claim {_name(plan.claim)} was written by another", path=path)
 
@@ -1112,13 +1114,6 @@ class Reconciler:
             if pod is not None and pod["metadata"].get("uid") == uid:
                 return not is_done(pod)
         return False
-
-
-def _ambiguous(exc: KubeError) -> bool:
-    """Whether a failed write may have landed all the same: no answer came (a timeout after the request went
-    out), or the server failed (etcd's "request timed out" is a 500 for a write it may have committed). A
-    refusal (4xx) says it did not land, and so does NotLeading, which never sent it."""
-    return not isinstance(exc, NotLeading) and (exc.unreachable or exc.status >= 500)
 
 
 def _key(obj: Mapping[str, Any]) -> Key:

@@ -363,21 +363,22 @@ class State:
         may have come before this answer, and nothing would replace it in the overlay afterwards).
         `journal=False`: a write no reader of the journal cares about (a slice's status, which no decision
         reads), so that it does not make every next decision gather the slices again."""
-        gone = self._gone[kind].get(key_of(obj))
+        key = key_of(obj)
+        gone = self._gone[kind].get(key)
         if gone is not None:
             if _rv(obj) <= gone[0]:
                 return  # the answer came after the watch reported the object deleted: it is no more
-            del self._gone[kind][key_of(obj)]  # a new object of the same name
+            del self._gone[kind][key]  # a new object of the same name
         meta = obj.get("metadata") or {}
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self.deleted(kind, obj)
             return
-        obj = slim(kind, obj, self.get(kind, key_of(obj)) if kind == SLICES else None)
-        self._assumed[kind].pop(key_of(obj), None)
-        self._overlay[kind][key_of(obj)] = (_rv(obj), obj)
+        obj = slim(kind, obj, self.get(kind, key) if kind == SLICES else None)
+        self._assumed[kind].pop(key, None)
+        self._overlay[kind][key] = (_rv(obj), obj)
         self.note(kind, obj)
         if journal:
-            self.touch(kind, key_of(obj))
+            self.touch(kind, key)
 
     def assume(self, kind: str, obj: Json) -> Callable[[], None]:
         """Hold `obj` as what its object will be once our write of it lands, as the scheduler assumes a Pod

@@ -410,13 +410,17 @@ def test_agent_command_publishes_and_stops_on_sigterm(
         command, env={**os.environ, "NODE_NAME": node_name}, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for(
-            lambda: len(our_slices(control_plane, node_name)) == 1, timeout=60, message="slice published"
+        (published,) = wait_for(
+            lambda: (found := our_slices(control_plane, node_name)) and found,
+            timeout=60,
+            message="slice published",
         )
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
+    # The agent introduces itself: its fields are managed by it, not by the client library's default name.
+    assert {m["manager"] for m in published["metadata"]["managedFields"]} == {"dra-operator-agent"}
     events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
     assert "created slice" in events
     assert events[-1] == "agent stopped"

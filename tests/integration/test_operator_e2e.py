@@ -286,6 +286,11 @@ def seed_walkthrough(
         message="the scheduler to bind the template Pod to its node",
     )
     assert gen["status"]["state"] == "allocated,reserved"
+    # The operator introduces itself: the claim's fields and status are managed by it, by name.
+    assert {(m["manager"], m.get("subresource", "")) for m in gen["metadata"]["managedFields"]} == {
+        ("dra-operator", ""),
+        ("dra-operator", "status"),
+    }
     if get_or_none(cp, "/apis/resource.k8s.io/v1") is not None:
         builtin = cp.request("GET", f"/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims")["items"]
         assert builtin == [], "the built-in claim controller must not act on our Pods"

@@ -1,4 +1,5 @@
-"""The REST client's session: aiohttp's per-request environment lookups only where they can find something."""
+"""The REST client's session: aiohttp's per-request environment lookups only where they can find something;
+the name it gives the API server."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from kubernetes_asyncio import client as k8s
 
+from dra_operator import __version__
 from dra_operator.kube.client import Kube
 
 
@@ -43,3 +46,31 @@ def test_a_proxy_or_netrc_variable_keeps_them(
 def test_a_netrc_file_keeps_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / ".netrc").write_text("machine 127.0.0.1 login u password p\n")
     assert trusts_environment(monkeypatch, tmp_path)
+
+
+def test_requests_name_the_operator_as_their_user_agent() -> None:
+    """The API server takes a request's field manager from its User-Agent (up to the `/`)."""
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers["User-Agent"])
+        return web.json_response({"kind": "Namespace", "metadata": {"name": "default"}})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/api/v1/namespaces/default", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        api = k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{port}"))
+        try:
+            await Kube(api).get("/api/v1/namespaces/default")
+            await Kube(api, user_agent="dra-operator-agent/9").get("/api/v1/namespaces/default")
+        finally:
+            await api.close()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert seen == [f"dra-operator/{__version__}", "dra-operator-agent/9"]

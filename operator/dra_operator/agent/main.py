@@ -299,10 +299,10 @@ def _unavailable(error: Exception) -> bool:
 
 
 async def _api_client(kubeconfig: str | None) -> ApiClient:
-    from dra_operator.kube.client import NoApiServer, api_client
+    from dra_operator.kube.client import AGENT_USER_AGENT, NoApiServer, api_client
 
     try:
-        return await api_client(kubeconfig)
+        return await api_client(kubeconfig, user_agent=AGENT_USER_AGENT)
     except NoApiServer as error:
         raise AgentError(str(error)) from None
 

@@ -17,9 +17,12 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from dra_operator import __version__
 from dra_operator.kube.rest import KubeError, NotLeading, ours, path_of, resource_of
 
 __all__ = [
+    "AGENT_USER_AGENT",
+    "USER_AGENT",
     "Kube",
     "KubeError",
     "NoApiServer",
@@ -36,6 +39,12 @@ Json = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 MERGE_PATCH = "application/merge-patch+json"
+
+#: Who we are to the API server. It names the field manager of every field we write (the part before the
+#: `/`: what `kubectl get -o yaml --show-managed-fields` and server-side apply conflicts show), audit log
+#: entries and the apiserver's per-client metrics; kubernetes_asyncio's own is `OpenAPI-Generator/...`.
+USER_AGENT = f"dra-operator/{__version__}"
+AGENT_USER_AGENT = f"dra-operator-agent/{__version__}"
 
 
 #: What a request raises when no HTTP answer came: refused or reset connections, TLS failures, timeouts
@@ -72,8 +81,10 @@ class Kube:
         may_write: Callable[[str], bool] | None = None,
         on_reachable: Callable[[bool], None] | None = None,
         timeout: float = 30.0,
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.api = api
+        api.user_agent = user_agent
         skip_environment_lookups(api)
         # kubernetes_asyncio waits forever by default; a call that hangs (etcd away) would hold its item.
         self.timeout = timeout
@@ -245,18 +256,22 @@ class NoApiServer(RuntimeError):
     """No usable API server configuration was found (in-cluster, a kubeconfig file, or $KUBECONFIG)."""
 
 
-async def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
-    """A client of the API server: `kubeconfig` if given, else in-cluster, else $KUBECONFIG / ~/.kube."""
+async def api_client(kubeconfig: str | None = None, user_agent: str = USER_AGENT) -> k8s.ApiClient:
+    """A client of the API server, introduced as `user_agent`: `kubeconfig` if given, else in-cluster, else
+    $KUBECONFIG / ~/.kube."""
     from kubernetes_asyncio import config
 
     try:
         if kubeconfig:
-            return await config.new_client_from_config(config_file=kubeconfig)
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            api = await config.new_client_from_config(config_file=kubeconfig)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             configuration = k8s.Configuration()
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            return k8s.ApiClient(configuration)
-        return await config.new_client_from_config()
+            api = k8s.ApiClient(configuration)
+        else:
+            api = await config.new_client_from_config()
     except config.ConfigException as error:
         where = "in-cluster, --kubeconfig or KUBECONFIG"
         raise NoApiServer(f"no usable API server configuration ({where}): {error}") from None
+    api.user_agent = user_agent
+    return api

@@ -462,6 +462,8 @@ class Bench:
     timeout: float
     clients: int = 1
     noop_webhook: bool = False  # whether the no-op webhook answers inside our scenario's creates too
+    profile_dir: Path | None = None  # where kube-apiserver's CPU profile of each scenario's burst goes
+    profile_seconds: int = 20
     log: Callable[[str], None] = field(default=print)
 
     def setup(self, flavour: Flavour) -> None:
@@ -520,6 +522,7 @@ class Bench:
         scheduled = self.scheduled_processes(operator)
         scheduling_before = {name: scheduling(pids) for name, pids in scheduled.items()}
         created: dict[str, float] = {}
+        profiler = self.profile(f"{flavour.namespace}-placement")
         try:
 
             def create(index: int) -> None:
@@ -558,6 +561,8 @@ class Bench:
             }
         finally:
             watch.close()
+            if profiler is not None:
+                profiler.join()
         # The admission process reports each review to the operator, whose loop may still be busy with the
         # burst when the last create returns: read its count once every Pod is placed.
         reviews_after = review_buckets(operator) if operator else {}
@@ -569,6 +574,7 @@ class Bench:
 
         processes = {**self.cp.pids, **({"dra-operator": operator.pid} if operator else {})}
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        profiler = self.profile(f"{flavour.namespace}-cleanup")
         started = time.monotonic()
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
         for name in created:
@@ -581,6 +587,8 @@ class Bench:
         )
         cleanup = time.monotonic() - started
         cleanup_cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
+        if profiler is not None:
+            profiler.join()
         released = self.quiet_writes()
         rss_after = memory_mib(operator.pid) if operator else 0.0
 
@@ -620,6 +628,25 @@ class Bench:
             creating_scheduling,
             placing_scheduling,
         )
+
+    def profile(self, name: str) -> threading.Thread | None:
+        """Start kube-apiserver's own CPU profile (/debug/pprof/profile) of the next `profile_seconds`,
+        written to `profile_dir`/`name`.pprof when it ends (read it with `go tool pprof -top`)."""
+        if self.profile_dir is None:
+            return None
+        target = self.profile_dir / f"{name}.pprof"
+
+        def fetch() -> None:
+            conn = self.client.connect(timeout=self.profile_seconds + 60)
+            try:
+                conn.request("GET", f"/debug/pprof/profile?seconds={self.profile_seconds}")
+                target.write_bytes(conn.getresponse().read())
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=fetch, name="apiserver-profile", daemon=True)
+        thread.start()
+        return thread
 
     def scheduled_processes(self, operator: LocalOperator | None) -> dict[str, list[int]]:
         """The processes whose scheduling the creates' figures show: the control plane's, the operator's
@@ -952,12 +979,25 @@ def main() -> int:
         help="a webhook that answers at once (bench/noop_webhook.py) inside our scenario's creates too, "
         "its latency shown beside ours: the floor of any webhook's under the same load",
     )
+    parser.add_argument(
+        "--apiserver-profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write kube-apiserver's CPU profile of the first --profile-seconds of each scenario's placement "
+        "(from the first create) and clean-up (from the first delete) to DIR/<namespace>-<phase>.pprof",
+    )
+    parser.add_argument("--profile-seconds", type=int, default=20, help="length of each profile (default 20)")
     args = parser.parse_args()
+    if args.apiserver_profile:
+        args.apiserver_profile.mkdir(parents=True, exist_ok=True)
     capacity = args.nodes * PER_NODE
     if capacity < args.pods:
         parser.error(f"{args.nodes} nodes x {PER_NODE} GPUs = {capacity} < {args.pods} Pods: Pods would wait")
 
-    plane = ControlPlane(client_qps=args.client_qps)
+    # The test control plane runs kube-apiserver with --profiling=false; the last flag given wins.
+    profiling = ["--profiling=true"] if args.apiserver_profile else []
+    plane = ControlPlane(client_qps=args.client_qps, extra_apiserver_args=profiling)
     with (
         plane as cp,
         tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp,
@@ -981,7 +1021,15 @@ def main() -> int:
                 message="no namespace terminating",
             )
         bench = Bench(
-            cp, client, nodes, args.pods, args.timeout, clients=args.clients, noop_webhook=args.noop_webhook
+            cp,
+            client,
+            nodes,
+            args.pods,
+            args.timeout,
+            clients=args.clients,
+            noop_webhook=args.noop_webhook,
+            profile_dir=args.apiserver_profile,
+            profile_seconds=args.profile_seconds,
         )
         load.enter_context(cpu_hog(args.cpu_hog))  # from here to the end of the last clean-up
 

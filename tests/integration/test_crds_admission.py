@@ -205,7 +205,13 @@ def test_bad_objects_are_rejected_with_clear_messages(
 
 def test_kubectl_names_columns_and_category(crds: None, kubectl: Kubectl, namespace: str) -> None:
     claim = _seed("resourceclaim.yaml")
-    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(claim))
+    created = json.loads(
+        kubectl("create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(claim)).stdout
+    )
+    # No operator runs here: the API server itself shows a claim nobody allocated as pending (status default).
+    assert created["status"] == {"state": "pending"}
+    table = kubectl("get", "-n", namespace, "drarc").stdout.splitlines()
+    assert table[1].split()[:2] == ["example-resource-claim", "pending"]
     status = {"status": {"allocation": {"devices": {}}, "state": "allocated", "nodeName": "node-1"}}
     kubectl(
         "patch", "-n", namespace, f"resourceclaims.{GROUP}", claim["metadata"]["name"],

@@ -250,6 +250,10 @@ def seed_walkthrough(
     assert "example-device-class" in listed
     cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
     cluster.create(cluster.ours("resourceclaims"), seed("resourceclaim.yaml"))
+    unused = cluster.get(cluster.ours("resourceclaims", "example-resource-claim"))
+    assert unused is not None and unused["status"] == {"state": "pending"}, (
+        "the CRD's default, on every release"
+    )
 
     # A Pod using only the template gets one 64Gi GPU of its own.
     cluster.create(

@@ -314,6 +314,20 @@ def test_template_pod_costs_three_writes_and_is_ungated_on_the_node() -> None:
     assert w.kube.of("resourceclaims") == []
 
 
+@pytest.mark.parametrize("status", [None, {"state": "pending"}], ids=["as stored", "as read, defaulted"])
+def test_a_users_claim_that_no_pod_uses_costs_no_write(status: Json | None) -> None:
+    """Nothing to allocate, nothing to say: the CRD's status default shows it pending (api.crdgen)."""
+    w = World()
+    claim = copy.deepcopy(CLAIM)
+    if status is not None:
+        claim["status"] = status
+    w.add(claims_path("shared"), claim)
+    w.kube.writes.clear()
+    w.run(w.reconciler.sync_claim(NS, "shared"))
+    assert not w.kube.writes
+    assert not w.recorder.events
+
+
 def test_shared_claim_is_reused_then_deallocated_when_the_last_consumer_ends() -> None:
     w = World()
     w.add(claims_path("shared"), copy.deepcopy(CLAIM))

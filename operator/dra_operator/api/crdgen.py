@@ -46,6 +46,7 @@ class _Kind:
         scope: Literal["Cluster", "Namespaced"],
         columns: list[dict[str, str]],
         status: bool = False,
+        status_default: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.kind = model.__name__
@@ -54,6 +55,9 @@ class _Kind:
         self.scope = scope
         self.columns = columns
         self.status = status
+        # What an object without any status reads as: the API server fills it in on every read (from etcd,
+        # the watch cache and each write's answer), so nothing needs writing to show it.
+        self.status_default = status_default
 
 
 # Short names carry a `dra` prefix: the built-in resource.k8s.io kinds have the same plural names, so on a
@@ -72,6 +76,9 @@ KINDS: tuple[_Kind, ...] = (
             _AGE,
         ],
         status=True,
+        # A claim nobody allocated yet shows `pending` in the STATE column, as a built-in claim does,
+        # without a status write per claim.
+        status_default={"state": "pending"},
     ),
     _Kind(ResourceClaimTemplate, "resourceclaimtemplates", ["drarct"], "Namespaced", [_AGE]),
     _Kind(
@@ -251,11 +258,14 @@ def kind_schema(model: type[KubeModel]) -> dict[str, Any]:
 
 
 def crd_for(kind: _Kind) -> dict[str, Any]:
+    schema = kind_schema(kind.model)
+    if kind.status_default is not None:
+        schema["properties"]["status"]["default"] = kind.status_default
     version: dict[str, Any] = {
         "name": VERSION,
         "served": True,
         "storage": True,
-        "schema": {"openAPIV3Schema": kind_schema(kind.model)},
+        "schema": {"openAPIV3Schema": schema},
         "additionalPrinterColumns": kind.columns,
     }
     if kind.status:

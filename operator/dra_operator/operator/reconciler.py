@@ -1054,19 +1054,7 @@ class Reconciler:
             # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
             # generated claim keeps the finalizer it was born with until its Pod is done with it.)
             claim = await self._drop_finalizer(claim)
-            return None
-
-        if not status and not generated and not _deleting(claim):
-            # A user's claim nobody wrote a status for yet: say `pending` (kubectl's STATE column) once.
-            # Generated claims are allocated in their Pod's turn and never pay for it.
-            new = copy.deepcopy(claim)
-            new["status"] = {"state": "pending"}
-            new["status"]["conditions"] = _conditions(new["status"], "Pending")
-            new["status"]["conditions"][0]["message"] = "waiting for a Pod that uses it"
-            written = await self.kube.replace(
-                ours("resourceclaims", namespace, name, subresource="status"), new
-            )
-            self.state.wrote(CLAIMS, written)
+        # A claim nobody allocated yet needs no write to read `pending`: the CRD's status default says so.
         return None
 
     async def _delete_ended(self, claim: Json) -> None:

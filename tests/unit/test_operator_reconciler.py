@@ -421,6 +421,88 @@ def template_pod_world(name: str) -> World:
     return w
 
 
+def add_generated(w: World, pod: str, name: str, created: str, status: Json | None = None) -> None:
+    """A claim generated for `pod`'s claim `gpu` from `tmpl`, as a create would have left it."""
+    claim = generated_claim(w.pod(pod), "gpu", TEMPLATE)
+    claim["metadata"]["name"] = name
+    claim["metadata"]["creationTimestamp"] = created
+    if status is not None:
+        claim["status"] = status
+    w.add(claims_path(name), claim)
+
+
+def test_of_two_claims_generated_for_one_pod_claim_the_oldest_is_used_and_the_other_deleted() -> None:
+    """Two claims for one Pod claim (a create that landed without an answer, then its retry): one is used,
+    the same on every pass, and the other deleted before the Pod is placed."""
+    w = template_pod_world("p")
+    add_generated(w, "p", "p-gpu-late", "2026-01-01T00:00:09Z")
+    add_generated(w, "p", "p-gpu-early", "2026-01-01T00:00:01Z")
+    w.kube.writes.clear()
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert not gated(w.pod("p"))
+    (claim,) = w.kube.of("resourceclaims")
+    assert claim["metadata"]["name"] == "p-gpu-early"
+    assert claim["status"]["reservedFor"][0]["name"] == "p"
+    assert w.allocator.calls == 1
+    assert w.kube.writes[("POST", "resourceclaims")] == 0, "no third claim"
+
+
+def test_a_duplicate_never_replaces_the_claim_already_allocated_for_the_pod() -> None:
+    """A restart between the reservation and the ungating, with a duplicate beside the reserved claim: the
+    reserved one is kept, not allocated again, and the duplicate goes (the older of the two, here)."""
+    w = template_pod_world("p")
+    add_generated(w, "p", "p-gpu-early", "2026-01-01T00:00:01Z")
+    uid = w.pod("p")["metadata"]["uid"]
+    reserved = {
+        "allocation": {
+            "devices": {
+                "results": [{"request": "gpu", "driver": "d.example.com", "pool": "n1", "device": "gpu-1"}]
+            },
+            "nodeSelector": {
+                "nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}
+                ]
+            },
+        },
+        "reservedFor": [{"resource": "pods", "name": "p", "uid": uid}],
+    }
+    add_generated(w, "p", "p-gpu-late", "2026-01-01T00:00:09Z", status=reserved)
+    w.run(w.reconciler.sync_pod(NS, "p"))
+    assert not gated(w.pod("p"))
+    (claim,) = w.kube.of("resourceclaims")
+    assert claim["metadata"]["name"] == "p-gpu-late"
+    assert claim["status"]["allocation"] == reserved["allocation"], "asked again, but reused as it was"
+    assert (
+        w.pod("p")["metadata"]["annotations"][names.devices_annotation("gpu", None)]
+        == "d.example.com/n1/gpu-1"
+    )
+
+
+def test_a_lost_create_answer_leaves_no_second_claim_once_the_pod_is_placed() -> None:
+    """The create lands but its answer is lost (a 504); the retry comes before the watch shows the first
+    claim, so it creates a second and the Pod is placed with it. The first, seen afterwards, is deleted."""
+    w = template_pod_world("p")
+    create = w.kube.create
+
+    async def lost_answer(path: str, body: Json) -> Json:
+        await create(path, body)
+        raise KubeError(504, "Timeout: request did not complete within the allotted timeout")
+
+    w.kube.create = lost_answer  # type: ignore[method-assign]
+    with pytest.raises(KubeError):
+        asyncio.run(w.reconciler.sync_pod(NS, "p"))
+    w.kube.create = create  # type: ignore[method-assign]
+    asyncio.run(w.reconciler.sync_pod(NS, "p"))  # the watch has not shown the first claim yet
+    assert not gated(w.pod("p"))
+    assert len(w.kube.of("resourceclaims")) == 2
+    w.sync()
+    for claim in w.kube.of("resourceclaims"):
+        w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
+    (claim,) = w.kube.of("resourceclaims")
+    assert claim["status"]["reservedFor"][0]["name"] == "p"
+    assert w.allocator.calls == 1
+
+
 def test_restart_between_claim_write_and_pod_patch_resumes_without_reallocating() -> None:
     w = template_pod_world("p")
     original = w.kube.json_patch

@@ -463,7 +463,7 @@ class Reconciler:
 
     async def _pod_claims(self, pod: Json) -> dict[str, Json] | None:
         """The Pod's claims by Pod claim name, creating the ones from templates; None when one is missing."""
-        namespace, uid = pod["metadata"]["namespace"], pod["metadata"]["uid"]
+        namespace = pod["metadata"]["namespace"]
         found: dict[str, Json] = {}
         for ref in pod_claim_refs(pod):
             pod_claim = ref["name"]
@@ -478,14 +478,7 @@ class Reconciler:
                     )
                     return None
             else:
-                claim = next(
-                    (
-                        c
-                        for c in self.state.claims_of(uid)
-                        if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
-                    ),
-                    None,
-                )
+                claim = await self._generated_claim(pod, pod_claim)
                 if claim is None:
                     template_name = str(ref.get("resourceClaimTemplateName"))
                     template = self.state.get(TEMPLATES, (namespace, template_name))
@@ -521,6 +514,43 @@ class Reconciler:
                 return None
             found[pod_claim] = claim
         return found
+
+    async def _generated_claim(self, pod: Json, pod_claim: str) -> Json | None:
+        """The claim generated for this Pod claim, if there is one; any other generated for it is deleted.
+
+        A create whose answer was lost may have landed: if its retry came before the watch showed the first,
+        the Pod has two. The one kept is the same on every pass (not being deleted, reserved for the Pod,
+        allocated, the oldest: in that order), so the Pod is never placed with one while the other holds
+        devices; the Pod is still gated, so nothing runs on the one deleted."""
+        namespace, uid = pod["metadata"]["namespace"], pod["metadata"]["uid"]
+        generated = [
+            c
+            for c in self.state.claims_of(uid)
+            if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
+        ]
+        if not generated:
+            return None
+
+        def preference(claim: Json) -> tuple[bool, bool, bool, str, str]:
+            meta, status = claim["metadata"], claim.get("status") or {}
+            return (
+                bool(meta.get("deletionTimestamp")),
+                uid not in reserved_uids(claim),
+                not status.get("allocation"),
+                str(meta.get("creationTimestamp") or ""),
+                str(meta.get("name")),
+            )
+
+        kept, *duplicates = sorted(generated, key=preference)
+        for duplicate in duplicates:
+            log.warning(
+                "duplicate generated claim",
+                pod=_name(pod),
+                claim=duplicate["metadata"]["name"],
+                kept=kept["metadata"]["name"],
+            )
+            await self._delete_generated(duplicate)
+        return kept
 
     async def _allocate_pod(self, pod: Json) -> None:
         claims = await self._pod_claims(pod)
@@ -1013,7 +1043,8 @@ class Reconciler:
     # -------------------------------------------------------------------------------------------- claims
 
     async def sync_claim(self, namespace: str, name: str) -> None:
-        """Drop consumers that ended or vanished; deallocate an unused claim; delete ended Pods' claims.
+        """Drop consumers that ended or vanished; deallocate an unused claim; delete ended Pods' claims and
+        duplicates.
 
         Under the decision lock, like allocation: a release decided between another Pod's allocation and
         its reservation of this claim would leave that Pod's claims on different nodes. The claim of an ended
@@ -1022,12 +1053,13 @@ class Reconciler:
         the claim's resourceVersion. So decisions do not wait behind the two writes of every ended Pod's
         clean-up, and the clean-ups of many Pods overlap."""
         async with self._decide:
-            ended = await self._sync_claim(namespace, name)
-        if ended is not None:
-            await self._delete_ended(ended)
+            unneeded = await self._sync_claim(namespace, name)
+        if unneeded is not None:
+            await self._delete_generated(unneeded)
 
     async def _sync_claim(self, namespace: str, name: str) -> Json | None:
-        """What can be decided and written under the lock; returns the claim of an ended Pod, to delete."""
+        """What can be decided and written under the lock; returns a generated claim nothing needs any more
+        (its Pod ended, or a duplicate), to delete."""
         claim = self.state.get(CLAIMS, (namespace, name))
         if claim is None:
             return None
@@ -1043,6 +1075,10 @@ class Reconciler:
         if generated and owner_gone and not keep:
             # The claim of an ended or deleted Pod: delete it (no point clearing its status first).
             return claim
+        if generated and not reserved and not allocated and self._superseded(claim, str(owner)):
+            # A duplicate (see _generated_claim) that the Pod's pass did not see before it was placed with the
+            # other: nothing holds it, and it would otherwise stay until the Pod ends.
+            return claim
 
         deallocated = False
         if keep != reserved or (not keep and allocated):
@@ -1057,8 +1093,21 @@ class Reconciler:
         # A claim nobody allocated yet needs no write to read `pending`: the CRD's status default says so.
         return None
 
-    async def _delete_ended(self, claim: Json) -> None:
-        """Delete the claim of an ended Pod, our finalizer first; release its devices once it is gone."""
+    def _superseded(self, claim: Json, owner: str) -> bool:
+        """Whether another claim generated for the same Pod claim is reserved for the Pod."""
+        meta = claim["metadata"]
+        pod_claim = (meta.get("annotations") or {}).get(names.POD_CLAIM_NAME_ANNOTATION)
+        return any(
+            other["metadata"].get("name") != meta.get("name")
+            and other["metadata"].get("namespace") == meta.get("namespace")
+            and is_generated_for(other, owner, pod_claim)
+            and owner in reserved_uids(other)
+            for other in self.state.claims_of(owner)
+        )
+
+    async def _delete_generated(self, claim: Json) -> None:
+        """Delete a generated claim (of an ended Pod, or a duplicate), our finalizer first; release its
+        devices once it is gone."""
         meta = claim["metadata"]
         allocated = bool((claim.get("status") or {}).get("allocation"))
         if names.CLAIM_FINALIZER in (meta.get("finalizers") or []):

@@ -7,6 +7,7 @@ must never see.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -23,7 +24,7 @@ import pytest
 from helpers import install_crds, seed
 from test_operator_e2e import Cluster, assert_no_double_allocation, pod, ungated
 
-from dra_operator.controlplane import ControlPlane, node_manifest
+from dra_operator.controlplane import ControlPlane, gpu_slice_manifest, node_manifest
 from dra_operator.operator.local import LocalOperator, LocalProcess
 
 GROUP_PATH = "/apis/resource.dra-operator.io/v1"
@@ -300,5 +301,75 @@ def test_a_paused_leader_never_acts_after_its_successor(
             cluster.delete(cluster.pods_path(p["metadata"]["name"]))
         # the fixture's teardown stops `operator`: the standby goes here
         standby.stop()
+        with contextlib.suppress(Exception):
+            plane.request("DELETE", f"/api/v1/nodes/{node}")
+
+
+def etcd_delete(plane: ControlPlane, key: str) -> int:
+    """Delete `key` straight from etcd (its JSON gateway): how many keys went."""
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{plane.ports['etcd-client']}/v3/kv/deleterange", body)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return int(json.loads(answer.read()).get("deleted") or 0)
+
+
+def test_what_the_watches_missed_is_found_by_listing_again_after_a_real_410(
+    plane: ControlPlane, operator: LocalOperator, cluster: Cluster, wait_for: WaitFor
+) -> None:
+    """A Pod and its claim vanish while the operator's watches are away: removed from etcd while
+    kube-apiserver is down, as another API server of an HA control plane could have done, so no watch
+    event of ours ever says so. The restarted API server's watch caches start after the deletions, so every
+    watch resumed from before them gets a real 410 Gone; the relist finds both gone, the device they held
+    is free, and the Pod that waited for it is placed."""
+    node = f"n-{uuid.uuid4().hex[:6]}"
+    plane.request("POST", "/api/v1/nodes", node_manifest(node))
+    slice_path = f"{GROUP_PATH}/resourceslices/{node}-gpus"
+    one_gpu = gpu_slice_manifest(node, {"gpu-0": "64Gi"}, name=f"{node}-gpus")
+    plane.request("POST", f"{GROUP_PATH}/resourceslices", one_gpu)
+
+    def pinned(name: str) -> Json:
+        manifest = pod(name, template_ref("any"))
+        manifest["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        return manifest
+
+    try:
+        cluster.create(cluster.ours("resourceclaimtemplates"), any_gpu_template("any"))
+        cluster.create(cluster.pods_path(), pinned("holder"))
+        wait_for(
+            lambda: ungated(cluster.get(cluster.pods_path("holder"))), timeout=60, message="holder placed"
+        )
+        (claim,) = cluster.claims()
+        cluster.create(cluster.pods_path(), pinned("waiter"))
+        wait_for(
+            lambda: (
+                "AllocationFailed" in json.dumps(cluster.items(f"/api/v1/namespaces/{cluster.ns}/events"))
+            ),
+            timeout=60,
+            message="the waiter to wait for the device",
+        )
+        expired_before = operator.log_file.read_text().count("watch expired: listing again")
+
+        plane.stop_component("kube-apiserver")
+        try:
+            assert etcd_delete(plane, f"/registry/pods/{cluster.ns}/holder") == 1
+            claims = f"/registry/resource.dra-operator.io/resourceclaims/{cluster.ns}"
+            assert etcd_delete(plane, f"{claims}/{claim['metadata']['name']}") == 1
+        finally:
+            plane.start_component("kube-apiserver")
+
+        wait_for(
+            lambda: ungated(cluster.get(cluster.pods_path("waiter"))), timeout=90, message="waiter placed"
+        )
+        assert cluster.get(cluster.pods_path("holder")) is None
+        (placed,) = cluster.claims()
+        assert placed["status"]["reservedFor"][0]["name"] == "waiter"
+        assert operator.log_file.read_text().count("watch expired: listing again") > expired_before
+        assert error_tracebacks(operator.log_file) == []
+        operator.check()
+    finally:
+        for p in cluster.items(cluster.pods_path()):
+            cluster.delete(cluster.pods_path(p["metadata"]["name"]))
+        with contextlib.suppress(Exception):
+            plane.request("DELETE", slice_path)
         with contextlib.suppress(Exception):
             plane.request("DELETE", f"/api/v1/nodes/{node}")

@@ -465,7 +465,7 @@ class ControlPlane:
             "--authorization-mode=Node,RBAC",
             # Front proxy (aggregation layer) as in kubeadm clusters: without it, components that delegate
             # authentication log errors about the missing requestheader CA, and APIServices cannot be served.
-            f"--requestheader-client-ca-file={pki.ca_file}",
+            f"--requestheader-client-ca-file={pki.front_proxy_ca_file}",
             f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
             "--requestheader-username-headers=X-Remote-User",
             "--requestheader-group-headers=X-Remote-Group",

@@ -462,7 +462,7 @@ class Bench:
     timeout: float
     clients: int = 1
     noop_webhook: bool = False  # whether the no-op webhook answers inside our scenario's creates too
-    profile_dir: Path | None = None  # where kube-apiserver's CPU profile of each scenario's burst goes
+    profile_dir: Path | None = None  # where kube-apiserver's CPU profiles of placement and clean-up go
     profile_seconds: int = 20
     log: Callable[[str], None] = field(default=print)
 

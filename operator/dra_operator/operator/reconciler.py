@@ -1059,7 +1059,8 @@ class Reconciler:
 
     async def _sync_claim(self, namespace: str, name: str) -> Json | None:
         """What can be decided and written under the lock; returns a generated claim nothing needs any more
-        (its Pod ended, or a duplicate), to delete."""
+        (its Pod ended, or a duplicate), to delete. A claim nobody uses yet gets no write: it reads `pending`
+        by the CRD's status default."""
         claim = self.state.get(CLAIMS, (namespace, name))
         if claim is None:
             return None
@@ -1090,7 +1091,6 @@ class Reconciler:
             # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
             # generated claim keeps the finalizer it was born with until its Pod is done with it.)
             claim = await self._drop_finalizer(claim)
-        # A claim nobody allocated yet needs no write to read `pending`: the CRD's status default says so.
         return None
 
     def _superseded(self, claim: Json, owner: str) -> bool:

@@ -522,12 +522,8 @@ class Reconciler:
         the Pod has two. The one kept is the same on every pass (not being deleted, reserved for the Pod,
         allocated, the oldest: in that order), so the Pod is never placed with one while the other holds
         devices; the Pod is still gated, so nothing runs on the one deleted."""
-        namespace, uid = pod["metadata"]["namespace"], pod["metadata"]["uid"]
-        generated = [
-            c
-            for c in self.state.claims_of(uid)
-            if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
-        ]
+        uid = pod["metadata"]["uid"]
+        generated = self._generated_for(pod["metadata"]["namespace"], uid, pod_claim)
         if not generated:
             return None
 
@@ -551,6 +547,14 @@ class Reconciler:
             )
             await self._delete_generated(duplicate)
         return kept
+
+    def _generated_for(self, namespace: str, uid: str, pod_claim: str | None) -> list[Json]:
+        """The claims of `namespace` generated for the Pod with this uid and this Pod claim name."""
+        return [
+            c
+            for c in self.state.claims_of(uid)
+            if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
+        ]
 
     async def _allocate_pod(self, pod: Json) -> None:
         claims = await self._pod_claims(pod)
@@ -1098,11 +1102,8 @@ class Reconciler:
         meta = claim["metadata"]
         pod_claim = (meta.get("annotations") or {}).get(names.POD_CLAIM_NAME_ANNOTATION)
         return any(
-            other["metadata"].get("name") != meta.get("name")
-            and other["metadata"].get("namespace") == meta.get("namespace")
-            and is_generated_for(other, owner, pod_claim)
-            and owner in reserved_uids(other)
-            for other in self.state.claims_of(owner)
+            other["metadata"].get("name") != meta.get("name") and owner in reserved_uids(other)
+            for other in self._generated_for(str(meta.get("namespace")), owner, pod_claim)
         )
 
     async def _delete_generated(self, claim: Json) -> None:

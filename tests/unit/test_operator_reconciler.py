@@ -229,15 +229,15 @@ class World:
         asyncio.run(coro)
         self.sync()
 
-    def drain(self, pods: list[str], rounds: int = 1) -> None:
-        """Run the workers until nothing is queued, each Pod's item enqueued `rounds` times (as repeated
-        watch events would, also while it is in progress)."""
+    def drain(self, pods: list[str], rounds: int = 1, kind: str = "pod") -> None:
+        """Run the workers until nothing is queued, each Pod's item (or claim's, by `kind`) enqueued
+        `rounds` times (as repeated watch events would, also while it is in progress)."""
 
         async def scenario() -> None:
             runner = asyncio.create_task(self.reconciler.run())
             for _ in range(rounds):
                 for name in pods:
-                    self.reconciler.enqueue("pod", NS, name)
+                    self.reconciler.enqueue(kind, NS, name)
                 await asyncio.sleep(0)
             while self.reconciler.queue.qsize() or self.reconciler._active:  # noqa: ASYNC110 - drain the fake
                 await asyncio.sleep(0)
@@ -501,6 +501,31 @@ def test_a_lost_create_answer_leaves_no_second_claim_once_the_pod_is_placed() ->
     (claim,) = w.kube.of("resourceclaims")
     assert claim["status"]["reservedFor"][0]["name"] == "p"
     assert w.allocator.calls == 1
+
+
+def test_a_duplicate_synced_before_its_sibling_was_reserved_goes_once_the_sibling_is() -> None:
+    """The window the two tests above leave: the duplicate's own sync comes while neither claim is reserved
+    (so it is no duplicate yet to that sync), and the Pod is then placed with the other one. The reserved
+    claim's sync queues the duplicate again, and it is deleted, long before the Pod ends."""
+    w = template_pod_world("p")
+    add_generated(w, "p", "p-gpu-kept", "2026-01-01T00:00:01Z")
+    add_generated(w, "p", "p-gpu-stray", "2026-01-01T00:00:09Z")
+    w.run(w.reconciler.sync_claim(NS, "p-gpu-stray"))
+    assert len(w.kube.of("resourceclaims")) == 2, "nothing reserved yet: its sync cannot tell"
+    kept = w.kube.objects[claims_path("p-gpu-kept")]
+    kept["status"] = {
+        "allocation": allocation_on("n1", "gpu-1"),
+        "reservedFor": [{"resource": "pods", "name": "p", "uid": w.pod("p")["metadata"]["uid"]}],
+    }
+    w.kube._bump(kept)
+    w.sync()
+    w.kube.writes.clear()
+    w.drain(["p-gpu-kept"], kind="claim")
+    (claim,) = w.kube.of("resourceclaims")
+    assert claim["metadata"]["name"] == "p-gpu-kept"
+    assert claim["status"]["reservedFor"][0]["name"] == "p"
+    assert w.kube.writes[("DELETE", "resourceclaims")] == 1
+    assert w.kube.writes[("PUT", "resourceclaims")] == 0, "the kept claim is not written"
 
 
 def test_restart_between_claim_write_and_pod_patch_resumes_without_reallocating() -> None:

@@ -1084,6 +1084,11 @@ class Reconciler:
             # A duplicate (see _generated_claim) that the Pod's pass did not see before it was placed with the
             # other: nothing holds it, and it would otherwise stay until the Pod ends.
             return claim
+        if generated and any(r.get("uid") == owner for r in keep):
+            # This one is the Pod's: a duplicate whose own sync came before this reservation was not
+            # superseded then. Its sync again now finds it so.
+            for sibling in self._stray_siblings(claim, str(owner)):
+                self.enqueue(CLAIM, *_key(sibling))
 
         deallocated = False
         if keep != reserved or (not keep and allocated):
@@ -1096,6 +1101,20 @@ class Reconciler:
             # generated claim keeps the finalizer it was born with until its Pod is done with it.)
             claim = await self._drop_finalizer(claim)
         return None
+
+    def _stray_siblings(self, claim: Json, owner: str) -> list[Json]:
+        """The other claims generated for the same Pod claim that nothing holds: neither reserved nor
+        allocated, nor being deleted."""
+        meta = claim["metadata"]
+        pod_claim = (meta.get("annotations") or {}).get(names.POD_CLAIM_NAME_ANNOTATION)
+        return [
+            other
+            for other in self._generated_for(str(meta.get("namespace")), owner, pod_claim)
+            if other["metadata"].get("name") != meta.get("name")
+            and not reserved_uids(other)
+            and not (other.get("status") or {}).get("allocation")
+            and not _deleting(other)
+        ]
 
     def _superseded(self, claim: Json, owner: str) -> bool:
         """Whether another claim generated for the same Pod claim is reserved for the Pod."""

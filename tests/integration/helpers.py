@@ -14,6 +14,8 @@ from dra_operator.api.pod import pod_spec_of
 from dra_operator.controlplane import ApiError, ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
+# Where a CRD keeps its status default (the ResourceClaim CRD's `{state: pending}`): JSON-patch path.
+STATUS_DEFAULT = "/spec/versions/0/schema/openAPIV3Schema/properties/status/default"
 
 SEED = REPO / "tests" / "fixtures" / "seed"
 Json = dict[str, Any]

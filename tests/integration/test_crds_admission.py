@@ -13,7 +13,15 @@ import pytest
 import yaml
 from helpers import install_crds
 
-from dra_operator.api.resource import API_VERSION, GROUP, UPSTREAM_API_VERSION
+from dra_operator.api import crdgen
+from dra_operator.api.resource import (
+    API_VERSION,
+    GROUP,
+    UPSTREAM_API_VERSION,
+    ExactDeviceRequest,
+    ResourceSliceStatus,
+)
+from dra_operator.controlplane import polling
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "tests" / "fixtures" / "seed"
@@ -222,6 +230,23 @@ def test_kubectl_names_columns_and_category(crds: None, kubectl: Kubectl, namesp
     assert table[1].split()[:3] == ["example-resource-claim", "allocated", "node-1"]
     listed = kubectl("get", "dra", "-n", namespace, "-o", "name").stdout.split()
     assert f"resourceclaim.{GROUP}/example-resource-claim" in listed
+
+
+def test_kubectl_explain_describes_our_kinds_and_fields(crds: None, kubectl: Kubectl, namespace: str) -> None:
+    """`kubectl explain` shows the CRDs' descriptions (the models' field docstrings), for the kind and a deep
+    field. The API server publishes a new CRD's OpenAPI a moment after it is Established: polled."""
+    expected = {
+        "resourceclaims": crdgen.KINDS[1].description.split(":")[0],
+        "resourceclaims.spec.devices.requests.exactly.count": crdgen.field_docs(ExactDeviceRequest)["count"],
+        "resourceslices.status.free": crdgen.field_docs(ResourceSliceStatus)["free"],
+    }
+    for path, text in expected.items():
+
+        def explained(path: str = path, text: str = text) -> bool:
+            result = kubectl("explain", f"--api-version={API_VERSION}", path, check=False)
+            return " ".join(result.stdout.split()).find(" ".join(text.split())) >= 0
+
+        polling.wait_until(explained, timeout=30, message=f"kubectl explain {path} to show its description")
 
 
 def test_seed_claim_as_written_gets_the_hint_without_strict_decoding(

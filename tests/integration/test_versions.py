@@ -155,6 +155,10 @@ def test_crd_printer_columns_and_category(plane: ControlPlane, crds: None, ns: s
     crd_cases.test_kubectl_names_columns_and_category(None, kubectl_of(plane), ns)
 
 
+def test_kubectl_explain_describes_our_fields(plane: ControlPlane, crds: None, ns: str) -> None:
+    crd_cases.test_kubectl_explain_describes_our_kinds_and_fields(None, kubectl_of(plane), ns)
+
+
 def test_crds_keep_immutable_fields(plane: ControlPlane, crds: None, ns: str) -> None:
     # Transition rules (oldSelf) are GA from 1.29: every release of the matrix enforces them.
     crd_cases.test_updates_keep_what_kubernetes_keeps_immutable(None, kubectl_of(plane), ns)

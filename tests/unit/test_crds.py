@@ -23,7 +23,10 @@ from dra_operator.api.resource import (
     TAINT_KEY_PATTERN,
     TAINT_VALUE_PATTERN,
     DeviceTaint,
+    ExactDeviceRequest,
     InvalidObject,
+    ResourceClaimSpec,
+    _DeviceSelection,
     load_object,
 )
 
@@ -131,6 +134,38 @@ def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[s
         yield from _nodes(schema["items"], f"{path}[]")
     if isinstance(schema.get("additionalProperties"), dict):
         yield from _nodes(schema["additionalProperties"], f"{path}{{}}")
+
+
+def _undescribed(schema: dict[str, Any], path: str) -> Iterator[str]:
+    for name, prop in (schema.get("properties") or {}).items():
+        if "description" not in prop:
+            yield f"{path}.{name}"
+        yield from _undescribed(prop, f"{path}.{name}")
+        if prop.get("type") == "array":
+            yield from _undescribed(prop["items"], f"{path}.{name}[]")
+        if isinstance(prop.get("additionalProperties"), dict):
+            yield from _undescribed(prop["additionalProperties"], f"{path}.{name}{{}}")
+
+
+def test_every_field_of_spec_and_status_is_described_for_kubectl_explain() -> None:
+    """Each kind and every field under spec and status has a description (the field's attribute docstring
+    in api/resource.py), so that `kubectl explain` explains it; a field added without one fails here."""
+    undescribed = []
+    for crd in crdgen.generate().values():
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        kind = crd["spec"]["names"]["kind"]
+        assert schema["description"], kind
+        undescribed += [f"{kind}.{top}" for top in ("spec", "status") if top in schema["properties"]
+                        and "description" not in schema["properties"][top]]  # fmt: skip
+        undescribed += [
+            p
+            for top in ("spec", "status")
+            for p in _undescribed(schema["properties"].get(top, {}), f"{kind}.{top}")
+        ]
+    assert undescribed == []
+    assert crdgen.field_docs(ResourceClaimSpec)["devices"].startswith("The devices this claim asks for.")
+    # Inherited fields keep the docstring of the class that declares them.
+    assert crdgen.field_docs(ExactDeviceRequest)["count"] == crdgen.field_docs(_DeviceSelection)["count"]
 
 
 def test_every_kind_has_a_crd() -> None:

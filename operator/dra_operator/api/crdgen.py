@@ -2,13 +2,18 @@
 
 The schema is structural OpenAPI v3 built by walking the models (not pydantic's JSON schema): every node
 typed, no $ref, quantities as `x-kubernetes-int-or-string` with a pattern, limits as maxItems / maxLength /
-maxProperties, the models' `crd_rules` as `x-kubernetes-validations`, and list-map keys where Kubernetes has
-them. Generation is pure (`generate()` returns dicts, `rendered()` file texts); the files are read and
-written by the `dra-operator crds` command (dra_operator.crds).
+maxProperties, the models' `crd_rules` as `x-kubernetes-validations`, list-map keys where Kubernetes has
+them, and each field's attribute docstring (the string below it in its class) as its `description`, which
+`kubectl explain` shows. Generation is pure (`generate()` returns dicts, `rendered()` file texts); the files
+are read and written by the `dra-operator crds` command (dra_operator.crds).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import textwrap
 import types
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -45,10 +50,12 @@ class _Kind:
         short_names: list[str],
         scope: Literal["Cluster", "Namespaced"],
         columns: list[dict[str, str]],
+        description: str,
         status: bool = False,
         status_default: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
+        self.description = description
         self.kind = model.__name__
         self.plural = plural
         self.short_names = short_names
@@ -64,7 +71,16 @@ class _Kind:
 # cluster with built-in DRA `kubectl get deviceclasses` means theirs; ours are then reached by the full name
 # (`deviceclasses.resource.dra-operator.io`) or by the short names below.
 KINDS: tuple[_Kind, ...] = (
-    _Kind(DeviceClass, "deviceclasses", ["dradc"], "Cluster", [_AGE]),
+    _Kind(
+        DeviceClass,
+        "deviceclasses",
+        ["dradc"],
+        "Cluster",
+        [_AGE],
+        "A class of devices (for example, one vendor's GPUs) that claims ask for by name: CEL selectors that"
+        " its devices pass and configuration handed to their drivers."
+        " Mirrors resource.k8s.io/v1 DeviceClass.",
+    ),
     _Kind(
         ResourceClaim,
         "resourceclaims",
@@ -75,12 +91,22 @@ KINDS: tuple[_Kind, ...] = (
             {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
             _AGE,
         ],
+        "Devices asked for by a workload: dra-operator allocates them and places the Pods that use the claim"
+        " on a node where they are. Mirrors resource.k8s.io/v1 ResourceClaim.",
         status=True,
         # A claim nobody allocated yet shows `pending` in the STATE column, as a built-in claim does,
         # without a status write per claim.
         status_default={"state": "pending"},
     ),
-    _Kind(ResourceClaimTemplate, "resourceclaimtemplates", ["drarct"], "Namespaced", [_AGE]),
+    _Kind(
+        ResourceClaimTemplate,
+        "resourceclaimtemplates",
+        ["drarct"],
+        "Namespaced",
+        [_AGE],
+        "A ResourceClaim to make for each Pod that names it: the claim is the Pod's own and is deleted when"
+        " the Pod ends. Mirrors resource.k8s.io/v1 ResourceClaimTemplate.",
+    ),
     _Kind(
         ResourceSlice,
         "resourceslices",
@@ -96,6 +122,8 @@ KINDS: tuple[_Kind, ...] = (
             {"name": "Free", "type": "integer", "jsonPath": ".status.free"},
             _AGE,
         ],
+        "Devices of one pool that a driver offers, published by dra-operator's node agent for its node."
+        " Mirrors resource.k8s.io/v1 ResourceSlice, plus a status with the device counts.",
         status=True,
     ),
     _Kind(
@@ -113,6 +141,9 @@ KINDS: tuple[_Kind, ...] = (
             {"name": "Devices", "type": "integer", "jsonPath": ".status.matchedDevices"},
             _AGE,
         ],
+        "A taint for every device its selector matches, as if the device's slice carried it: claims that do"
+        " not tolerate it get none of them, and with NoExecute their Pods are evicted."
+        " Mirrors resource.k8s.io DeviceTaintRule (v1alpha3).",
         status=True,
     ),
 )
@@ -202,15 +233,42 @@ def schema_of(annotation: Any, meta: list[Any] | None = None) -> dict[str, Any]:
     raise TypeError(f"no structural schema for {tp!r}")
 
 
+@functools.cache
+def field_docs(model: type[BaseModel]) -> dict[str, str]:
+    """Field name -> the attribute docstring below it in `model` or a base class, as one line of text.
+
+    Read from the source at generation time only: the models themselves carry no descriptions (a string
+    after an assignment compiles to nothing), so they cost the running operator nothing."""
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not issubclass(cls, BaseModel) or cls.__module__.startswith("pydantic"):
+            continue
+        (node,) = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
+        assert isinstance(node, ast.ClassDef)
+        for statement, following in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
 def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     """An object schema: properties by JSON name, required fields, defaults, list types and CEL rules."""
     list_keys: dict[str, tuple[str, ...]] = getattr(model, "crd_list_map_keys", {})
     not_required: frozenset[str] = getattr(model, "crd_not_required", frozenset())
+    docs = field_docs(model)
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, field in model.model_fields.items():
         json_name = field.alias or name
         prop = schema_of(field.annotation, list(field.metadata))
+        if name in docs:
+            prop["description"] = docs[name]
         if prop.get("type") == "array":
             keys = list_keys.get(name)
             if keys:
@@ -241,11 +299,14 @@ def kind_schema(model: type[KubeModel]) -> dict[str, Any]:
         "metadata": {"type": "object"},
     }
     required: list[str] = []
+    docs = field_docs(model)
     for name in ("spec", "status"):
         field = model.model_fields.get(name)
         if field is None:
             continue
         properties[name] = schema_of(field.annotation, list(field.metadata))
+        if name in docs:
+            properties[name]["description"] = docs[name]
         if field.is_required():
             required.append(name)
     schema: dict[str, Any] = {"type": "object", "properties": properties}
@@ -258,7 +319,7 @@ def kind_schema(model: type[KubeModel]) -> dict[str, Any]:
 
 
 def crd_for(kind: _Kind) -> dict[str, Any]:
-    schema = kind_schema(kind.model)
+    schema = {"description": kind.description, **kind_schema(kind.model)}
     if kind.status_default is not None:
         schema["properties"]["status"]["default"] = kind.status_default
     version: dict[str, Any] = {

@@ -153,7 +153,9 @@ class ClaimTemplateMeta(KubeModel):
     """The metadata a ResourceClaimTemplate may give its claims: labels and annotations only."""
 
     labels: dict[str, str] | None = None
+    """Labels every claim made from the template gets."""
     annotations: dict[str, str] | None = None
+    """Annotations every claim made from the template gets."""
 
     @model_validator(mode="after")
     def _keys_and_values(self) -> ClaimTemplateMeta:
@@ -172,28 +174,42 @@ class ClaimTemplateMeta(KubeModel):
 
 class NodeSelectorRequirement(KubeModel):
     key: str
+    """The node label key (or, under matchFields, the node field: only metadata.name) the requirement
+    tests."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    """How the key's value relates to `values`: In, NotIn, Exists, DoesNotExist, Gt or Lt."""
     values: Annotated[list[str], Field(max_length=VALUES_MAX)] | None = None
+    """The values to compare with: one or more for In and NotIn, none for Exists and DoesNotExist, one
+    integer for Gt and Lt."""
 
 
 class NodeSelectorTerm(KubeModel):
     match_expressions: Annotated[list[NodeSelectorRequirement], Field(max_length=TERMS_MAX)] | None = None
+    """Requirements on node labels; all of them must hold."""
     match_fields: Annotated[list[NodeSelectorRequirement], Field(max_length=TERMS_MAX)] | None = None
+    """Requirements on node fields (metadata.name); all of them must hold."""
 
 
 class NodeSelector(KubeModel):
     node_selector_terms: Annotated[list[NodeSelectorTerm], Field(max_length=TERMS_MAX)]
+    """A node fits when it matches any one of these terms."""
 
 
 class Condition(KubeModel):
     """metav1.Condition."""
 
     type: str
+    """The condition's type, in CamelCase (e.g. Allocated, Reserved)."""
     status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
     reason: str = ""
+    """A CamelCase word saying why the condition last changed."""
     message: str = ""
+    """A human-readable explanation of the last change."""
     last_transition_time: str | None = None
+    """When the status last changed (RFC 3339)."""
     observed_generation: int | None = None
+    """The object generation the condition was set for."""
 
 
 # ------------------------------------------------------------------------------------- selectors, config
@@ -201,10 +217,15 @@ class Condition(KubeModel):
 
 class CELDeviceSelector(KubeModel):
     expression: Annotated[str, Field(min_length=1, max_length=CEL_EXPRESSION_MAX)]
+    """A CEL expression evaluated for each device; the device is selected when it returns true. It reads
+    `device.driver`, `device.attributes["<domain>"].<name>` and `device.capacity["<domain>"].<name>` (a
+    quantity), and `device.allowMultipleAllocations`. An expression that fails for a device (a missing
+    attribute, a type error) is an error for the claim, not a silent false."""
 
 
 class DeviceSelector(KubeModel):
     cel: CELDeviceSelector
+    """Selects devices with a CEL expression."""
 
     # The apiserver prunes `cel: null` and reports `expression` as an unknown field; this rule adds the hint.
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
@@ -230,8 +251,10 @@ class DeviceSelector(KubeModel):
 
 class OpaqueDeviceConfiguration(KubeModel):
     driver: DriverName
+    """The driver the parameters are for; other drivers ignore them."""
     # runtime.RawExtension: any JSON object, passed to the driver unchanged.
     parameters: dict[str, Any]
+    """Driver-specific configuration, passed through unchanged (any JSON object, at most 10 KiB)."""
 
     @field_validator("parameters")
     @classmethod
@@ -243,6 +266,7 @@ class OpaqueDeviceConfiguration(KubeModel):
 
 class DeviceClassConfiguration(KubeModel):
     opaque: OpaqueDeviceConfiguration | None = None
+    """Configuration for one driver, handed to it with every device allocated through this class."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (("has(self.opaque)", "opaque is required"),)
 
@@ -254,7 +278,10 @@ class DeviceClassConfiguration(KubeModel):
 
 class DeviceClaimConfiguration(KubeModel):
     requests: Annotated[list[RequestReference], Field(max_length=REQUESTS_MAX)] | None = None
+    """The requests (or `request/subrequest`) this configuration applies to; empty means all requests of
+    the claim."""
     opaque: OpaqueDeviceConfiguration | None = None
+    """Configuration for one driver, handed to it with the devices allocated for these requests."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (("has(self.opaque)", "opaque is required"),)
 
@@ -269,8 +296,14 @@ class DeviceClaimConfiguration(KubeModel):
 
 class DeviceClassSpec(KubeModel):
     selectors: Annotated[list[DeviceSelector], Field(max_length=SELECTORS_MAX)] | None = None
+    """CEL selectors every device of this class must pass; a claim's own selectors come on top."""
     config: Annotated[list[DeviceClassConfiguration], Field(max_length=CONFIG_MAX)] | None = None
+    """Configuration handed to the drivers with every device allocated through this class, before the
+    claim's own."""
     extended_resource_name: Annotated[str, Field(max_length=253)] | None = None
+    """An extended resource name (e.g. `example.com/gpu`) that Pods may ask for in their container
+    resources instead of writing a claim: the admission webhook turns such a request into a claim generated
+    for the Pod from this class."""
 
 
 # ------------------------------------------------------------------------------------------ claim spec
@@ -278,10 +311,16 @@ class DeviceClassSpec(KubeModel):
 
 class DeviceToleration(KubeModel):
     key: Annotated[str, Field(max_length=316)] | None = None
+    """The taint key this toleration matches; empty with operator Exists matches every key."""
     operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists (any value) or Equal (the value must equal `value`). Default Equal."""
     value: Annotated[str, Field(max_length=63)] | None = None
+    """The taint value to match with operator Equal."""
     effect: Literal["NoSchedule", "NoExecute"] | None = None
+    """The taint effect to match (NoSchedule or NoExecute); empty matches both."""
     toleration_seconds: int | None = None
+    """With effect NoExecute: how long a Pod whose device gets the taint may keep running before it is
+    evicted; unset means forever."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
         (
@@ -299,6 +338,8 @@ class DeviceToleration(KubeModel):
 
 class CapacityRequirements(KubeModel):
     requests: Annotated[dict[QualifiedName, QuantityValue], Field(max_length=32)] | None = None
+    """The minimum of each capacity (by its qualified name) a device must offer for this request; with a
+    request policy on the device, the amount is also what the allocation consumes."""
 
 
 def _check_count(mode: AllocationMode, count: int | None) -> int | None:
@@ -322,11 +363,19 @@ class _DeviceSelection(KubeModel):
     """The fields that ExactDeviceRequest and DeviceSubRequest share: which devices, and how many."""
 
     device_class_name: DNSSubdomain
+    """The DeviceClass the devices must belong to: its selectors and configuration apply."""
     selectors: Annotated[list[DeviceSelector], Field(max_length=SELECTORS_MAX)] | None = None
+    """CEL selectors a device must pass, on top of those of the class."""
     allocation_mode: AllocationMode = EXACT_COUNT
+    """ExactCount (the default): `count` devices. All: every matching device of one node's pools, at least
+    one."""
     count: Annotated[int, Field(gt=0)] | None = None
+    """How many devices with allocation mode ExactCount. Default 1."""
     tolerations: Annotated[list[DeviceToleration], Field(max_length=TOLERATIONS_MAX)] | None = None
+    """Device taints this request tolerates: a device with a NoSchedule or NoExecute taint is only
+    allocated if tolerated."""
     capacity: CapacityRequirements | None = None
+    """Capacity each allocated device must provide (and, on shareable devices, consumes)."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
         (
@@ -343,18 +392,26 @@ class _DeviceSelection(KubeModel):
 
 class ExactDeviceRequest(_DeviceSelection):
     admin_access: bool | None = None
+    """Ask for the devices for administration (monitoring, maintenance) without taking them from other
+    claims. Only allowed in namespaces labelled `resource.kubernetes.io/admin-access: "true"`."""
 
 
 class DeviceSubRequest(_DeviceSelection):
     name: DNSLabel
+    """The subrequest's name, unique within its request; results and constraints name it as
+    `request/subrequest`."""
 
 
 class DeviceRequest(KubeModel):
     name: DNSLabel
+    """The request's name, unique within the claim; containers, constraints and config refer to it."""
     exactly: ExactDeviceRequest | None = None
+    """One device selection. Exactly one of `exactly` and `firstAvailable` is set."""
     first_available: (
         Annotated[list[DeviceSubRequest], Field(min_length=1, max_length=SUBREQUESTS_MAX)] | None
     ) = None
+    """Alternative device selections in order of preference: the first one that can be satisfied is
+    allocated."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
         (
@@ -381,8 +438,13 @@ class DeviceRequest(KubeModel):
 
 class DeviceConstraint(KubeModel):
     requests: Annotated[list[RequestReference], Field(max_length=REQUESTS_MAX)] | None = None
+    """The requests (or `request/subrequest`) the constraint applies to; empty means all."""
     match_attribute: FullyQualifiedName | None = None
+    """A fully qualified attribute name (`domain/name`) whose value must be the same on every device
+    allocated for these requests; a device without it is not eligible."""
     distinct_attribute: FullyQualifiedName | None = None
+    """A fully qualified attribute name whose value must differ between the devices allocated for these
+    requests."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
         (
@@ -413,8 +475,11 @@ def _no_duplicates(what: str, names: list[str]) -> None:
 
 class DeviceClaim(KubeModel):
     requests: Annotated[list[DeviceRequest], Field(max_length=REQUESTS_MAX)] | None = None
+    """What devices the claim asks for, one entry per request."""
     constraints: Annotated[list[DeviceConstraint], Field(max_length=CONSTRAINTS_MAX)] | None = None
+    """Constraints across the devices of several requests (same or distinct attribute values)."""
     config: Annotated[list[DeviceClaimConfiguration], Field(max_length=CONFIG_MAX)] | None = None
+    """Configuration handed to the drivers with the allocated devices."""
 
     crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {"requests": ("name",)}
     # The CRD checks only the request part of `request/subrequest` references: checking subrequests too is
@@ -452,6 +517,7 @@ class DeviceClaim(KubeModel):
 
 class ResourceClaimSpec(KubeModel):
     devices: DeviceClaim = Field(default_factory=DeviceClaim)
+    """The devices this claim asks for. The spec is immutable once created."""
 
     crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (("self == oldSelf", "field is immutable"),)
 
@@ -461,35 +527,55 @@ class ResourceClaimSpec(KubeModel):
 
 class DeviceRequestAllocationResult(KubeModel):
     request: RequestReference
+    """The request (or `request/subrequest`) this device was allocated for."""
     driver: DriverName
+    """The driver of the device."""
     pool: PoolName
+    """The pool of the device within its driver (for node-local devices, usually the node's name)."""
     device: DNSLabel
+    """The device's name within its pool."""
     admin_access: bool | None = None
+    """Set when the device was allocated for administration (see the request's adminAccess)."""
     tolerations: Annotated[list[DeviceToleration], Field(max_length=TOLERATIONS_MAX)] | None = None
+    """The request's tolerations at allocation time."""
     binding_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    """Conditions the device's driver must report True before the Pod may be bound."""
     binding_failure_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    """Conditions that, when True, mean binding failed and the allocation is withdrawn."""
     share_id: str | None = Field(default=None, alias="shareID")
+    """Which share of a device allocated to several claims this is (devices that allow multiple
+    allocations)."""
     consumed_capacity: Annotated[dict[QualifiedName, QuantityValue], Field(max_length=32)] | None = None
+    """The capacity this allocation consumes of a shareable device."""
 
 
 class DeviceAllocationConfiguration(KubeModel):
     source: Literal["FromClass", "FromClaim"]
+    """Where the configuration came from: FromClass (the DeviceClass) or FromClaim (the claim)."""
     requests: Annotated[list[RequestReference], Field(max_length=REQUESTS_MAX)] | None = None
+    """The requests it applies to; empty means all."""
     opaque: OpaqueDeviceConfiguration | None = None
+    """The driver-specific configuration."""
 
 
 class DeviceAllocationResult(KubeModel):
     results: Annotated[list[DeviceRequestAllocationResult], Field(max_length=RESULTS_MAX)] | None = None
+    """One entry per allocated device."""
     config: Annotated[list[DeviceAllocationConfiguration], Field(max_length=ALLOCATION_CONFIG_MAX)] | None = (
         None
     )
+    """The configuration of the classes and of the claim that applies to the allocated devices, in that
+    order."""
 
 
 class AllocationResult(KubeModel):
     devices: DeviceAllocationResult = Field(default_factory=DeviceAllocationResult)
+    """The allocated devices and their configuration."""
     # None means the devices are reachable from every node.
     node_selector: NodeSelector | None = None
+    """The nodes where the allocated devices are reachable; a Pod using the claim is placed on one of them."""
     allocation_timestamp: str | None = None
+    """When the allocation was made."""
 
     # Set once; it may only be removed (the claim is deallocated).
     crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (("self == oldSelf", "field is immutable"),)
@@ -497,42 +583,65 @@ class AllocationResult(KubeModel):
 
 class ResourceClaimConsumerReference(KubeModel):
     api_group: str | None = None
+    """The consumer's API group; empty for core objects such as Pods."""
     resource: Annotated[str, Field(min_length=1, max_length=253)]
+    """The consumer's resource type, e.g. pods."""
     name: Annotated[str, Field(min_length=1, max_length=253)]
+    """The consumer's name."""
     uid: Annotated[str, Field(min_length=1, max_length=128)]
+    """The consumer's uid: the reservation belongs to that very object."""
 
 
 class NetworkDeviceData(KubeModel):
     interface_name: Annotated[str, Field(max_length=256)] | None = None
+    """The network interface's name inside the Pod."""
     ips: Annotated[list[str], Field(max_length=16)] | None = None
+    """The interface's IP addresses in CIDR notation."""
     hardware_address: Annotated[str, Field(max_length=128)] | None = None
+    """The interface's hardware (MAC) address."""
 
 
 class AllocatedDeviceStatus(KubeModel):
     driver: DriverName
+    """The driver of the device."""
     pool: PoolName
+    """The pool of the device."""
     device: DNSLabel
+    """The device's name within its pool."""
     share_id: str | None = Field(default=None, alias="shareID")
+    """The share of the device, when it is allocated to several claims."""
     conditions: Annotated[list[Condition], Field(max_length=8)] | None = None
+    """The device's conditions as its driver reports them."""
     data: dict[str, Any] | None = None
+    """Driver-specific data about the allocated device."""
     network_data: NetworkDeviceData | None = None
+    """Network configuration of the device, for network devices."""
 
 
 class ResourceClaimStatus(KubeModel):
     allocation: AllocationResult | None = None
+    """Set once devices are allocated: which devices, and the nodes they are reachable from."""
     reserved_for: (
         Annotated[list[ResourceClaimConsumerReference], Field(max_length=RESERVED_FOR_MAX)] | None
     ) = None
+    """The consumers (Pods) currently using the claim. While any is listed the claim stays allocated, and
+    deleting it waits until none is."""
     # One entry per allocated device, so bounded by the number of results.
     devices: Annotated[list[AllocatedDeviceStatus], Field(max_length=RESULTS_MAX)] | None = None
+    """Per allocated device, the status its driver reports."""
     # --- Not in upstream resource.k8s.io/v1: written by dra-operator for `kubectl get` and `describe`.
     # A CRD printer column is a JSONPath, so the operator keeps the computed STATE column here
     # ("pending", "allocated", "allocated,reserved", with "deleted," first while deleting) ...
     state: Annotated[str, Field(max_length=64)] | None = None
+    """What `kubectl get` shows in STATE: pending, allocated or allocated,reserved (deleted, first while
+    the claim is being deleted). Written by dra-operator; a claim without a status reads pending."""
     # ... the node the allocation is bound to (None while pending or when the devices are on every node) ...
     node_name: Annotated[str, Field(max_length=253)] | None = None
+    """The node the allocated devices are on; empty while pending or when they are reachable from every
+    node."""
     # ... and claim-level conditions (upstream only has per-device ones).
     conditions: Annotated[list[Condition], Field(max_length=16)] | None = None
+    """Allocated and Reserved conditions, with the reason of their last change."""
 
     crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {
         "reserved_for": ("uid",),
@@ -568,9 +677,13 @@ class DeviceAttribute(KubeModel):
     """Exactly one of int, bool, string or version (a semantic version 2.0.0)."""
 
     int_value: int | None = Field(default=None, alias="int")
+    """An integer value."""
     bool_value: bool | None = Field(default=None, alias="bool")
+    """A boolean value."""
     string: Annotated[str, Field(max_length=STRING_ATTRIBUTE_MAX)] | None = None
+    """A string value, at most 64 characters."""
     version: Annotated[str, Field(max_length=VERSION_ATTRIBUTE_MAX)] | None = None
+    """A semantic version 2.0.0 value, at most 64 characters."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
         (
@@ -639,19 +752,27 @@ class DeviceAttribute(KubeModel):
 
 class CapacityRequestPolicyRange(KubeModel):
     min: QuantityValue
+    """The smallest amount one allocation may consume."""
     max: QuantityValue | None = None
+    """The largest amount one allocation may consume."""
     step: QuantityValue | None = None
+    """Amounts above min are rounded up to a multiple of this step."""
 
 
 class CapacityRequestPolicy(KubeModel):
     default: QuantityValue | None = None
+    """What an allocation consumes when its request names no amount."""
     valid_values: Annotated[list[QuantityValue], Field(max_length=10)] | None = None
+    """The amounts an allocation may consume; a request is rounded up to the next one."""
     valid_range: CapacityRequestPolicyRange | None = None
+    """The range of amounts an allocation may consume."""
 
 
 class DeviceCapacity(KubeModel):
     value: QuantityValue
+    """The device's total amount of this capacity."""
     request_policy: CapacityRequestPolicy | None = None
+    """How allocations of a device that allows multiple allocations consume this capacity."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -661,16 +782,21 @@ class DeviceCapacity(KubeModel):
 
 class Counter(KubeModel):
     value: QuantityValue
+    """The counter's amount."""
 
 
 class CounterSet(KubeModel):
     name: DNSLabel
+    """The counter set's name, which devices refer to."""
     counters: Annotated[dict[DNSLabel, Counter], Field(min_length=1, max_length=COUNTERS_PER_SET_MAX)]
+    """The counters of the set and their amounts, shared by the devices that consume them."""
 
 
 class DeviceCounterConsumption(KubeModel):
     counter_set: DNSLabel
+    """The name of the slice's counter set this device draws on."""
     counters: Annotated[dict[DNSLabel, Counter], Field(min_length=1, max_length=COUNTERS_PER_SET_MAX)]
+    """How much of each counter the device uses while allocated."""
 
 
 # A taint key is a label key (`[prefix/]name`) and its value a label value, as Kubernetes validates both. The
@@ -685,11 +811,17 @@ class DeviceTaint(KubeModel):
     """A taint on a device: from its slice, or added by a DeviceTaintRule. Effect None only informs."""
 
     key: Annotated[str, Field(min_length=1, max_length=TAINT_KEY_MAX), Format(pattern=TAINT_KEY_PATTERN)]
+    """The taint key, a label key (optionally prefixed)."""
     value: Annotated[str, Field(max_length=TAINT_VALUE_MAX), Format(pattern=TAINT_VALUE_PATTERN)] | None = (
         None
     )
+    """The taint value, a label value."""
     effect: Literal["NoSchedule", "NoExecute", "None"]
+    """NoSchedule: no new allocation of the device unless tolerated. NoExecute: also evicts the Pods using
+    it that do not tolerate it. None: only shown."""
     time_added: str | None = None
+    """When the taint was added. For a NoExecute taint without it, tolerationSeconds count from when the
+    operator first saw the taint."""
 
     @field_validator("key")
     @classmethod
@@ -725,23 +857,37 @@ def _node_scope(node_name: str | None, node_selector: Any, all_nodes: bool | Non
 
 class Device(KubeModel):
     name: DNSLabel
+    """The device's name, unique within its pool."""
     attributes: (
         Annotated[dict[QualifiedName, DeviceAttribute], Field(max_length=ATTRIBUTES_AND_CAPACITY_MAX)] | None
     ) = None
+    """Attributes by qualified name (`name`, or `domain/name`; a name without domain belongs to the
+    driver's domain), readable by CEL selectors."""
     capacity: (
         Annotated[dict[QualifiedName, DeviceCapacity], Field(max_length=ATTRIBUTES_AND_CAPACITY_MAX)] | None
     ) = None
+    """Capacities by qualified name, as quantities (e.g. memory: 64Gi), readable by CEL selectors."""
     consumes_counters: (
         Annotated[list[DeviceCounterConsumption], Field(max_length=CONSUMES_COUNTERS_MAX)] | None
     ) = None
+    """Counters of the slice's counter sets this device uses while allocated; devices sharing a counter
+    cannot all be allocated at once."""
     node_name: DNSSubdomain | None = None
+    """For a device of a slice with perDeviceNodeSelection: the node it is reachable from."""
     node_selector: NodeSelector | None = None
+    """For a device of a slice with perDeviceNodeSelection: the nodes it is reachable from."""
     all_nodes: bool | None = None
+    """For a device of a slice with perDeviceNodeSelection: reachable from every node."""
     taints: Annotated[list[DeviceTaint], Field(max_length=DEVICE_TAINTS_MAX)] | None = None
+    """Taints on the device: allocations must tolerate them (see DeviceTaint)."""
     binds_to_node: bool | None = None
+    """Allocate this device to one node even where it is reachable from several."""
     binding_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    """Conditions the driver must report True on an allocated device before the Pod is bound."""
     binding_failure_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
+    """Conditions that, when True, mean binding the device failed."""
     allow_multiple_allocations: bool | None = None
+    """The device may be allocated to several claims at once, each consuming part of its capacity."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (
         (
@@ -784,20 +930,32 @@ class Device(KubeModel):
 
 class ResourcePool(KubeModel):
     name: PoolName
+    """The pool's name, unique within the driver; for node-local devices usually the node's name."""
     # Kubernetes reads a missing generation as 0 (valid) and a missing resourceSliceCount as 0 (invalid).
     generation: Annotated[int, Field(ge=0)] = 0
+    """Incremented when the pool's slices are replaced; slices of older generations are ignored."""
     resource_slice_count: Annotated[int, Field(gt=0)]
+    """How many slices make up this generation of the pool."""
 
 
 class ResourceSliceSpec(KubeModel):
     driver: DriverName
+    """The driver (a DNS subdomain, e.g. gpu.example.com) that publishes and prepares these devices."""
     pool: ResourcePool
+    """The pool these devices belong to."""
     node_name: DNSSubdomain | None = None
+    """The node the devices are reachable from. Exactly one of nodeName, nodeSelector, allNodes and
+    perDeviceNodeSelection is set."""
     node_selector: NodeSelector | None = None
+    """The nodes the devices are reachable from."""
     all_nodes: bool | None = None
+    """The devices are reachable from every node."""
     per_device_node_selection: bool | None = None
+    """Each device says itself which nodes it is reachable from."""
     devices: Annotated[list[Device], Field(max_length=DEVICES_PER_SLICE_MAX)] | None = None
+    """The devices of this slice, at most 128 (64 when they use taints or counters)."""
     shared_counters: Annotated[list[CounterSet], Field(max_length=COUNTER_SETS_MAX)] | None = None
+    """Counter sets that several devices of the pool draw on."""
 
     crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (
         ("self.driver == oldSelf.driver", "driver is immutable"),
@@ -909,17 +1067,22 @@ class _TopLevel(KubeModel):
 class DeviceClass(_TopLevel):
     kind: Literal["DeviceClass"] = "DeviceClass"
     spec: DeviceClassSpec = Field(default_factory=DeviceClassSpec)
+    """Which devices belong to the class and the configuration they get."""
 
 
 class ResourceClaim(_TopLevel):
     kind: Literal["ResourceClaim"] = "ResourceClaim"
     spec: ResourceClaimSpec
+    """The devices asked for. Immutable."""
     status: ResourceClaimStatus | None = None
+    """The allocation and its consumers, written by dra-operator."""
 
 
 class ResourceClaimTemplateSpec(KubeModel):
     metadata: ClaimTemplateMeta | None = None
+    """Labels and annotations copied into every claim made from the template."""
     spec: ResourceClaimSpec
+    """The spec of every claim made from the template."""
 
     # The whole template is immutable; `spec` says so itself (ResourceClaimSpec), once.
     crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (
@@ -934,6 +1097,7 @@ class ResourceClaimTemplateSpec(KubeModel):
 class ResourceClaimTemplate(_TopLevel):
     kind: Literal["ResourceClaimTemplate"] = "ResourceClaimTemplate"
     spec: ResourceClaimTemplateSpec
+    """The claim each Pod that names this template gets. Immutable."""
 
 
 class ResourceSliceStatus(KubeModel):
@@ -942,15 +1106,21 @@ class ResourceSliceStatus(KubeModel):
     never touch it."""
 
     devices: Annotated[int, Field(ge=0)] | None = None
+    """How many devices the slice has. Written by dra-operator, for `kubectl get`."""
     allocated: Annotated[int, Field(ge=0)] | None = None
+    """How many of them are allocated to claims."""
     tainted: Annotated[int, Field(ge=0)] | None = None
+    """How many of them carry a NoSchedule or NoExecute taint (their own or a DeviceTaintRule's)."""
     free: Annotated[int, Field(ge=0)] | None = None
+    """How many of them are neither allocated nor tainted."""
 
 
 class ResourceSlice(_TopLevel):
     kind: Literal["ResourceSlice"] = "ResourceSlice"
     spec: ResourceSliceSpec
+    """The devices published, by the node agent for its node."""
     status: ResourceSliceStatus | None = None
+    """Device counts (devices, allocated, tainted, free), written by dra-operator."""
 
     @field_validator("metadata")
     @classmethod
@@ -967,15 +1137,22 @@ class DeviceTaintSelector(KubeModel):
     """
 
     driver: DriverName | None = None
+    """Only devices of this driver."""
     pool: PoolName | None = None
+    """Only devices of this pool."""
     device: DNSLabel | None = None
+    """Only the device of this name."""
     selectors: Annotated[list[DeviceSelector], Field(max_length=SELECTORS_MAX)] | None = None
+    """CEL selectors every tainted device must pass."""
 
 
 class DeviceTaintRuleSpec(KubeModel):
     # Without a selector no device matches (upstream's rule), so a rule cannot taint everything by omission.
     device_selector: DeviceTaintSelector | None = None
+    """Which devices get the taint: every field that is set must match. Without a selector no device is
+    tainted."""
     taint: DeviceTaint
+    """The taint added to each selected device."""
 
     # The prefix limit of a label key, which the pattern of `taint.key` cannot express. The rule sits here,
     # not on DeviceTaint, to keep it out of the CEL cost of slices (128 devices x 16 taints).
@@ -992,7 +1169,9 @@ class DeviceTaintRuleStatus(KubeModel):
     for `kubectl get`) and conditions such as EvictionInProgress (upstream 1.35)."""
 
     matched_devices: Annotated[int, Field(ge=0)] | None = None
+    """How many devices the rule taints now. Written by dra-operator."""
     conditions: Annotated[list[Condition], Field(max_length=TAINT_RULE_CONDITIONS_MAX)] | None = None
+    """Conditions of the rule, such as EvictionInProgress while Pods are being evicted."""
 
     crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {"conditions": ("type",)}
 
@@ -1002,7 +1181,9 @@ class DeviceTaintRule(_TopLevel):
 
     kind: Literal["DeviceTaintRule"] = "DeviceTaintRule"
     spec: DeviceTaintRuleSpec
+    """Which devices to taint, and the taint."""
     status: DeviceTaintRuleStatus | None = None
+    """What the rule does now, written by dra-operator."""
 
 
 DraObject = DeviceClass | ResourceClaim | ResourceClaimTemplate | ResourceSlice | DeviceTaintRule

@@ -24,7 +24,7 @@ def _state_file() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
     p_build = sub.add_parser("build", help="build (or reuse the cached) Kubernetes and etcd binaries")
     p_build.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p_build.add_argument("-p", "--jobs", type=int, default=2, help="parallel compile jobs (go build -p)")

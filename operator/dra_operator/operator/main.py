@@ -48,26 +48,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable; default: all)"
     )
-    parser.add_argument("--log-level", default=env("DRA_OPERATOR_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=env("DRA_OPERATOR_LOG_LEVEL", "INFO"),
+        help="debug, info, warning or error (default: $DRA_OPERATOR_LOG_LEVEL, else info)",
+    )
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
-    parser.add_argument("--metrics-host", default="0.0.0.0")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics and /readyz listen on")
     parser.add_argument(
         "--liveness", default=None, help="Kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
     parser.add_argument("--webhook-host", default="0.0.0.0", help="address the webhook listens on")
-    parser.add_argument("--webhook-port", type=int, default=9443)
+    parser.add_argument(
+        "--webhook-port", type=int, default=9443, help="HTTPS port of the webhook (default 9443)"
+    )
     parser.add_argument(
         "--webhook-url", default=None, help="base URL the API server calls (default https://<host>:<port>)"
     )
     parser.add_argument(
         "--webhook-service", default=None, help="NAME.NAMESPACE[:PORT] of the webhook Service (in-cluster)"
     )
-    parser.add_argument("--webhook-config-name", default=configuration.CONFIGURATION_NAME)
+    parser.add_argument(
+        "--webhook-config-name",
+        default=configuration.CONFIGURATION_NAME,
+        help=f"name of the MutatingWebhookConfiguration (default {configuration.CONFIGURATION_NAME})",
+    )
     parser.add_argument(
         "--no-webhook-config", action="store_true", help="do not create/update the configuration"
     )
-    parser.add_argument("--tls-cert-file", default=None)
-    parser.add_argument("--tls-key-file", default=None)
+    parser.add_argument(
+        "--tls-cert-file",
+        default=None,
+        help="the webhook's serving certificate (default: one made in memory)",
+    )
+    parser.add_argument("--tls-key-file", default=None, help="its private key (default: the cert file)")
     parser.add_argument(
         "--tls-ca-file", default=None, help="CA bundle for the configuration (default: the cert)"
     )
@@ -77,10 +91,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the operator's own namespace: excluded from admission, default for the Lease",
     )
     election = parser.add_mutually_exclusive_group()
-    election.add_argument("--leader-election", dest="leader_election", action="store_true", default=True)
-    election.add_argument("--no-leader-election", dest="leader_election", action="store_false")
-    parser.add_argument("--lease-namespace", default=None)
-    parser.add_argument("--lease-name", default="dra-operator")
+    election.add_argument(
+        "--leader-election",
+        dest="leader_election",
+        action="store_true",
+        default=True,
+        help="one replica acts, chosen by a coordination.k8s.io Lease (the default)",
+    )
+    election.add_argument(
+        "--no-leader-election",
+        dest="leader_election",
+        action="store_false",
+        help="act without a Lease: run a single replica only",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=None,
+        help="namespace of the Lease (default: --operator-namespace, else default)",
+    )
+    parser.add_argument(
+        "--lease-name", default="dra-operator", help="name of the Lease (default dra-operator)"
+    )
     parser.add_argument(
         "--lease-seconds",
         type=int,

@@ -33,7 +33,7 @@ NAMESPACE = "gpu-system"
 RELEASE = "rel"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap", "Secret",
-    "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor", "Lease", "Job",
+    "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor", "Lease", "Job", "NetworkPolicy",
 }  # fmt: skip
 CLUSTER_KINDS = {
     "ClusterRole",
@@ -448,6 +448,27 @@ def test_metrics_service_monitor_and_disruption_budget(rendered: Rendered) -> No
     for budget in budgets:
         assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
         assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_network_policy_admits_the_webhook_and_the_scrapers_only(rendered: Rendered) -> None:
+    """Opt-in: the operator Pods take the webhook port from anywhere and the metrics port from the peers
+    given; the ports it names are the container's own (by name, so a port change in values follows)."""
+    policies = rendered.of_kind("NetworkPolicy")
+    values = rendered.values["operator"]["networkPolicy"]
+    assert len(policies) == int(values["enabled"])
+    if not policies:
+        return
+    (policy,) = policies
+    deployment = rendered.one("Deployment", "operator")
+    pod = deployment["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    container_ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    webhook, metrics = policy["spec"]["ingress"]
+    assert [p["port"] for p in webhook["ports"]] == ["webhook"] and "from" not in webhook
+    assert [p["port"] for p in metrics["ports"]] == ["metrics"]
+    assert metrics.get("from", []) == values["metricsFrom"]
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} <= container_ports
 
 
 def test_agent_daemonset(rendered: Rendered) -> None:

@@ -266,7 +266,7 @@ class OpaqueDeviceConfiguration(KubeModel):
 
 class DeviceClassConfiguration(KubeModel):
     opaque: OpaqueDeviceConfiguration | None = None
-    """Configuration for one driver, handed to it with every device allocated through this class."""
+    """Configuration for one driver, recorded in the allocation of each device allocated through the class."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (("has(self.opaque)", "opaque is required"),)
 
@@ -281,7 +281,7 @@ class DeviceClaimConfiguration(KubeModel):
     """The requests (or `request/subrequest`) this configuration applies to; empty means all requests of
     the claim."""
     opaque: OpaqueDeviceConfiguration | None = None
-    """Configuration for one driver, handed to it with the devices allocated for these requests."""
+    """Configuration for one driver, recorded in the allocation of the devices of these requests."""
 
     crd_rules: ClassVar[tuple[CrdRule, ...]] = (("has(self.opaque)", "opaque is required"),)
 
@@ -298,8 +298,8 @@ class DeviceClassSpec(KubeModel):
     selectors: Annotated[list[DeviceSelector], Field(max_length=SELECTORS_MAX)] | None = None
     """CEL selectors every device of this class must pass; a claim's own selectors come on top."""
     config: Annotated[list[DeviceClassConfiguration], Field(max_length=CONFIG_MAX)] | None = None
-    """Configuration handed to the drivers with every device allocated through this class, before the
-    claim's own."""
+    """Configuration for the drivers, recorded in the allocation of every device allocated through this
+    class, before the claim's own."""
     extended_resource_name: Annotated[str, Field(max_length=253)] | None = None
     """An extended resource name (e.g. `example.com/gpu`) that Pods may ask for in their container
     resources instead of writing a claim: the admission webhook turns such a request into a claim generated
@@ -479,7 +479,7 @@ class DeviceClaim(KubeModel):
     constraints: Annotated[list[DeviceConstraint], Field(max_length=CONSTRAINTS_MAX)] | None = None
     """Constraints across the devices of several requests (same or distinct attribute values)."""
     config: Annotated[list[DeviceClaimConfiguration], Field(max_length=CONFIG_MAX)] | None = None
-    """Configuration handed to the drivers with the allocated devices."""
+    """Configuration for the drivers, recorded in the allocation with the devices."""
 
     crd_list_map_keys: ClassVar[dict[str, tuple[str, ...]]] = {"requests": ("name",)}
     # The CRD checks only the request part of `request/subrequest` references: checking subrequests too is
@@ -539,9 +539,9 @@ class DeviceRequestAllocationResult(KubeModel):
     tolerations: Annotated[list[DeviceToleration], Field(max_length=TOLERATIONS_MAX)] | None = None
     """The request's tolerations at allocation time."""
     binding_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
-    """Conditions the device's driver must report True before the Pod may be bound."""
+    """The device's binding conditions, copied from its slice."""
     binding_failure_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
-    """Conditions that, when True, mean binding failed and the allocation is withdrawn."""
+    """The device's binding failure conditions, copied from its slice."""
     share_id: str | None = Field(default=None, alias="shareID")
     """Which share of a device allocated to several claims this is (devices that allow multiple
     allocations)."""
@@ -575,7 +575,7 @@ class AllocationResult(KubeModel):
     node_selector: NodeSelector | None = None
     """The nodes where the allocated devices are reachable; a Pod using the claim is placed on one of them."""
     allocation_timestamp: str | None = None
-    """When the allocation was made."""
+    """When the allocation was made (set upstream with binding conditions; dra-operator leaves it empty)."""
 
     # Set once; it may only be removed (the claim is deallocated).
     crd_transition_rules: ClassVar[tuple[CrdRule, ...]] = (("self == oldSelf", "field is immutable"),)
@@ -883,9 +883,12 @@ class Device(KubeModel):
     binds_to_node: bool | None = None
     """Allocate this device to one node even where it is reachable from several."""
     binding_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
-    """Conditions the driver must report True on an allocated device before the Pod is bound."""
+    """Conditions a driver reports on an allocated device before its Pod may be bound (an upstream alpha).
+    dra-operator prefers devices without them and copies them into the allocation, but does not wait for
+    them."""
     binding_failure_conditions: Annotated[list[str], Field(max_length=BINDING_CONDITIONS_MAX)] | None = None
-    """Conditions that, when True, mean binding the device failed."""
+    """Conditions that, when True, mean binding the device failed (an upstream alpha; copied into the
+    allocation)."""
     allow_multiple_allocations: bool | None = None
     """The device may be allocated to several claims at once, each consuming part of its capacity."""
 

@@ -14,12 +14,30 @@ from dra_operator.api.pod import pod_spec_of
 from dra_operator.controlplane import ApiError, ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
+CLAIM_CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/resourceclaims.resource.dra-operator.io"
 # Where a CRD keeps its status default (the ResourceClaim CRD's `{state: pending}`): JSON-patch path.
 STATUS_DEFAULT = "/spec/versions/0/schema/openAPIV3Schema/properties/status/default"
 
 SEED = REPO / "tests" / "fixtures" / "seed"
 Json = dict[str, Any]
 Kubectl = Callable[..., CompletedProcess[str]]
+
+
+def claim_status_schema(cp: ControlPlane) -> Json:
+    """The ResourceClaim CRD's schema of `status`, as the API server has it now."""
+    crd = cp.request("GET", CLAIM_CRD)
+    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"])
+
+
+def strip_claim_status_default(cp: ControlPlane) -> None:
+    """Leave the ResourceClaim CRD as a chart older than its status default installed it."""
+    cp.request(
+        "PATCH",
+        CLAIM_CRD,
+        [{"op": "remove", "path": STATUS_DEFAULT}],
+        content_type="application/json-patch+json",
+    )
+    assert "default" not in claim_status_schema(cp)
 
 
 def seed(name: str) -> Json:

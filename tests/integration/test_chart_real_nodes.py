@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import STATUS_DEFAULT, seed
+from helpers import claim_status_schema, seed, strip_claim_status_default
 
 from dra_operator.controlplane import ApiError, ControlPlane
 from dra_operator.realnodes import BUSYBOX_IMAGE, RealNodes
@@ -279,16 +279,12 @@ def test_helm_install_on_real_nodes_seed_upgrade_uninstall(
     # ---- helm upgrade: six GPUs per node; the agents roll and publish them ----
     # The CRDs as an older chart left them (Helm never updates crds/): the claims' status default missing. The
     # pre-upgrade hook's Job, a Pod of the image under the hook's RBAC, applies the image's CRDs first.
-    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/resourceclaims.resource.dra-operator.io"
-    cp.request(
-        "PATCH", crd, [{"op": "remove", "path": STATUS_DEFAULT}], content_type="application/json-patch+json"
-    )
+    strip_claim_status_default(cp)
     before = {p["metadata"]["uid"] for p in agents}
     release.helm_run(
         "upgrade", RELEASE, str(chart_dir()), *values(operator_image, 6, devices), "--wait", "--timeout=240s"
     )
-    status_schema = cp.request("GET", crd)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
-    assert status_schema["status"].get("default") == {"state": "pending"}, "the hook restored the CRD"
+    assert claim_status_schema(cp).get("default") == {"state": "pending"}, "the hook restored the CRD"
     hook = f"labelSelector=app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=crds"
     for path in (
         f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import STATUS_DEFAULT, install_crds
+from helpers import claim_status_schema, install_crds, strip_claim_status_default
 
 from dra_operator.api.crdgen import generate
 from dra_operator.controlplane import ApiError, ControlPlane
@@ -97,16 +97,7 @@ def test_apply_brings_an_older_charts_crds_up_to_date_under_the_hooks_rbac(
 
         # ---- what an older chart left: no DeviceTaintRule CRD, a claim CRD without its status default ----
         cp.kubectl("delete", "crd", TAINT_RULES, "--wait=true", "--timeout=60s")
-        cp.request(
-            "PATCH", f"{CRDS}/{CLAIMS}", [{"op": "remove", "path": STATUS_DEFAULT}],
-            content_type="application/json-patch+json",
-        )  # fmt: skip
-        assert (
-            "default"
-            not in cp.request("GET", f"{CRDS}/{CLAIMS}")["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
-                "properties"
-            ]["status"]
-        )
+        strip_claim_status_default(cp)
 
         first = apply_as(kubeconfig)
         assert first.returncode == 0, first.stderr
@@ -115,10 +106,8 @@ def test_apply_brings_an_older_charts_crds_up_to_date_under_the_hooks_rbac(
         assert outcomes(first)[TAINT_RULES] == "created"
         assert outcomes(first)[CLAIMS] == "configured"
         assert f"{len(expected)} CRDs established" in first.stdout
+        assert claim_status_schema(cp)["default"] == {"state": "pending"}
         claims = cp.request("GET", f"{CRDS}/{CLAIMS}")
-        assert claims["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"][
-            "default"
-        ] == {"state": "pending"}
         rules = cp.request("GET", f"{CRDS}/{TAINT_RULES}")
         assert {"type": "Established", "status": "True"}.items() <= next(
             c for c in rules["status"]["conditions"] if c["type"] == "Established"
@@ -138,10 +127,8 @@ def test_apply_brings_an_older_charts_crds_up_to_date_under_the_hooks_rbac(
         second = apply_as(kubeconfig)
         assert second.returncode == 0, second.stderr
         assert outcomes(second) == dict.fromkeys(expected, "unchanged")
-        assert (
-            cp.request("GET", f"{CRDS}/{CLAIMS}")["metadata"]["resourceVersion"]
-            == (claims["metadata"]["resourceVersion"])
-        )
+        after = cp.request("GET", f"{CRDS}/{CLAIMS}")
+        assert after["metadata"]["resourceVersion"] == claims["metadata"]["resourceVersion"]
 
         # ---- the hook's RBAC: this chart's CRDs by name, and nothing else ----
         def can(*args: str) -> bool:

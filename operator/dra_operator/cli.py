@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "controlplane": ("dra_operator.controlplane.main", "build or start the embedded control plane"),
     "crds": ("dra_operator.crds", "print or write the CustomResourceDefinitions"),
     "pools": ("dra_operator.pools", "per node and pool: devices, allocated, tainted, free"),
+    "check": ("dra_operator.check", "whether an installation works: API, CRDs, leader, webhook, devices"),
 }
 
 

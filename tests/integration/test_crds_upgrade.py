@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from helpers import claim_status_schema, install_crds, strip_claim_status_default
 
+from dra_operator import check
 from dra_operator.api.crdgen import generate
 from dra_operator.controlplane import ApiError, ControlPlane
 from dra_operator.tools.helm import template
@@ -129,6 +130,10 @@ def test_apply_brings_an_older_charts_crds_up_to_date_under_the_hooks_rbac(
         assert outcomes(second) == dict.fromkeys(expected, "unchanged")
         after = cp.request("GET", f"{CRDS}/{CLAIMS}")
         assert after["metadata"]["resourceVersion"] == claims["metadata"]["resourceVersion"]
+        # What the API server answers for applied CRDs is what `dra-operator check` finds current.
+        generated = {crd["metadata"]["name"]: crd for crd in generate().values()}
+        installed = {name: cp.request("GET", f"{CRDS}/{name}") for name in generated}
+        assert check.crds_current(installed, generated).verdict == "ok"
 
         # ---- the hook's RBAC: this chart's CRDs by name, and nothing else ----
         def can(*args: str) -> bool:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -315,6 +317,7 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
     notes = install.helm_run("install", install.release, str(CHART), "--values", str(values_file))
     assert "kubectl get deviceclasses.resource.dra-operator.io" in notes
     assert "set agent.devicePlugin.enabled=true" in notes and "ValidatingAdmissionPolicies refuse" in notes
+    assert f"dra-operator check -n <your namespace> --lease {ns}/" in notes
     deployment = install.workload("Deployment")
     daemonset = install.workload("DaemonSet")
     assert deployment["spec"]["replicas"] == 2
@@ -416,6 +419,14 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
     # ---- the seed walkthrough, in a namespace of its own (the operator's is excluded from admission) ----
     work_ns = f"seed-{suffix}"
     cp.request("POST", "/api/v1/namespaces", {"metadata": {"name": work_ns}})
+
+    # `dra-operator check` as the NOTES print it, finding the chart's Lease by its label on its own.
+    command = ["check", "--kubeconfig", str(cp.kubeconfig), "-n", work_ns]
+    checked = subprocess.run(
+        [sys.executable, "-m", "dra_operator.cli", *command], capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"ok    leader   {ns}/{lease_name} held by" in checked.stdout, checked.stdout
     created_class = False
     try:
         if install.get(f"{OURS}/deviceclasses/example-device-class") is None:

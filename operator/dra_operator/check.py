@@ -201,12 +201,17 @@ async def run_checks(kube: Kube, namespace: str, lease: str | None) -> list[Find
     """Read what each verdict needs, in order; an API error is that part's FAIL, not the end."""
     from dra_operator.kube.client import KubeError, ours
 
-    findings = [served(await kube.get(f"/apis/{API_VERSION}"))]
-    installed = {}
-    for crd in generate().values():
-        name = crd["metadata"]["name"]
-        installed[name] = await kube.get(f"{CRDS}/{name}")
-    findings.append(crds_current(installed, {c["metadata"]["name"]: c for c in generate().values()}))
+    findings = []
+    try:
+        findings.append(served(await kube.get(f"/apis/{API_VERSION}")))
+    except KubeError as error:
+        findings.append(Finding("FAIL", "API", f"discovery failed: {error}"))
+    generated = {crd["metadata"]["name"]: crd for crd in generate().values()}
+    try:
+        installed = {name: await kube.get(f"{CRDS}/{name}") for name in generated}
+        findings.append(crds_current(installed, generated))
+    except KubeError as error:  # reading CRDs is often an administrator's right only
+        findings.append(Finding("warn", "CRDs", f"cannot read them: {error}"))
 
     try:
         if lease:

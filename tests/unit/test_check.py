@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from dra_operator import check
 from dra_operator.admission import names
 from dra_operator.api.crdgen import KINDS, generate
+from dra_operator.kube.rest import KubeError
 
 Json = dict[str, Any]
 NOW = datetime.datetime(2026, 12, 7, 12, 0, 0, tzinfo=datetime.UTC)
@@ -116,3 +118,40 @@ def test_devices_counts_what_the_operator_counted_and_says_what_it_has_not() -> 
         "2 slices on 2 nodes, 12 devices: 3 allocated, 1 tainted, 4 free (of the 1 slice the operator has "
         "counted so far)"
     )
+
+
+class ForbiddenCrds:
+    """An API server for a user who may not read CRDs but may do the rest; the operator leading."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, list[tuple[str, str]] | None]] = []
+
+    async def get(self, path: str) -> Json | None:
+        if path.startswith(check.CRDS):
+            raise KubeError(
+                403, "Forbidden", {"message": "customresourcedefinitions is forbidden"}, path=path
+            )
+        if path.startswith("/apis/resource.dra-operator.io/"):
+            return discovery(*(k.plural for k in KINDS))
+        return None
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, query: list[tuple[str, str]] | None = None
+    ) -> Json:
+        if method == "POST":
+            self.created.append((path, query))
+            return {**body, "spec": {**body["spec"], "schedulingGates": [{"name": names.SCHEDULING_GATE}]}}
+        if "leases" in path:
+            renewed = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+            holder = {"holderIdentity": "pod-a", "renewTime": renewed, "leaseDurationSeconds": 15}
+            return {"items": [{"metadata": {"namespace": "ns", "name": "lease"}, "spec": holder}]}
+        return {"items": []}
+
+
+def test_a_part_the_user_may_not_read_is_a_warning_and_the_rest_still_runs() -> None:
+    kube = ForbiddenCrds()
+    findings = asyncio.run(check.run_checks(kube, "team-a", None))  # type: ignore[arg-type]
+    verdicts = {f.part: f.verdict for f in findings}
+    assert verdicts == {"API": "ok", "CRDs": "warn", "leader": "ok", "webhook": "ok", "devices": "warn"}
+    assert "cannot read them: 403" in next(f.detail for f in findings if f.part == "CRDs")
+    assert kube.created == [("/api/v1/namespaces/team-a/pods", [("dryRun", "All")])], "only a dry run"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dra_operator.admission import names
 from dra_operator.api.crdgen import KINDS, generate
 from dra_operator.api.group import API_VERSION
+from dra_operator.crds import CRDS
 
 if TYPE_CHECKING:
     from dra_operator.kube.client import Kube
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 Verdict = Literal["ok", "warn", "FAIL"]
 
-CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 LEASES = "/apis/coordination.k8s.io/v1"
 #: The label the chart puts on the operator's Lease (and everything else of the release).
 RELEASE_LABEL = "app.kubernetes.io/name=dra-operator"

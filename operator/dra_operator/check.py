@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dra_operator.admission import names
-from dra_operator.api.crdgen import KINDS, generate
+from dra_operator.api.crdgen import KINDS
 from dra_operator.api.group import API_VERSION
-from dra_operator.crds import CRDS
+from dra_operator.crds import CRDS, generate
 
 if TYPE_CHECKING:
     from dra_operator.kube.client import Kube

@@ -1,20 +1,28 @@
 """`dra-operator crds`: print the generated CRDs, write them into crds/, check that directory, or apply them.
 
-The shell around api.crdgen, which only generates: this module does the file, terminal and API I/O. `--apply`
-is what the chart's pre-upgrade hook runs, because Helm installs a chart's crds/ once and never updates them:
-each CRD is server-side applied as this image generates it, then waited for until it is Established.
+The shell around api.crdgen, which only generates: this module does the file, terminal and API I/O, and reads
+the field descriptions from the models' source (`field_docs`). `generate()` and `rendered()` are the CRDs as
+shipped. `--apply` is what the chart's pre-upgrade hook runs, because Helm installs a chart's crds/ once and
+never updates them: each CRD is server-side applied as this image generates it, then waited for until it is
+Established.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
+import functools
+import inspect
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-from dra_operator.api.crdgen import generate, rendered
+from pydantic import BaseModel
+
+from dra_operator.api import crdgen
 from dra_operator.api.group import GROUP
 
 DEFAULT_DIR = Path("crds")
@@ -22,6 +30,40 @@ CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 APPLY_PATCH = "application/apply-patch+yaml"
 #: The field manager of the applied CRDs. Forced: the fields Helm (or kubectl) wrote at install become ours.
 FIELD_MANAGER = "dra-operator-crds"
+
+
+@functools.cache
+def field_docs(model: type[BaseModel]) -> dict[str, str]:
+    """Field name -> the attribute docstring below it in `model` or a base class, as one line of text.
+
+    Read from the source when the CRDs are generated: the models themselves carry no descriptions (a string
+    after an assignment compiles to nothing), so they cost the running operator nothing."""
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not issubclass(cls, BaseModel) or cls.__module__.startswith("pydantic"):
+            continue
+        (node,) = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
+        assert isinstance(node, ast.ClassDef)
+        for statement, following in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def generate() -> dict[str, dict[str, Any]]:
+    """File name -> CRD, for every kind, with the models' field descriptions."""
+    return crdgen.generate(field_docs)
+
+
+def rendered() -> dict[str, str]:
+    """File name -> file text, exactly as `--write` writes it."""
+    return crdgen.rendered(field_docs)
 
 
 def stale_files(directory: Path) -> list[str]:

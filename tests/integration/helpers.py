@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from dra_operator.api import crdgen
+from dra_operator import crds
 from dra_operator.api.pod import pod_spec_of
 from dra_operator.controlplane import ApiError, ControlPlane
 
@@ -40,6 +40,25 @@ def strip_claim_status_default(cp: ControlPlane) -> None:
     assert "default" not in claim_status_schema(cp)
 
 
+def token_kubeconfig(cp: ControlPlane, account: str, namespace: str, path: Path, *token_args: str) -> Path:
+    """Write at `path` a kubeconfig authenticating as the ServiceAccount with a TokenRequest's token (`kubectl
+    create token`, given `token_args` such as a bound object), its namespace the default."""
+    created = cp.kubectl("create", "token", account, "-n", namespace, "--duration=2h", *token_args)
+    token = created.stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "cp", "cluster": {"server": cp.server, "certificate-authority": str(cp.ca_file)}}
+        ],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "cp", "user": account, "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def seed(name: str) -> Json:
     """A manifest from tests/fixtures/seed, as written there."""
     obj: Json = yaml.safe_load((SEED / name).read_text())
@@ -61,7 +80,7 @@ def install_crds(kubectl: Kubectl) -> None:
     """Apply crds/ (server-side, idempotent) and wait until every CRD is Established."""
     applied = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), check=False)
     assert applied.returncode == 0, f"the apiserver refused crds/: {applied.stderr}"
-    for crd in crdgen.generate().values():
+    for crd in crds.generate().values():
         kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SEED, get_or_none, seed
+from helpers import SEED, get_or_none, seed, token_kubeconfig
 
 from dra_operator.admission import names
 from dra_operator.controlplane import ApiError, ControlPlane
@@ -144,29 +144,10 @@ class Install:
             meta = pod["metadata"]
             bound = ["--bound-object-kind=Pod", f"--bound-object-name={meta['name']}",
                      f"--bound-object-uid={meta['uid']}"]  # fmt: skip
-        token = self.cp.kubectl(
-            "create", "token", service_account, "-n", self.ns, "--duration=2h", *bound
-        ).stdout.strip()
         path = (
             self.work / f"{service_account}-{(pod or {}).get('spec', {}).get('nodeName', 'any')}.kubeconfig"
         )
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "cp",
-                    "cluster": {"server": self.cp.server, "certificate-authority": str(self.cp.ca_file)},
-                }
-            ],
-            "users": [{"name": service_account, "user": {"token": token}}],
-            "contexts": [
-                {"name": "sa", "context": {"cluster": "cp", "user": service_account, "namespace": self.ns}}
-            ],
-            "current-context": "sa",
-        }
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return token_kubeconfig(self.cp, service_account, self.ns, path, *bound)
 
     def daemon_pod(self, node: str) -> Json | None:
         """The DaemonSet's Pod bound to `node` (it never runs here: the nodes are fake), or None yet."""

@@ -22,6 +22,7 @@ from dra_operator.api.resource import (
     ResourceSliceStatus,
 )
 from dra_operator.controlplane import polling
+from dra_operator.crds import field_docs
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "tests" / "fixtures" / "seed"
@@ -237,8 +238,8 @@ def test_kubectl_explain_describes_our_kinds_and_fields(crds: None, kubectl: Kub
     field. The API server publishes a new CRD's OpenAPI a moment after it is Established: polled."""
     expected = {
         "resourceclaims": crdgen.KINDS[1].description.split(":")[0],
-        "resourceclaims.spec.devices.requests.exactly.count": crdgen.field_docs(ExactDeviceRequest)["count"],
-        "resourceslices.status.free": crdgen.field_docs(ResourceSliceStatus)["free"],
+        "resourceclaims.spec.devices.requests.exactly.count": field_docs(ExactDeviceRequest)["count"],
+        "resourceslices.status.free": field_docs(ResourceSliceStatus)["free"],
     }
     for path, text in expected.items():
 

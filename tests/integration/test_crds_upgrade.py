@@ -17,12 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-from helpers import claim_status_schema, install_crds, strip_claim_status_default
+from helpers import claim_status_schema, install_crds, strip_claim_status_default, token_kubeconfig
 
 from dra_operator import check
-from dra_operator.api.crdgen import generate
 from dra_operator.controlplane import ApiError, ControlPlane
+from dra_operator.crds import generate
 from dra_operator.tools.helm import template
 
 Json = dict[str, Any]
@@ -43,22 +42,6 @@ def hook_rbac(namespace: str) -> tuple[str, list[Json]]:
     ]
     (account,) = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
     return account, objects
-
-
-def token_kubeconfig(cp: ControlPlane, namespace: str, account: str, path: Path) -> Path:
-    token = cp.kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "cp", "cluster": {"server": cp.server, "certificate-authority": str(cp.ca_file)}}
-        ],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "hook", "context": {"cluster": "cp", "user": account}}],
-        "current-context": "hook",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def apply_as(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
@@ -93,7 +76,7 @@ def test_apply_brings_an_older_charts_crds_up_to_date_under_the_hooks_rbac(
         cp.kubectl(
             "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
         )
-        kubeconfig = token_kubeconfig(cp, namespace, account, tmp_path / "hook.kubeconfig")
+        kubeconfig = token_kubeconfig(cp, account, namespace, tmp_path / "hook.kubeconfig")
         user = f"--as=system:serviceaccount:{namespace}:{account}"
 
         # ---- what an older chart left: no DeviceTaintRule CRD, a claim CRD without its status default ----

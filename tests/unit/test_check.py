@@ -11,7 +11,8 @@ import pytest
 
 from dra_operator import check
 from dra_operator.admission import names
-from dra_operator.api.crdgen import KINDS, generate
+from dra_operator.api.crdgen import KINDS
+from dra_operator.crds import generate
 from dra_operator.kube.rest import KubeError
 
 Json = dict[str, Any]

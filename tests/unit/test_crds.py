@@ -15,7 +15,6 @@ from celpy import celtypes, json_to_cel  # type: ignore[attr-defined]
 from pydantic import ValidationError
 
 from dra_operator import crds
-from dra_operator.api import crdgen
 from dra_operator.api.resource import (
     API_VERSION,
     GROUP,
@@ -59,7 +58,7 @@ def _parser() -> Any:
 
 
 def _crds() -> dict[str, dict[str, Any]]:
-    return {crd["spec"]["names"]["kind"]: crd for crd in crdgen.generate().values()}
+    return {crd["spec"]["names"]["kind"]: crd for crd in crds.generate().values()}
 
 
 @pytest.mark.parametrize(
@@ -151,7 +150,7 @@ def test_every_field_of_spec_and_status_is_described_for_kubectl_explain() -> No
     """Each kind and every field under spec and status has a description (the field's attribute docstring
     in api/resource.py), so that `kubectl explain` explains it; a field added without one fails here."""
     undescribed = []
-    for crd in crdgen.generate().values():
+    for crd in crds.generate().values():
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         kind = crd["spec"]["names"]["kind"]
         assert schema["description"], kind
@@ -163,9 +162,9 @@ def test_every_field_of_spec_and_status_is_described_for_kubectl_explain() -> No
             for p in _undescribed(schema["properties"].get(top, {}), f"{kind}.{top}")
         ]
     assert undescribed == []
-    assert crdgen.field_docs(ResourceClaimSpec)["devices"].startswith("The devices this claim asks for.")
+    assert crds.field_docs(ResourceClaimSpec)["devices"].startswith("The devices this claim asks for.")
     # Inherited fields keep the docstring of the class that declares them.
-    assert crdgen.field_docs(ExactDeviceRequest)["count"] == crdgen.field_docs(_DeviceSelection)["count"]
+    assert crds.field_docs(ExactDeviceRequest)["count"] == crds.field_docs(_DeviceSelection)["count"]
 
 
 def test_every_kind_has_a_crd() -> None:
@@ -282,7 +281,7 @@ def test_status_fields_for_printer_columns_exist_in_the_model() -> None:
 
 
 def test_written_files_parse_as_the_generated_dicts() -> None:
-    for name, crd in crdgen.generate().items():
+    for name, crd in crds.generate().items():
         assert yaml.safe_load((CRDS / name).read_text()) == crd
 
 

@@ -3,19 +3,16 @@
 The schema is structural OpenAPI v3 built by walking the models (not pydantic's JSON schema): every node
 typed, no $ref, quantities as `x-kubernetes-int-or-string` with a pattern, limits as maxItems / maxLength /
 maxProperties, the models' `crd_rules` as `x-kubernetes-validations`, list-map keys where Kubernetes has
-them, and each field's attribute docstring (the string below it in its class) as its `description`, which
-`kubectl explain` shows. Generation is pure (`generate()` returns dicts, `rendered()` file texts); the files
-are read and written by the `dra-operator crds` command (dra_operator.crds).
+them, and each field's description (`describe`: model -> field name -> text, which `kubectl explain`
+shows). Generation is pure (`generate(describe)` returns dicts, `rendered(describe)` file texts); the
+descriptions are read from the models' source, and the files read and written, by the `dra-operator crds`
+command (dra_operator.crds).
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import inspect
-import textwrap
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
@@ -38,6 +35,9 @@ from dra_operator.api.resource import (
 CATEGORY = "dra"
 
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+#: A model's field descriptions by Python field name (those of its base classes included).
+Describe = Callable[[type[BaseModel]], Mapping[str, str]]
 
 
 class _Kind:
@@ -192,7 +192,7 @@ def _apply_limits(schema: dict[str, Any], meta: Iterable[Any], kind: str) -> Non
                 schema.setdefault("maxLength", item.max_length)
 
 
-def schema_of(annotation: Any, meta: list[Any] | None = None) -> dict[str, Any]:
+def schema_of(annotation: Any, describe: Describe, meta: list[Any] | None = None) -> dict[str, Any]:
     """The structural schema of one Python type as the models use them."""
     tp, meta = _flatten(annotation, list(meta or []))
     formats = [item for item in meta if isinstance(item, Format)]
@@ -218,55 +218,31 @@ def schema_of(annotation: Any, meta: list[Any] | None = None) -> dict[str, Any]:
         return schema
     if origin is list:
         (item,) = get_args(tp)
-        schema = {"type": "array", "items": schema_of(item)}
+        schema = {"type": "array", "items": schema_of(item, describe)}
         _apply_limits(schema, meta, "array")
         return schema
     if origin is dict:
         _, value = get_args(tp)
         if value is Any:
             return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        schema = {"type": "object", "additionalProperties": schema_of(value)}
+        schema = {"type": "object", "additionalProperties": schema_of(value, describe)}
         _apply_limits(schema, meta, "object")
         return schema
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return model_schema(tp)
+        return model_schema(tp, describe)
     raise TypeError(f"no structural schema for {tp!r}")
 
 
-@functools.cache
-def field_docs(model: type[BaseModel]) -> dict[str, str]:
-    """Field name -> the attribute docstring below it in `model` or a base class, as one line of text.
-
-    Read from the source at generation time only: the models themselves carry no descriptions (a string
-    after an assignment compiles to nothing), so they cost the running operator nothing."""
-    docs: dict[str, str] = {}
-    for cls in reversed(model.__mro__):
-        if not issubclass(cls, BaseModel) or cls.__module__.startswith("pydantic"):
-            continue
-        (node,) = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
-        assert isinstance(node, ast.ClassDef)
-        for statement, following in zip(node.body, node.body[1:], strict=False):
-            if (
-                isinstance(statement, ast.AnnAssign)
-                and isinstance(statement.target, ast.Name)
-                and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)
-            ):
-                docs[statement.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+def model_schema(model: type[BaseModel], describe: Describe) -> dict[str, Any]:
     """An object schema: properties by JSON name, required fields, defaults, list types and CEL rules."""
     list_keys: dict[str, tuple[str, ...]] = getattr(model, "crd_list_map_keys", {})
     not_required: frozenset[str] = getattr(model, "crd_not_required", frozenset())
-    docs = field_docs(model)
+    docs = describe(model)
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, field in model.model_fields.items():
         json_name = field.alias or name
-        prop = schema_of(field.annotation, list(field.metadata))
+        prop = schema_of(field.annotation, describe, list(field.metadata))
         if name in docs:
             prop["description"] = docs[name]
         if prop.get("type") == "array":
@@ -291,7 +267,7 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def kind_schema(model: type[KubeModel]) -> dict[str, Any]:
+def kind_schema(model: type[KubeModel], describe: Describe) -> dict[str, Any]:
     """The top-level schema: apiVersion, kind and metadata are the apiserver's; spec and status are ours."""
     properties: dict[str, Any] = {
         "apiVersion": {"type": "string"},
@@ -299,12 +275,12 @@ def kind_schema(model: type[KubeModel]) -> dict[str, Any]:
         "metadata": {"type": "object"},
     }
     required: list[str] = []
-    docs = field_docs(model)
+    docs = describe(model)
     for name in ("spec", "status"):
         field = model.model_fields.get(name)
         if field is None:
             continue
-        properties[name] = schema_of(field.annotation, list(field.metadata))
+        properties[name] = schema_of(field.annotation, describe, list(field.metadata))
         if name in docs:
             properties[name]["description"] = docs[name]
         if field.is_required():
@@ -318,8 +294,8 @@ def kind_schema(model: type[KubeModel]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- CRDs
 
 
-def crd_for(kind: _Kind) -> dict[str, Any]:
-    schema = {"description": kind.description, **kind_schema(kind.model)}
+def crd_for(kind: _Kind, describe: Describe) -> dict[str, Any]:
+    schema = {"description": kind.description, **kind_schema(kind.model, describe)}
     if kind.status_default is not None:
         schema["properties"]["status"]["default"] = kind.status_default
     version: dict[str, Any] = {
@@ -351,9 +327,9 @@ def crd_for(kind: _Kind) -> dict[str, Any]:
     }
 
 
-def generate() -> dict[str, dict[str, Any]]:
+def generate(describe: Describe) -> dict[str, dict[str, Any]]:
     """File name -> CRD, for every kind."""
-    return {f"{GROUP}_{kind.plural}.yaml": crd_for(kind) for kind in KINDS}
+    return {f"{GROUP}_{kind.plural}.yaml": crd_for(kind, describe) for kind in KINDS}
 
 
 _HEADER = "# Generated by `dra-operator crds --write crds/` from dra_operator/api/resource.py. Do not edit.\n"
@@ -363,6 +339,6 @@ def render(crd: dict[str, Any]) -> str:
     return _HEADER + yaml.safe_dump(crd, sort_keys=False, width=1000, default_flow_style=False)
 
 
-def rendered() -> dict[str, str]:
+def rendered(describe: Describe) -> dict[str, str]:
     """File name -> file text, exactly as `--write` writes it."""
-    return {name: render(crd) for name, crd in generate().items()}
+    return {name: render(crd) for name, crd in generate(describe).items()}

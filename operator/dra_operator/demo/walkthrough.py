@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from dra_operator import crds
 from dra_operator.admission import names
 from dra_operator.admission.mutation import read_manifest
-from dra_operator.api import crdgen
 from dra_operator.controlplane import (
     K8S_VERSION,
     ApiError,
@@ -214,7 +214,7 @@ class Walkthrough:
         c.step(STEPS[2])
         crd_dir = self.files / "crds"
         crd_dir.mkdir()
-        for name, text in crdgen.rendered().items():
+        for name, text in crds.rendered().items():
             (crd_dir / name).write_text(text)
         c.note(
             "crds/ holds the CRDs as `dra-operator crds --write crds` writes them (the chart has the same)"

@@ -1102,28 +1102,29 @@ class Reconciler:
             claim = await self._drop_finalizer(claim)
         return None
 
-    def _stray_siblings(self, claim: Json, owner: str) -> list[Json]:
-        """The other claims generated for the same Pod claim that nothing holds: neither reserved nor
-        allocated, nor being deleted."""
+    def _siblings(self, claim: Json, owner: str) -> list[Json]:
+        """The other claims generated for the same Pod claim as `claim` (its Pod's uid: `owner`)."""
         meta = claim["metadata"]
         pod_claim = (meta.get("annotations") or {}).get(names.POD_CLAIM_NAME_ANNOTATION)
         return [
             other
             for other in self._generated_for(str(meta.get("namespace")), owner, pod_claim)
             if other["metadata"].get("name") != meta.get("name")
-            and not reserved_uids(other)
+        ]
+
+    def _stray_siblings(self, claim: Json, owner: str) -> list[Json]:
+        """The siblings that nothing holds: neither reserved nor allocated, nor being deleted."""
+        return [
+            other
+            for other in self._siblings(claim, owner)
+            if not reserved_uids(other)
             and not (other.get("status") or {}).get("allocation")
             and not _deleting(other)
         ]
 
     def _superseded(self, claim: Json, owner: str) -> bool:
-        """Whether another claim generated for the same Pod claim is reserved for the Pod."""
-        meta = claim["metadata"]
-        pod_claim = (meta.get("annotations") or {}).get(names.POD_CLAIM_NAME_ANNOTATION)
-        return any(
-            other["metadata"].get("name") != meta.get("name") and owner in reserved_uids(other)
-            for other in self._generated_for(str(meta.get("namespace")), owner, pod_claim)
-        )
+        """Whether a sibling is reserved for the Pod."""
+        return any(owner in reserved_uids(other) for other in self._siblings(claim, owner))
 
     async def _delete_generated(self, claim: Json) -> None:
         """Delete a generated claim (of an ended Pod, or a duplicate), our finalizer first; release its

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint controlplane helm skaffold image bench
+.PHONY: demo test lint controlplane helm skaffold monitoring image bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ helm: $(BIN)/.installed
 skaffold: $(BIN)/.installed
 	$(BIN)/python -m dra_operator.tools.skaffold >/dev/null
 
+# promtool (Prometheus' rule checker, without service discovery; a minute or two of compiling, once) and the
+# Prometheus Operator's CRDs (downloaded), which test the chart's alerting rules and monitoring objects.
+monitoring: $(BIN)/.installed
+	$(BIN)/python -m dra_operator.tools.monitoring >/dev/null
+
 # The image, from the Dockerfile (root: a private dockerd from Debian's docker.io, buildx built from Go modules,
 # a debootstrapped Python base; cached, seconds when warm), for the chart installed on real nodes.
 image: $(BIN)/.installed
@@ -38,7 +43,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: controlplane helm skaffold image lint
+test: controlplane helm skaffold monitoring image lint
 	$(BIN)/pytest
 
 # The demo builds the control plane itself (cached), showing progress while Go compiles.

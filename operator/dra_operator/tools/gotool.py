@@ -142,6 +142,7 @@ def ensure_go_tool(
     package: str,
     version: str,
     ldflags: str = "-s -w",
+    tags: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
     env_override: str | None = None,
     probe: Sequence[str] = ("version",),
@@ -151,18 +152,24 @@ def ensure_go_tool(
     For modules whose go.mod has no replace or exclude directives (go install refuses those; see
     ensure_go_module_tool). `module` is the module `package` belongs to, recorded in the stamp. When the
     environment variable named by `env_override` is set, its value is the path of a prebuilt binary, returned
-    without building. A cached copy counts as working when it exits 0 on the arguments `probe`.
+    without building. A cached copy counts as working when it exits 0 on the arguments `probe`. `tags` are
+    Go build tags.
     """
     override = _override(env_override)
     if override is not None:
         return override
     stamp = _stamp(name=name, module=module, package=package, version=version, ldflags=ldflags)
+    if tags:  # only then: the stamps of tools built without tags stay as they were, and so their caches
+        stamp["tags"] = list(tags)
 
     def build(go: str, env: dict[str, str], scratch: Path) -> None:
         gobin = scratch / "bin"
         gobin.mkdir()
         env = dict(env, GOBIN=str(gobin))
-        args = ["install", "-trimpath", "-ldflags", ldflags, f"{package}@{version}"]
+        args = ["install", "-trimpath", "-ldflags", ldflags]
+        if tags:
+            args += ["-tags", ",".join(tags)]
+        args.append(f"{package}@{version}")
         _run_go(go, args, cwd=scratch, env=env, what=f"{name} {version} from {module}")
         os.replace(gobin / _command_name(package), scratch / name)
 

@@ -36,13 +36,15 @@ from dra_operator.operator.local import (
     scrape_metrics,
 )
 from dra_operator.tools.helm import chart_dir, ensure_helm, isolated_env, run_helm, template
+from dra_operator.tools.monitoring import ensure_promtool, prometheus_operator_crds
 
 CHART = chart_dir()
 VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
     path.name.removesuffix("-values.yaml"): [path] for path in sorted((CHART / "ci").glob("*-values.yaml"))
 }
-# API groups of other projects' CRDs (cert-manager, Prometheus Operator): not on this control plane.
-FOREIGN_GROUPS = {"cert-manager.io", "monitoring.coreos.com"}
+# The API group of another project's CRDs that this control plane does not serve (cert-manager's). The
+# Prometheus Operator's CRDs of the kinds the chart renders are installed for the dry run (`monitoring_crds`).
+FOREIGN_GROUPS = {"cert-manager.io"}
 OURS = "/apis/resource.dra-operator.io/v1"
 # The label GPU Feature Discovery puts on GPU nodes, which the chart's default agent nodeSelector requires.
 GPU_LABEL = "nvidia.com/gpu.present"
@@ -55,12 +57,91 @@ def helm() -> Path:
     return ensure_helm()
 
 
+@pytest.fixture(scope="module")
+def monitoring_crds(control_plane: ControlPlane) -> Iterator[None]:
+    """The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs, served while this module runs."""
+    files = prometheus_operator_crds()
+    args = [arg for path in files for arg in ("-f", str(path))]
+    control_plane.kubectl("apply", "--server-side", "--field-manager=chart-tests", *args)
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
+    try:
+        yield
+    finally:
+        control_plane.kubectl("delete", "--wait=false", "--ignore-not-found", *args)
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def series_of(text: str, labels: str) -> list[dict[str, str]]:
+    """promtool input series from a /metrics page, each sample with `labels` added and held for an hour.
+    `_created` samples (timestamps) are left out; values are written without exponents, whose signs promtool's
+    `a+bxn` notation would read as steps."""
+    series = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        metric, brace, rest = name.partition("{")
+        if metric.endswith("_created"):
+            continue
+        selector = f"{metric}{{{rest[:-1]},{labels}}}" if brace else f"{metric}{{{labels}}}"
+        series.append({"series": selector, "values": f"{float(value):.9f}x60"})
+    return series
+
+
+def alerts_stay_quiet(install: Install, scrapes: dict[str, str]) -> None:
+    """The chart's PrometheusRule for this release, unit-tested with promtool over the scraped series: no
+    alert fires in 20 minutes of them. The exposition itself passes promtool's lint."""
+    promtool = ensure_promtool()
+    for text in scrapes.values():
+        linted = subprocess.run(
+            [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        )
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+    values = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    objects = template(release=install.release, namespace=install.ns, values=values, helm=install.helm)
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    alerts = [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    job = next(o for o in objects if o["kind"] == "Service" and o["spec"]["ports"][0]["name"] == "metrics")
+    series = [
+        s
+        for pod, text in scrapes.items()
+        for s in series_of(text, f'job="{job["metadata"]["name"]}",namespace="{install.ns}",pod="{pod}"')
+    ]
+    assert any(s["series"].startswith("dra_operator_leader{") for s in series)
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [{"eval_time": "20m", "alertname": a, "exp_alerts": []} for a in alerts],
+            }
+        ],
+    }
+    (install.work / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    (install.work / "quiet.test.yaml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [str(promtool), "test", "rules", "quiet.test.yaml"],
+        cwd=install.work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # ------------------------------------------------------------------------------------------- 1. dry-run
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_rendered_chart_passes_server_side_dry_run(
-    name: str, helm: Path, control_plane: ControlPlane, namespace: str
+    name: str, helm: Path, control_plane: ControlPlane, namespace: str, monitoring_crds: None
 ) -> None:
     control_plane.request(
         "PATCH",
@@ -76,12 +157,14 @@ def test_rendered_chart_passes_server_side_dry_run(
         text = path.read_text()
         values["webhook"] = {**values["webhook"], **(yaml.safe_load(text).get("webhook") or {})}
         values["metrics"] = {**values["metrics"], **(yaml.safe_load(text).get("metrics") or {})}
-    expect_foreign = (
-        values["webhook"]["certManager"]["enabled"] or values["metrics"]["serviceMonitor"]["enabled"]
-    )
-    assert bool(foreign) == bool(expect_foreign), (
-        "only cert-manager and ServiceMonitor objects are left unchecked"
-    )
+    expect_foreign = values["webhook"]["certManager"]["enabled"]
+    assert bool(foreign) == bool(expect_foreign), "only cert-manager objects are left unchecked"
+    monitoring = {o["kind"] for o in checked if o["apiVersion"].startswith("monitoring.coreos.com/")}
+    assert monitoring == {
+        kind
+        for kind, key in (("ServiceMonitor", "serviceMonitor"), ("PrometheusRule", "prometheusRule"))
+        if values["metrics"][key]["enabled"]
+    }
     result = control_plane.kubectl(
         "apply",
         "--server-side",
@@ -503,6 +586,11 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
             timeout=90,
             message=f"generated claims deleted, shared claim deallocated\n{install.logs()}",
         )
+
+        # The chart's alerts, over the replicas' real series as a ServiceMonitor of this release would label
+        # them: a working installation raises none.
+        scrapes = {f"replica-{i}": metrics_text(ports["metrics"]) for i, ports in enumerate(replicas)}
+        alerts_stay_quiet(install, scrapes)
     finally:
         with contextlib.suppress(ApiError):
             cp.request("DELETE", f"/api/v1/namespaces/{work_ns}")

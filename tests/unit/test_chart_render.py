@@ -33,7 +33,8 @@ NAMESPACE = "gpu-system"
 RELEASE = "rel"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap", "Secret",
-    "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor", "Lease", "Job", "NetworkPolicy",
+    "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor", "PrometheusRule", "Lease", "Job",
+    "NetworkPolicy",
 }  # fmt: skip
 CLUSTER_KINDS = {
     "ClusterRole",

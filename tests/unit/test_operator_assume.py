@@ -59,7 +59,7 @@ def test_the_next_decision_does_not_wait_for_the_last_ones_claim_write() -> None
             lambda: len(started) == 2, "the second Pod's claim written while the first's is in flight"
         )
         release.set()
-        await until(lambda: not w.reconciler.queue.qsize() and not w.reconciler._active, "both items done")
+        await until(lambda: not w.reconciler.work.busy(), "both items done")
         runner.cancel()
 
     asyncio.run(scenario())

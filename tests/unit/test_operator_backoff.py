@@ -14,8 +14,8 @@ from dra_operator.operator.reconciler import (
     POD,
     TRANSIENT_BACKOFF_CAP,
     WRITE_REJECTED,
-    backoff,
 )
+from dra_operator.operator.workqueue import backoff
 
 Json = dict[str, Any]
 INVALID = {
@@ -76,17 +76,17 @@ def test_refused_claim_creation_backs_off_and_says_why() -> None:
         r.enqueue(POD, NS, "p")
         worker = asyncio.create_task(r.run())
         async with asyncio.timeout(3):
-            while not r._retry:  # noqa: ASYNC110 - the fake server's state, polled on the loop
+            while not r.work.retries:  # noqa: ASYNC110 - the fake server's state, polled on the loop
                 await asyncio.sleep(0.01)
         delays: list[float] = []
         loop = asyncio.get_running_loop()
         for _ in range(3):  # a watch event (the Pod or template changed) retries at once, and backs off more
-            handle = r._retry.pop((POD, NS, "p"))
+            handle = r.work.retries.pop((POD, NS, "p"))
             delays.append(round(handle.when() - loop.time()))
             handle.cancel()
             r.enqueue(POD, NS, "p")
             async with asyncio.timeout(3):
-                while not r._retry:  # noqa: ASYNC110
+                while not r.work.retries:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
         worker.cancel()
         return delays

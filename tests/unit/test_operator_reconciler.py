@@ -239,7 +239,7 @@ class World:
                 for name in pods:
                     self.reconciler.enqueue(kind, NS, name)
                 await asyncio.sleep(0)
-            while self.reconciler.queue.qsize() or self.reconciler._active:  # noqa: ASYNC110 - drain the fake
+            while self.reconciler.work.busy():  # noqa: ASYNC110 - drain the fake
                 await asyncio.sleep(0)
             runner.cancel()
 
@@ -683,7 +683,7 @@ def test_claims_of_an_unplaceable_pod_are_withdrawn_and_it_is_placed_on_the_next
     assert gated(w.pod("p"))
     withdrawn = w.kube.objects[claims_path(made["metadata"]["name"])]
     assert "allocation" not in withdrawn["status"] and not withdrawn["status"].get("reservedFor")
-    assert ("pod", NS, "p") in w.reconciler._queued
+    assert ("pod", NS, "p") in w.reconciler.work.queued
     assert [r["name"] for r in w.kube.objects[claims_path("shared")]["status"]["reservedFor"]] == ["q"]
     assert "Deallocated" in w.recorder.reasons(made["metadata"]["name"])
 
@@ -828,7 +828,7 @@ def test_with_the_device_plugin_a_node_gets_one_newly_placed_pod_at_a_time() -> 
 
     async def second_try() -> None:
         await w.reconciler.sync_pod(NS, "p2")
-        for handle in w.reconciler._retry.values():
+        for handle in w.reconciler.work.retries.values():
             handle.cancel()
 
     w.run(second_try())
@@ -841,7 +841,7 @@ def test_with_the_device_plugin_a_node_gets_one_newly_placed_pod_at_a_time() -> 
     w.kube._bump(w.kube.objects[pods_path("p1")])
     w.sync()
     w.run(w.reconciler.sync_pod(NS, "p1"))
-    assert ("pod", NS, "p2") in w.reconciler._queued
+    assert ("pod", NS, "p2") in w.reconciler.work.queued
     w.run(w.reconciler.sync_pod(NS, "p2"))
     assert not gated(w.pod("p2"))
 
@@ -880,8 +880,8 @@ def test_a_new_leaders_look_at_every_claim_waits_behind_pods() -> None:
         w.reconciler.enqueue("pod", NS, "new")
         w.reconciler.enqueue("claim", NS, "event")  # a claim's own watch event is not backlog
         taken = []
-        while w.reconciler.queue.qsize():
-            taken.append((await w.reconciler.queue.get())[2])
+        while w.reconciler.work.queue.qsize():
+            taken.append((await w.reconciler.work.queue.get())[2])
         return taken
 
     taken = asyncio.run(order())

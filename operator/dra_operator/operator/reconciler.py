@@ -22,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
-import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +64,7 @@ from dra_operator.operator.state import (
     Key,
     State,
 )
+from dra_operator.operator.workqueue import Item, WorkQueue, backoff
 
 log = structlog.get_logger("dra_operator.reconciler")
 
@@ -74,7 +74,6 @@ POD, CLAIM = "pod", "claim"
 #: bench/operator_vs_builtin.py) 4 workers gave 50.6 Pods/s, 16 gave 68.8 and 32 gave 60.8, their writes
 #: slowing the Pod creates. kube-scheduler binds with the same parallelism (16).
 WORKERS = 16
-Item = tuple[str, str, str]  # (POD|CLAIM, namespace, name)
 #: Where a Pod's claims went: (node, Pod claim name -> status.allocation, (driver, pool, device) -> GPU UUID).
 _Placement = tuple[str | None, dict[str, Json], dict[tuple[str, str, str], str]]
 
@@ -89,11 +88,6 @@ DELIVERY_RECHECK = 2.0
 #: Failed preconditions in a row retried at once (a fresh read fixes them) before they back off too.
 IMMEDIATE_RETRIES = 3
 WRITE_REJECTED = "WriteRejected"
-
-
-def backoff(failures: int, cap: float) -> float:
-    """Seconds to wait after the `failures`-th failure in a row: 1, 2, 4, ... capped at `cap`."""
-    return float(min(cap, 2.0 ** max(0, failures - 1)))
 
 
 @dataclass(frozen=True)
@@ -149,17 +143,11 @@ class Reconciler:
     # Devices are delivered by the agents' device plugin: one Pod in delivery per node at a time (see
     # dra_operator.admission.delivery for why).
     device_plugin: bool = False
-    _active: set[Item] = field(default_factory=set)
-    _again: set[Item] = field(default_factory=set)
+    # Items are (POD|CLAIM, namespace, name). The bulk look at every claim of a new leader is a backlog,
+    # behind everything else, so that a Pod created meanwhile is decided at once, not after 10,000 claims
+    # (issue 14, failover).
+    work: WorkQueue = field(default_factory=WorkQueue)
     _decide: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # (priority, arrival, item): the bulk look at every claim of a new leader waits behind everything else,
-    # so that a Pod created meanwhile is decided at once, not after 10,000 claims (issue 14, failover).
-    queue: asyncio.PriorityQueue[tuple[int, int, Item]] = field(default_factory=asyncio.PriorityQueue)
-    _arrivals: Iterator[int] = field(default_factory=itertools.count)
-    _queued: set[Item] = field(default_factory=set)
-    _retry: dict[Item, asyncio.TimerHandle] = field(default_factory=dict)
-    # Item -> failures in a row (reset by a success), for the backoff.
-    _failures: dict[Item, int] = field(default_factory=dict)
     # Node -> Pods placed there waiting for the Pod in delivery before them to be admitted.
     _deferred: dict[str, set[Item]] = field(default_factory=dict)
     # Node -> (uid, since (monotonic), name) of the Pod this replica last ungated there, until it is admitted.
@@ -186,26 +174,12 @@ class Reconciler:
 
     def enqueue(self, kind: str, namespace: str, name: str, *, backlog: bool = False) -> None:
         """Queue an item once; `backlog` items wait until nothing else is queued."""
-        item = (kind, namespace, name)
-        if item not in self._queued:
-            self._queued.add(item)
-            self.queue.put_nowait((1 if backlog else 0, next(self._arrivals), item))
+        self.work.add((kind, namespace, name), backlog=backlog)
 
     def forget_pod(self, uid: str) -> None:
         """A Pod is gone: drop what this replica remembered about it."""
         self._first_seen.pop(uid, None)
         self.recorder.forget(uid)
-
-    def retry_later(self, item: Item, delay: float) -> None:
-        if item in self._retry:
-            return
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            self._retry.pop(item, None)
-            self.enqueue(*item)
-
-        self._retry[item] = loop.call_later(delay, fire)
 
     def enqueue_gated(self, namespace: str | None = None) -> None:
         """Every gated Pod (of one namespace): something they may wait for appeared or changed."""
@@ -222,28 +196,10 @@ class Reconciler:
             self.enqueue(CLAIM, *_key(claim), backlog=True)
 
     async def run(self) -> None:
-        """`workers` loops over one queue. An item is never processed twice at once (one that comes back while
-        in progress runs again afterwards); allocation decisions and their claim writes are serialized by a
-        lock, while claim creation, Pod patches and releases of different items overlap."""
-        await asyncio.gather(*(self._work() for _ in range(max(1, self.workers))))
-
-    async def _work(self) -> None:
-        while True:
-            _, _, item = await self.queue.get()
-            self._queued.discard(item)
-            if not self.is_leader():
-                continue
-            if item in self._active:
-                self._again.add(item)
-                continue
-            self._active.add(item)
-            try:
-                await self._process(item)
-            finally:
-                self._active.discard(item)
-                if item in self._again:
-                    self._again.discard(item)
-                    self.enqueue(*item)
+        """`workers` loops over the work queue (an item is never processed twice at once); allocation
+        decisions and their claim writes are serialized by a lock, while claim creation, Pod patches and
+        releases of different items overlap."""
+        await self.work.run(self.workers, self._process, lambda: self.is_leader())
 
     async def _process(self, item: Item) -> None:
         kind, namespace, name = item
@@ -259,12 +215,11 @@ class Reconciler:
         except KubeError as exc:
             await self._failed(item, exc)
         except Exception:
-            failures = self._failures[item] = self._failures.get(item, 0) + 1
-            delay = backoff(failures, TRANSIENT_BACKOFF_CAP)
+            delay = backoff(self.work.failed(item), TRANSIENT_BACKOFF_CAP)
             log.exception("reconcile failed", kind=kind, namespace=namespace, name=name, retry_in=delay)
-            self.retry_later(item, delay)
+            self.work.add_after(item, delay)
         else:
-            self._failures.pop(item, None)
+            self.work.succeeded(item)
         finally:
             if kind == POD:
                 metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
@@ -276,14 +231,14 @@ class Reconciler:
         """Schedule the retry a failed write deserves (see the module docstring), and say why when it was
         refused for good."""
         kind, namespace, name = item
-        failures = self._failures[item] = self._failures.get(item, 0) + 1
+        failures = self.work.failed(item)
         where = {"kind": kind, "namespace": namespace, "name": name, "call": f"{exc.method} {exc.path}"}
         if exc.permanent:
             delay = backoff(failures, PERMANENT_BACKOFF_CAP)
             metrics.REJECTED_WRITES.labels(str(exc.status)).inc()
             log.warning("write refused", **where, error=str(exc), failures=failures, retry_in=delay)
             await self._report_rejection(item, exc)
-            self.retry_later(item, delay)
+            self.work.add_after(item, delay)
         elif exc.conflict or exc.status == 422 or exc.not_found:
             # Decided on stale data (or the object went): read again and look once more.
             log.info("precondition failed, retrying", **where, error=str(exc), failures=failures)
@@ -291,12 +246,12 @@ class Reconciler:
             if failures <= IMMEDIATE_RETRIES:
                 self.enqueue(*item)
             else:
-                self.retry_later(item, backoff(failures - IMMEDIATE_RETRIES, TRANSIENT_BACKOFF_CAP))
+                self.work.add_after(item, backoff(failures - IMMEDIATE_RETRIES, TRANSIENT_BACKOFF_CAP))
         else:
             delay = backoff(failures, TRANSIENT_BACKOFF_CAP)
             # No answer or a server error: expected while the API server or etcd restarts; no traceback.
             log.warning("write failed, retrying", **where, error=str(exc), failures=failures, retry_in=delay)
-            self.retry_later(item, delay)
+            self.work.add_after(item, delay)
 
     async def _report_rejection(self, item: Item, exc: KubeError) -> None:
         """A Warning event on the item's object and a WriteRejected condition on the claim written to (for a
@@ -707,7 +662,7 @@ class Reconciler:
                 # Its claims stay reserved; it is ungated once the kubelet admitted the Pod before it.
                 log.info("pod waits for its node's device plugin", pod=_name(pod), node=node, behind=busy)
                 self._deferred.setdefault(node, set()).add((POD, *_key(pod)))
-                self.retry_later((POD, *_key(pod)), DELIVERY_RECHECK)
+                self.work.add_after((POD, *_key(pod)), DELIVERY_RECHECK)
                 return
             annotations[names.NODE_ANNOTATION] = node
             annotations[names.UNGATED_AT_ANNOTATION] = delivery.timestamp(now)

@@ -20,7 +20,6 @@ item at once whatever its backoff, so fixing the input is acted on without waiti
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import json
 import time
@@ -37,9 +36,16 @@ from dra_operator.api.resource import RESERVED_FOR_MAX
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours, path_of
 from dra_operator.operator import metrics
 from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure, Placed
+from dra_operator.operator.claimwrites import (
+    WRITE_REJECTED,
+    ClaimWrites,
+    Reservation,
+    devices_text,
+    reserved_status,
+    undo_all,
+)
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.placement import (
-    claim_state,
     controller_uid,
     device_annotations,
     extended_claim_spec,
@@ -63,8 +69,16 @@ from dra_operator.operator.state import (
     Json,
     Key,
     State,
+    key_of,
+    name_of,
 )
-from dra_operator.operator.workqueue import Item, WorkQueue, backoff
+from dra_operator.operator.workqueue import (
+    PERMANENT_BACKOFF_CAP,
+    TRANSIENT_BACKOFF_CAP,
+    Item,
+    WorkQueue,
+    backoff,
+)
 
 log = structlog.get_logger("dra_operator.reconciler")
 
@@ -77,9 +91,6 @@ WORKERS = 16
 #: Where a Pod's claims went: (node, Pod claim name -> status.allocation, (driver, pool, device) -> GPU UUID).
 _Placement = tuple[str | None, dict[str, Json], dict[tuple[str, str, str], str]]
 
-#: Backoff of an item whose writes keep failing: 1 s, 2 s, 4 s, ... up to these caps (seconds).
-PERMANENT_BACKOFF_CAP = 300.0  # refused (400, 403, 422 Invalid): only a change of the inputs can help
-TRANSIENT_BACKOFF_CAP = 30.0  # 5xx, no answer, unexpected errors: the server or the network heals
 #: Seconds between counts of the waiting-Pods gauge (a scan of every Pod).
 WAITING_EVERY = 1.0
 #: Seconds between looks at a node whose device plugin is busy with another Pod (a watch event on that Pod
@@ -87,48 +98,6 @@ WAITING_EVERY = 1.0
 DELIVERY_RECHECK = 2.0
 #: Failed preconditions in a row retried at once (a fresh read fixes them) before they back off too.
 IMMEDIATE_RETRIES = 3
-WRITE_REJECTED = "WriteRejected"
-
-
-@dataclass(frozen=True)
-class _Reservation:
-    """One claim's planned status write: `new` is assumed in the state until the write answers."""
-
-    pod_claim: str
-    claim: Json  # as it is now (its resourceVersion is the write's precondition)
-    new: Json
-    newly: bool  # allocated by this decision (not only reserved)
-    undo: Callable[[], None]
-
-
-def _undo(plans: Iterable[_Reservation]) -> None:
-    """Drop the assumptions of `plans` whose writes did not land (a no-op for the written ones)."""
-    for plan in plans:
-        plan.undo()
-
-
-def _reserved(claim: Json, pod: Json, allocation: Json | None, node: str | None) -> Json | None:
-    """`claim` allocated (if it is not yet) and reserved for `pod`, with its state and conditions; None when
-    it already is both."""
-    status = claim.get("status") or {}
-    uid = pod["metadata"]["uid"]
-    if status.get("allocation") and uid in reserved_uids(claim):
-        return None
-    new = copy.deepcopy(claim)
-    new_status = new.setdefault("status", {}) or {}
-    new["status"] = new_status
-    newly = not status.get("allocation")
-    if newly:
-        if allocation is None:
-            raise RuntimeError(f"allocator gave no allocation for unallocated claim {_name(claim)}")
-        new_status["allocation"] = allocation
-        new_status["nodeName"] = node
-    reserved = list(new_status.get("reservedFor") or [])
-    reserved.append({"resource": "pods", "name": pod["metadata"]["name"], "uid": uid})
-    new_status["reservedFor"] = reserved
-    new_status["state"] = claim_state(new)
-    new_status["conditions"] = _conditions(new_status, "Allocated" if newly else "Reserved")
-    return new
 
 
 @dataclass
@@ -169,6 +138,10 @@ class Reconciler:
     # pass over every node and slice.
     _static: tuple[Any, dict[str, list[Json]]] | None = None
     _candidates: dict[str, list[str]] = field(default_factory=dict)
+    writes: ClaimWrites = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = ClaimWrites(self.kube, self.state, self.recorder, released=lambda: self.enqueue_gated())
 
     # ------------------------------------------------------------------------------------------ queueing
 
@@ -185,15 +158,15 @@ class Reconciler:
         """Every gated Pod (of one namespace): something they may wait for appeared or changed."""
         self._epoch += 1
         for pod in self.state.gated_pods(namespace):
-            self.enqueue(POD, *_key(pod))
+            self.enqueue(POD, *key_of(pod))
 
     def enqueue_everything(self) -> None:
         """On becoming leader: look at every Pod and claim again (the claims as a backlog: a waiting Pod's
         own claims come with its item)."""
         for pod in self.state.all(PODS):
-            self.enqueue(POD, *_key(pod))
+            self.enqueue(POD, *key_of(pod))
         for claim in self.state.all(CLAIMS):
-            self.enqueue(CLAIM, *_key(claim), backlog=True)
+            self.enqueue(CLAIM, *key_of(claim), backlog=True)
 
     async def run(self) -> None:
         """`workers` loops over the work queue (an item is never processed twice at once); allocation
@@ -275,34 +248,7 @@ class Reconciler:
             )
             self.recorder.warning(obj, WRITE_REJECTED, f"{what}; {hint}")
         for claim in targets:
-            await self._set_condition(claim, _rejection_reason(exc), what)
-
-    async def _set_condition(self, claim: Json, reason: str, message: str) -> None:
-        """Merge-patch a WriteRejected=True condition into the claim's status (unless it says so already)."""
-        status = claim.get("status") or {}
-        conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
-        current = next((c for c in conditions if c.get("type") == WRITE_REJECTED), None)
-        if current and current.get("reason") == reason and current.get("message") == message:
-            return  # its watch event would only bring this item back: write nothing
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        condition = {
-            "type": WRITE_REJECTED,
-            "status": "True",
-            "reason": reason,
-            "message": message[:1024],
-            "lastTransitionTime": (current or {}).get("lastTransitionTime") or now,
-        }
-        rest = [c for c in conditions if c.get("type") != WRITE_REJECTED]
-        try:
-            written = await self.kube.merge_patch(
-                ours("resourceclaims", *_key(claim), subresource="status"),
-                {"status": {"conditions": [*rest, condition]}},
-            )
-        except KubeError as exc:  # the report is best effort; the event and the log carry it too
-            log.warning("condition not written", claim=_name(claim), error=str(exc))
-            return
-        if written.get("metadata"):
-            self.state.wrote(CLAIMS, written)
+            await self.writes.rejected_condition(claim, _rejection_reason(exc), what)
 
     async def _refresh(self, item: Item) -> None:
         """After a failed precondition: read the objects involved again, not waiting for the watch."""
@@ -323,7 +269,7 @@ class Reconciler:
                     if claim:
                         self.state.wrote(CLAIMS, claim)
             for claim in self._claims_of_pod(pod):
-                fresh = await self.kube.get(ours("resourceclaims", *_key(claim)))
+                fresh = await self.kube.get(ours("resourceclaims", *key_of(claim)))
                 if fresh:
                     self.state.wrote(CLAIMS, fresh)
         except KubeError as exc:
@@ -337,7 +283,7 @@ class Reconciler:
             return  # gone: its claims get a CLAIM item from the deletion event
         if is_done(pod) or _deleting(pod):
             for claim in self._claims_of_pod(pod):
-                self.enqueue(CLAIM, *_key(claim))
+                self.enqueue(CLAIM, *key_of(claim))
             return
         if not is_gated(pod):
             node = delivery.node_of(pod)
@@ -388,7 +334,7 @@ class Reconciler:
                 "deleted (its controller, if any, creates a new one that waits for its devices)"
             )
             self.recorder.warning(pod, "UngatedBeforeAllocation", message)
-            log.warning("pod ungated by hand before allocation: deleted", pod=_name(pod))
+            log.warning("pod ungated by hand before allocation: deleted", pod=name_of(pod))
             await self.kube.delete(
                 path_of("pods", namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"]),
                 preconditions={"uid": pod["metadata"]["uid"]},
@@ -458,7 +404,7 @@ class Reconciler:
                     self.state.wrote(CLAIMS, claim)
                     log.info(
                         "claim created",
-                        pod=_name(pod),
+                        pod=name_of(pod),
                         claim=claim["metadata"]["name"],
                         template=template_name,
                     )
@@ -496,11 +442,11 @@ class Reconciler:
         for duplicate in duplicates:
             log.warning(
                 "duplicate generated claim",
-                pod=_name(pod),
+                pod=name_of(pod),
                 claim=duplicate["metadata"]["name"],
                 kept=kept["metadata"]["name"],
             )
-            await self._delete_generated(duplicate)
+            await self.writes.delete_generated(duplicate)
         return kept
 
     def _generated_for(self, namespace: str, uid: str, pod_claim: str | None) -> list[Json]:
@@ -519,7 +465,7 @@ class Reconciler:
             # Decide on the freshest view (another worker may just have written one of these claims), and
             # assume the claims' new status before anyone else decides: no device can go to two claims of
             # this replica, and the next decision need not wait for this one's writes.
-            claims = {pc: self.state.get(CLAIMS, _key(c)) or c for pc, c in claims.items()}
+            claims = {pc: self.state.get(CLAIMS, key_of(c)) or c for pc, c in claims.items()}
             decided = await self._decide_pod(pod, claims)
         if decided is not None:
             outcome, plans = decided
@@ -544,7 +490,7 @@ class Reconciler:
 
     async def _decide_gang(self, pod: Json, gang: Gang) -> None:
         namespace = pod["metadata"]["namespace"]
-        current = self.state.get(PODS, _key(pod))
+        current = self.state.get(PODS, key_of(pod))
         if (
             current is None
             or current["metadata"].get("uid") != pod["metadata"]["uid"]
@@ -575,7 +521,7 @@ class Reconciler:
                     self._fail(
                         pod,
                         "GangWaiting",
-                        f"{gang.display}: Pod {_name(member)} of the gang cannot be allocated yet "
+                        f"{gang.display}: Pod {name_of(member)} of the gang cannot be allocated yet "
                         "(its events say why), so none of the gang is",
                     )
                 return
@@ -595,14 +541,14 @@ class Reconciler:
                     (member, claims, await self._write_reservations(member, claims, outcome, plans))
                 )
         finally:  # a failed write leaves the members after it unwritten: not assumed
-            _undo(plan for *_, plans in decided for plan in plans)
+            undo_all(plan for *_, plans in decided for plan in plans)
         log.info("gang allocated", gang=gang.display, namespace=namespace, pods=len(decided))
         for member, claims, placed in placed_all:
             await self._ungate(member, claims, placed)
 
     async def _decide_gang_together(
         self, gang: Gang, members: list[Json], claims_of: Mapping[str, dict[str, Json]]
-    ) -> list[tuple[Json, dict[str, Json], Placed, list[_Reservation]]] | None:
+    ) -> list[tuple[Json, dict[str, Json], Placed, list[Reservation]]] | None:
         """Allocate every waiting member of `gang` together and assume their claims' reservations; None (with
         a Warning on each member, and every reservation a member already held withdrawn) if they do not all
         fit."""
@@ -610,7 +556,7 @@ class Reconciler:
         fresh: list[dict[str, Json]] = []
         for member in members:
             claims = {
-                pc: self.state.get(CLAIMS, _key(c)) or c
+                pc: self.state.get(CLAIMS, key_of(c)) or c
                 for pc, c in claims_of[member["metadata"]["uid"]].items()
             }
             request = self._request(member, claims)
@@ -624,7 +570,7 @@ class Reconciler:
             before = f", with the {index} Pod(s) before it placed," if index else ""
             message = (
                 f"{gang.display} ({gang.size} Pods) does not fit together, so none of its Pods is allocated: "
-                f"Pod {_name(members[index])}{before} cannot be placed: {failure.message}"
+                f"Pod {name_of(members[index])}{before} cannot be placed: {failure.message}"
             )
             for member, claims in zip(members, fresh, strict=True):
                 self._fail(
@@ -636,14 +582,14 @@ class Reconciler:
             for member, claims in zip(members, fresh, strict=True):
                 await self._withdraw(member, claims)
             return None
-        decided: list[tuple[Json, dict[str, Json], Placed, list[_Reservation]]] = []
+        decided: list[tuple[Json, dict[str, Json], Placed, list[Reservation]]] = []
         try:
             for member, claims, placed in zip(members, fresh, outcome, strict=True):
                 decided.append(
                     (member, claims, placed, await self._plan_reservations(member, claims, placed))
                 )
         except BaseException:
-            _undo(plan for *_, plans in decided for plan in plans)
+            undo_all(plan for *_, plans in decided for plan in plans)
             raise
         return decided
 
@@ -660,15 +606,15 @@ class Reconciler:
                 busy.append(f"{'/'.join(self._ungating[node][2])} (being ungated)")
             if busy:
                 # Its claims stay reserved; it is ungated once the kubelet admitted the Pod before it.
-                log.info("pod waits for its node's device plugin", pod=_name(pod), node=node, behind=busy)
-                self._deferred.setdefault(node, set()).add((POD, *_key(pod)))
-                self.work.add_after((POD, *_key(pod)), DELIVERY_RECHECK)
+                log.info("pod waits for its node's device plugin", pod=name_of(pod), node=node, behind=busy)
+                self._deferred.setdefault(node, set()).add((POD, *key_of(pod)))
+                self.work.add_after((POD, *key_of(pod)), DELIVERY_RECHECK)
                 return
             annotations[names.NODE_ANNOTATION] = node
             annotations[names.UNGATED_AT_ANNOTATION] = delivery.timestamp(now)
             # Taken before the patch is sent (no await since the check): another worker deciding for the
             # same node meanwhile must not see it free because the patch has not come back yet.
-            self._ungating[node] = (uid, time.monotonic(), _key(pod))
+            self._ungating[node] = (uid, time.monotonic(), key_of(pod))
         patched = await self.kube.json_patch(
             path_of("pods", namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"]),
             pod_patch(pod, node, annotations),
@@ -682,20 +628,20 @@ class Reconciler:
             elif isinstance(ref.get("extendedResources"), dict):
                 origins[str(ref["name"])] = "for " + ", ".join(sorted(set(ref["extendedResources"].values())))
         summary = ", ".join(
-            f"{pc}={_name(c)}"
+            f"{pc}={name_of(c)}"
             + (f" ({origins[pc]})" if pc in origins else "")
-            + f"[{_devices(allocations[pc])}]"
+            + f"[{devices_text(allocations[pc])}]"
             for pc, c in sorted(claims.items())
         )
         self.recorder.normal(pod, "Allocated", f"claims allocated on node {node}: {summary}")
         metrics.ALLOCATIONS.inc()
         seen = self._first_seen.pop(uid, None)
         metrics.LATENCY.observe(max(0.0, time.monotonic() - seen) if seen is not None else 0.0)
-        log.info("pod ungated", pod=_name(pod), node=node, claims=summary)
+        log.info("pod ungated", pod=name_of(pod), node=node, claims=summary)
 
     async def _decide_pod(
         self, pod: Json, claims: dict[str, Json]
-    ) -> tuple[Placed, list[_Reservation]] | None:
+    ) -> tuple[Placed, list[Reservation]] | None:
         """Allocate the Pod's claims together and assume their reservations for it (the caller writes them);
         None (with a Warning) if impossible."""
         request = self._request(pod, claims)
@@ -710,35 +656,35 @@ class Reconciler:
 
     async def _plan_reservations(
         self, pod: Json, claims: Mapping[str, Json], outcome: Placed
-    ) -> list[_Reservation]:
+    ) -> list[Reservation]:
         """Each claim's new status (allocated if new, reserved for `pod`), assumed in the state at once; a
         claim without our finalizer gets it first (a user's claim: ours are born with it)."""
-        plans: list[_Reservation] = []
+        plans: list[Reservation] = []
         try:
             for pod_claim, claim in claims.items():
-                claim = await self._ensure_finalizer(self.state.get(CLAIMS, _key(claim)) or claim)
-                new = _reserved(claim, pod, outcome.allocations.get(pod_claim), outcome.node)
+                claim = await self.writes.ensure_finalizer(self.state.get(CLAIMS, key_of(claim)) or claim)
+                new = reserved_status(claim, pod, outcome.allocations.get(pod_claim), outcome.node)
                 if new is not None:
                     newly = not (claim.get("status") or {}).get("allocation")
-                    plans.append(_Reservation(pod_claim, claim, new, newly, self.state.assume(CLAIMS, new)))
+                    plans.append(Reservation(pod_claim, claim, new, newly, self.state.assume(CLAIMS, new)))
         except BaseException:
-            _undo(plans)
+            undo_all(plans)
             raise
         return plans
 
     async def _write_reservations(
-        self, pod: Json, claims: Mapping[str, Json], outcome: Placed, plans: list[_Reservation]
+        self, pod: Json, claims: Mapping[str, Json], outcome: Placed, plans: list[Reservation]
     ) -> _Placement:
         """Write the planned statuses, in order; the ones not written when a write fails are un-assumed."""
         written_by_claim: dict[str, Json] = {}
         try:
             for plan in plans:
-                written_by_claim[plan.pod_claim] = await self._write_reservation(pod, plan, outcome.node)
+                written_by_claim[plan.pod_claim] = await self.writes.reservation(pod, plan, outcome.node)
         finally:
-            _undo(plans)  # nothing for the written ones: their answer replaced the assumption
+            undo_all(plans)  # nothing for the written ones: their answer replaced the assumption
         allocations: dict[str, Json] = {}
         for pod_claim, claim in claims.items():
-            current = written_by_claim.get(pod_claim) or self.state.get(CLAIMS, _key(claim)) or claim
+            current = written_by_claim.get(pod_claim) or self.state.get(CLAIMS, key_of(claim)) or claim
             allocations[pod_claim] = current["status"]["allocation"]
         return outcome.node, allocations, outcome.gpu_uuids
 
@@ -749,7 +695,7 @@ class Reconciler:
         for claim in claims.values():
             if uid not in reserved_uids(claim) and len(reserved_uids(claim)) >= RESERVED_FOR_MAX:
                 self._fail(
-                    pod, "AllocationFailed", f"ResourceClaim {_name(claim)} is reserved for 256 consumers"
+                    pod, "AllocationFailed", f"ResourceClaim {name_of(claim)} is reserved for 256 consumers"
                 )
                 return None
         missing = self._missing_classes(claims)
@@ -843,40 +789,17 @@ class Reconciler:
         uid = pod["metadata"]["uid"]
         undone = False
         for claim in claims.values():
-            claim = self.state.get(CLAIMS, _key(claim)) or claim
+            claim = self.state.get(CLAIMS, key_of(claim)) or claim
             if uid not in reserved_uids(claim):
                 continue
             keep = [r for r in (claim.get("status") or {}).get("reservedFor") or [] if r.get("uid") != uid]
-            await self._write_consumers(
-                claim, keep, f"pod {_name(pod)} cannot be placed: its reservation was withdrawn"
+            await self.writes.consumers(
+                claim, keep, f"pod {name_of(pod)} cannot be placed: its reservation was withdrawn"
             )
             undone = True
         if undone:
-            log.info("allocation withdrawn for an unplaceable pod", pod=_name(pod))
-            self.enqueue(POD, *_key(pod))
-
-    async def _write_consumers(self, claim: Json, keep: list[Json], why: str) -> Json:
-        """Write `keep` as the claim's consumers (one status PUT with its resourceVersion); with none left,
-        the allocation goes too. Returns the claim as written."""
-        new = copy.deepcopy(claim)
-        new_status = new.setdefault("status", {}) or {}
-        new["status"] = new_status
-        deallocate = not keep and bool(new_status.get("allocation"))
-        if deallocate:
-            for key in ("allocation", "nodeName", "reservedFor", "devices"):
-                new_status.pop(key, None)
-        else:
-            new_status["reservedFor"] = keep
-        new_status["state"] = claim_state(new)
-        new_status["conditions"] = _conditions(new_status, "Deallocated" if deallocate else "Released")
-        written = await self.kube.replace(ours("resourceclaims", *_key(claim), subresource="status"), new)
-        self.state.wrote(CLAIMS, written)
-        if deallocate:
-            metrics.RELEASES.inc()
-            self.recorder.normal(written, "Deallocated", f"{why}: devices released")
-            log.info("claim deallocated", claim=_name(claim))
-            self.enqueue_gated()
-        return written
+            log.info("allocation withdrawn for an unplaceable pod", pod=name_of(pod))
+            self.enqueue(POD, *key_of(pod))
 
     def _missing_classes(self, claims: Mapping[str, Json]) -> list[str]:
         """`claim X request R: device class C does not exist` for each unallocated request naming no class."""
@@ -893,111 +816,17 @@ class Reconciler:
                 for sub in subs:
                     name = sub.get("deviceClassName")
                     if name and self.state.get(CLASSES, ("", str(name))) is None:
-                        what = f"claim {_name(claim)} request {request.get('name')}"
+                        what = f"claim {name_of(claim)} request {request.get('name')}"
                         missing.append(f"{what}: device class {name} does not exist")
         return missing
-
-    async def _ensure_finalizer(self, claim: Json) -> Json:
-        """`claim` with our finalizer, added now if it lacks it (before it is allocated or reserved)."""
-        if names.CLAIM_FINALIZER in (claim["metadata"].get("finalizers") or []):
-            return claim
-        claim = await self.kube.json_patch(
-            ours("resourceclaims", *_key(claim)),
-            [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": claim["metadata"]["resourceVersion"],
-                },
-                {
-                    "op": "add",
-                    "path": "/metadata/finalizers",
-                    "value": [*(claim["metadata"].get("finalizers") or []), names.CLAIM_FINALIZER],
-                },
-            ],
-        )
-        self.state.wrote(CLAIMS, claim)
-        return claim
-
-    async def _write_reservation(self, pod: Json, plan: _Reservation, node: str | None) -> Json:
-        """One status PUT (its resourceVersion the precondition), and the claim's event when it is not the
-        Pod's own."""
-        path = ours("resourceclaims", *_key(plan.claim), subresource="status")
-        try:
-            written = await self.kube.replace(path, plan.new)
-        except KubeError as exc:
-            if not exc.ambiguous:
-                raise
-            written = await self._resolve_ambiguous(path, plan, pod, exc)
-        self.state.wrote(CLAIMS, written)
-        # One event per claim and Pod: Allocated when the devices were chosen now, Reserved when it joins.
-        # None for the Pod's own generated claim: the Pod's Allocated event names it and its devices, and its
-        # status conditions say the same, so a second event would only cost a write per Pod.
-        uid = pod["metadata"]["uid"]
-        if not _owned_by(plan.claim, uid):
-            if plan.newly:
-                allocation = (written.get("status") or {}).get("allocation") or {}
-                self.recorder.normal(
-                    written,
-                    "Allocated",
-                    f"allocated {_devices(allocation)} on node {node}, reserved for pod {_name(pod)}",
-                )
-            else:
-                consumers = len((written.get("status") or {}).get("reservedFor") or [])
-                self.recorder.normal(
-                    written, "Reserved", f"reserved for pod {_name(pod)} ({consumers} consumer(s))"
-                )
-        log.info("claim reserved", pod=_name(pod), claim=_name(plan.claim), newly_allocated=plan.newly)
-        return written
-
-    async def _resolve_ambiguous(self, path: str, plan: _Reservation, pod: Json, first: KubeError) -> Json:
-        """The claim as it is after a reservation write whose outcome is unknown (no answer, or a server
-        error: etcd may have committed it all the same); raises when it did not land.
-
-        Until that is known the write's assumption stays: were its devices handed back at once and the write
-        landed after all, the next decision could give them to a second claim. So the same write is sent
-        again, conditioned on the same resourceVersion, until an answer settles it: it lands (the first did
-        not), or it conflicts, and a read shows whether the first landed or another writer came first
-        (either way the first can no longer land). The assumption is what every decision reads meanwhile."""
-        exc, failures = first, 0
-        while True:
-            failures += 1
-            delay = backoff(failures - 1, TRANSIENT_BACKOFF_CAP) if failures > 1 else 0.0
-            log.warning(
-                "claim write without a clear answer: its devices stay held until it is settled",
-                claim=_name(plan.claim), error=str(exc), failures=failures, retry_in=delay,
-            )  # fmt: skip
-            await asyncio.sleep(delay)
-            try:
-                return await self.kube.replace(path, plan.new)
-            except KubeError as again:
-                if not (again.ambiguous or again.conflict):
-                    raise
-                exc = again
-            if exc.ambiguous:
-                continue
-            try:
-                current = await self.kube.get(ours("resourceclaims", *_key(plan.claim)))
-            except KubeError as again:
-                if not again.ambiguous:
-                    raise
-                exc = again
-                continue
-            if current is None:
-                raise KubeError(404, "NotFound", f"claim {_name(plan.claim)} is gone", path=path)
-            self.state.wrote(CLAIMS, current)  # the truth replaces the assumption, whoever wrote it
-            reserved = pod["metadata"]["uid"] in reserved_uids(current)
-            if reserved and (current.get("status") or {}).get("allocation"):
-                return current  # the Pod is placed with what the claim holds (the API server's own form)
-            raise KubeError(409, "Conflict", f"claim {_name(plan.claim)} was written by another", path=path)
 
     def _fail(self, pod: Json, reason: str, message: str, claims: Iterable[Json] = ()) -> None:
         metrics.FAILURES.labels(reason).inc()
         self.recorder.warning(pod, reason, message)
         for claim in claims:
             if not (claim.get("status") or {}).get("allocation"):
-                self.recorder.warning(claim, reason, f"pod {_name(pod)}: {message}")
-        log.info("pod stays gated", pod=_name(pod), reason=reason, detail=message)
+                self.recorder.warning(claim, reason, f"pod {name_of(pod)}: {message}")
+        log.info("pod stays gated", pod=name_of(pod), reason=reason, detail=message)
 
     # -------------------------------------------------------------------------------------------- claims
 
@@ -1014,7 +843,7 @@ class Reconciler:
         async with self._decide:
             unneeded = await self._sync_claim(namespace, name)
         if unneeded is not None:
-            await self._delete_generated(unneeded)
+            await self.writes.delete_generated(unneeded)
 
     async def _sync_claim(self, namespace: str, name: str) -> Json | None:
         """What can be decided and written under the lock; returns a generated claim nothing needs any more
@@ -1043,18 +872,18 @@ class Reconciler:
             # This one is the Pod's: a duplicate whose own sync came before this reservation was not
             # superseded then. Its sync again now finds it so.
             for sibling in self._stray_siblings(claim, str(owner)):
-                self.enqueue(CLAIM, *_key(sibling))
+                self.enqueue(CLAIM, *key_of(sibling))
 
         deallocated = False
         if keep != reserved or (not keep and allocated):
             deallocated = not keep and allocated
-            claim = await self._write_consumers(claim, keep, "no consumer left")
+            claim = await self.writes.consumers(claim, keep, "no consumer left")
             allocated = not deallocated
 
         if finalized and not keep and not allocated and (deallocated or _deleting(claim)):
             # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
             # generated claim keeps the finalizer it was born with until its Pod is done with it.)
-            claim = await self._drop_finalizer(claim)
+            claim = await self.writes.drop_finalizer(claim)
         return None
 
     def _siblings(self, claim: Json, owner: str) -> list[Json]:
@@ -1081,41 +910,6 @@ class Reconciler:
         """Whether a sibling is reserved for the Pod."""
         return any(owner in reserved_uids(other) for other in self._siblings(claim, owner))
 
-    async def _delete_generated(self, claim: Json) -> None:
-        """Delete a generated claim (of an ended Pod, or a duplicate), our finalizer first; release its
-        devices once it is gone."""
-        meta = claim["metadata"]
-        allocated = bool((claim.get("status") or {}).get("allocation"))
-        if names.CLAIM_FINALIZER in (meta.get("finalizers") or []):
-            claim = await self._drop_finalizer(claim)
-        if not _deleting(claim):
-            await self.kube.delete(
-                ours("resourceclaims", meta["namespace"], meta["name"]), preconditions={"uid": meta["uid"]}
-            )
-            self.state.deleted(CLAIMS, claim)
-            log.info("generated claim deleted", claim=f"{meta['namespace']}/{meta['name']}")
-        if allocated:
-            metrics.RELEASES.inc()
-            self.enqueue_gated()
-
-    async def _drop_finalizer(self, claim: Json) -> Json:
-        meta = claim["metadata"]
-        written = await self.kube.json_patch(
-            ours("resourceclaims", meta["namespace"], meta["name"]),
-            [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
-                {
-                    "op": "replace",
-                    "path": "/metadata/finalizers",
-                    "value": [f for f in meta.get("finalizers") or [] if f != names.CLAIM_FINALIZER],
-                },
-            ],
-        )
-        if written.get("metadata"):
-            self.state.wrote(CLAIMS, written)
-            return written
-        return claim
-
     def _pod_alive(self, namespace: str, ref: Mapping[str, Any]) -> bool:
         """Whether the consumer Pod (by uid, and name when given) still exists and has not ended."""
         uid = ref.get("uid")
@@ -1129,29 +923,8 @@ class Reconciler:
         return False
 
 
-def _key(obj: Mapping[str, Any]) -> Key:
-    meta = obj.get("metadata") or {}
-    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-
-
-def _owned_by(claim: Mapping[str, Any], uid: str) -> bool:
-    """Whether `claim` was generated for the Pod with this uid (it names the Pod its owner)."""
-    refs = (claim.get("metadata") or {}).get("ownerReferences") or []
-    return any(isinstance(ref, dict) and ref.get("uid") == uid for ref in refs)
-
-
-def _name(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace')}/{meta.get('name')}"
-
-
 def _deleting(obj: Mapping[str, Any]) -> bool:
     return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _devices(allocation: Mapping[str, Any]) -> str:
-    results = (allocation.get("devices") or {}).get("results") or []
-    return ",".join(f"{r.get('driver')}/{r.get('pool')}/{r.get('device')}" for r in results)
 
 
 def _claim_in_path(path: str) -> str | None:
@@ -1184,30 +957,3 @@ def _refused_call(exc: KubeError) -> str:
         f"the API server refused to {verb} {status}{what} ({exc.status} {_rejection_reason(exc)}): "
         f"{exc.message}"
     )
-
-
-def _conditions(status: Mapping[str, Any], reason: str) -> list[Json]:
-    """The claim's Allocated and Reserved conditions for `status`; a condition whose status did not change
-    keeps its lastTransitionTime (status["conditions"] still holds the previous ones)."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    previous = {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
-    consumers = len(status.get("reservedFor") or [])
-    allocated = "True" if status.get("allocation") else "False"
-    reserved = "True" if consumers else "False"
-    conditions = []
-    for type_, value, message in (
-        ("Allocated", allocated, "devices allocated" if allocated == "True" else "not allocated"),
-        ("Reserved", reserved, f"{consumers} consumer(s)"),
-    ):
-        before = previous.get(type_) or {}
-        since = before.get("lastTransitionTime") if before.get("status") == value else None
-        conditions.append(
-            {
-                "type": type_,
-                "status": value,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": since or now,
-            }
-        )
-    return conditions

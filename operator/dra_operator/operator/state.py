@@ -40,6 +40,12 @@ def key_of(obj: Mapping[str, Any]) -> Key:
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
+def name_of(obj: Mapping[str, Any]) -> str:
+    """`namespace/name`, for logs and messages."""
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
 #: How long a deleted object's end is remembered against late answers to our writes: longer than any request
 #: may take (the API client gives up after 30 s).
 GONE_SECONDS = 120.0

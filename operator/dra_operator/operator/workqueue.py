@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 Item = tuple[str, str, str]  # (kind, namespace, name)
 
+#: Backoff of an item whose writes keep failing: 1 s, 2 s, 4 s, ... up to these caps (seconds).
+PERMANENT_BACKOFF_CAP = 300.0  # refused (400, 403, 422 Invalid): only a change of the inputs can help
+TRANSIENT_BACKOFF_CAP = 30.0  # 5xx, no answer, unexpected errors: the server or the network heals
+
 
 def backoff(failures: int, cap: float) -> float:
     """1 s after the first failure, doubling with each one after, up to `cap` seconds."""

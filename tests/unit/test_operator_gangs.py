@@ -191,7 +191,7 @@ def test_two_gangs_that_fit_alone_but_not_together_never_deadlock() -> None:
     for name in a:  # gang a is done: its claims go, and gang b starts
         w.finish(name)
     for claim in [c for c in w.kube.of("resourceclaims") if c["metadata"]["name"].startswith("a")]:
-        w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
+        w.run(w.reconciler.releaser.sync(NS, claim["metadata"]["name"]))
     w.drain([])
     assert not any(gated(w.pod(p)) for p in b)
     assert holding(w, order) == b

@@ -310,7 +310,7 @@ def test_template_pod_costs_three_writes_and_is_ungated_on_the_node() -> None:
 
     # The Pod ends: its generated claim loses the finalizer and is deleted.
     w.finish("p")
-    w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
+    w.run(w.reconciler.releaser.sync(NS, claim["metadata"]["name"]))
     assert w.kube.of("resourceclaims") == []
 
 
@@ -323,7 +323,7 @@ def test_a_users_claim_that_no_pod_uses_costs_no_write(status: Json | None) -> N
         claim["status"] = status
     w.add(claims_path("shared"), claim)
     w.kube.writes.clear()
-    w.run(w.reconciler.sync_claim(NS, "shared"))
+    w.run(w.reconciler.releaser.sync(NS, "shared"))
     assert not w.kube.writes
     assert not w.recorder.events
 
@@ -339,12 +339,12 @@ def test_shared_claim_is_reused_then_deallocated_when_the_last_consumer_ends() -
     assert w.allocator.calls == 2
     assert all(not gated(w.pod(n)) for n in ("a", "b"))
     w.finish("a")
-    w.run(w.reconciler.sync_claim(NS, "shared"))
+    w.run(w.reconciler.releaser.sync(NS, "shared"))
     claim = w.kube.objects[claims_path("shared")]
     assert [r["name"] for r in claim["status"]["reservedFor"]] == ["b"]
     assert claim["status"]["allocation"]
     w.finish("b")
-    w.run(w.reconciler.sync_claim(NS, "shared"))
+    w.run(w.reconciler.releaser.sync(NS, "shared"))
     claim = w.kube.objects[claims_path("shared")]
     assert "allocation" not in claim["status"] and claim["status"]["state"] == "pending"
     assert names.CLAIM_FINALIZER not in (claim["metadata"].get("finalizers") or [])
@@ -404,7 +404,7 @@ def test_no_device_left_keeps_the_pod_gated_and_explains() -> None:
         for c in w.kube.of("resourceclaims")
         if [r["name"] for r in (c.get("status") or {}).get("reservedFor") or []] == ["p1"]
     ]
-    w.run(w.reconciler.sync_claim(NS, p1_claim["metadata"]["name"]))
+    w.run(w.reconciler.releaser.sync(NS, p1_claim["metadata"]["name"]))
     w.run(w.reconciler.sync_pod(NS, "p3"))
     assert not gated(w.pod("p3"))
     assert len(w.kube.of("resourceclaims")) == 2
@@ -497,7 +497,7 @@ def test_a_lost_create_answer_leaves_no_second_claim_once_the_pod_is_placed() ->
     assert len(w.kube.of("resourceclaims")) == 2
     w.sync()
     for claim in w.kube.of("resourceclaims"):
-        w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
+        w.run(w.reconciler.releaser.sync(NS, claim["metadata"]["name"]))
     (claim,) = w.kube.of("resourceclaims")
     assert claim["status"]["reservedFor"][0]["name"] == "p"
     assert w.allocator.calls == 1
@@ -510,7 +510,7 @@ def test_a_duplicate_synced_before_its_sibling_was_reserved_goes_once_the_siblin
     w = template_pod_world("p")
     add_generated(w, "p", "p-gpu-kept", "2026-01-01T00:00:01Z")
     add_generated(w, "p", "p-gpu-stray", "2026-01-01T00:00:09Z")
-    w.run(w.reconciler.sync_claim(NS, "p-gpu-stray"))
+    w.run(w.reconciler.releaser.sync(NS, "p-gpu-stray"))
     assert len(w.kube.of("resourceclaims")) == 2, "nothing reserved yet: its sync cannot tell"
     kept = w.kube.objects[claims_path("p-gpu-kept")]
     kept["status"] = {
@@ -707,7 +707,7 @@ def test_a_release_waits_for_an_allocation_decision_in_flight() -> None:
     async def scenario() -> list[str]:
         order: list[str] = []
         async with w.reconciler._decide:
-            release = asyncio.create_task(w.reconciler.sync_claim(NS, "shared"))
+            release = asyncio.create_task(w.reconciler.releaser.sync(NS, "shared"))
             for _ in range(5):
                 await asyncio.sleep(0)
             order.append("decision" if not release.done() else "release")
@@ -753,7 +753,7 @@ def test_ended_pods_claims_are_deleted_outside_the_decision_lock() -> None:
     w.kube.json_patch = slow_drop  # type: ignore[method-assign]
 
     async def scenario() -> None:
-        await asyncio.gather(*(w.reconciler.sync_claim(NS, name) for name in claims))
+        await asyncio.gather(*(w.reconciler.releaser.sync(NS, name) for name in claims))
 
     w.run(scenario())
     assert locked_at_write == [False, False]
@@ -782,7 +782,7 @@ def test_a_pod_deleted_while_its_ungating_is_answered_stays_gone() -> None:
     assert w.state.get(PODS, (NS, "a")) is None, "the late answer brought the deleted Pod back"
     w.kube.json_patch = patch  # type: ignore[method-assign]
     (claim,) = w.kube.of("resourceclaims")
-    w.run(w.reconciler.sync_claim(NS, claim["metadata"]["name"]))
+    w.run(w.reconciler.releaser.sync(NS, claim["metadata"]["name"]))
     assert w.kube.of("resourceclaims") == [], "the deleted Pod's claim is released"
 
 
@@ -858,7 +858,7 @@ def test_uid_lookups_follow_writes_and_filter_what_went_stale() -> None:
     assert [c["metadata"]["name"] for c in w.state.claims_of(uid)] == ["shared"]
     w.sync()
     w.finish("a")
-    w.run(w.reconciler.sync_claim(NS, "shared"))  # released: no longer related, although the key lingers
+    w.run(w.reconciler.releaser.sync(NS, "shared"))  # released: no longer related, although the key lingers
     assert w.state.claims_of(uid) == []
     del w.kube.objects[pods_path("a")]
     w.sync()

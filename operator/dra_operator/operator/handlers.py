@@ -25,7 +25,7 @@ from dra_operator.kube.rest import ours as our_path
 from dra_operator.kube.rest import path_of
 from dra_operator.operator.informer import Informer, Watcher
 from dra_operator.operator.kopfpatch import hold_only
-from dra_operator.operator.reconciler import CLAIM, POD, Reconciler
+from dra_operator.operator.reconciler import Reconciler
 from dra_operator.operator.state import (
     CLAIMS,
     CLASSES,
@@ -40,6 +40,7 @@ from dra_operator.operator.state import (
     key_of,
     slim,
 )
+from dra_operator.operator.workqueue import CLAIM, POD
 
 Json = dict[str, Any]
 

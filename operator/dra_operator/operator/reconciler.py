@@ -1,5 +1,8 @@
 """The per-Pod and per-claim flow: generate claims, allocate, reserve, ungate; release and deallocate.
 
+This module decides for Pods and runs the items; the queue is workqueue's, the claim items (release) are
+releasing's, and every write to a claim is claimwrites'.
+
 A few workers share one queue of keys; an item never runs twice at once, and allocation decisions are
 serialized, each putting its claims' new status into the state (assumed) before the next decision starts and
 writing them afterwards, so this replica never races itself and no decision waits for another's round trip
@@ -46,18 +49,17 @@ from dra_operator.operator.claimwrites import (
 )
 from dra_operator.operator.events import Recorder
 from dra_operator.operator.placement import (
-    controller_uid,
     device_annotations,
     extended_claim_spec,
     generated_claim,
     is_done,
     is_gated,
-    is_generated_for,
     pod_claim_refs,
     pod_fits_node,
     pod_patch,
     reserved_uids,
 )
+from dra_operator.operator.releasing import Releaser, generated_for
 from dra_operator.operator.state import (
     CLAIMS,
     CLASSES,
@@ -73,7 +75,9 @@ from dra_operator.operator.state import (
     name_of,
 )
 from dra_operator.operator.workqueue import (
+    CLAIM,
     PERMANENT_BACKOFF_CAP,
+    POD,
     TRANSIENT_BACKOFF_CAP,
     Item,
     WorkQueue,
@@ -82,7 +86,6 @@ from dra_operator.operator.workqueue import (
 
 log = structlog.get_logger("dra_operator.reconciler")
 
-POD, CLAIM = "pod", "claim"
 #: Items in flight at once. Each waits on a few API round trips (claim create, status, ungate), so with few
 #: workers the API server's latency, not the CPU, bounds Pods/s: at 500 nodes and 2,000 Pods (limits lifted,
 #: bench/operator_vs_builtin.py) 4 workers gave 50.6 Pods/s, 16 gave 68.8 and 32 gave 60.8, their writes
@@ -139,9 +142,11 @@ class Reconciler:
     _static: tuple[Any, dict[str, list[Json]]] | None = None
     _candidates: dict[str, list[str]] = field(default_factory=dict)
     writes: ClaimWrites = field(init=False)
+    releaser: Releaser = field(init=False)
 
     def __post_init__(self) -> None:
         self.writes = ClaimWrites(self.kube, self.state, self.recorder, released=lambda: self.enqueue_gated())
+        self.releaser = Releaser(self.state, self.writes, self._decide, self.enqueue)
 
     # ------------------------------------------------------------------------------------------ queueing
 
@@ -181,7 +186,7 @@ class Reconciler:
             if kind == POD:
                 await self.sync_pod(namespace, name)
             else:
-                await self.sync_claim(namespace, name)
+                await self.releaser.sync(namespace, name)
         except NotLeading:
             # The Lease passed on while this item was in flight: it is the new leader's now.
             log.info("not leading any more: item dropped", kind=kind, namespace=namespace, name=name)
@@ -424,7 +429,7 @@ class Reconciler:
         allocated, the oldest: in that order), so the Pod is never placed with one while the other holds
         devices; the Pod is still gated, so nothing runs on the one deleted."""
         uid = pod["metadata"]["uid"]
-        generated = self._generated_for(pod["metadata"]["namespace"], uid, pod_claim)
+        generated = generated_for(self.state, pod["metadata"]["namespace"], uid, pod_claim)
         if not generated:
             return None
 
@@ -448,14 +453,6 @@ class Reconciler:
             )
             await self.writes.delete_generated(duplicate)
         return kept
-
-    def _generated_for(self, namespace: str, uid: str, pod_claim: str | None) -> list[Json]:
-        """The claims of `namespace` generated for the Pod with this uid and this Pod claim name."""
-        return [
-            c
-            for c in self.state.claims_of(uid)
-            if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
-        ]
 
     async def _allocate_pod(self, pod: Json) -> None:
         claims = await self._pod_claims(pod)
@@ -827,100 +824,6 @@ class Reconciler:
             if not (claim.get("status") or {}).get("allocation"):
                 self.recorder.warning(claim, reason, f"pod {name_of(pod)}: {message}")
         log.info("pod stays gated", pod=name_of(pod), reason=reason, detail=message)
-
-    # -------------------------------------------------------------------------------------------- claims
-
-    async def sync_claim(self, namespace: str, name: str) -> None:
-        """Drop consumers that ended or vanished; deallocate an unused claim; delete ended Pods' claims and
-        duplicates.
-
-        Under the decision lock, like allocation: a release decided between another Pod's allocation and
-        its reservation of this claim would leave that Pod's claims on different nodes. The claim of an ended
-        Pod is deleted once the lock is released: its devices stay in use for every decision until the
-        deletion is done, and a Pod that reserves it meanwhile (by name) makes one of the two writes fail on
-        the claim's resourceVersion. So decisions do not wait behind the two writes of every ended Pod's
-        clean-up, and the clean-ups of many Pods overlap."""
-        async with self._decide:
-            unneeded = await self._sync_claim(namespace, name)
-        if unneeded is not None:
-            await self.writes.delete_generated(unneeded)
-
-    async def _sync_claim(self, namespace: str, name: str) -> Json | None:
-        """What can be decided and written under the lock; returns a generated claim nothing needs any more
-        (its Pod ended, or a duplicate), to delete. A claim nobody uses yet gets no write: it reads `pending`
-        by the CRD's status default."""
-        claim = self.state.get(CLAIMS, (namespace, name))
-        if claim is None:
-            return None
-        meta, status = claim["metadata"], claim.get("status") or {}
-        reserved = list(status.get("reservedFor") or [])
-        keep = [r for r in reserved if r.get("resource") != "pods" or self._pod_alive(namespace, r)]
-        owner = controller_uid(claim)
-        generated = owner is not None and names.POD_CLAIM_NAME_ANNOTATION in (meta.get("annotations") or {})
-        owner_gone = generated and not self._pod_alive(namespace, {"uid": owner})
-        finalized = names.CLAIM_FINALIZER in (meta.get("finalizers") or [])
-        allocated = bool(status.get("allocation"))
-
-        if generated and owner_gone and not keep:
-            # The claim of an ended or deleted Pod: delete it (no point clearing its status first).
-            return claim
-        if generated and not reserved and not allocated and self._superseded(claim, str(owner)):
-            # A duplicate (see _generated_claim) that the Pod's pass did not see before it was placed with the
-            # other: nothing holds it, and it would otherwise stay until the Pod ends.
-            return claim
-        if generated and any(r.get("uid") == owner for r in keep):
-            # This one is the Pod's: a duplicate whose own sync came before this reservation was not
-            # superseded then. Its sync again now finds it so.
-            for sibling in self._stray_siblings(claim, str(owner)):
-                self.enqueue(CLAIM, *key_of(sibling))
-
-        deallocated = False
-        if keep != reserved or (not keep and allocated):
-            deallocated = not keep and allocated
-            claim = await self.writes.consumers(claim, keep, "no consumer left")
-            allocated = not deallocated
-
-        if finalized and not keep and not allocated and (deallocated or _deleting(claim)):
-            # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
-            # generated claim keeps the finalizer it was born with until its Pod is done with it.)
-            claim = await self.writes.drop_finalizer(claim)
-        return None
-
-    def _siblings(self, claim: Json, owner: str) -> list[Json]:
-        """The other claims generated for the same Pod claim as `claim` (its Pod's uid: `owner`)."""
-        meta = claim["metadata"]
-        pod_claim = (meta.get("annotations") or {}).get(names.POD_CLAIM_NAME_ANNOTATION)
-        return [
-            other
-            for other in self._generated_for(str(meta.get("namespace")), owner, pod_claim)
-            if other["metadata"].get("name") != meta.get("name")
-        ]
-
-    def _stray_siblings(self, claim: Json, owner: str) -> list[Json]:
-        """The siblings that nothing holds: neither reserved nor allocated, nor being deleted."""
-        return [
-            other
-            for other in self._siblings(claim, owner)
-            if not reserved_uids(other)
-            and not (other.get("status") or {}).get("allocation")
-            and not _deleting(other)
-        ]
-
-    def _superseded(self, claim: Json, owner: str) -> bool:
-        """Whether a sibling is reserved for the Pod."""
-        return any(owner in reserved_uids(other) for other in self._siblings(claim, owner))
-
-    def _pod_alive(self, namespace: str, ref: Mapping[str, Any]) -> bool:
-        """Whether the consumer Pod (by uid, and name when given) still exists and has not ended."""
-        uid = ref.get("uid")
-        name = ref.get("name")
-        candidates = (
-            [self.state.get(PODS, (namespace, str(name)))] if name else [self.state.pod_by_uid(str(uid))]
-        )
-        for pod in candidates:
-            if pod is not None and pod["metadata"].get("uid") == uid:
-                return not is_done(pod)
-        return False
 
 
 def _deleting(obj: Mapping[str, Any]) -> bool:

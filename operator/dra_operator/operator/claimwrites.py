@@ -111,8 +111,9 @@ def _conditions(status: Mapping[str, Any], reason: str) -> list[Json]:
 
 @dataclass
 class ClaimWrites:
-    """The writes, each failing with KubeError when the API server refuses it or its precondition failed
-    (the reconciler retries the item), and each answer put into `state`."""
+    """The writes, each answer put into `state`. Each raises KubeError when the API server refuses it or its
+    precondition failed (the reconciler retries the item), except the WriteRejected condition: a report,
+    best effort."""
 
     kube: Kube
     state: State
@@ -255,6 +256,7 @@ class ClaimWrites:
             self.released()
 
     async def drop_finalizer(self, claim: Json) -> Json:
+        """`claim` without our finalizer (a JSON patch conditioned on its resourceVersion)."""
         meta = claim["metadata"]
         written = await self.kube.json_patch(
             ours("resourceclaims", meta["namespace"], meta["name"]),

@@ -78,16 +78,13 @@ def metrics_text(port: int) -> str:
 
 def series_of(text: str, labels: str) -> list[dict[str, str]]:
     """promtool input series from a /metrics page, each sample with `labels` added and held for an hour.
-    `_created` samples (timestamps) are left out; values are written without exponents, whose signs promtool's
-    `a+bxn` notation would read as steps."""
+    Values are written without exponents, whose signs promtool's `a+bxn` notation would read as steps."""
     series = []
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         name, _, value = line.rpartition(" ")
         metric, brace, rest = name.partition("{")
-        if metric.endswith("_created"):
-            continue
         selector = f"{metric}{{{rest[:-1]},{labels}}}" if brace else f"{metric}{{{labels}}}"
         series.append({"series": selector, "values": f"{float(value):.9f}x60"})
     return series

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from dra_operator.operator import metrics
 from dra_operator.tools.helm import ensure_helm, template
@@ -125,3 +126,14 @@ def test_values_shape_the_rule(helm: Path) -> None:
         assert alert["labels"]["team"] == "gpu-platform"
         for matchers in re.findall(r"\bdra_operator_[a-z_]+\{([^}]*)\}", alert["expr"]):
             assert matchers == 'job="gpu-operator", namespace="ops"'
+
+
+def test_the_operators_exposition_passes_promtools_lint(promtool: Path) -> None:
+    """Names, types and help as Prometheus expects them; no `_created` series beside the counters."""
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert "# TYPE dra_operator_allocations_total counter" in text
+    assert "_created" not in text
+    linted = subprocess.run(
+        [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr

@@ -16,7 +16,7 @@ from prometheus_client import (
 
 # No `<name>_created` gauge beside each counter and histogram: a process start time per series that no alert
 # of ours reads, doubling the series scraped (prometheus_client's switch is process-wide).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client 0.26
 
 REGISTRY = CollectorRegistry()
 

@@ -1,5 +1,6 @@
 """`dra-operator check` against a real API server: every part ok with the operator running, then what
-breaks is named once it has stopped and an older chart's CRD is in place."""
+breaks is named once it has stopped and an older chart's CRD is in place; the API server's own count of the
+failed webhook call then fires the chart's alert for it."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from helpers import install_crds, strip_claim_status_default
 
 from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest
 from dra_operator.operator.local import LocalOperator
+from dra_operator.tools.helm import ensure_helm, template
+from dra_operator.tools.monitoring import ensure_promtool
 
 WaitFor = Callable[..., Any]
 LEASE = "default/dra-operator"  # what a LocalOperator with --lease-namespace=default holds; not labelled
+RULE_TESTS = Path(__file__).parent.parent / "fixtures" / "prometheus" / "alerts.test.yaml"
 
 
 def check(cp: ControlPlane, namespace: str) -> tuple[int, dict[str, str]]:
@@ -32,6 +37,30 @@ def check(cp: ControlPlane, namespace: str) -> tuple[int, dict[str, str]]:
         verdict, part, detail = line.split(None, 2)
         parts[part] = f"{verdict} {detail}"
     return result.returncode, parts
+
+
+def alert_fires_on(series: str, alert: str, work: Path) -> None:
+    """`alert` of the chart's PrometheusRule fires on `series` (a real series name with its labels) counting
+    up, as the rule tests (tests/fixtures/prometheus/alerts.test.yaml) expect it to on their own series."""
+    fixture = yaml.safe_load(RULE_TESTS.read_text())
+    case, expected = next(
+        (test, c)
+        for test in fixture["tests"]
+        for c in test["alert_rule_test"]
+        if c["alertname"] == alert and c["exp_alerts"]
+    )
+    values = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    objects = template(release="rel", namespace="gpu-system", values=values, helm=ensure_helm())
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    (work / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    test = {"interval": case["interval"], "input_series": [{"series": series, "values": "0+1x30"}]}
+    test["alert_rule_test"] = [expected]
+    (work / "real.test.yaml").write_text(yaml.safe_dump({**fixture, "tests": [test]}))
+    result = subprocess.run(
+        [str(ensure_promtool()), "test", "rules", "real.test.yaml"],
+        cwd=work, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{series}\n{result.stdout}{result.stderr}"
 
 
 def test_check_passes_on_a_working_installation_and_names_what_broke(
@@ -79,6 +108,17 @@ def test_check_passes_on_a_working_installation_and_names_what_broke(
             parts["CRDs"].startswith("warn ") and "resourceclaims.resource.dra-operator.io" in parts["CRDs"]
         )
         assert parts["webhook"].startswith("FAIL ") and "failed calling webhook" in parts["webhook"]
+
+        # The API server counted that failed call where the chart's DRAOperatorWebhookCallsFailing reads it.
+        failing = [
+            line.rpartition(" ")[0]
+            for line in cp.kubectl("get", "--raw", "/metrics").stdout.splitlines()
+            if line.startswith("apiserver_admission_webhook_rejection_count{")
+            and 'name="pods.resource.dra-operator.io"' in line
+            and 'error_type="calling_webhook_error"' in line
+        ]
+        assert failing, "no failed call to the Pod webhook in the API server's metrics"
+        alert_fires_on(failing[0], "DRAOperatorWebhookCallsFailing", tmp_path)
     finally:
         operator.stop()
         install_crds(cp.kubectl)

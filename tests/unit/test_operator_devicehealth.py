@@ -54,18 +54,24 @@ def claim(name: str) -> Json:
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "p1"}}
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Replace `module.name` with a wrapper that appends to the returned list on each call."""
+    calls: list[int] = []
+    original = getattr(module, name)
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 def test_only_a_slice_change_gathers_the_devices_again(monkeypatch: pytest.MonkeyPatch) -> None:
     state = State()
     objects = {SLICES: [slice_of("gpu-0", "gpu-1")], CLAIMS: [claim("c")], PODS: [POD]}
     state.bind({name: {key_of(o): [o] for o in objects.get(name, [])} for name in INDEXES})
-    gathered: list[int] = []
-    gather = devicehealth.current_devices
-
-    def counted(slices: Any) -> Any:
-        gathered.append(1)
-        return gather(slices)
-
-    monkeypatch.setattr(devicehealth, "current_devices", counted)
+    gathered = count_calls(monkeypatch, devicehealth, "current_devices")
     kube, recorder = FakeKube(), FakeRecorder()
     watch = DeviceHealthWatch(kube, state, recorder, lambda: True)  # type: ignore[arg-type]
     assert state.indexes is not None

@@ -60,6 +60,55 @@ def allocated_devices(claims: Iterable[Json]) -> set[DeviceKey]:
     }
 
 
+@dataclass(frozen=True)
+class SliceDevices:
+    """What one slice offers, as counting needs it: read once per change of the slices, not per count."""
+
+    node: str
+    driver: str
+    pool: str
+    keys: tuple[DeviceKey, ...]
+    self_tainted: frozenset[DeviceKey]  # devices with a NoSchedule or NoExecute taint of the slice's own
+
+
+def slice_devices(slices: Iterable[ResourceSlice]) -> dict[str, SliceDevices]:
+    """Slice name -> the devices it offers."""
+    offered: dict[str, SliceDevices] = {}
+    for slice_ in slices:
+        spec = slice_.spec
+        keys = tuple((spec.driver, spec.pool.name, device.name) for device in spec.devices or ())
+        tainted = frozenset(
+            key
+            for key, device in zip(keys, spec.devices or (), strict=True)
+            if any(t.effect in _AVOIDED for t in device.taints or ())
+        )
+        node = spec.node_name or ("(all nodes)" if spec.all_nodes else "(selected nodes)")
+        offered[slice_.name] = SliceDevices(node, spec.driver, spec.pool.name, keys, tainted)
+    return offered
+
+
+def avoided(extra_taints: Mapping[DeviceKey, Iterable[Any]] | None) -> set[DeviceKey]:
+    """The devices that taints from elsewhere than their slice (DeviceTaintRules: objects with an `effect`)
+    make new claims avoid."""
+    return {
+        key
+        for key, taints in (extra_taints or {}).items()
+        if any(getattr(t, "effect", None) in _AVOIDED for t in taints)
+    }
+
+
+def count_usage(
+    offered: Mapping[str, SliceDevices], taken: set[DeviceKey], ruled: set[DeviceKey]
+) -> dict[str, SliceUsage]:
+    """Slice name -> its usage, given every device some claim takes and those tainted from elsewhere."""
+    usage: dict[str, SliceUsage] = {}
+    for name, s in offered.items():
+        allocated = len(taken.intersection(s.keys))
+        tainted = len((ruled.intersection(s.keys) | s.self_tainted) - taken) if ruled or s.self_tainted else 0
+        usage[name] = SliceUsage(s.node, s.driver, s.pool, len(s.keys), allocated, tainted)
+    return usage
+
+
 def slice_usage(
     slices: Iterable[ResourceSlice],
     claims: Iterable[Json],
@@ -67,25 +116,7 @@ def slice_usage(
 ) -> dict[str, SliceUsage]:
     """Slice name -> its usage. `extra_taints` are taints from elsewhere than the slice (DeviceTaintRules:
     objects with an `effect`), counted like the slice's own."""
-    taken = allocated_devices(claims)
-    ruled = {
-        key
-        for key, taints in (extra_taints or {}).items()
-        if any(getattr(t, "effect", None) in _AVOIDED for t in taints)
-    }
-    usage: dict[str, SliceUsage] = {}
-    for slice_ in slices:
-        spec = slice_.spec
-        devices = [((spec.driver, spec.pool.name, device.name), device) for device in spec.devices or ()]
-        allocated = sum(1 for key, _ in devices if key in taken)
-        tainted = sum(
-            1
-            for key, device in devices
-            if key not in taken and (key in ruled or any(t.effect in _AVOIDED for t in device.taints or ()))
-        )
-        node = spec.node_name or ("(all nodes)" if spec.all_nodes else "(selected nodes)")
-        usage[slice_.name] = SliceUsage(node, spec.driver, spec.pool.name, len(devices), allocated, tainted)
-    return usage
+    return count_usage(slice_devices(slices), allocated_devices(claims), avoided(extra_taints))
 
 
 def table(usage: Mapping[str, SliceUsage]) -> list[list[str]]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import structlog
 
-from dra_operator.allocation.usage import slice_usage
+from dra_operator.allocation.usage import SliceDevices, allocated_devices, avoided, count_usage, slice_devices
 from dra_operator.kube.client import Kube, KubeError, NotLeading, ours
-from dra_operator.operator.periodic import Unchanged, leader_passes
+from dra_operator.operator.periodic import Kept, Unchanged, leader_passes
 from dra_operator.operator.slices import slice_models
 from dra_operator.operator.state import CLAIMS, SLICES, TAINT_RULES, State
 
@@ -37,6 +37,9 @@ class PoolStatus:
         self.rule_taints = rule_taints  # the DeviceTaintRules' taints per device, counted as tainted
         self.writes = 0
         self.unchanged = Unchanged(state, SLICES, CLAIMS, TAINT_RULES)
+        # What each slice offers, read again only when the slices changed: in a burst of allocations only
+        # claims change, and reading 40,000 devices' models cost most of a pass (5,000 slices: 30 of 45 ms).
+        self._offered: Kept[dict[str, SliceDevices]] = Kept(state, SLICES)
 
     async def run(self) -> None:
         await leader_passes(self.interval, self.is_leader, self.update)
@@ -49,7 +52,9 @@ class PoolStatus:
         revisions = self.unchanged.now()
         failed = False
         slices = {str(s["metadata"]["name"]): s for s in self.state.all(SLICES)}
-        usage = slice_usage(slice_models(slices.values()), self.state.all(CLAIMS), self.rule_taints())
+        offered = self._offered.get(lambda: slice_devices(slice_models(slices.values())))
+        taken = allocated_devices(self.state.all(CLAIMS))
+        usage = count_usage(offered, taken, avoided(self.rule_taints()))
         written = 0
         for name, counts in usage.items():
             wanted = counts.status()

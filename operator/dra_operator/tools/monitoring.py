@@ -64,7 +64,9 @@ def prometheus_operator_crds(kinds: tuple[str, ...] = CHART_KINDS) -> list[Path]
         timeout=600,
     )
     if result.returncode != 0:
-        raise BuildError(f"go mod download {PROMETHEUS_OPERATOR_MODULE} failed:\n{result.stdout[-2000:]}")
+        # With -json, go reports a module's error in its JSON (stdout); others go to stderr.
+        detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
+        raise BuildError(f"go mod download {PROMETHEUS_OPERATOR_MODULE} failed:\n{detail}")
     crds = Path(json.loads(result.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
     return [crds / f"monitoring.coreos.com_{kind}.yaml" for kind in kinds]
 

@@ -33,10 +33,16 @@ from dra_operator.operator.local import (
     LocalProcess,
     ProcessExited,
     free_port,
+    metrics_page,
     scrape_metrics,
 )
 from dra_operator.tools.helm import chart_dir, ensure_helm, isolated_env, run_helm, template
-from dra_operator.tools.monitoring import ensure_promtool, prometheus_operator_crds
+from dra_operator.tools.monitoring import (
+    chart_rule,
+    ensure_promtool,
+    prometheus_operator_crds,
+    run_rule_tests,
+)
 
 CHART = chart_dir()
 VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
@@ -70,12 +76,6 @@ def monitoring_crds(control_plane: ControlPlane) -> Iterator[None]:
         control_plane.kubectl("delete", "--wait=false", "--ignore-not-found", *args)
 
 
-def metrics_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-    return text
-
-
 def series_of(text: str, labels: str) -> list[dict[str, str]]:
     """promtool input series from a /metrics page, each sample with `labels` added and held for an hour.
     Values are written without exponents, whose signs promtool's `a+bxn` notation would read as steps."""
@@ -99,15 +99,14 @@ def alerts_stay_quiet(install: Install, scrapes: dict[str, str]) -> None:
             [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
         )
         assert linted.returncode == 0, linted.stdout + linted.stderr
-    values = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
-    objects = template(release=install.release, namespace=install.ns, values=values, helm=install.helm)
-    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    rule = chart_rule(install.release, install.ns, install.helm)
     alerts = [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]]
-    job = next(o for o in objects if o["kind"] == "Service" and o["spec"]["ports"][0]["name"] == "metrics")
+    services = install.cp.request("GET", f"/api/v1/namespaces/{install.ns}/services")["items"]
+    job = next(s["metadata"]["name"] for s in services if s["spec"]["ports"][0]["name"] == "metrics")
     series = [
         s
         for pod, text in scrapes.items()
-        for s in series_of(text, f'job="{job["metadata"]["name"]}",namespace="{install.ns}",pod="{pod}"')
+        for s in series_of(text, f'job="{job}",namespace="{install.ns}",pod="{pod}"')
     ]
     assert any(s["series"].startswith("dra_operator_leader{") for s in series)
     tests = {
@@ -121,15 +120,7 @@ def alerts_stay_quiet(install: Install, scrapes: dict[str, str]) -> None:
             }
         ],
     }
-    (install.work / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
-    (install.work / "quiet.test.yaml").write_text(yaml.safe_dump(tests))
-    result = subprocess.run(
-        [str(promtool), "test", "rules", "quiet.test.yaml"],
-        cwd=install.work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_rule_tests(rule, tests, install.work, promtool)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -586,7 +577,7 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
 
         # The chart's alerts, over the replicas' real series as a ServiceMonitor of this release would label
         # them: a working installation raises none.
-        scrapes = {f"replica-{i}": metrics_text(ports["metrics"]) for i, ports in enumerate(replicas)}
+        scrapes = {f"replica-{i}": metrics_page(ports["metrics"]) for i, ports in enumerate(replicas)}
         alerts_stay_quiet(install, scrapes)
     finally:
         with contextlib.suppress(ApiError):

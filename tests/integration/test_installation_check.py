@@ -16,8 +16,7 @@ from helpers import install_crds, strip_claim_status_default
 
 from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest
 from dra_operator.operator.local import LocalOperator
-from dra_operator.tools.helm import ensure_helm, template
-from dra_operator.tools.monitoring import ensure_promtool
+from dra_operator.tools.monitoring import chart_rule, run_rule_tests
 
 WaitFor = Callable[..., Any]
 LEASE = "default/dra-operator"  # what a LocalOperator with --lease-namespace=default holds; not labelled
@@ -49,17 +48,9 @@ def alert_fires_on(series: str, alert: str, work: Path) -> None:
         for c in test["alert_rule_test"]
         if c["alertname"] == alert and c["exp_alerts"]
     )
-    values = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
-    objects = template(release="rel", namespace="gpu-system", values=values, helm=ensure_helm())
-    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
-    (work / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
     test = {"interval": case["interval"], "input_series": [{"series": series, "values": "0+1x30"}]}
     test["alert_rule_test"] = [expected]
-    (work / "real.test.yaml").write_text(yaml.safe_dump({**fixture, "tests": [test]}))
-    result = subprocess.run(
-        [str(ensure_promtool()), "test", "rules", "real.test.yaml"],
-        cwd=work, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    result = run_rule_tests(chart_rule("rel", "gpu-system"), {**fixture, "tests": [test]}, work)
     assert result.returncode == 0, f"{series}\n{result.stdout}{result.stderr}"
 
 

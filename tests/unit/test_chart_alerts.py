@@ -5,7 +5,6 @@ read are the ones the operator exports; the values that shape them do what they 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ from prometheus_client import generate_latest
 
 from dra_operator.operator import metrics
 from dra_operator.tools.helm import ensure_helm, template
-from dra_operator.tools.monitoring import ensure_promtool
+from dra_operator.tools.monitoring import chart_rule, ensure_promtool, run_rule_tests
 
 RULE_TESTS = Path(__file__).parent.parent / "fixtures" / "prometheus" / "alerts.test.yaml"
 RELEASE, NAMESPACE = "rel", "gpu-system"  # as the rule tests' series are labelled
-ENABLED = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +42,7 @@ def alerts(rule: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rule(helm: Path) -> dict[str, Any]:
-    (found,) = rules(helm, ENABLED)
-    return found
+    return chart_rule(RELEASE, NAMESPACE, helm)
 
 
 def promtool_run(promtool: Path, *args: str, cwd: Path) -> str:
@@ -59,12 +56,10 @@ def promtool_run(promtool: Path, *args: str, cwd: Path) -> str:
 def test_promtool_checks_the_rules_and_passes_their_unit_tests(
     rule: dict[str, Any], promtool: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
-    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    tested = run_rule_tests(rule, yaml.safe_load(RULE_TESTS.read_text()), tmp_path, promtool)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
     checked = promtool_run(promtool, "check", "rules", "--lint-fatal", "rules.yaml", cwd=tmp_path)
     assert f"SUCCESS: {len(alerts(rule))} rules found" in checked
-    tested = promtool_run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    assert "SUCCESS" in tested
 
 
 def test_every_alert_is_shown_firing_and_quiet_by_the_rule_tests(rule: dict[str, Any]) -> None:
@@ -106,7 +101,7 @@ def test_the_alerts_select_this_releases_series(rule: dict[str, Any]) -> None:
 
 def test_values_shape_the_rule(helm: Path) -> None:
     assert rules(helm, {}) == [], "off by default"
-    names = [a["alert"] for a in alerts(rules(helm, ENABLED)[0])]
+    names = [a["alert"] for a in alerts(chart_rule(RELEASE, NAMESPACE, helm))]
     values = {
         "metrics": {
             "prometheusRule": {

@@ -18,7 +18,7 @@ from dra_operator.admission import names
 from dra_operator.kube.client import Kube, KubeError, ours
 from dra_operator.operator import metrics
 from dra_operator.operator.events import Recorder
-from dra_operator.operator.placement import claim_state, reserved_uids
+from dra_operator.operator.placement import claim_state, is_deleting, reserved_uids
 from dra_operator.operator.state import CLAIMS, Json, State, key_of, name_of
 from dra_operator.operator.workqueue import TRANSIENT_BACKOFF_CAP, backoff
 
@@ -245,7 +245,7 @@ class ClaimWrites:
         allocated = bool((claim.get("status") or {}).get("allocation"))
         if names.CLAIM_FINALIZER in (meta.get("finalizers") or []):
             claim = await self.drop_finalizer(claim)
-        if not meta.get("deletionTimestamp"):
+        if not is_deleting(claim):
             await self.kube.delete(
                 ours("resourceclaims", meta["namespace"], meta["name"]), preconditions={"uid": meta["uid"]}
             )

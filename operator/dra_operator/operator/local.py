@@ -59,11 +59,17 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def metrics_page(port: int, host: str = "127.0.0.1") -> str:
+    """The text served on `host`:`port`/metrics; raises OSError while nothing answers."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:
+        text: str = response.read().decode()
+    return text
+
+
 def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     """The Prometheus samples served on `host`:`port`/metrics ({} while nothing answers)."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
+        text = metrics_page(port, host)
     except OSError:
         return {}
     values: dict[str, float] = {}

@@ -250,5 +250,10 @@ def is_done(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
+def is_deleting(obj: Mapping[str, Any]) -> bool:
+    """Marked for deletion (a deletionTimestamp), whether or not finalizers still hold it."""
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))

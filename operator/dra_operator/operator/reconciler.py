@@ -52,6 +52,7 @@ from dra_operator.operator.placement import (
     device_annotations,
     extended_claim_spec,
     generated_claim,
+    is_deleting,
     is_done,
     is_gated,
     pod_claim_refs,
@@ -203,7 +204,7 @@ class Reconciler:
                 metrics.SYNC_SECONDS.observe(time.perf_counter() - started)
             if time.monotonic() - self._waiting_counted > WAITING_EVERY:  # a scan of every Pod: not per item
                 self._waiting_counted = time.monotonic()
-                metrics.WAITING.set(sum(1 for p in self.state.gated_pods() if not _deleting(p)))
+                metrics.WAITING.set(sum(1 for p in self.state.gated_pods() if not is_deleting(p)))
 
     async def _failed(self, item: Item, exc: KubeError) -> None:
         """Schedule the retry a failed write deserves (see the module docstring), and say why when it was
@@ -286,13 +287,13 @@ class Reconciler:
         pod = self.state.get(PODS, (namespace, name))
         if pod is None:
             return  # gone: its claims get a CLAIM item from the deletion event
-        if is_done(pod) or _deleting(pod):
+        if is_done(pod) or is_deleting(pod):
             for claim in self._claims_of_pod(pod):
                 self.enqueue(CLAIM, *key_of(claim))
             return
         if not is_gated(pod):
             node = delivery.node_of(pod)
-            if node is not None and (delivery.admitted(pod) or is_done(pod) or _deleting(pod)):
+            if node is not None and (delivery.admitted(pod) or is_done(pod) or is_deleting(pod)):
                 self._delivered(node, pod["metadata"]["uid"])
             await self._check_ungated(pod)
             return
@@ -309,7 +310,7 @@ class Reconciler:
             return False
         other, since, key = self._ungating[node]
         pod = self.state.get(PODS, key)
-        gone = pod is None or pod["metadata"].get("uid") != other or _deleting(pod)
+        gone = pod is None or pod["metadata"].get("uid") != other or is_deleting(pod)
         if other == uid or gone or delivery.admitted(pod or {}) or is_done(pod or {}):
             return False
         return time.monotonic() - since < delivery.DELIVERY_TIMEOUT
@@ -495,7 +496,7 @@ class Reconciler:
         ):
             return  # decided with its gang while this item waited for the gang's lock
         members = [
-            p for p in self.state.gang_pods(namespace, gang.key) if not is_done(p) and not _deleting(p)
+            p for p in self.state.gang_pods(namespace, gang.key) if not is_done(p) and not is_deleting(p)
         ]
         if len(members) < gang.size:
             self._fail(
@@ -824,10 +825,6 @@ class Reconciler:
             if not (claim.get("status") or {}).get("allocation"):
                 self.recorder.warning(claim, reason, f"pod {name_of(pod)}: {message}")
         log.info("pod stays gated", pod=name_of(pod), reason=reason, detail=message)
-
-
-def _deleting(obj: Mapping[str, Any]) -> bool:
-    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _claim_in_path(path: str) -> str | None:

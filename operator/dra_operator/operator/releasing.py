@@ -11,7 +11,13 @@ from typing import Any
 
 from dra_operator.admission import names
 from dra_operator.operator.claimwrites import ClaimWrites
-from dra_operator.operator.placement import controller_uid, is_done, is_generated_for, reserved_uids
+from dra_operator.operator.placement import (
+    controller_uid,
+    is_deleting,
+    is_done,
+    is_generated_for,
+    reserved_uids,
+)
 from dra_operator.operator.state import CLAIMS, PODS, Json, State, key_of
 from dra_operator.operator.workqueue import CLAIM
 
@@ -23,10 +29,6 @@ def generated_for(state: State, namespace: str, uid: str, pod_claim: str | None)
         for c in state.claims_of(uid)
         if c["metadata"].get("namespace") == namespace and is_generated_for(c, uid, pod_claim)
     ]
-
-
-def _deleting(obj: Mapping[str, Any]) -> bool:
-    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Releaser:
             claim = await self.writes.consumers(claim, keep, "no consumer left")
             allocated = not deallocated
 
-        if finalized and not keep and not allocated and (deallocated or _deleting(claim)):
+        if finalized and not keep and not allocated and (deallocated or is_deleting(claim)):
             # Nothing runs on it and nothing is allocated: the finalizer has nothing left to protect. (A new
             # generated claim keeps the finalizer it was born with until its Pod is done with it.)
             claim = await self.writes.drop_finalizer(claim)
@@ -111,7 +113,7 @@ class Releaser:
             for other in self._siblings(claim, owner)
             if not reserved_uids(other)
             and not (other.get("status") or {}).get("allocation")
-            and not _deleting(other)
+            and not is_deleting(other)
         ]
 
     def _superseded(self, claim: Json, owner: str) -> bool:

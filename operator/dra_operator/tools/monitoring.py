@@ -17,11 +17,15 @@ import argparse
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from dra_operator.controlplane.build import BuildError, find_go
 from dra_operator.tools.gotool import ensure_go_tool, go_build_env, tool_path
+from dra_operator.tools.helm import template
 
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMETHEUS_VERSION = "v0.316.0"
@@ -49,6 +53,34 @@ def ensure_promtool(*, log: Callable[[str], None] | None = None) -> Path:
         log=log,
         env_override="DRA_OPERATOR_PROMTOOL",
         probe=("--version",),
+    )
+
+
+#: The values that render the chart's PrometheusRule, with the ServiceMonitor whose labels its alerts select.
+RULE_VALUES = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+
+
+def chart_rule(release: str, namespace: str, helm: Path | None = None) -> dict[str, Any]:
+    """The chart's PrometheusRule as `helm template` renders it for this release and namespace."""
+    objects = template(release=release, namespace=namespace, values=RULE_VALUES, helm=helm)
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    return rule
+
+
+def run_rule_tests(
+    rule: Mapping[str, Any], tests: Mapping[str, Any], work: Path, promtool: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`promtool test rules` of `tests` (a rule test file's content, naming rules.yaml) over `rule`'s groups,
+    both written into `work`."""
+    (work / "rules.yaml").write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
+    (work / "rules.test.yaml").write_text(yaml.safe_dump(dict(tests), sort_keys=False))
+    return subprocess.run(
+        [str(promtool or ensure_promtool()), "test", "rules", "rules.test.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -37,9 +37,12 @@ def claims(models: list[ResourceSlice], count: int) -> list[dict[str, object]]:
     return [{"status": {"allocation": {"devices": {"results": [r]}}}} for r in results]
 
 
-def median_ms(run: Callable[[], object], repeats: int) -> float:
+def median_ms(run: Callable[[], object], repeats: int, prepare: Callable[[], object] | None = None) -> float:
+    """The median of `repeats` timings of `run`, in ms; `prepare` runs before each, untimed."""
     times = []
     for _ in range(repeats):
+        if prepare is not None:
+            prepare()
         started = time.perf_counter()
         run()
         times.append((time.perf_counter() - started) * 1000)

@@ -20,6 +20,7 @@ from dra_operator.allocation import allocate as allocate_pod
 from dra_operator.allocation.taints import (
     Consumer,
     Eviction,
+    RuleTaints,
     current_devices,
     device_taints,
     due_now,
@@ -250,6 +251,66 @@ def test_device_taints_puts_slice_taints_first() -> None:
         "example.com/maintenance=planned:NoExecute",
     ]
     assert (GPU, "node-1", "gpu-1") not in merged
+
+
+XID = {"key": "example.com/xid", "value": "79", "effect": "NoExecute"}
+HOT = {"key": "example.com/hot", "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("slices", "expected"),
+    [
+        pytest.param([slice_("node-1", gpu("gpu-0"), gpu("gpu-1"))], {}, id="no-taint-anywhere"),
+        pytest.param(
+            [
+                slice_("node-1", gpu("gpu-0", taints=[XID]), generation=1),
+                slice_("node-1", gpu("gpu-0"), generation=2),
+            ],
+            {},
+            id="an-older-generation's-taint-is-ignored",
+        ),
+        pytest.param(
+            [
+                slice_("node-1", gpu("gpu-0"), generation=1),
+                slice_("node-1", gpu("gpu-0", taints=[XID]), generation=2),
+            ],
+            {(GPU, "node-1", "gpu-0"): ["example.com/xid=79:NoExecute"]},
+            id="the-current-generation's-taint-counts",
+        ),
+        pytest.param(
+            [
+                slice_("node-1", gpu("gpu-0"), name="a"),
+                slice_("node-1", gpu("gpu-0", taints=[XID, HOT]), name="b"),
+            ],
+            {(GPU, "node-1", "gpu-0"): ["example.com/xid=79:NoExecute", "example.com/hot:NoSchedule"]},
+            id="a-duplicate-id-takes-the-first-with-taints",
+        ),
+        pytest.param(
+            [
+                slice_("node-1", gpu("gpu-0", taints=[HOT])),
+                slice_("node-1", gpu("gpu-0", taints=[XID]), driver=NIC),
+            ],
+            {
+                (GPU, "node-1", "gpu-0"): ["example.com/hot:NoSchedule"],
+                (NIC, "node-1", "gpu-0"): ["example.com/xid=79:NoExecute"],
+            },
+            id="pools-are-per-driver",
+        ),
+    ],
+)
+def test_device_taints_reads_the_current_generation_only(
+    slices: list[ResourceSlice], expected: dict[tuple[str, str, str], list[str]]
+) -> None:
+    found = device_taints(slices)
+    assert {device: [t.render() for t in taints] for device, taints in found.items()} == expected
+
+
+def test_no_rules_taint_nothing_and_read_no_device() -> None:
+    class Untouchable(list[ResourceSlice]):
+        def __iter__(self) -> Any:
+            raise AssertionError("the slices were read")
+
+    assert rule_taints([], Untouchable(SLICES), SelectorCache()) == RuleTaints()
 
 
 # ---------------------------------------------------------------------------------------- allocation

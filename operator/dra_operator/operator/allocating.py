@@ -211,6 +211,8 @@ class Allocator:
 
     def rule_taints(self, slices: Sequence[Json], rules: Sequence[Json]) -> RuleTaints:
         """What the DeviceTaintRules taint in these slices; kept while slices and rules are unchanged."""
+        if not rules:
+            return RuleTaints()  # no signature over every slice for nothing to find
         signature = (_spec_versions(slices), _versions(rules))
         if self._rule_taints is None or self._rule_taints[0] != signature:
             found = rule_taints(

@@ -153,6 +153,10 @@ def test_rendered_chart_passes_server_side_dry_run(
         for kind, key in (("ServiceMonitor", "serviceMonitor"), ("PrometheusRule", "prometheusRule"))
         if values["metrics"][key]["enabled"]
     }
+    # A bare Pod (helm test's) is admitted only with its ServiceAccount in place, which a dry run never makes.
+    for pod in (o for o in checked if o["kind"] == "Pod"):
+        account = {"metadata": {"name": pod["spec"]["serviceAccountName"]}}
+        control_plane.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", account)
     result = control_plane.kubectl(
         "apply",
         "--server-side",
@@ -370,6 +374,7 @@ def test_helm_install_then_seed_walkthrough_as_the_charts_service_accounts(
     assert "kubectl get deviceclasses.resource.dra-operator.io" in notes
     assert "set agent.devicePlugin.enabled=true" in notes and "ValidatingAdmissionPolicies refuse" in notes
     assert f"dra-operator check -n <your namespace> --lease {ns}/" in notes
+    assert f"helm test {install.release} -n {ns}" in notes
     deployment = install.workload("Deployment")
     daemonset = install.workload("DaemonSet")
     assert deployment["spec"]["replicas"] == 2

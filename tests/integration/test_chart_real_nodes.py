@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from helpers import claim_status_schema, seed, strip_claim_status_default
 from dra_operator.controlplane import ApiError, ControlPlane
 from dra_operator.realnodes import BUSYBOX_IMAGE, RealNodes
 from dra_operator.tools import image as images
-from dra_operator.tools.helm import chart_dir, ensure_helm, isolated_env, run_helm
+from dra_operator.tools.helm import HelmError, chart_dir, ensure_helm, isolated_env, run_helm
 
 Json = dict[str, Any]
 WaitFor = Callable[..., Any]
@@ -137,6 +138,24 @@ def leftovers(cp: ControlPlane) -> list[str]:
     return found
 
 
+def exists(cp: ControlPlane, path: str) -> bool:
+    try:
+        cp.request("GET", path)
+    except ApiError as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def retried_test(release: Release) -> str | None:
+    """`helm test`'s output once it passes (None while it fails: a new leader may not have taken over yet)."""
+    try:
+        return release.helm_run("test", RELEASE, "--timeout=120s")
+    except HelmError:
+        return None
+
+
 @pytest.fixture
 def release(
     real_cluster: tuple[ControlPlane, RealNodes], operator_image: images.BuiltImage, tmp_path: Path
@@ -217,6 +236,48 @@ def test_helm_install_on_real_nodes_seed_upgrade_uninstall(
         timeout=60,
         message="each agent Pod to publish its node's four GPUs",
     )
+
+    # ---- helm test: `dra-operator check` in a Pod of the image, under RBAC made and deleted with it ----
+    test_pod = f"{RELEASE}-test"  # the fullname is the release name, which contains the chart's name
+    hooks = [
+        f"/api/v1/namespaces/{NAMESPACE}/pods/{test_pod}",
+        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{test_pod}",
+        f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{test_pod}",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/roles/{test_pod}-lease",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/{test_pod}-dry-run",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/{test_pod}-dry-run",
+    ]
+    passed = release.helm_run("test", RELEASE, "--timeout=120s")
+    assert re.search(r"Phase:\s+Succeeded", passed), passed
+    assert not [path for path in hooks if exists(cp, path)], "the test's hooks outlived its success"
+    # With no replica running, the check fails and says why (a failed test's Pod stays for its logs).
+    deployment_name = deployment["metadata"]["name"]
+    cp.kubectl("scale", "-n", NAMESPACE, f"deployment/{deployment_name}", "--replicas=0")
+    wait_for(lambda: not ready_pods(release, "operator"), timeout=60, message="no operator replica")
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
+    wait_for(
+        lambda: not any(item["spec"].get("holderIdentity") for item in release.get(leases)["items"]),
+        timeout=60,
+        message="the leader to release its Lease as it stopped",
+    )
+    with pytest.raises(HelmError) as failed:
+        release.helm_run("test", RELEASE, "--timeout=120s")
+    # Helm prints the check's lines (the Pod's log, by its output-log policy): what failed, and why.
+    verdicts = dict(
+        (part, verdict) for verdict, part in re.findall(r"^(ok|warn|FAIL)\s+(\S+)", str(failed.value), re.M)
+    )
+    assert verdicts == {"API": "ok", "CRDs": "ok", "leader": "FAIL", "webhook": "FAIL", "devices": "ok"}, (
+        failed.value
+    )
+    # Its RBAC went with it; only the failed Pod stays, for `kubectl logs`.
+    assert [path for path in hooks if exists(cp, path)] == hooks[:1]
+    cp.kubectl("scale", "-n", NAMESPACE, f"deployment/{deployment_name}", "--replicas=2")
+    wait_for(lambda: all_ready(release, "operator", 2), timeout=120, message="both replicas Ready again")
+    passed = wait_for(
+        lambda: retried_test(release), timeout=90, message="helm test to pass once a replica leads again"
+    )
+    assert re.search(r"Phase:\s+Succeeded", passed), passed
+    assert not [path for path in hooks if exists(cp, path)], "the test's hooks outlived its success"
 
     # ---- the seed walkthrough through the in-cluster webhook and operator ----
     namespace = f"seed-{uuid.uuid4().hex[:6]}"

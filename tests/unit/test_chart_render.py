@@ -34,7 +34,7 @@ RELEASE = "rel"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service", "ConfigMap", "Secret",
     "PodDisruptionBudget", "Certificate", "Issuer", "ServiceMonitor", "PrometheusRule", "Lease", "Job",
-    "NetworkPolicy",
+    "NetworkPolicy", "Pod",
 }  # fmt: skip
 CLUSTER_KINDS = {
     "ClusterRole",
@@ -122,7 +122,10 @@ def test_objects_are_well_formed_and_placed(rendered: Rendered) -> None:
         names.add((kind, meta["name"]))
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]) and len(meta["name"]) <= 253
         if kind in NAMESPACED_KINDS:
-            assert meta.get("namespace") == NAMESPACE, f"{kind} {meta['name']} outside the release namespace"
+            # Only `helm test`'s right to a dry-run Pod create lives where that Pod is created.
+            dry_run = kind in ("Role", "RoleBinding") and meta["name"].endswith("-test-dry-run")
+            where = rendered.values["test"]["namespace"] if dry_run else NAMESPACE
+            assert meta.get("namespace") == where, f"{kind} {meta['name']} outside the release namespace"
         else:
             assert kind in CLUSTER_KINDS, f"unexpected kind {kind}"
             assert "namespace" not in meta
@@ -619,6 +622,59 @@ def test_agent_cleanup_runs_after_uninstall_with_only_what_it_needs(rendered: Re
         assert not allowed(rules, group, "resourceslices", verb)
     assert [rule for rule, _ in rules] == [{"apiGroups": [group], "resources": ["resourceslices"],
                                            "verbs": ["list", "delete"]}]  # fmt: skip
+
+
+def test_helm_test_runs_the_check_with_rights_that_last_as_long_as_the_test(rendered: Rendered) -> None:
+    """`helm test` runs `dra-operator check` in a Pod; its ServiceAccount and RBAC are test hooks made before
+    it and deleted after it passed, and grant what the check reads plus a Pod create in `test.namespace`."""
+    hook_objects = hooks_of(rendered, "test")
+    if not rendered.values["test"]["enabled"]:
+        assert not hook_objects
+        return
+    electing = rendered.values["operator"]["leaderElection"]["enabled"]
+    roles = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] + ["Role", "RoleBinding"] * electing
+    assert sorted(o["kind"] for o in hook_objects) == sorted(["Pod", "ServiceAccount", *roles])
+    for obj in hook_objects:
+        annotations = obj["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "test"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]  # nothing of it stays behind
+    weights = {o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hook_objects}
+    assert weights["Pod"] > max(w for kind, w in weights.items() if kind != "Pod")  # RBAC first
+
+    pod = rendered.one("Pod", "test")["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    parsed = parse_with_cli(container["args"])
+    target = rendered.values["test"]["namespace"]
+    assert parsed.namespace == target and target not in ("kube-system", NAMESPACE)  # one the webhook covers
+    lease = rendered.one("Lease", "operator")["metadata"]["name"] if electing else None
+    assert parsed.lease == (f"{NAMESPACE}/{lease}" if electing else None)
+
+    rules = rules_of(rendered, pod["serviceAccountName"])
+    group, crd_group = "resource.dra-operator.io", "apiextensions.k8s.io"
+    crds = sorted(o["metadata"]["name"] for o in rendered.of_kind("CustomResourceDefinition"))
+    assert all(allowed(rules, crd_group, "customresourcedefinitions", "get", name=c) for c in crds)
+    assert not allowed(rules, crd_group, "customresourcedefinitions", "get", name="other")
+    assert allowed(rules, group, "resourceslices", "list")
+    assert allowed(rules, "", "pods", "create", namespace=target)
+    assert not allowed(rules, "", "pods", "create", namespace=NAMESPACE)
+    if electing:
+        assert allowed(rules, "coordination.k8s.io", "leases", "get", namespace=NAMESPACE, name=lease)
+        assert not allowed(rules, "coordination.k8s.io", "leases", "list", namespace=NAMESPACE)
+    else:
+        assert allowed(rules, "coordination.k8s.io", "leases", "list")
+    for verb in ("update", "patch", "delete"):
+        assert not any(verb in rule["verbs"] for rule, _ in rules)
+    assert not allowed(rules, "", "secrets", "get", namespace=NAMESPACE)
+
+
+def test_helm_test_can_be_turned_off(helm: Path) -> None:
+    off = {"test": {"enabled": False}}
+    objects = template(release=RELEASE, namespace=NAMESPACE, values=off, helm=helm)
+    assert not hooks_of(Rendered(objects, coalesce_values(effective_values([]), off)), "test")
 
 
 def test_admission_policies_name_the_releases_service_accounts(rendered: Rendered) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
@@ -12,6 +13,7 @@ import yaml
 from dra_operator import crds
 from dra_operator.api.pod import pod_spec_of
 from dra_operator.controlplane import ApiError, ControlPlane
+from dra_operator.operator.local import LocalOperator
 
 REPO = Path(__file__).resolve().parents[2]
 CLAIM_CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/resourceclaims.resource.dra-operator.io"
@@ -97,3 +99,21 @@ def in_claim_form(obj: Json, minor: int) -> Json:
         }
         spec["resourceClaims"][index] = {**ref, "source": source}
     return converted
+
+
+@contextlib.contextmanager
+def operator_running(
+    op: LocalOperator, cp: ControlPlane, wait: Callable[..., Any], where: str = "", log_lines: int = 120
+) -> Iterator[LocalOperator]:
+    """`op` started, ready and leading; afterwards stopped, its log printed (pytest shows it for a failed
+    test: what the operator did) and its webhook configurations deleted."""
+    op.start()
+    try:
+        wait(op.ready, timeout=90, message=f"the operator to be ready{where}")
+        yield op
+    finally:
+        print(f"--- operator log{where} ({op.log_file}) ---\n{op.log(log_lines)}")
+        op.stop()
+        for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+            with contextlib.suppress(ApiError):
+                cp.request("DELETE", f"/apis/admissionregistration.k8s.io/v1/{plural}/dra-operator")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SEED, get_or_none, install_crds, seed
+from helpers import SEED, get_or_none, install_crds, operator_running, seed
 
 from dra_operator.admission import names
 from dra_operator.api.gang import GANG, GANG_SIZE
@@ -57,15 +57,18 @@ def crds(control_plane: ControlPlane) -> None:
 def operator(
     control_plane: ControlPlane, crds: None, tmp_path: Path, wait_for: WaitFor
 ) -> Iterator[LocalOperator]:
-    op = local_operator(control_plane, tmp_path).start()
-    wait_for(op.ready, timeout=90, message="the operator to be ready and leading")
-    yield op
-    # Shown by pytest only when the test failed: what the operator did.
-    print(f"--- operator log ({op.log_file}) ---\n{op.log(120)}")
-    op.stop()
-    for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-        with contextlib.suppress(ApiError):
-            control_plane.request("DELETE", f"/apis/admissionregistration.k8s.io/v1/{plural}/dra-operator")
+    with operator_running(local_operator(control_plane, tmp_path), control_plane, wait_for) as op:
+        yield op
+
+
+@pytest.fixture
+def namespaced_operator(
+    control_plane: ControlPlane, crds: None, namespace: str, tmp_path: Path, wait_for: WaitFor
+) -> Iterator[LocalOperator]:
+    """An operator that watches the test's namespace only (`--namespace`, the chart's watchNamespaces)."""
+    only_there = local_operator(control_plane, tmp_path, (f"--namespace={namespace}",))
+    with operator_running(only_there, control_plane, wait_for) as op:
+        yield op
 
 
 # ------------------------------------------------------------------------------------------------ objects
@@ -625,6 +628,36 @@ def test_builtin_claims_are_left_to_kubernetes(operator: LocalOperator, cluster:
     manifest = json.loads(created["metadata"]["annotations"][names.CLAIMS_ANNOTATION])
     assert [r["name"] for r in manifest["resourceClaims"]] == ["o"], "the unresolved name is ours"
     assert not ungated(created)
+
+
+def test_an_operator_watching_some_namespaces_gates_pods_there_only(
+    namespaced_operator: LocalOperator,
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    gpu_nodes: list[str],
+    wait_for: WaitFor,
+) -> None:
+    """With `--namespace` (the chart's operator.watchNamespaces) no replica looks at other namespaces, so the
+    webhook must leave their Pods alone: gated there, a Pod would wait for ever without an event."""
+    ensure_seed_class(cluster)
+    cluster.create(cluster.ours("resourceclaimtemplates"), seed("resourceclaimtemplate.yaml"))
+    ref = {"name": "gpu", "resourceClaimTemplateName": "example-resource-claim-template"}
+    watched = cluster.create(cluster.pods_path(), pod("watched", [ref]))
+    assert not ungated(watched) and names.CLAIMS_ANNOTATION in watched["metadata"]["annotations"]
+    other = f"unwatched-{uuid.uuid4().hex[:6]}"
+    control_plane.request("POST", "/api/v1/namespaces", {"metadata": {"name": other}})
+    try:
+        elsewhere = control_plane.request("POST", f"/api/v1/namespaces/{other}/pods", pod("elsewhere", [ref]))
+        assert ungated(elsewhere) and elsewhere["spec"]["resourceClaims"] == [ref], "left as written"
+        assert names.CLAIMS_ANNOTATION not in (elsewhere["metadata"].get("annotations") or {})
+    finally:
+        with contextlib.suppress(ApiError):
+            control_plane.request("DELETE", f"/api/v1/namespaces/{other}")
+    wait_for(
+        lambda: ungated(cluster.get(cluster.pods_path("watched"))),
+        timeout=60,
+        message="the watched namespace's Pod to be placed",
+    )
 
 
 def test_workload_templates_are_mutated_so_their_pods_are_born_gated(

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import test_crds_admission as crd_cases
 import yaml
-from helpers import get_or_none, in_claim_form, install_crds
+from helpers import get_or_none, in_claim_form, install_crds, operator_running
 from test_operator_e2e import Cluster, local_operator, pod, seed_walkthrough, slice_for, ungated
 
 from dra_operator.admission import names
@@ -58,16 +58,9 @@ def crds(plane: ControlPlane) -> None:
 def operator(
     plane: ControlPlane, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalOperator]:
-    op = local_operator(plane, tmp_path_factory.mktemp(f"operator-{plane.version}")).start()
-    try:
-        wait_until(op.ready, timeout=90, message=f"the operator to be ready on {plane.version}")
-        yield op
-    finally:
-        print(f"--- operator log on {plane.version} ({op.log_file}) ---\n{op.log(80)}")
-        op.stop()
-        for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-            with contextlib.suppress(ApiError):
-                plane.request("DELETE", f"/apis/admissionregistration.k8s.io/v1/{plural}/dra-operator")
+    op = local_operator(plane, tmp_path_factory.mktemp(f"operator-{plane.version}"))
+    with operator_running(op, plane, wait_until, f" on {plane.version}", log_lines=80) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,37 @@ def test_configuration_sends_only_objects_with_claims_and_fails_closed() -> None
     assert hooks["pods.resource.dra-operator.io"]["rules"][0]["operations"] == ["CREATE"]
 
 
+@pytest.mark.parametrize(
+    ("watched", "sent", "not_sent"),
+    [
+        pytest.param((), {"default", "ml", "team-b"}, {"kube-system", "dra"}, id="all-namespaces"),
+        pytest.param(("ml", "b"), {"ml", "b"}, {"default", "kube-system", "dra"}, id="watched-only"),
+        pytest.param(("ml", "dra"), {"ml"}, {"dra", "default"}, id="excluded-wins"),
+    ],
+)
+def test_pods_are_sent_only_from_namespaces_the_operator_watches(
+    watched: tuple[str, ...], sent: set[str], not_sent: set[str]
+) -> None:
+    """A Pod the webhook gates in a namespace no replica watches would wait for ever: `--namespace` narrows
+    the namespaceSelector of every mutating webhook to those namespaces."""
+    endpoint = configuration.Endpoint(url="https://127.0.0.1:9443")
+    excluded = ["kube-system", "dra"]
+    config = configuration.build(endpoint, b"CA", excluded_namespaces=excluded, watched_namespaces=watched)
+    for hook in config["webhooks"]:
+        selector = hook["namespaceSelector"]
+        assert {ns for ns in sent | not_sent if selects(selector, ns)} == sent, hook["name"]
+
+
+def selects(selector: Json, namespace: str) -> bool:
+    """A namespaceSelector's verdict on a namespace, by its kubernetes.io/metadata.name label alone."""
+    labels = {configuration.NAMESPACE_NAME_LABEL: namespace}
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        if (expression["operator"] == "In") != (value in expression["values"]):
+            return False
+    return True
+
+
 def test_service_endpoint() -> None:
     endpoint = configuration.Endpoint(service_name="dra-operator", service_namespace="dra", service_port=443)
     config = endpoint.client_config("mutate-pods", b"x")

@@ -124,7 +124,7 @@ def test_objects_are_well_formed_and_placed(rendered: Rendered) -> None:
         if kind in NAMESPACED_KINDS:
             # Only `helm test`'s right to a dry-run Pod create lives where that Pod is created.
             dry_run = kind in ("Role", "RoleBinding") and meta["name"].endswith("-test-dry-run")
-            where = rendered.values["test"]["namespace"] if dry_run else NAMESPACE
+            where = dry_run_namespace(rendered.values) if dry_run else NAMESPACE
             assert meta.get("namespace") == where, f"{kind} {meta['name']} outside the release namespace"
         else:
             assert kind in CLUSTER_KINDS, f"unexpected kind {kind}"
@@ -626,7 +626,7 @@ def test_agent_cleanup_runs_after_uninstall_with_only_what_it_needs(rendered: Re
 
 def test_helm_test_runs_the_check_with_rights_that_last_as_long_as_the_test(rendered: Rendered) -> None:
     """`helm test` runs `dra-operator check` in a Pod; its ServiceAccount and RBAC are test hooks made before
-    it and deleted after it passed, and grant what the check reads plus a Pod create in `test.namespace`."""
+    it and deleted when it ends, and grant what the check reads plus a Pod create where its dry run goes."""
     hook_objects = hooks_of(rendered, "test")
     if not rendered.values["test"]["enabled"]:
         assert not hook_objects
@@ -648,8 +648,10 @@ def test_helm_test_runs_the_check_with_rights_that_last_as_long_as_the_test(rend
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     parsed = parse_with_cli(container["args"])
-    target = rendered.values["test"]["namespace"]
+    target = dry_run_namespace(rendered.values)
     assert parsed.namespace == target and target not in ("kube-system", NAMESPACE)  # one the webhook covers
+    watched = rendered.values["operator"]["watchNamespaces"]
+    assert not watched or target in watched
     lease = rendered.one("Lease", "operator")["metadata"]["name"] if electing else None
     assert parsed.lease == (f"{NAMESPACE}/{lease}" if electing else None)
 
@@ -669,6 +671,11 @@ def test_helm_test_runs_the_check_with_rights_that_last_as_long_as_the_test(rend
     for verb in ("update", "patch", "delete"):
         assert not any(verb in rule["verbs"] for rule, _ in rules)
     assert not allowed(rules, "", "secrets", "get", namespace=NAMESPACE)
+
+
+def dry_run_namespace(values: dict[str, Any]) -> str:
+    """Where `helm test` creates its dry-run Pod: test.namespace, else the first watched one, else default."""
+    return str(values["test"]["namespace"] or next(iter(values["operator"]["watchNamespaces"]), "default"))
 
 
 def test_helm_test_can_be_turned_off(helm: Path) -> None:

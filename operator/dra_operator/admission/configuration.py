@@ -5,7 +5,8 @@ Mutating: one webhook per workload kind, each sent only objects whose Pod (templ
 `spec.resourceClaims`, or has a container asking for an extended resource that one of our DeviceClasses
 declares (matchConditions; the names change with the classes, so the leader re-applies), failing closed (a
 Pod with claims must never slip past ungated), with a short timeout and a namespaceSelector that leaves
-kube-system and the operator's own namespace alone.
+kube-system and the operator's own namespace alone, and, when the operator watches only some namespaces
+(`--namespace`), every other one: a Pod gated where no replica looks would wait for ever.
 
 Validating: one webhook per DRA kind with CEL selectors (see dra_operator.admission.validation), sent only
 objects that carry selectors (or, for templates, claim metadata) and only on create or when the spec changed,
@@ -28,6 +29,8 @@ from dra_operator.admission.names import POD_CLAIM_NAME_ANNOTATION
 from dra_operator.api.group import GROUP, VERSION
 
 CONFIGURATION_NAME = "dra-operator"
+#: Set on every namespace by the API server (since 1.22).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 WEBHOOK_SUFFIX = ".resource.dra-operator.io"
 
 #: kind -> (API group, version, plural, operations)
@@ -117,6 +120,14 @@ def claims_condition(kind: str, extended_names: Sequence[str] = ()) -> str:
     return f"({claims}) || ({' && '.join(guards)} && ({in_containers} || {in_init}))"
 
 
+def namespace_selector(excluded: Sequence[str], watched: Sequence[str] = ()) -> dict[str, Any]:
+    """Namespaces by name: none of `excluded`, and one of `watched` unless that is empty."""
+    expressions = [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": sorted(set(excluded))}]
+    if watched:
+        expressions.append({"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": sorted(set(watched))})
+    return {"matchExpressions": expressions}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where the API server reaches the webhook: a URL base (local runs) or a Service (in-cluster)."""
@@ -148,9 +159,10 @@ def build(
     name: str = CONFIGURATION_NAME,
     timeout_seconds: int = 5,
     extended_names: Sequence[str] = (),
+    watched_namespaces: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The whole MutatingWebhookConfiguration object (`extended_names`: the extended resources our
-    DeviceClasses declare)."""
+    DeviceClasses declare; `watched_namespaces`: the only namespaces whose objects are sent, empty: all)."""
     webhooks = []
     for kind, (group, version, plural, operations) in KINDS.items():
         path = handler_path(kind)
@@ -171,15 +183,7 @@ def build(
                 "matchConditions": [
                     {"name": "has-resource-claims", "expression": claims_condition(kind, extended_names)}
                 ],
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {
-                            "key": "kubernetes.io/metadata.name",
-                            "operator": "NotIn",
-                            "values": sorted(set(excluded_namespaces)),
-                        }
-                    ]
-                },
+                "namespaceSelector": namespace_selector(excluded_namespaces, watched_namespaces),
                 "failurePolicy": "Fail",
                 "matchPolicy": "Equivalent",
                 "sideEffects": "None",

@@ -311,6 +311,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
             excluded_namespaces=excluded,
             name=args.webhook_config_name,
             extended_names=extended_names(),
+            watched_namespaces=args.namespace,
         )
 
     desired = desired_configuration()

@@ -76,6 +76,26 @@ def monitoring_crds(control_plane: ControlPlane) -> Iterator[None]:
         control_plane.kubectl("delete", "--wait=false", "--ignore-not-found", *args)
 
 
+@pytest.fixture(scope="module")
+def users_namespaces(control_plane: ControlPlane) -> Iterator[Callable[[str], None]]:
+    """Makes a namespace of the chart's user (one a value set names, e.g. in watchNamespaces) unless it exists
+    (`default` does); the ones made are deleted when this module is done."""
+    made: set[str] = set()
+
+    def make(name: str) -> None:
+        if name in made or get_or_none(control_plane, f"/api/v1/namespaces/{name}") is not None:
+            return
+        control_plane.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+        made.add(name)
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            with contextlib.suppress(ApiError):
+                control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
 def series_of(text: str, labels: str) -> list[dict[str, str]]:
     """promtool input series from a /metrics page, each sample with `labels` added and held for an hour.
     Values are written without exponents, whose signs promtool's `a+bxn` notation would read as steps."""
@@ -129,7 +149,12 @@ def alerts_stay_quiet(install: Install, scrapes: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_rendered_chart_passes_server_side_dry_run(
-    name: str, helm: Path, control_plane: ControlPlane, namespace: str, monitoring_crds: None
+    name: str,
+    helm: Path,
+    control_plane: ControlPlane,
+    namespace: str,
+    monitoring_crds: None,
+    users_namespaces: Callable[[str], None],
 ) -> None:
     control_plane.request(
         "PATCH",
@@ -153,6 +178,9 @@ def test_rendered_chart_passes_server_side_dry_run(
         for kind, key in (("ServiceMonitor", "serviceMonitor"), ("PrometheusRule", "prometheusRule"))
         if values["metrics"][key]["enabled"]
     }
+    # helm test's dry-run Role lives in a namespace of the user's (the first watched one, in the nvml set).
+    for other in sorted({o["metadata"].get("namespace") or namespace for o in checked} - {namespace}):
+        users_namespaces(other)
     # A bare Pod (helm test's) is admitted only with its ServiceAccount in place, which a dry run never makes.
     for pod in (o for o in checked if o["kind"] == "Pod"):
         account = {"metadata": {"name": pod["spec"]["serviceAccountName"]}}

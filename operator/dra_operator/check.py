@@ -167,7 +167,7 @@ def webhook_answer(namespace: str, created: Json | None, refusal: str | None) ->
             "webhook",
             f"a Pod that uses a claim came back without the gate {names.SCHEDULING_GATE} {where}: the "
             "webhook was not called (no configuration yet: is a replica leading? Or the namespace is "
-            "excluded)",
+            "excluded, or not one the operator watches: --namespace, the chart's operator.watchNamespaces)",
         )
     return Finding("ok", "webhook", f"a Pod that uses a claim is gated for allocation {where}")
 

@@ -93,6 +93,27 @@ def test_an_assumed_object_is_read_until_its_write_answers_or_is_undone() -> Non
     assert state.get(CLAIMS, ("ns", "c")) == claim("6", labels={"allocated": "b"})
 
 
+def test_a_read_of_the_version_an_assumed_write_builds_on_leaves_the_assumption() -> None:
+    """Seen in the chaos round (two claims on one device): decision A assumes a shared claim allocated and
+    writes it; decision B's write of the same claim conflicts, and B's refresh reads the claim before A's
+    write lands. That read must not drop A's assumption, or the next decision hands A's devices out again."""
+    state, indexes = bound()
+    indexes[CLAIMS][("ns", "c")] = [claim("5")]
+    allocated = claim("5", labels={"allocated": "gpu-2"})
+    undo = state.assume(CLAIMS, allocated)
+    state.wrote(CLAIMS, claim("5"))  # the refresh: the version A's write is conditioned on
+    assert state.get(CLAIMS, ("ns", "c")) is allocated, "A's write is still in flight"
+    state.wrote(CLAIMS, claim("6", labels={"allocated": "gpu-2"}))  # A's answer, or a read that includes it
+    undo()
+    assert state.get(CLAIMS, ("ns", "c")) == claim("6", labels={"allocated": "gpu-2"})
+    # A read past the version a write builds on (another writer came first): that write cannot land.
+    undo_stale = state.assume(CLAIMS, claim("6", labels={"allocated": "gpu-3"}))
+    state.wrote(CLAIMS, claim("7"))
+    assert state.get(CLAIMS, ("ns", "c")) == claim("7")
+    undo_stale()
+    assert state.get(CLAIMS, ("ns", "c")) == claim("7")
+
+
 def test_a_late_answer_to_our_write_does_not_bring_back_a_deleted_object(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

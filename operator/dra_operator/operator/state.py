@@ -380,7 +380,13 @@ class State:
             self.deleted(kind, obj)
             return
         obj = slim(kind, obj, self.get(kind, key) if kind == SLICES else None)
-        self._assumed[kind].pop(key, None)
+        held = self._assumed[kind].get(key)
+        if held is not None and _rv(obj) > _rv(held[1]):
+            # Newer than the version the assumed write is conditioned on: that write landed (this is its
+            # answer, or a read that includes it) or can no longer land. A read of that very version (after
+            # another decision's write of the same claim conflicted) leaves the assumption: its write is still
+            # in flight, and dropping it would hand its devices to the next decision while it lands.
+            del self._assumed[kind][key]
         self._overlay[kind][key] = (_rv(obj), obj)
         self.note(kind, obj)
         if journal:

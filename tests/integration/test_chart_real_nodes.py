@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import claim_status_schema, seed, strip_claim_status_default
+from helpers import claim_status_schema, get_or_none, seed, strip_claim_status_default
 
 from dra_operator.controlplane import ApiError, ControlPlane
 from dra_operator.realnodes import BUSYBOX_IMAGE, RealNodes
@@ -138,16 +138,6 @@ def leftovers(cp: ControlPlane) -> list[str]:
     return found
 
 
-def exists(cp: ControlPlane, path: str) -> bool:
-    try:
-        cp.request("GET", path)
-    except ApiError as error:
-        if error.status == 404:
-            return False
-        raise
-    return True
-
-
 def retried_test(release: Release) -> str | None:
     """`helm test`'s output once it passes (None while it fails: a new leader may not have taken over yet)."""
     try:
@@ -247,9 +237,13 @@ def test_helm_install_on_real_nodes_seed_upgrade_uninstall(
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/{test_pod}-dry-run",
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/{test_pod}-dry-run",
     ]
+
+    def hooks_left() -> list[str]:
+        return [path for path in hooks if get_or_none(cp, path) is not None]
+
     passed = release.helm_run("test", RELEASE, "--timeout=120s")
     assert re.search(r"Phase:\s+Succeeded", passed), passed
-    assert not [path for path in hooks if exists(cp, path)], "the test's hooks outlived its success"
+    assert not hooks_left(), "the test's hooks outlived its success"
     # With no replica running, the check fails and says why (a failed test's Pod stays for its logs).
     deployment_name = deployment["metadata"]["name"]
     cp.kubectl("scale", "-n", NAMESPACE, f"deployment/{deployment_name}", "--replicas=0")
@@ -270,14 +264,14 @@ def test_helm_install_on_real_nodes_seed_upgrade_uninstall(
         failed.value
     )
     # Its RBAC went with it; only the failed Pod stays, for `kubectl logs`.
-    assert [path for path in hooks if exists(cp, path)] == hooks[:1]
+    assert hooks_left() == hooks[:1]
     cp.kubectl("scale", "-n", NAMESPACE, f"deployment/{deployment_name}", "--replicas=2")
     wait_for(lambda: all_ready(release, "operator", 2), timeout=120, message="both replicas Ready again")
     passed = wait_for(
         lambda: retried_test(release), timeout=90, message="helm test to pass once a replica leads again"
     )
     assert re.search(r"Phase:\s+Succeeded", passed), passed
-    assert not [path for path in hooks if exists(cp, path)], "the test's hooks outlived its success"
+    assert not hooks_left(), "the test's hooks outlived its success"
 
     # ---- the seed walkthrough through the in-cluster webhook and operator ----
     namespace = f"seed-{uuid.uuid4().hex[:6]}"

@@ -337,6 +337,30 @@ def test_restricted_security_contexts(rendered: Rendered) -> None:
                 assert mounts and all(m["readOnly"] for m in mounts)
 
 
+def test_hook_pods_run_where_the_operator_may(rendered: Rendered) -> None:
+    """The CRD upgrade Job, the agent clean-up Job and the `helm test` Pod take the operator's nodeSelector
+    and tolerations: on a cluster that keeps the operator on some nodes they must not land elsewhere."""
+    operator = rendered.one("Deployment", "operator")["spec"]["template"]["spec"]
+    hook_pods = [
+        o["spec"]["template"]["spec"] if o["kind"] == "Job" else o["spec"]
+        for o in rendered.objects
+        if o["kind"] in ("Job", "Pod") and "helm.sh/hook" in (o["metadata"].get("annotations") or {})
+    ]
+    values = rendered.values
+    assert len(hook_pods) == sum(
+        bool(on) for on in (values["crds"]["upgrade"], values["agent"]["enabled"], values["test"]["enabled"])
+    )
+    for pod in hook_pods:
+        assert (
+            pod.get("nodeSelector", {})
+            == operator.get("nodeSelector", {})
+            == (values["operator"].get("nodeSelector") or {})
+        )
+        assert (
+            pod.get("tolerations", []) == operator.get("tolerations", []) == values["operator"]["tolerations"]
+        )
+
+
 def test_images_and_pull_settings(rendered: Rendered) -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     image = rendered.values["image"]

@@ -90,3 +90,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- "gpu.nvidia.com" }}
 {{- end }}
 {{- end }}
+
+{{- /*
+Where the chart's hook Pods (CRD upgrade, agent clean-up, helm test) may run: the operator's nodeSelector and
+tolerations, so they land where the operator's Pods can (the nodes that reach the API server and pull the
+image). Not its affinity: the default one, and most users', are about the operator's replicas.
+*/ -}}
+{{- define "dra-operator.hookPlacement" -}}
+{{- with .Values.operator.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.operator.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

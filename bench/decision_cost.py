@@ -5,7 +5,13 @@ caches (`Reconciler._request`) and the allocator's call (snapshot upkeep and sea
 template claim and the seed selector, at N nodes x 8 GPUs with C claims already allocated. Issue 14 asks for
 per-item cost flat from 200 to 2,000 Pods: the ratio column compares each row with the first.
 
+Then, at the largest size, the first decision after one node's slice changed (its agent republished it, a
+new generation), side by side: the kept snapshot swaps that node's slices in place (the default,
+`Allocator.replace_slices`) or is rebuilt, which also makes the search count every node's candidates again.
+Alternating, `--slice-changes` times each; the medians and their ratio are printed.
+
     .venv/bin/python bench/decision_cost.py [--nodes 500] [--claims 200,2000] [--decisions 200] [--profile]
+        [--slice-changes 10]
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import copy
 import cProfile
 import pstats
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +103,31 @@ class Cluster:
             self.state.touch(CLAIMS, key_of(claim))  # what the claims watch handler does
         return elapsed
 
+    def republish(self, index: int) -> None:
+        """Node `index`'s slice at its next generation (as the API server moves it on a spec change)."""
+        key = list(self.indexes[SLICES])[index]
+        obj = copy.deepcopy(self.indexes[SLICES][key][0])
+        meta = obj["metadata"]
+        meta["generation"] = int(meta.get("generation") or 1) + 1
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        obj["spec"]["pool"]["generation"] += 1
+        self.put(SLICES, obj)
+        self.state.note(SLICES, obj)
+        self.state.touch(SLICES, key_of(obj))
+
+
+def after_slice_change(cluster: Cluster, changes: int) -> dict[bool, list[float]]:
+    """ms of the first decision after a slice change, swapped in place (True) or rebuilt (False)."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    nodes = len(cluster.indexes[SLICES])
+    for change in range(2 * changes):
+        swap = change % 2 == 0
+        cluster.allocator.replace_slices = swap
+        cluster.republish((change * 7919) % nodes)
+        times[swap].append(cluster.decide(write=True) * 1000)
+    cluster.allocator.replace_slices = True
+    return times
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -105,6 +137,7 @@ def main() -> None:
     parser.add_argument("--claims", default="200,2000")
     parser.add_argument("--decisions", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="cProfile the decisions of the largest size")
+    parser.add_argument("--slice-changes", type=int, default=10, help="slice changes timed each way")
     args = parser.parse_args()
     sizes = [int(s) for s in args.claims.split(",")]
     print(f"{args.nodes} nodes x 8 GPUs; {args.decisions} decisions per row, each then written")
@@ -123,6 +156,14 @@ def main() -> None:
         print(f"{size:>17} {per:>12.2f} {per / first:>6.2f}x")
         if profiler:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
+    if args.slice_changes:
+        times = after_slice_change(cluster, args.slice_changes)
+        swapped, rebuilt = statistics.median(times[True]), statistics.median(times[False])
+        print(
+            f"first decision after one node's slice changed, median of {args.slice_changes} each, "
+            f"at {sizes[-1]} claims: swapped in place {swapped:.1f} ms, rebuilt {rebuilt:.1f} ms "
+            f"({swapped / rebuilt:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from dra_operator.api.resource import ResourceClaim
+from dra_operator.operator import allocating
 from dra_operator.operator.allocating import AllocationRequest, Allocator, Failure, Placed
 from dra_operator.operator.reconciler import Reconciler
 from dra_operator.operator.state import (
@@ -119,14 +121,51 @@ def test_one_64gi_gpu_per_claim_until_none_is_left_then_released() -> None:
     assert isinstance(outcome, Placed) and outcome.node == devices[0][0]
     assert allocator.rebuilds == 1, "claims changing must not rebuild the snapshot"
 
-    # A slice change rebuilds it.
+    # A node's slice changed: swapped in the kept snapshot, not rebuilt.
     slices = [slice_for("n1", ["64Gi", "64Gi"], rv="2"), slice_for("n2", ["64Gi"])]
     outcome = allocator.allocate(request({"gpu": third}, written, slices))
     assert (
         isinstance(outcome, Placed)
         and outcome.allocations["gpu"]["devices"]["results"][0]["device"] == "gpu-1"
     )
-    assert allocator.rebuilds == 2
+    assert (allocator.rebuilds, allocator.replacements) == (1, 1)
+
+
+@pytest.mark.parametrize("swap", ["swapped", "rebuilt", "compacted"])
+def test_a_republished_node_decides_as_a_rebuild_would(swap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the changed slice is swapped in place or the snapshot rebuilt (swaps off, or too many replaced
+    records held), the devices a slice no longer lists are never handed out, those it adds are, and held ones
+    stay held."""
+    allocator = Allocator()
+    allocator.replace_slices = swap != "rebuilt"
+    if swap == "compacted":
+        monkeypatch.setattr(allocating, "REPLACED_RECORDS_MAX", 0)
+    slices = [slice_for("n1", ["64Gi", "64Gi"]), slice_for("n2", ["32Gi"])]
+    written: list[Json] = []
+    first = claim_from_template("c0")
+    outcome = allocator.allocate(request({"gpu": first}, written, slices))
+    assert isinstance(outcome, Placed) and outcome.node == "n1"
+    held = outcome.allocations["gpu"]["devices"]["results"][0]["device"]
+    written.append(allocated(first, outcome.allocations["gpu"]))
+    # n1 republished without its free GPU; n2 now has a 64Gi one.
+    kept = [d for d in slice_for("n1", ["64Gi", "64Gi"])["spec"]["devices"] if d["name"] == held]
+    n1 = slice_for("n1", [], rv="2")
+    n1["spec"]["devices"] = kept
+    slices = [n1, slice_for("n2", ["64Gi"], rv="2")]
+    devices = []
+    for index in (1, 2):
+        claim = claim_from_template(f"c{index}")
+        outcome = allocator.allocate(request({"gpu": claim}, written, slices))
+        if isinstance(outcome, Failure):
+            devices.append(None)
+            continue
+        result = outcome.allocations["gpu"]["devices"]["results"][0]
+        devices.append((outcome.node, result["device"]))
+        written.append(allocated(claim, outcome.allocations["gpu"]))
+    assert devices == [("n2", "gpu-0"), None]
+    # Compacted: both nodes swapped, then 3 replaced records against 2 live ones made it rebuild.
+    expected = {"swapped": (1, 2), "rebuilt": (2, 0), "compacted": (2, 2)}[swap]
+    assert (allocator.rebuilds, allocator.replacements) == expected
 
 
 def test_a_node_label_change_rebuilds_the_snapshot_and_a_heartbeat_does_not() -> None:
@@ -203,7 +242,7 @@ def test_a_slice_status_write_neither_rebuilds_the_snapshot_nor_evaluates_cel_ag
     changed[0]["metadata"]["generation"] = 2
     changed[0]["spec"]["devices"].pop()
     assert isinstance(allocator.allocate(request({"gpu": claim_from_template("c2")}, [], changed)), Placed)
-    assert allocator.rebuilds == 2
+    assert (allocator.rebuilds, allocator.replacements) == (1, 1)
     assert allocator.selectors.evaluations == evaluations + 2, "only the changed slice's device again"
 
 

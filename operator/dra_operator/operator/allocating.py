@@ -40,6 +40,11 @@ log = structlog.get_logger("dra_operator.allocating")
 Json = dict[str, Any]
 
 NVIDIA_DRIVER = "gpu.nvidia.com"
+#: The most nodes whose slices one decision swaps in place; past it a rebuild costs no more.
+REPLACE_NODES_MAX = 64
+#: A kept snapshot is rebuilt once its replaced device records (about 0.5 KiB each) outnumber both its live
+#: ones and this.
+REPLACED_RECORDS_MAX = 10_000
 
 
 @dataclass
@@ -93,6 +98,11 @@ class Allocator:
         self._rule_taints: tuple[Any, RuleTaints] | None = None  # (signature, what the rules taint)
         self._cursor: tuple[int, int] | None = None  # (state epoch, revision) the in-use devices reflect
         self.rebuilds = 0
+        # Whether a change of some nodes' own slices updates the kept snapshot in place (replace_node_slices)
+        # instead of rebuilding it; off only to measure the difference (bench/decision_cost.py).
+        self.replace_slices = True
+        self.replacements = 0  # nodes whose slices were swapped in place
+        self._slice_nodes: dict[str, str | None] = {}  # slice uid -> its spec.nodeName, as of `_signature`
 
     def _model(self, obj: Json) -> Any:
         """The parsed `obj` (a class, slice or taint rule), cached per uid while its version stays; a slice
@@ -245,7 +255,9 @@ class Allocator:
                 ),
             )
             self._inputs = inputs
-        if signature != self._signature or self._snapshot is None:
+        if self._snapshot is None or (
+            signature != self._signature and not self._replace_slices(req, signature)
+        ):
             self._snapshot = Snapshot.build(
                 self._models_of(req.classes, DeviceClass),
                 self._models_of(req.slices, ResourceSlice),
@@ -260,6 +272,7 @@ class Allocator:
             self._signature = signature
             self._recorded = {}
             self._uuids = self._gpu_uuids(req.slices)
+            self._slice_nodes = _slice_nodes(req.slices)
             self._cursor = None
             self.rebuilds += 1
         snapshot = self._snapshot
@@ -283,6 +296,46 @@ class Allocator:
         for key in [k for k in self._allocations if k not in present]:
             del self._allocations[key]
         return snapshot
+
+    def _replace_slices(self, req: AllocationRequest, signature: Any) -> bool:
+        """Bring the kept snapshot up to date in place when only some nodes' own slices changed (an agent
+        republished its node): True when done, False when it takes a rebuild (see replace_node_slices)."""
+        before = self._signature
+        if not self.replace_slices or self._snapshot is None or before is None or req.taint_rules:
+            return False
+        if (before[0], before[2], before[3]) != (signature[0], signature[2], signature[3]):
+            return False  # classes, taint rules or nodes changed too
+        changed = {uid for uid, _ in set(before[1]) ^ set(signature[1])}
+        now: dict[str, str | None] = {}  # changed slice uid -> its node now (absent: deleted)
+        for obj in req.slices:
+            uid = str(obj["metadata"].get("uid"))
+            if uid in changed:
+                now[uid] = (obj.get("spec") or {}).get("nodeName") or None
+        nodes = {self._slice_nodes.get(uid) for uid in changed} | set(now.values())
+        if None in nodes or len(nodes) > REPLACE_NODES_MAX:
+            return False  # a slice of no single node changed, or so many nodes that a rebuild is as cheap
+        snapshot = self._snapshot
+        by_node: dict[str, list[Json]] = {}
+        for obj in req.slices:
+            node = (obj.get("spec") or {}).get("nodeName")
+            if isinstance(node, str) and node in nodes:
+                by_node.setdefault(node, []).append(obj)
+        for node in sorted(n for n in nodes if n is not None):
+            models = self._models_of(by_node.get(node, []), ResourceSlice)
+            if not snapshot.replace_node_slices(node, models):
+                return False  # the caller rebuilds; what was replaced so far goes with the old snapshot
+            self._uuids.update(self._gpu_uuids(by_node.get(node, [])))
+            self.replacements += 1
+        replaced = snapshot.replaced_records
+        if replaced > max(len(snapshot.records) - replaced, REPLACED_RECORDS_MAX):
+            return False  # more replaced records than live ones: a rebuild frees them
+        self._signature = signature
+        for uid in changed:
+            if uid in now:
+                self._slice_nodes[uid] = now[uid]
+            else:
+                self._slice_nodes.pop(uid, None)
+        return True
 
     def _sync_claim(
         self, snapshot: Snapshot, key: tuple[str, str], obj: Json | None, state: State | None
@@ -324,6 +377,14 @@ class Allocator:
                 if uuid is not None and uuid.string:
                     uuids[(self.nvidia_driver, spec.pool.name, device.name)] = uuid.string
         return uuids
+
+
+def _slice_nodes(slices: Sequence[Json]) -> dict[str, str | None]:
+    """Slice uid -> spec.nodeName (None: not a node-local slice)."""
+    return {
+        str((o.get("metadata") or {}).get("uid")): (o.get("spec") or {}).get("nodeName") or None
+        for o in slices
+    }
 
 
 def _devices_only(allocation: AllocationResult) -> AllocationResult:

@@ -28,7 +28,6 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -140,7 +139,8 @@ class Reconciler:
     # What every decision reads of classes, slices, nodes and taint rules, kept while none of them changed
     # (State.revision_of), and the candidate nodes per set of Pod node constraints: a decision then costs no
     # pass over every node and slice.
-    _static: tuple[Any, dict[str, list[Json]]] | None = None
+    # kind -> ((state epoch, the kind's revision), its objects in name order): see _static_inputs.
+    _static: dict[str, tuple[tuple[int, int], list[Json]]] = field(default_factory=dict)
     _candidates: dict[str, list[str]] = field(default_factory=dict)
     writes: ClaimWrites = field(init=False)
     releaser: Releaser = field(init=False)
@@ -719,12 +719,18 @@ class Reconciler:
     def _static_inputs(self) -> dict[str, list[Json]]:
         """Classes, slices, nodes and taint rules, in name order (so that the snapshot, and with it every
         choice, is the same in every process), gathered again only after one of them changed."""
-        kinds = (CLASSES, SLICES, NODES, TAINT_RULES)
-        key = (self.state.epoch, *(self.state.revision_of(kind) for kind in kinds))
-        if self._static is None or self._static[0] != key:
-            self._static = (key, {kind: list(self.state.all(kind, ordered=True)) for kind in kinds})
-            self._candidates.clear()
-        return self._static[1]
+        # Kind by kind: an agent republishing its node's slice gathers the slices again, not the 5,000 nodes,
+        # and keeps the nodes' list itself (the allocator reads an unchanged list by identity).
+        inputs: dict[str, list[Json]] = {}
+        for kind in (CLASSES, SLICES, NODES, TAINT_RULES):
+            key = (self.state.epoch, self.state.revision_of(kind))
+            held = self._static.get(kind)
+            if held is None or held[0] != key:
+                held = self._static[kind] = (key, list(self.state.all(kind, ordered=True)))
+                if kind == NODES:
+                    self._candidates.clear()
+            inputs[kind] = held[1]
+        return inputs
 
     def warm(self) -> int:
         """What a standby does so that it decides at once when it takes the Lease: a trial allocation (never

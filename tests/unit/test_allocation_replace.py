@@ -1,0 +1,189 @@
+"""Snapshot.replace_node_slices: a node's own slices swapped in place decide exactly as a snapshot built
+afresh from the same slices and allocations would; what it cannot swap exactly, it refuses untouched."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from test_allocation import DRIVER, claim, device_class, exactly, node_slice
+
+from dra_operator.allocation import Allocation, PodRef, Snapshot, Unallocatable, allocate
+from dra_operator.allocation.nodes import Node
+from dra_operator.allocation.search import PLACEMENTS, Placement
+from dra_operator.allocation.snapshot import ClaimKey
+from dra_operator.api.resource import AllocationResult, DeviceTaint, ResourceSlice
+
+POD = PodRef("default", "pod", "uid-1")
+NODES = [f"n{i}" for i in range(6)]
+# Devices without `memory` make this selector fail at run time: the snapshot's failure bookkeeping
+# (`has_failures`, which turns on the full scan) must follow the swaps too.
+CLASSES = [
+    device_class("gpu", f'device.attributes["{DRIVER}"].type == "gpu"'),
+    device_class("big", f'device.attributes["{DRIVER}"].memory >= 64'),
+]
+
+
+def republished(node: str, generation: int, rng: random.Random, failing: bool) -> ResourceSlice:
+    """The node's slice at `generation`: some of the device names before, some new, random attributes."""
+    names = rng.sample([f"gpu-{i}" for i in range(8)], rng.randint(0, 6))
+    devices: list[dict[str, Any]] = []
+    for name in sorted(names):
+        attributes: dict[str, Any] = {"type": {"string": rng.choice(["gpu", "gpu", "fpga"])}}
+        if not (failing and rng.random() < 0.1):
+            attributes["memory"] = {"int": rng.choice([32, 64, 80])}
+        devices.append({"name": name, "attributes": attributes})
+    return node_slice(node, devices, generation=generation)
+
+
+def fresh(slices: dict[str, ResourceSlice], allocations: dict[ClaimKey, AllocationResult]) -> Snapshot:
+    snapshot = Snapshot.build(CLASSES, list(slices.values()), [Node(n) for n in NODES])
+    for key, allocation in allocations.items():
+        snapshot.record_allocation(key, allocation)
+    return snapshot
+
+
+def outcome_of(outcome: Allocation | Unallocatable) -> Any:
+    if isinstance(outcome, Unallocatable):
+        return "unallocatable"
+    return outcome.node_name, sorted(
+        (r.pool, r.device) for result in outcome.results.values() for r in result.devices.results or ()
+    )
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("failing", [False, True], ids=["selectors-hold", "selectors-fail"])
+@pytest.mark.parametrize("seed", range(4))
+def test_swapped_slices_decide_as_a_fresh_snapshot(seed: int, failing: bool, placement: Placement) -> None:
+    rng = random.Random(seed)
+    generations = dict.fromkeys(NODES, 0)
+    slices = {n: republished(n, 0, rng, failing) for n in NODES}
+    kept = fresh(slices, {})
+    allocations: dict[ClaimKey, AllocationResult] = {}
+    serial = 0
+    for _ in range(120):
+        action = rng.random()
+        if action < 0.25:
+            node = rng.choice(NODES)
+            generations[node] += 1
+            slices[node] = republished(node, generations[node], rng, failing)
+            assert kept.replace_node_slices(node, [slices[node]])
+        elif action < 0.4 and allocations:
+            key = rng.choice(sorted(allocations))
+            kept.release(key)
+            del allocations[key]
+        else:
+            serial += 1
+            wanted = claim(
+                f"c{serial}", exactly("r", count=rng.randint(1, 3), device_class=rng.choice(["gpu", "big"]))
+            )
+            expected = allocate(fresh(slices, allocations), POD, [wanted], placement=placement)
+            got = allocate(kept, POD, [wanted], placement=placement)
+            assert outcome_of(got) == outcome_of(expected)
+            if isinstance(got, Allocation):
+                got.commit(kept)
+                allocations.update(got.results)
+    assert kept.replaced_records > 0
+    # The records of replaced slices are not the snapshot's devices any more.
+    assert set(kept.tokens()) == set(fresh(slices, allocations).tokens())
+
+
+def test_a_device_in_use_keeps_its_claim_across_a_swap_and_a_removed_one_is_never_handed_out() -> None:
+    slices = {"n0": node_slice("n0", [{"name": "gpu-0", "attributes": {"type": {"string": "gpu"}}}])}
+    snapshot = Snapshot.build(CLASSES[:1], list(slices.values()), [Node("n0")])
+    first = allocate(snapshot, POD, [claim("first", exactly("r"))])
+    assert isinstance(first, Allocation)
+    first.commit(snapshot)
+    # Republished with gpu-0 and a new gpu-1: gpu-0 stays held by the first claim.
+    devices = [{"name": n, "attributes": {"type": {"string": "gpu"}}} for n in ("gpu-0", "gpu-1")]
+    assert snapshot.replace_node_slices("n0", [node_slice("n0", devices, generation=1)])
+    second = allocate(snapshot, POD, [claim("second", exactly("r"))])
+    assert isinstance(second, Allocation) and outcome_of(second) == ("n0", [("n0", "gpu-1")])
+    second.commit(snapshot)
+    # Republished without gpu-1: the next claim finds nothing free.
+    assert snapshot.replace_node_slices("n0", [node_slice("n0", devices[:1], generation=2)])
+    assert isinstance(allocate(snapshot, POD, [claim("third", exactly("r"))]), Unallocatable)
+    # The first claim released: gpu-0 is free again.
+    snapshot.release(("default", "first"))
+    third = allocate(snapshot, POD, [claim("third", exactly("r"))])
+    assert isinstance(third, Allocation) and outcome_of(third) == ("n0", [("n0", "gpu-0")])
+
+
+def gpu(name: str) -> dict[str, Any]:
+    return {"name": name, "attributes": {"type": {"string": "gpu"}}}
+
+
+@pytest.mark.parametrize(
+    ("case", "node", "replacement"),
+    [
+        # a pool with a slice on another node too
+        ("shared pool", "n0", [node_slice("n0", [gpu("gpu-9")], name="shared", slice="n0-shared")]),
+        # a slice of another node
+        ("another node's slice", "n0", [node_slice("n1", [gpu("gpu-9")])]),
+        # a node the snapshot does not know
+        ("unknown node", "n9", [node_slice("n9", [gpu("gpu-9")])]),
+        # a slice for every node
+        (
+            "not node-local",
+            "n0",
+            [
+                ResourceSlice.model_validate(
+                    {
+                        "metadata": {"name": "all"},
+                        "spec": {
+                            "driver": DRIVER,
+                            "allNodes": True,
+                            "pool": {"name": "all", "generation": 0, "resourceSliceCount": 1},
+                            "devices": [gpu("gpu-9")],
+                        },
+                    }
+                )
+            ],
+        ),
+    ],
+)
+def test_what_cannot_be_swapped_exactly_is_refused_untouched(
+    case: str, node: str, replacement: list[ResourceSlice]
+) -> None:
+    slices = [
+        node_slice("n0", [gpu("gpu-0")]),
+        node_slice("n1", [gpu("gpu-0")]),
+        node_slice("n0", [gpu("gpu-1")], name="shared", slice="n0-shared", resourceSliceCount=2),
+        node_slice("n1", [gpu("gpu-2")], name="shared", slice="n1-shared", resourceSliceCount=2),
+    ]
+    snapshot = Snapshot.build(CLASSES[:1], slices, [Node("n0"), Node("n1")])
+    tokens = snapshot.tokens()
+    assert not snapshot.replace_node_slices(node, replacement), case
+    assert snapshot.tokens() == tokens and snapshot.replaced_records == 0
+    outcome = allocate(snapshot, POD, [claim("c", exactly("r", count=2))], nodes=["n0"])
+    assert isinstance(outcome, Allocation) and outcome_of(outcome) == (
+        "n0",
+        [("n0", "gpu-0"), ("shared", "gpu-1")],
+    )
+
+
+def test_device_taint_rules_refuse_a_swap() -> None:
+    """Rules taint devices by what their slices say: a swap cannot know what a rule makes of the new ones."""
+    slice_ = node_slice("n0", [gpu("gpu-0")])
+    taint = DeviceTaint.model_validate({"key": "k", "effect": "NoSchedule"})
+    snapshot = Snapshot.build(
+        CLASSES[:1], [slice_], [Node("n0")], extra_taints={(DRIVER, "n0", "gpu-0"): (taint,)}
+    )
+    assert not snapshot.replace_node_slices("n0", [node_slice("n0", [gpu("gpu-1")], generation=1)])
+
+
+def test_a_failing_selector_is_looked_at_again_once_its_device_is_replaced() -> None:
+    """A selector failing on some device makes every search a full scan (`has_failures`); once the device is
+    republished with what the selector reads, the scan may skip again."""
+    big = CLASSES[1]
+    without_memory = node_slice("n0", [gpu("gpu-0")])
+    snapshot = Snapshot.build([big], [without_memory], [Node("n0")])
+    outcome = allocate(snapshot, POD, [claim("c", exactly("r", device_class="big"))])
+    assert isinstance(outcome, Unallocatable)
+    (signature,) = snapshot._sig_errors
+    assert snapshot.has_failures(signature)
+    with_memory = [{"name": "gpu-0", "attributes": {"memory": {"int": 80}}}]
+    assert snapshot.replace_node_slices("n0", [node_slice("n0", with_memory, generation=1)])
+    assert not snapshot.has_failures(signature)
+    assert isinstance(allocate(snapshot, POD, [claim("c", exactly("r", device_class="big"))]), Allocation)

@@ -496,6 +496,89 @@ def test_not_enough_devices_waits_for_a_node(
         control_plane.request("DELETE", f"{GROUP_PATH}/deviceclasses/{cls['metadata']['name']}")
 
 
+def test_a_republished_slice_is_read_at_once(
+    operator: LocalOperator,
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    make_node: Callable[..., Json],
+    wait_for: WaitFor,
+    crds: None,
+) -> None:
+    """An agent republishes its node's slice (a new pool generation) while a Pod holds one of its devices: the
+    device it drops is never handed out, the one it adds is, the held one stays held. The operator swaps the
+    node's slices into its kept snapshot rather than rebuilding it; either way the decisions must be these."""
+    node, driver = f"republish-node-{os.getpid()}", "republish.example.com"
+    klass = f"republish-class-{os.getpid()}"
+    control_plane.request(
+        "POST",
+        f"{GROUP_PATH}/deviceclasses",
+        {
+            "apiVersion": "resource.dra-operator.io/v1",
+            "kind": "DeviceClass",
+            "metadata": {"name": klass},
+            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{driver}"'}}]},
+        },
+    )
+    template = {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "republish"},
+        "spec": {"spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": klass}}]}}},
+    }
+    cluster.create(cluster.ours("resourceclaimtemplates"), template)
+    make_node(node)
+    path = f"{GROUP_PATH}/resourceslices/{node}-{driver.replace('.', '-')}"
+    control_plane.request(
+        "POST", f"{GROUP_PATH}/resourceslices", slice_for(node, {"dev-0": "1Gi", "dev-1": "1Gi"}, driver)
+    )
+    annotation = names.devices_annotation("dev", None)
+
+    def placed_on(name: str) -> str:
+        cluster.create(
+            cluster.pods_path(), pod(name, [{"name": "dev", "resourceClaimTemplateName": "republish"}])
+        )
+        placed = wait_for(
+            lambda: (p := cluster.get(cluster.pods_path(name))) and ungated(p) and p,
+            timeout=60,
+            message=f"Pod {name} to be allocated",
+        )
+        return str(placed["metadata"]["annotations"][annotation])
+
+    try:
+        held = placed_on("holder")
+        assert held in (f"{driver}/{node}/dev-0", f"{driver}/{node}/dev-1")
+        republished = control_plane.request("GET", path)
+        republished["spec"]["pool"]["generation"] = 2
+        kept = held.rsplit("/", 1)[1]
+        devices = [d for d in republished["spec"]["devices"] if d["name"] == kept]
+        devices += [{**devices[0], "name": name} for name in ("dev-2", "dev-3")]
+        republished["spec"]["devices"] = devices
+        control_plane.request("PUT", path, republished)
+        # Decisions follow the operator's view: once its count of the slice shows the new devices, the
+        # dropped one is gone and the held one taken, so only the added ones are left.
+        wait_for(
+            lambda: (control_plane.request("GET", path).get("status") or {}).get("devices") == 3,
+            timeout=30,
+            message="the operator to count the republished slice's devices",
+        )
+        assert {placed_on("newcomer-a"), placed_on("newcomer-b")} == {
+            f"{driver}/{node}/dev-2",
+            f"{driver}/{node}/dev-3",
+        }
+        cluster.create(
+            cluster.pods_path(), pod("late", [{"name": "dev", "resourceClaimTemplateName": "republish"}])
+        )
+        wait_for(
+            lambda: cluster.events("late", "AllocationFailed"),
+            timeout=60,
+            message="an AllocationFailed event on the Pod that finds nothing free",
+        )
+        assert not ungated(cluster.get(cluster.pods_path("late")))
+    finally:
+        control_plane.request("DELETE", path)
+        control_plane.request("DELETE", f"{GROUP_PATH}/deviceclasses/{klass}")
+
+
 def test_pod_deleted_before_allocation_leaves_nothing(
     operator: LocalOperator, cluster: Cluster, wait_for: WaitFor, crds: None
 ) -> None:

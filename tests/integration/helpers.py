@@ -67,6 +67,18 @@ def seed(name: str) -> Json:
     return obj
 
 
+def one_device_template(name: str, device_class: str) -> Json:
+    """A ResourceClaimTemplate of ours asking for one device of `device_class`."""
+    return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": name},
+        "spec": {
+            "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": device_class}}]}}
+        },
+    }
+
+
 def get_or_none(cp: ControlPlane, path: str) -> Json | None:
     """GET `path` as the admin; None when it does not exist (404), any other error raised."""
     try:

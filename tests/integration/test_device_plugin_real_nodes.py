@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import install_crds
+from helpers import install_crds, one_device_template
 
 from dra_operator.admission import names
 from dra_operator.agent.slices import MANAGED_BY, MANAGED_BY_LABEL
@@ -133,17 +133,6 @@ def ns(plugin_cluster: tuple[ControlPlane, RealNodes, dict[str, str]]) -> Iterat
         cp.request("DELETE", f"/api/v1/namespaces/{name}")
 
 
-def template(name: str, device_class: str) -> Json:
-    return {
-        "apiVersion": "resource.dra-operator.io/v1",
-        "kind": "ResourceClaimTemplate",
-        "metadata": {"name": name},
-        "spec": {
-            "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": device_class}}]}}
-        },
-    }
-
-
 def pod(
     name: str, claims: list[Json], containers: list[tuple[str, list[str]]], node: str | None = None
 ) -> Json:
@@ -212,7 +201,8 @@ def test_twenty_pods_on_one_node_at_once_each_get_their_own_devices(
 ) -> None:
     cp, nodes, _ = plugin_cluster
     node = nodes.names[0]
-    cp.request("POST", f"{GROUP}/namespaces/{ns}/resourceclaimtemplates", template("one", "plugin-gpu"))
+    templates = f"{GROUP}/namespaces/{ns}/resourceclaimtemplates"
+    cp.request("POST", templates, one_device_template("one", "plugin-gpu"))
     names_ = [f"p{i:02d}" for i in range(20)]
     for name in names_:  # all at once: the webhook and the operator see them together
         refs = [{"name": "gpu", "resourceClaimTemplateName": "one"}]
@@ -236,13 +226,14 @@ def test_containers_see_only_their_claims_shared_claims_and_gpus_included(
     cp, nodes, uuids = plugin_cluster
     node = nodes.names[1]
     base = f"/api/v1/namespaces/{ns}"
-    cp.request("POST", f"{GROUP}/namespaces/{ns}/resourceclaimtemplates", template("one", "plugin-gpu"))
-    cp.request("POST", f"{GROUP}/namespaces/{ns}/resourceclaimtemplates", template("nvidia", "plugin-nvidia"))
+    templates = f"{GROUP}/namespaces/{ns}/resourceclaimtemplates"
+    cp.request("POST", templates, one_device_template("one", "plugin-gpu"))
+    cp.request("POST", templates, one_device_template("nvidia", "plugin-nvidia"))
     shared = {
         "apiVersion": "resource.dra-operator.io/v1",
         "kind": "ResourceClaim",
         "metadata": {"name": "shared"},
-        "spec": template("x", "plugin-gpu")["spec"]["spec"],
+        "spec": one_device_template("x", "plugin-gpu")["spec"]["spec"],
     }
     cp.request("POST", f"{GROUP}/namespaces/{ns}/resourceclaims", shared)
     claims = [

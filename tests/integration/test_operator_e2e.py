@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SEED, get_or_none, install_crds, operator_running, seed
+from helpers import SEED, get_or_none, install_crds, one_device_template, operator_running, seed
 
 from dra_operator.admission import names
 from dra_operator.api.gang import GANG, GANG_SIZE
@@ -77,6 +77,16 @@ def namespaced_operator(
 def slice_for(node: str, gpus: dict[str, str], driver: str = "driver.example.com") -> Json:
     """One node-local ResourceSlice: device name -> memory capacity."""
     return gpu_slice_manifest(node, gpus, driver=driver)
+
+
+def driver_class(name: str, driver: str) -> Json:
+    """A DeviceClass of every device of one driver."""
+    return {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "DeviceClass",
+        "metadata": {"name": name},
+        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{driver}"'}}]},
+    }
 
 
 def claim_selecting(memory: str) -> Json:
@@ -452,26 +462,11 @@ def test_not_enough_devices_waits_for_a_node(
     crds: None,
 ) -> None:
     node = f"late-node-{os.getpid()}"
-    cls = {
-        "apiVersion": "resource.dra-operator.io/v1",
-        "kind": "DeviceClass",
-        "metadata": {"name": f"late-class-{os.getpid()}"},
-        "spec": {"selectors": [{"cel": {"expression": 'device.driver == "late.example.com"'}}]},
-    }
+    cls = driver_class(f"late-class-{os.getpid()}", "late.example.com")
     control_plane.request("POST", f"{GROUP_PATH}/deviceclasses", cls)
-    template = {
-        "apiVersion": "resource.dra-operator.io/v1",
-        "kind": "ResourceClaimTemplate",
-        "metadata": {"name": "late"},
-        "spec": {
-            "spec": {
-                "devices": {
-                    "requests": [{"name": "r", "exactly": {"deviceClassName": cls["metadata"]["name"]}}]
-                }
-            }
-        },
-    }
-    cluster.create(cluster.ours("resourceclaimtemplates"), template)
+    cluster.create(
+        cluster.ours("resourceclaimtemplates"), one_device_template("late", cls["metadata"]["name"])
+    )
     cluster.create(cluster.pods_path(), pod("waiter", [{"name": "dev", "resourceClaimTemplateName": "late"}]))
     wait_for(
         lambda: cluster.events("waiter", "AllocationFailed"),
@@ -509,23 +504,8 @@ def test_a_republished_slice_is_read_at_once(
     node's slices into its kept snapshot rather than rebuilding it; either way the decisions must be these."""
     node, driver = f"republish-node-{os.getpid()}", "republish.example.com"
     klass = f"republish-class-{os.getpid()}"
-    control_plane.request(
-        "POST",
-        f"{GROUP_PATH}/deviceclasses",
-        {
-            "apiVersion": "resource.dra-operator.io/v1",
-            "kind": "DeviceClass",
-            "metadata": {"name": klass},
-            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{driver}"'}}]},
-        },
-    )
-    template = {
-        "apiVersion": "resource.dra-operator.io/v1",
-        "kind": "ResourceClaimTemplate",
-        "metadata": {"name": "republish"},
-        "spec": {"spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": klass}}]}}},
-    }
-    cluster.create(cluster.ours("resourceclaimtemplates"), template)
+    control_plane.request("POST", f"{GROUP_PATH}/deviceclasses", driver_class(klass, driver))
+    cluster.create(cluster.ours("resourceclaimtemplates"), one_device_template("republish", klass))
     make_node(node)
     path = f"{GROUP_PATH}/resourceslices/{node}-{driver.replace('.', '-')}"
     control_plane.request(

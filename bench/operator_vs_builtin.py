@@ -602,7 +602,7 @@ class Bench:
             writes[own] = writes.get(own, 0.0) - self.pods
         writes = {k: v for k, v in writes.items() if v}
         rss = (rss_before, rss_peak, rss_after) if operator else None
-        webhook = reviews = noop = None
+        webhook = reviews = noop = fast = None
         if operator:
             p50, calls = bucket_quantile(hooks_before, hooks_after, 0.50)
             p99, _ = bucket_quantile(hooks_before, hooks_after, 0.99)
@@ -610,8 +610,6 @@ class Bench:
             p50, calls = bucket_quantile(reviews_before, reviews_after, 0.50)
             p99, _ = bucket_quantile(reviews_before, reviews_after, 0.99)
             reviews = (p50, p99, calls)
-        fast = None
-        if operator:
             fast = (
                 bucket_share(hooks_before, hooks_after, FAST_WEBHOOK_SECONDS),
                 bucket_share(noop_before, noop_after, FAST_WEBHOOK_SECONDS) if noop_after else None,
@@ -802,9 +800,8 @@ def report_ours(ours: Result) -> str:
         "",
         "writes per Pod by kind (in brackets: of those, answered non-2xx):",
     ]
-    for verb, group, res, sub in sorted({k[:4] for k in ours.writes}, key=lambda k: (k[2], k[3], k[0])):
-        name = f"{verb} {res}{'/' + sub if sub else ''}" + (f" ({group})" if group else "")
-        lines.append(f"  {name}: {by_kind(ours, (verb, group, res, sub))}")
+    for kind in sorted({k[:4] for k in ours.writes}, key=lambda k: (k[2], k[3], k[0])):
+        lines.append(f"  {kind_name(kind)}: {by_kind(ours, kind)}")
     return "\n".join(lines)
 
 
@@ -900,12 +897,17 @@ def report(builtin: Result, ours: Result) -> str:
         {k[:4] for k in (*builtin.writes, *ours.writes)}, key=lambda k: (k[2] == "events", k[2], k[3], k[0])
     )
     table = [["kind", builtin.flavour.label, ours.flavour.label]]
-    for verb, group, res, sub in kinds:
-        name = f"{verb} {res}{'/' + sub if sub else ''}" + (f" ({group})" if group else "")
-        table.append([name, *(by_kind(r, (verb, group, res, sub)) for r in (builtin, ours))])
+    for kind in kinds:
+        table.append([kind_name(kind), *(by_kind(r, kind) for r in (builtin, ours))])
     widths = [max(len(r[i]) for r in table) for i in range(3)]
     lines += ["  " + row(r, widths) for r in table]
     return "\n".join(lines)
+
+
+def kind_name(kind: tuple[str, str, str, str]) -> str:
+    """`VERB resource[/subresource] (group)`."""
+    verb, group, resource, subresource = kind
+    return f"{verb} {resource}{'/' + subresource if subresource else ''}" + (f" ({group})" if group else "")
 
 
 def by_kind(result: Result, kind: tuple[str, str, str, str]) -> str:

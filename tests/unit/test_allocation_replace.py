@@ -37,8 +37,28 @@ def republished(node: str, generation: int, rng: random.Random, failing: bool) -
     return node_slice(node, devices, generation=generation)
 
 
-def fresh(slices: dict[str, ResourceSlice], allocations: dict[ClaimKey, AllocationResult]) -> Snapshot:
-    snapshot = Snapshot.build(CLASSES, list(slices.values()), [Node(n) for n in NODES])
+TAINT = DeviceTaint.model_validate({"key": "maintenance", "effect": "NoSchedule"})
+Taints = dict[tuple[str, str, str], tuple[DeviceTaint, ...]]
+
+
+def rule_taints(slices: dict[str, ResourceSlice], tainted: bool) -> Taints:
+    """What a DeviceTaintRule tainting every gpu-1 and gpu-5 would add (the allocator computes it)."""
+    if not tainted:
+        return {}
+    return {
+        (DRIVER, s.spec.pool.name, d.name): (TAINT,)
+        for s in slices.values()
+        for d in s.spec.devices or ()
+        if d.name in ("gpu-1", "gpu-5")
+    }
+
+
+def fresh(
+    slices: dict[str, ResourceSlice], allocations: dict[ClaimKey, AllocationResult], tainted: bool = False
+) -> Snapshot:
+    snapshot = Snapshot.build(
+        CLASSES, list(slices.values()), [Node(n) for n in NODES], extra_taints=rule_taints(slices, tainted)
+    )
     for key, allocation in allocations.items():
         snapshot.record_allocation(key, allocation)
     return snapshot
@@ -53,13 +73,16 @@ def outcome_of(outcome: Allocation | Unallocatable) -> Any:
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("tainted", [False, True], ids=["no-rules", "rule-taints"])
 @pytest.mark.parametrize("failing", [False, True], ids=["selectors-hold", "selectors-fail"])
 @pytest.mark.parametrize("seed", range(4))
-def test_swapped_slices_decide_as_a_fresh_snapshot(seed: int, failing: bool, placement: Placement) -> None:
+def test_swapped_slices_decide_as_a_fresh_snapshot(
+    seed: int, failing: bool, tainted: bool, placement: Placement
+) -> None:
     rng = random.Random(seed)
     generations = dict.fromkeys(NODES, 0)
     slices = {n: republished(n, 0, rng, failing) for n in NODES}
-    kept = fresh(slices, {})
+    kept = fresh(slices, {}, tainted)
     allocations: dict[ClaimKey, AllocationResult] = {}
     serial = 0
     for _ in range(120):
@@ -68,7 +91,7 @@ def test_swapped_slices_decide_as_a_fresh_snapshot(seed: int, failing: bool, pla
             node = rng.choice(NODES)
             generations[node] += 1
             slices[node] = republished(node, generations[node], rng, failing)
-            assert kept.replace_node_slices(node, [slices[node]])
+            assert kept.replace_node_slices(node, [slices[node]], rule_taints(slices, tainted))
         elif action < 0.4 and allocations:
             key = rng.choice(sorted(allocations))
             kept.release(key)
@@ -78,7 +101,7 @@ def test_swapped_slices_decide_as_a_fresh_snapshot(seed: int, failing: bool, pla
             wanted = claim(
                 f"c{serial}", exactly("r", count=rng.randint(1, 3), device_class=rng.choice(["gpu", "big"]))
             )
-            expected = allocate(fresh(slices, allocations), POD, [wanted], placement=placement)
+            expected = allocate(fresh(slices, allocations, tainted), POD, [wanted], placement=placement)
             got = allocate(kept, POD, [wanted], placement=placement)
             assert outcome_of(got) == outcome_of(expected)
             if isinstance(got, Allocation):
@@ -86,7 +109,7 @@ def test_swapped_slices_decide_as_a_fresh_snapshot(seed: int, failing: bool, pla
                 allocations.update(got.results)
     assert kept.replaced_records > 0
     # The records of replaced slices are not the snapshot's devices any more.
-    assert set(kept.tokens()) == set(fresh(slices, allocations).tokens())
+    assert set(kept.tokens()) == set(fresh(slices, allocations, tainted).tokens())
 
 
 def test_a_device_in_use_keeps_its_claim_across_a_swap_and_a_removed_one_is_never_handed_out() -> None:
@@ -163,14 +186,24 @@ def test_what_cannot_be_swapped_exactly_is_refused_untouched(
     )
 
 
-def test_device_taint_rules_refuse_a_swap() -> None:
-    """Rules taint devices by what their slices say: a swap cannot know what a rule makes of the new ones."""
-    slice_ = node_slice("n0", [gpu("gpu-0")])
-    taint = DeviceTaint.model_validate({"key": "k", "effect": "NoSchedule"})
-    snapshot = Snapshot.build(
-        CLASSES[:1], [slice_], [Node("n0")], extra_taints={(DRIVER, "n0", "gpu-0"): (taint,)}
-    )
-    assert not snapshot.replace_node_slices("n0", [node_slice("n0", [gpu("gpu-1")], generation=1)])
+def test_rule_taints_may_change_on_the_swapped_node_only() -> None:
+    """DeviceTaintRules taint by what slices say, so the caller hands the taints after the change: a swap
+    takes those of the node's own devices, and is refused, untouched, when another node's would change (its
+    records keep the taints they were made with)."""
+    slices = [node_slice("n0", [gpu("gpu-0")]), node_slice("n1", [gpu("gpu-0")])]
+    before: Taints = {(DRIVER, "n1", "gpu-0"): (TAINT,)}
+    snapshot = Snapshot.build(CLASSES[:1], slices, [Node("n0"), Node("n1")], extra_taints=before)
+    two = [gpu("gpu-0"), gpu("gpu-1")]
+    elsewhere: Taints = {**before, (DRIVER, "n1", "gpu-0"): ()}
+    assert not snapshot.replace_node_slices("n0", [node_slice("n0", two, generation=1)], elsewhere)
+    assert snapshot.replaced_records == 0
+    assert not snapshot.replace_node_slices("n0", [node_slice("n0", two, generation=1)])  # none: n1's gone
+    # gpu-0 of n0 tainted by the change: only the new gpu-1 is free of it there.
+    after: Taints = {**before, (DRIVER, "n0", "gpu-0"): (TAINT,)}
+    assert snapshot.replace_node_slices("n0", [node_slice("n0", two, generation=1)], after)
+    outcome = allocate(snapshot, POD, [claim("c", exactly("r"))])
+    assert isinstance(outcome, Allocation) and outcome_of(outcome) == ("n0", [("n0", "gpu-1")])
+    assert isinstance(allocate(snapshot, POD, [claim("d", exactly("r", count=2))]), Unallocatable)
 
 
 def test_a_failing_selector_is_looked_at_again_once_its_device_is_replaced() -> None:

@@ -168,6 +168,41 @@ def test_a_republished_node_decides_as_a_rebuild_would(swap: str, monkeypatch: p
     assert (allocator.rebuilds, allocator.replacements) == expected
 
 
+def test_with_a_device_taint_rule_a_republished_node_is_swapped_with_the_rules_taints() -> None:
+    """A DeviceTaintRule tainting every gpu-1: n1 republished with a gpu-1 is swapped in with that taint, so
+    the claim gets n1's untainted gpu-2 and nothing is rebuilt."""
+    allocator = Allocator()
+    maintenance = {
+        "apiVersion": "resource.dra-operator.io/v1",
+        "kind": "DeviceTaintRule",
+        "metadata": {
+            "name": "gpu-1-maintenance",
+            "uid": "rule",
+            "resourceVersion": "1",
+            "creationTimestamp": "2026-12-01T00:00:00Z",
+        },
+        "spec": {
+            "deviceSelector": {"device": "gpu-1"},
+            "taint": {"key": "example.com/maintenance", "effect": "NoSchedule"},
+        },
+    }
+    slices = [slice_for("n1", ["64Gi"]), slice_for("n2", ["32Gi"])]
+    first = dataclasses.replace(
+        request({"gpu": claim_from_template("c0")}, [], slices), taint_rules=[maintenance]
+    )
+    outcome = allocator.allocate(first)
+    assert isinstance(outcome, Placed) and outcome.node == "n1"
+    written = [allocated(claim_from_template("c0"), outcome.allocations["gpu"])]
+    slices = [slice_for("n1", ["64Gi", "64Gi", "64Gi"], rv="2"), slices[1]]
+    again = dataclasses.replace(
+        request({"gpu": claim_from_template("c1")}, written, slices), taint_rules=[maintenance]
+    )
+    outcome = allocator.allocate(again)
+    assert isinstance(outcome, Placed), outcome
+    assert (outcome.node, outcome.allocations["gpu"]["devices"]["results"][0]["device"]) == ("n1", "gpu-2")
+    assert (allocator.rebuilds, allocator.replacements) == (1, 1)
+
+
 def test_a_node_label_change_rebuilds_the_snapshot_and_a_heartbeat_does_not() -> None:
     allocator = Allocator()
     slices = [slice_for("n1", ["64Gi"]), slice_for("n2", ["64Gi"])]

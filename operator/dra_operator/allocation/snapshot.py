@@ -378,16 +378,22 @@ class Snapshot:
         """Device tokens of this snapshot, for `SelectorCache.retain`."""
         return [r.token for r in self.records if r.index not in self._dead]
 
-    def replace_node_slices(self, node_name: str, slices: Sequence[ResourceSlice]) -> bool:
+    def replace_node_slices(
+        self,
+        node_name: str,
+        slices: Sequence[ResourceSlice],
+        extra_taints: Mapping[DeviceID, tuple[DeviceTaint, ...]] | None = None,
+    ) -> bool:
         """Swap one node's node-local slices for `slices` (all of its current ones) in place of a rebuild:
         allocations stay recorded (by device id), and what was derived from other nodes' devices (views,
         candidates, selector verdicts) is kept. At 5,000 nodes a rebuild and the first decision after it
-        took 0.9 s, for one agent republishing its node (bench/decision_cost.py).
+        took 0.9 s, for one agent republishing its node (bench/decision_cost.py). `extra_taints`: the
+        DeviceTaintRules' taints after the change (as `build` takes them), where rules are in play.
 
-        Returns False, having changed nothing, where a rebuild is needed to stay exact: DeviceTaintRules in
-        play (they taint by slice contents), a node the snapshot does not know, a slice that is not this
-        node's own (node-local, no shared counters), or a pool that also has slices elsewhere."""
-        if self._extra_taints or node_name not in self.node_index:
+        Returns False, having changed nothing, where a rebuild is needed to stay exact: a node the snapshot
+        does not know, a slice that is not this node's own (node-local, no shared counters), a pool that
+        also has slices elsewhere, or rule taints that differ on any other node's device."""
+        if node_name not in self.node_index:
             return False
         if any(_slice_scope(s) != SCOPE_NODE or s.spec.node_name != node_name for s in slices):
             return False
@@ -400,6 +406,15 @@ class Snapshot:
                 id(r) not in old_ids for records in pool.by_generation.values() for r in records
             ):
                 return False
+        taints = extra_taints or {}
+        if taints or self._extra_taints:
+            # Other nodes' records keep the taints they were made with: only this node's may change.
+            def elsewhere(found: Mapping[DeviceID, tuple[DeviceTaint, ...]]) -> dict[DeviceID, object]:
+                return {d: t for d, t in found.items() if (d[0], d[1]) not in keys}
+
+            if elsewhere(taints) != elsewhere(self._extra_taints):
+                return False
+            self._extra_taints = taints
         for record in old:
             self._dead.update(record.devices)
         self._slices = [r for r in self._slices if id(r) not in old_ids]

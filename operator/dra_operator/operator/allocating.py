@@ -301,7 +301,7 @@ class Allocator:
         """Bring the kept snapshot up to date in place when only some nodes' own slices changed (an agent
         republished its node): True when done, False when it takes a rebuild (see replace_node_slices)."""
         before = self._signature
-        if not self.replace_slices or self._snapshot is None or before is None or req.taint_rules:
+        if not self.replace_slices or self._snapshot is None or before is None:
             return False
         if (before[0], before[2], before[3]) != (signature[0], signature[2], signature[3]):
             return False  # classes, taint rules or nodes changed too
@@ -315,6 +315,8 @@ class Allocator:
         if None in nodes or len(nodes) > REPLACE_NODES_MAX:
             return False  # a slice of no single node changed, or so many nodes that a rebuild is as cheap
         snapshot = self._snapshot
+        # The rules' taints after the change (a pass over every device, 10.9 ms at 5,000 slices).
+        taints = self.rule_taints(req.slices, req.taint_rules).by_device if req.taint_rules else None
         by_node: dict[str, list[Json]] = {}
         for obj in req.slices:
             node = (obj.get("spec") or {}).get("nodeName")
@@ -322,7 +324,7 @@ class Allocator:
                 by_node.setdefault(node, []).append(obj)
         for node in sorted(n for n in nodes if n is not None):
             models = self._models_of(by_node.get(node, []), ResourceSlice)
-            if not snapshot.replace_node_slices(node, models):
+            if not snapshot.replace_node_slices(node, models, taints):
                 return False  # the caller rebuilds; what was replaced so far goes with the old snapshot
             self._uuids.update(self._gpu_uuids(by_node.get(node, [])))
             self.replacements += 1

@@ -513,10 +513,13 @@ def test_a_republished_slice_is_read_at_once(
     )
     annotation = names.devices_annotation("dev", None)
 
-    def placed_on(name: str) -> str:
+    def create(name: str) -> None:
         cluster.create(
             cluster.pods_path(), pod(name, [{"name": "dev", "resourceClaimTemplateName": "republish"}])
         )
+
+    def placed_on(name: str) -> str:
+        create(name)
         placed = wait_for(
             lambda: (p := cluster.get(cluster.pods_path(name))) and ungated(p) and p,
             timeout=60,
@@ -545,9 +548,7 @@ def test_a_republished_slice_is_read_at_once(
             f"{driver}/{node}/dev-2",
             f"{driver}/{node}/dev-3",
         }
-        cluster.create(
-            cluster.pods_path(), pod("late", [{"name": "dev", "resourceClaimTemplateName": "republish"}])
-        )
+        create("late")
         wait_for(
             lambda: cluster.events("late", "AllocationFailed"),
             timeout=60,

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from test_allocation import DRIVER, claim, device_class, exactly, node_slice
+from test_allocation import DRIVER, claim, device_class, exactly, gpus, node_slice
 
 from dra_operator.allocation import Allocation, PodRef, Snapshot, Unallocatable, allocate
 from dra_operator.allocation.nodes import Node
@@ -113,13 +113,12 @@ def test_swapped_slices_decide_as_a_fresh_snapshot(
 
 
 def test_a_device_in_use_keeps_its_claim_across_a_swap_and_a_removed_one_is_never_handed_out() -> None:
-    slices = {"n0": node_slice("n0", [{"name": "gpu-0", "attributes": {"type": {"string": "gpu"}}}])}
-    snapshot = Snapshot.build(CLASSES[:1], list(slices.values()), [Node("n0")])
+    snapshot = Snapshot.build(CLASSES[:1], [node_slice("n0", gpus("gpu-0", type="gpu"))], [Node("n0")])
     first = allocate(snapshot, POD, [claim("first", exactly("r"))])
     assert isinstance(first, Allocation)
     first.commit(snapshot)
     # Republished with gpu-0 and a new gpu-1: gpu-0 stays held by the first claim.
-    devices = [{"name": n, "attributes": {"type": {"string": "gpu"}}} for n in ("gpu-0", "gpu-1")]
+    devices = gpus("gpu-0", "gpu-1", type="gpu")
     assert snapshot.replace_node_slices("n0", [node_slice("n0", devices, generation=1)])
     second = allocate(snapshot, POD, [claim("second", exactly("r"))])
     assert isinstance(second, Allocation) and outcome_of(second) == ("n0", [("n0", "gpu-1")])
@@ -133,19 +132,19 @@ def test_a_device_in_use_keeps_its_claim_across_a_swap_and_a_removed_one_is_neve
     assert isinstance(third, Allocation) and outcome_of(third) == ("n0", [("n0", "gpu-0")])
 
 
-def gpu(name: str) -> dict[str, Any]:
-    return {"name": name, "attributes": {"type": {"string": "gpu"}}}
-
-
 @pytest.mark.parametrize(
     ("case", "node", "replacement"),
     [
         # a pool with a slice on another node too
-        ("shared pool", "n0", [node_slice("n0", [gpu("gpu-9")], name="shared", slice="n0-shared")]),
+        (
+            "shared pool",
+            "n0",
+            [node_slice("n0", gpus("gpu-9", type="gpu"), name="shared", slice="n0-shared")],
+        ),
         # a slice of another node
-        ("another node's slice", "n0", [node_slice("n1", [gpu("gpu-9")])]),
+        ("another node's slice", "n0", [node_slice("n1", gpus("gpu-9", type="gpu"))]),
         # a node the snapshot does not know
-        ("unknown node", "n9", [node_slice("n9", [gpu("gpu-9")])]),
+        ("unknown node", "n9", [node_slice("n9", gpus("gpu-9", type="gpu"))]),
         # a slice for every node
         (
             "not node-local",
@@ -158,7 +157,7 @@ def gpu(name: str) -> dict[str, Any]:
                             "driver": DRIVER,
                             "allNodes": True,
                             "pool": {"name": "all", "generation": 0, "resourceSliceCount": 1},
-                            "devices": [gpu("gpu-9")],
+                            "devices": gpus("gpu-9", type="gpu"),
                         },
                     }
                 )
@@ -170,10 +169,10 @@ def test_what_cannot_be_swapped_exactly_is_refused_untouched(
     case: str, node: str, replacement: list[ResourceSlice]
 ) -> None:
     slices = [
-        node_slice("n0", [gpu("gpu-0")]),
-        node_slice("n1", [gpu("gpu-0")]),
-        node_slice("n0", [gpu("gpu-1")], name="shared", slice="n0-shared", resourceSliceCount=2),
-        node_slice("n1", [gpu("gpu-2")], name="shared", slice="n1-shared", resourceSliceCount=2),
+        node_slice("n0", gpus("gpu-0", type="gpu")),
+        node_slice("n1", gpus("gpu-0", type="gpu")),
+        node_slice("n0", gpus("gpu-1", type="gpu"), name="shared", slice="n0-shared", resourceSliceCount=2),
+        node_slice("n1", gpus("gpu-2", type="gpu"), name="shared", slice="n1-shared", resourceSliceCount=2),
     ]
     snapshot = Snapshot.build(CLASSES[:1], slices, [Node("n0"), Node("n1")])
     tokens = snapshot.tokens()
@@ -190,10 +189,10 @@ def test_rule_taints_may_change_on_the_swapped_node_only() -> None:
     """DeviceTaintRules taint by what slices say, so the caller hands the taints after the change: a swap
     takes those of the node's own devices, and is refused, untouched, when another node's would change (its
     records keep the taints they were made with)."""
-    slices = [node_slice("n0", [gpu("gpu-0")]), node_slice("n1", [gpu("gpu-0")])]
+    slices = [node_slice("n0", gpus("gpu-0", type="gpu")), node_slice("n1", gpus("gpu-0", type="gpu"))]
     before: Taints = {(DRIVER, "n1", "gpu-0"): (TAINT,)}
     snapshot = Snapshot.build(CLASSES[:1], slices, [Node("n0"), Node("n1")], extra_taints=before)
-    two = [gpu("gpu-0"), gpu("gpu-1")]
+    two = gpus("gpu-0", "gpu-1", type="gpu")
     elsewhere: Taints = {**before, (DRIVER, "n1", "gpu-0"): ()}
     assert not snapshot.replace_node_slices("n0", [node_slice("n0", two, generation=1)], elsewhere)
     assert snapshot.replaced_records == 0
@@ -210,13 +209,13 @@ def test_a_failing_selector_is_looked_at_again_once_its_device_is_replaced() -> 
     """A selector failing on some device makes every search a full scan (`has_failures`); once the device is
     republished with what the selector reads, the scan may skip again."""
     big = CLASSES[1]
-    without_memory = node_slice("n0", [gpu("gpu-0")])
+    without_memory = node_slice("n0", gpus("gpu-0", type="gpu"))
     snapshot = Snapshot.build([big], [without_memory], [Node("n0")])
     outcome = allocate(snapshot, POD, [claim("c", exactly("r", device_class="big"))])
     assert isinstance(outcome, Unallocatable)
     (signature,) = snapshot._sig_errors
     assert snapshot.has_failures(signature)
-    with_memory = [{"name": "gpu-0", "attributes": {"memory": {"int": 80}}}]
+    with_memory = gpus("gpu-0", memory=80)
     assert snapshot.replace_node_slices("n0", [node_slice("n0", with_memory, generation=1)])
     assert not snapshot.has_failures(signature)
     assert isinstance(allocate(snapshot, POD, [claim("c", exactly("r", device_class="big"))]), Allocation)

@@ -7,9 +7,11 @@ memory 64Gi) allocated one after the other, each committed to the snapshot, unti
 
 Columns: devices and nodes; `build ms`: Snapshot.build; `first ms`: the first claim (it evaluates the
 selectors on every device once); `claims/s` and `ms/claim` over all claims after the first; `CEL evals`:
-selector evaluations in all; `steps`: search steps; `rebuild claims/s`: a caller that rebuilds the snapshot
-for every claim from the same objects (the CEL cache is shared, so it evaluates nothing new), over at most
-200 claims.
+selector evaluations in all; `steps`: search steps; `keeper/s`: a long-running caller that hands
+`SnapshotKeeper` every object and claim for each Pod, over at most 500 claims; `rebuild/s`: a caller that
+rebuilds the snapshot for every claim from the same objects (the CEL cache is shared, so it evaluates nothing
+new), over at most 100 claims. The operator keeps its snapshot its own way (operator/allocating.py), timed by
+bench/decision_cost.py.
 
     .venv/bin/python bench/allocator.py [--sizes 1000,4000,16000,64000] [--claims N]
 """
@@ -124,7 +126,7 @@ def measure(devices: int, limit: int, repeat: int) -> dict[str, float]:
         steps = fresh.search_steps
     best, median = min(times), statistics.median(times)
 
-    # The operator's way: one SnapshotKeeper fed all objects and all claims for every Pod.
+    # A long-running caller's way: one SnapshotKeeper fed all objects and all claims for every Pod.
     keeper = SnapshotKeeper(cache)
     keeper_claims = min(500, total)
     allocated: list[ResourceClaim] = []

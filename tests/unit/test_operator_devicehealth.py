@@ -67,13 +67,18 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list
     return calls
 
 
-def test_only_a_slice_change_gathers_the_devices_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def watching(objects: dict[str, list[Json]]) -> tuple[State, DeviceHealthWatch, FakeRecorder]:
+    """Caches holding `objects` (kind -> objects), and a leader's device-health watch over them."""
     state = State()
-    objects = {SLICES: [slice_of("gpu-0", "gpu-1")], CLAIMS: [claim("c")], PODS: [POD]}
     state.bind({name: {key_of(o): [o] for o in objects.get(name, [])} for name in INDEXES})
+    recorder = FakeRecorder()
+    return state, DeviceHealthWatch(FakeKube(), state, recorder, lambda: True), recorder  # type: ignore[arg-type]
+
+
+def test_only_a_slice_change_gathers_the_devices_again(monkeypatch: pytest.MonkeyPatch) -> None:
     gathered = count_calls(monkeypatch, devicehealth, "current_devices")
-    kube, recorder = FakeKube(), FakeRecorder()
-    watch = DeviceHealthWatch(kube, state, recorder, lambda: True)  # type: ignore[arg-type]
+    slices = [slice_of("gpu-0", "gpu-1")]
+    state, watch, recorder = watching({SLICES: slices, CLAIMS: [claim("c")], PODS: [POD]})
     assert state.indexes is not None
     assert asyncio.run(watch.check()) == 0
     for n in range(3):  # claims come and go: each pass runs, none gathers the devices again
@@ -87,3 +92,29 @@ def test_only_a_slice_change_gathers_the_devices_again(monkeypatch: pytest.Monke
     assert len(gathered) == 2
     ((pod, reason, message),) = recorder.events
     assert (pod, reason) == ("p", REASON) and f"{DRIVER}/n1/gpu-0 (no longer offered" in message
+
+
+def test_between_slice_changes_a_pass_checks_only_the_changed_claims_and_those_still_owed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked = count_calls(monkeypatch, devicehealth, "unhealthy_of")
+    slices = [slice_of("gpu-0", "gpu-1")]
+    state, watch, recorder = watching({SLICES: slices, CLAIMS: [claim("c"), claim("d")]})
+    assert state.indexes is not None
+    assert asyncio.run(watch.check()) == 0
+    assert len(checked) == 2, "the first pass checks every claim"
+    state.indexes[CLAIMS][("ns", "e")] = [claim("e")]
+    state.touch(CLAIMS, ("ns", "e"))
+    assert asyncio.run(watch.check()) == 0
+    assert len(checked) == 3, "then only the claim that changed"
+
+    state.indexes[SLICES][("", "n1-slice")] = [slice_of("gpu-1", generation=2)]  # gpu-0 withdrawn
+    state.touch(SLICES, ("", "n1-slice"))
+    assert asyncio.run(watch.check()) == 0, "the Pod is not in the caches yet: nobody to tell"
+    assert len(checked) == 6, "a slice changed: every claim"
+    state.indexes[PODS] = {key_of(POD): [POD]}
+    state.note(PODS, POD)
+    assert asyncio.run(watch.check()) == 1, "nothing changed, but the report is still owed"
+    assert len(checked) == 9, "the three claims that owe it, no other"
+    assert len(recorder.events) == 1, "one Pod, told once for its device"
+    assert asyncio.run(watch.check()) == 0

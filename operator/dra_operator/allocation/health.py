@@ -48,10 +48,17 @@ def unhealthy_among(current: CurrentDevices, claims: Iterable[Json]) -> dict[Dev
     no slice changed)."""
     found: dict[DeviceKey, str] = {}
     for claim in claims:
-        for key, _ in allocation_results(claim):
-            device = current.get(key[:2], {}).get(key[2])
-            if device is None:
-                found[key] = "no longer offered by its ResourceSlice (withdrawn by the node agent, or gone)"
-            elif (why := _health_taint(device)) is not None:
-                found[key] = why
+        found.update(unhealthy_of(current, claim))
+    return found
+
+
+def unhealthy_of(current: CurrentDevices, claim: Json) -> dict[DeviceKey, str]:
+    """The devices one claim's allocation holds that are unhealthy now -> why (see `unhealthy_among`)."""
+    found: dict[DeviceKey, str] = {}
+    for key, _ in allocation_results(claim):
+        device = current.get(key[:2], {}).get(key[2])
+        if device is None:
+            found[key] = "no longer offered by its ResourceSlice (withdrawn by the node agent, or gone)"
+        elif (why := _health_taint(device)) is not None:
+            found[key] = why
     return found

@@ -57,6 +57,20 @@ def claim(index: int, node: int, device: int) -> Json:
     }
 
 
+def caches(nodes: int, claims: int) -> State:
+    """The operator's caches with `nodes` slices of 8 GPUs (parsed on arrival, as the watch handler does)
+    and `claims` claims reserved, one device each, filling the nodes in order."""
+    slices = []
+    for n in range(nodes):
+        manifest = gpu_slice_manifest(f"node-{n}", {f"gpu-{i}": "80Gi" for i in range(GPUS)})
+        manifest["metadata"].update(uid=f"slice-{n}", resourceVersion=str(n + 1), generation=1)
+        slices.append(cached_slice(manifest))
+    state = State()
+    objects = {SLICES: slices, CLAIMS: [claim(i, i // GPUS, i % GPUS) for i in range(claims)]}
+    state.bind({name: {key_of(o): [o] for o in objects.get(name, [])} for name in INDEXES})
+    return state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,15 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.claims > args.nodes * GPUS:
         parser.error(f"{args.claims} claims need more than {args.nodes * GPUS} devices")
-    slices = []
-    for n in range(args.nodes):
-        manifest = gpu_slice_manifest(f"node-{n}", {f"gpu-{i}": "80Gi" for i in range(GPUS)})
-        manifest["metadata"].update(uid=f"slice-{n}", resourceVersion=str(n + 1), generation=1)
-        slices.append(cached_slice(manifest))
-    claims = [claim(i, i // GPUS, i % GPUS) for i in range(args.claims)]
-    state = State()
-    objects = {SLICES: slices, CLAIMS: claims}
-    state.bind({name: {key_of(o): [o] for o in objects.get(name, [])} for name in INDEXES})
+    state = caches(args.nodes, args.claims)
     assert state.indexes is not None
     watch = DeviceHealthWatch(NoWrites(), state, NoEvents(), lambda: True)  # type: ignore[arg-type]
     asyncio.run(watch.check())  # the first pass: the slices' devices gathered, kept from here on

@@ -11,12 +11,18 @@ run, on the same Allocator (slice models cached per version, as in the operator)
 
 Prints ms per pass (median of the repeats, a different slice changed before each) and the ratio.
 
-    .venv/bin/python bench/taint_pass.py [--nodes 5000] [--repeats 9]
+Then the whole pass (operator.taintrules.TaintRules.check) during a burst of allocations, with `--claims`
+claims reserved and one changed before each pass, no taint with effect NoExecute: as before the fourth
+2026-12-07 session (every claim read, though only NoExecute taints evict) against now (no claim read unless a
+device has such a taint), and the ratio.
+
+    .venv/bin/python bench/taint_pass.py [--nodes 5000] [--claims 10000] [--repeats 9]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import itertools
 from collections.abc import Sequence
@@ -26,6 +32,9 @@ from dra_operator.allocation.taints import current_devices, device_taints, rule_
 from dra_operator.api.resource import DeviceTaint, ResourceSlice
 from dra_operator.controlplane import gpu_slice_manifest
 from dra_operator.operator.allocating import Allocator, _spec_versions
+from dra_operator.operator.state import CLAIMS, State, key_of
+from dra_operator.operator.taintrules import TaintRules
+from health_pass import NoEvents, NoWrites, caches, claim
 from pool_status import median_ms
 
 GPUS = 8
@@ -75,6 +84,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--nodes", type=int, default=5000, help="fake nodes, one slice of 8 GPUs each")
+    parser.add_argument("--claims", type=int, default=10000, help="claims reserved, one device each")
     parser.add_argument("--repeats", type=int, default=9, help="passes timed per variant (median shown)")
     args = parser.parse_args()
     slices = manifests(args.nodes)
@@ -88,6 +98,38 @@ def main() -> None:
     print(f"{'as before':<40} | {old:5.1f}")
     print(f"{'now':<40} | {new:5.1f}")
     print(f"ratio now / before: {new / old:.2f}x")
+
+    if args.claims > args.nodes * GPUS:
+        parser.error(f"{args.claims} claims need more than {args.nodes * GPUS} devices")
+    burst_before, burst_now = burst(caches(args.nodes, args.claims), args.repeats)
+    print()
+    print(f"{args.claims} claims reserved, one changed before each pass, no NoExecute taint")
+    print(f"{'whole taint pass during a burst':<40} | ms")
+    print(f"{'-' * 40}-+------")
+    print(f"{'as before (every claim read)':<40} | {burst_before:5.2f}")
+    print(f"{'now':<40} | {burst_now:5.2f}")
+    print(f"ratio now / before: {burst_now / burst_before:.3f}x")
+
+
+def burst(state: State, repeats: int) -> tuple[float, float]:
+    """ms per whole pass during a burst (median): as before, and now."""
+    watcher = TaintRules(NoWrites(), state, NoEvents(), Allocator(), lambda: True)  # type: ignore[arg-type]
+    asyncio.run(watcher.check())  # the devices' taints gathered, kept from here on
+
+    def change_one() -> None:
+        changed = claim(0, 0, 0)
+        changed["metadata"]["resourceVersion"] = str(next(VERSIONS))
+        state.indexes[CLAIMS][key_of(changed)] = [changed]  # type: ignore[index]
+        state.touch(CLAIMS, key_of(changed))
+
+    def as_before() -> None:
+        asyncio.run(watcher.check())
+        list(state.all(CLAIMS))  # what the pass read before, even with no taint to evict by
+
+    return (
+        median_ms(as_before, repeats, change_one),
+        median_ms(lambda: asyncio.run(watcher.check()), repeats, change_one),
+    )
 
 
 if __name__ == "__main__":

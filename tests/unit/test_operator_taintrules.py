@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dra_operator.operator import taintrules
 from dra_operator.operator.allocating import Allocator
 from dra_operator.operator.state import CLAIMS, INDEXES, PODS, SLICES, TAINT_RULES, State, key_of
 from dra_operator.operator.taintrules import DISRUPTION_REASON, EVICTION_REASON, TaintRules
@@ -223,3 +224,16 @@ def test_the_devices_taints_are_gathered_again_only_after_a_slice_or_rule_change
         asyncio.run(watcher.check(T0 + datetime.timedelta(seconds=10))) == 1
     )  # Pod p, whose claims hold gpu-0
     assert len(gathered) == 2
+
+
+@pytest.mark.parametrize(("effect", "read"), [("NoSchedule", False), ("NoExecute", True)])
+def test_claims_are_read_only_while_a_device_has_a_noexecute_taint(
+    monkeypatch: pytest.MonkeyPatch, effect: str, read: bool
+) -> None:
+    """Only NoExecute taints evict: with none, a pass reads no claim (in a burst, every pass ran over all)."""
+    tainted = slice_with([{"key": "example.com/maintenance", "effect": effect}])
+    watcher, _, _ = loop(slices=[tainted], rules=[], claims=[claim()])
+    looked: list[int] = []
+    monkeypatch.setattr(taintrules, "evictions", lambda *args: looked.append(1) or [])
+    asyncio.run(watcher.check(T0))
+    assert bool(looked) is read

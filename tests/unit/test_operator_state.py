@@ -162,6 +162,31 @@ def test_the_gated_pods_are_found_without_a_pass_over_every_pod() -> None:
     )
 
 
+def test_the_pods_on_a_node_are_found_without_a_pass_over_every_pod() -> None:
+    """Bound (spec.nodeName) or pinned by the operator (its node annotation); a Pod that moved or went is not
+    returned, and not looked at again."""
+    state, indexes = bound()
+
+    def pod(name: str, rv: str = "1", bound_to: str | None = None, pinned: str | None = None) -> Json:
+        meta: Json = {"name": name, "namespace": "ns", "uid": name, "resourceVersion": rv}
+        if pinned:
+            meta["annotations"] = {names.NODE_ANNOTATION: pinned}
+        return {"metadata": meta, "spec": {"nodeName": bound_to} if bound_to else {}}
+
+    for obj in (pod("a", bound_to="n1"), pod("b", pinned="n1"), pod("c", bound_to="n2"), pod("nowhere")):
+        state.note(PODS, obj)
+        indexes[PODS][key_of(obj)] = [obj]
+    assert sorted(p["metadata"]["name"] for p in state.pods_on("n1")) == ["a", "b"]
+    assert [p["metadata"]["name"] for p in state.pods_on("n2")] == ["c"]
+    assert state.pods_on("n3") == []
+    state.wrote(PODS, pod("b", rv="2", pinned="n2"))  # our write pinned it elsewhere
+    state.forget_pod(pod("a", bound_to="n1"))
+    indexes[PODS].pop(("ns", "a"))
+    assert state.pods_on("n1") == []
+    assert sorted(p["metadata"]["name"] for p in state.pods_on("n2")) == ["b", "c"]
+    assert "n1" not in state._on_node or not state._on_node["n1"], "moved and deleted Pods are not kept"
+
+
 def test_a_write_left_out_of_the_journal_is_read_but_moves_no_revision() -> None:
     """The free-devices status written on slices: no decision reads it, so it must not make the next
     decision gather every slice again (the reconciler keys that on the revision)."""

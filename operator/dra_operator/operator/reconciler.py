@@ -599,7 +599,7 @@ class Reconciler:
         annotations = device_annotations(pod, allocations, gpu_uuids)
         if self.device_plugin and node and delivery.delivery_containers(pod):
             now = datetime.datetime.now(datetime.UTC)
-            busy = delivery.busy_with(self.state.all(PODS), node, now, exclude_uid=uid)
+            busy = delivery.busy_with(self.state.pods_on(node), node, now, exclude_uid=uid)
             if self._ungating_elsewhere(node, uid):
                 busy.append(f"{'/'.join(self._ungating[node][2])} (being ungated)")
             if busy:

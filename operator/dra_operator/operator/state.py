@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from sys import intern
 from typing import Any
 
+from dra_operator.admission.delivery import node_of
 from dra_operator.api.gang import gang_of
 from dra_operator.api.sharing import copy_on_write_tree, interned, shared_tree
 from dra_operator.operator.placement import is_gated
@@ -152,10 +153,10 @@ class State:
     """Read access to indexed objects by kind, with our fresher writes on top.
 
     Lookups by Pod uid spare the per-Pod scans over every claim and Pod: the claims related to a Pod (owned
-    by it or reserved for it) and the Pod itself; a third finds a gang's Pods. They are kept by `note`, which
-    the watch handlers call for every object the caches take in (so they move with the caches, event by
-    event) and our writes call too; they may hold stale keys (an object changed or gone), which every lookup
-    filters out.
+    by it or reserved for it) and the Pod itself; others find a gang's Pods and the Pods on a node. They are
+    kept by `note`, which the watch handlers call for every object the caches take in (so they move with the
+    caches, event by event) and our writes call too; they may hold stale keys (an object changed or gone),
+    which every lookup filters out.
     """
 
     def __init__(self) -> None:
@@ -172,6 +173,7 @@ class State:
         self._pod_by_uid: dict[str, Key] = {}
         self._gangs: dict[tuple[str, str], set[Key]] = {}  # (namespace, gang key) -> Pod keys
         self._gated: set[Key] = set()  # Pods last seen with our scheduling gate
+        self._on_node: dict[str, set[Key]] = {}  # node -> Pods last seen bound or pinned to it
         # The change journal: per kind, each key touched with the revision of its last change, oldest first,
         # so a reader keeping a cursor (the allocator's view of the devices in use) catches up in O(changes).
         # `epoch` moves when the caches are rebound or the journal is trimmed: a cursor from before is void.
@@ -197,6 +199,9 @@ class State:
                 self._gated.add(key_of(obj))
             else:
                 self._gated.discard(key_of(obj))
+            node = node_of(obj)
+            if node is not None:
+                self._on_node.setdefault(node, set()).add(key_of(obj))
 
     def touch(self, kind: str, key: Key) -> None:
         """Record that the object at `key` changed: after the cache holds the change (the watch handlers call
@@ -234,6 +239,11 @@ class State:
         metadata = pod.get("metadata") or {}
         uid = str(metadata.get("uid"))
         self._gated.discard(key_of(pod))
+        node = node_of(pod)
+        if node is not None and node in self._on_node:
+            self._on_node[node].discard(key_of(pod))
+            if not self._on_node[node]:
+                del self._on_node[node]
         self._claims_by_pod.pop(uid, None)
         self._pod_by_uid.pop(uid, None)
         gang = gang_of(metadata)
@@ -288,6 +298,20 @@ class State:
                 self._gated.discard(key)
         return found
 
+    def pods_on(self, node: str) -> list[Json]:
+        """The Pods bound or pinned to `node` now, without a pass over every Pod (the device plugin's delivery
+        looks at one node's Pods for each Pod it ungates)."""
+        found = []
+        for key in list(self._on_node.get(node, ())):
+            pod = self.get(PODS, key)
+            if pod is None:
+                continue  # noted by the index function, not stored yet (or gone: forget_pod drops it)
+            if node_of(pod) == node:
+                found.append(pod)
+            else:
+                self._on_node[node].discard(key)
+        return found
+
     def pod_by_uid(self, uid: str) -> Json | None:
         key = self._pod_by_uid.get(uid)
         pod = self.get(PODS, key) if key is not None else None
@@ -299,6 +323,7 @@ class State:
         self._pod_by_uid.clear()
         self._gangs.clear()
         self._gated.clear()
+        self._on_node.clear()
         self.epoch += 1
         for kind in (CLAIMS, PODS):
             for obj in self.all(kind):

@@ -61,8 +61,8 @@ def main() -> None:
     print(f"{args.pods} managed Pods over {args.nodes} nodes; median of {args.repeats} checks")
     print(f"{'delivery check per ungating':<40} | ms")
     print(f"{'-' * 40}-+-------")
-    print(f"{'over every Pod (before)':<40} | {every:6.3f}")
-    print(f"{'over the node's Pods (now)':<40} | {lookup:6.3f}")
+    for label, ms in (("over every Pod (before)", every), ("over the node's Pods (now)", lookup)):
+        print(f"{label:<40} | {ms:6.3f}")
     print(f"ratio now / before: {lookup / every:.4f}x")
 
 

@@ -104,15 +104,16 @@ def test_table_rows_sorted_with_a_total() -> None:
     assert table({}) == [rows[0]]
 
 
-def _offered(name: str, keys: list[tuple[str, str, str]], tainted: int) -> SliceDevices:
-    return SliceDevices(name, D, name, tuple(keys), frozenset(keys[:tainted]))
+def _offered(pool: str, keys: list[tuple[str, str, str]], tainted: int) -> SliceDevices:
+    """What a slice of `pool` offers (its devices' keys name that pool, as `slice_devices` builds them)."""
+    return SliceDevices(pool, D, pool, tuple(keys), frozenset(keys[:tainted]))
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_the_ledger_counts_as_count_usage_and_names_every_slice_whose_counts_moved(seed: int) -> None:
-    """Random slices (some listing the same device, or one twice), claims (some adminAccess) and rule taints
-    put one change at a time: the ledger's counts are count_usage's from scratch, and a slice left out of
-    `changed` still has the counts last answered for it."""
+    """Random slices of two pools (some listing the same device, or one twice), claims (some adminAccess) and
+    rule taints put one change at a time: the ledger's counts are count_usage's from scratch, and a slice
+    left out of `changed` still has the counts last answered for it."""
     rng = random.Random(seed)
     universe = [(D, pool, f"gpu-{i}") for pool in ("p0", "p1") for i in range(4)]
     ledger = UsageLedger()
@@ -127,10 +128,11 @@ def test_the_ledger_counts_as_count_usage_and_names_every_slice_whose_counts_mov
             if rng.random() < 0.2:
                 offered.pop(name, None)
                 ledger.put_slice(name, None)
-            else:
-                keys = rng.sample(universe, rng.randint(0, 4))
-                keys += keys[:1] if rng.random() < 0.1 else []  # a device listed twice
-                offered[name] = _offered(name, keys, rng.randint(0, len(keys)))
+            else:  # a pool's slices may list the same device (broken input), or one device twice
+                pool = rng.choice(["p0", "p1"])
+                keys = rng.sample([key for key in universe if key[1] == pool], rng.randint(0, 4))
+                keys += keys[:1] if rng.random() < 0.1 else []
+                offered[name] = _offered(pool, keys, rng.randint(0, len(keys)))
                 ledger.put_slice(name, offered[name])
         elif action == "claim":
             name = rng.choice(["c0", "c1", "c2", "c3", "c4"])
@@ -152,12 +154,12 @@ def test_the_ledger_counts_as_count_usage_and_names_every_slice_whose_counts_mov
 
 def test_a_slice_put_or_marked_again_is_answered_again() -> None:
     ledger = UsageLedger()
-    ledger.put_slice("s0", _offered("s0", [(D, "p0", "a")], 0))
-    ledger.put_slice("s1", _offered("s1", [(D, "p0", "b")], 0))
+    ledger.put_slice("s0", _offered("p0", [(D, "p0", "a")], 0))
+    ledger.put_slice("s1", _offered("p1", [(D, "p1", "b")], 0))
     assert set(ledger.changed()) == {"s0", "s1"}
     assert ledger.changed() == {}
     ledger.put_claim(("ns", "c"), claim_devices(_claim((D, "p0", "a"))))
-    assert list(ledger.changed()) == ["s0"], "only the slice listing the claimed device"
+    assert list(ledger.changed()) == ["s0"], "only the slice of the claimed device's pool"
     ledger.put_claim(("ns", "c"), claim_devices(_claim((D, "p0", "a"))))
     assert ledger.changed() == {}, "the same devices again: nothing moved"
     ledger.mark(["s1", "gone"])
@@ -170,8 +172,8 @@ def test_a_slice_put_or_marked_again_is_answered_again() -> None:
 
 def test_a_ledger_built_at_once_is_one_put_piece_by_piece() -> None:
     offered = {
-        "s0": _offered("s0", [(D, "p0", "a"), (D, "p0", "b")], 1),
-        "s1": _offered("s1", [(D, "p0", "b"), (D, "p0", "c")], 0),
+        "s0": _offered("p0", [(D, "p0", "a"), (D, "p0", "b")], 1),
+        "s1": _offered("p0", [(D, "p0", "b"), (D, "p0", "c")], 0),
     }
     claims = [(("ns", "c0"), claim_devices(_claim((D, "p0", "b")))), (("ns", "c1"), frozenset())]
     piece_by_piece = UsageLedger()

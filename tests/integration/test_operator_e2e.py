@@ -1455,6 +1455,14 @@ def test_device_taint_rules_keep_claims_off_devices_and_evict_pods(
         wait_for(
             lambda: rule_status(drain).get("matchedDevices") == 4, timeout=30, message="4 devices counted"
         )
+        # The free-devices view counts them tainted (those no claim holds): none of the pool is free.
+        first_slice = f"{GROUP_PATH}/resourceslices/{first}-driver-example-com"
+
+        def drained() -> bool:
+            counts = dict((cluster.get(first_slice) or {}).get("status") or {})
+            return counts.get("free") == 0 and counts.get("tainted") == 4 - counts.get("allocated", -1)
+
+        wait_for(drained, timeout=30, message=f"{first_slice} to count the rule's devices tainted")
         header, row = kubectl("get", "devicetaintrules.resource.dra-operator.io", drain).stdout.splitlines()
         assert header.split() == ["NAME", "KEY", "EFFECT", "DRIVER", "POOL", "DEVICE", "DEVICES", "AGE"]
         assert row.split()[:6] == [

@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -395,14 +395,18 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         log.info("caches filled: serving admission")
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if args.pool_status_seconds > 0:
+
+            def rule_taints_of() -> Mapping[tuple[str, str, str], Sequence[Any]]:
+                # Most clusters have no rule: then no pass over every slice (5,000: milliseconds a pass).
+                rules = list(state.all(TAINT_RULES))
+                return allocator.rule_taints(list(state.all(SLICES)), rules).by_device if rules else {}
+
             pools = PoolStatus(
                 kube,
                 state,
                 leading,
                 args.pool_status_seconds,
-                rule_taints=lambda: (
-                    allocator.rule_taints(list(state.all(SLICES)), list(state.all(TAINT_RULES))).by_device
-                ),
+                rule_taints=rule_taints_of,
             )
             tasks.append(asyncio.create_task(pools.run(), name="pool-status"))
         health = DeviceHealthWatch(kube, state, recorder, leading)

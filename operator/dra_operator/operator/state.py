@@ -302,14 +302,17 @@ class State:
         """The Pods bound or pinned to `node` now, without a pass over every Pod (the device plugin's delivery
         looks at one node's Pods for each Pod it ungates)."""
         found = []
-        for key in list(self._on_node.get(node, ())):
+        keys = self._on_node.get(node, set())
+        for key in list(keys):
             pod = self.get(PODS, key)
             if pod is None:
                 continue  # noted by the index function, not stored yet (or gone: forget_pod drops it)
             if node_of(pod) == node:
                 found.append(pod)
             else:
-                self._on_node[node].discard(key)
+                keys.discard(key)  # it moved
+        if node in self._on_node and not keys:
+            del self._on_node[node]
         return found
 
     def pod_by_uid(self, uid: str) -> Json | None:

@@ -284,7 +284,7 @@ class Allocator:
             self._cursor = (state.epoch, revision)
             return snapshot
         # A full pass: after a rebuild, without the caches, or when the journal's epoch moved.
-        self._cursor = (state.epoch, state.changes(CLAIMS, 1 << 62)[0]) if state is not None else None
+        self._cursor = (state.epoch, state.revision) if state is not None else None
         present = set()
         for obj in req.claims_in_use():
             key = _claim_key(obj)
@@ -306,11 +306,8 @@ class Allocator:
         if (before[0], before[2], before[3]) != (signature[0], signature[2], signature[3]):
             return False  # classes, taint rules or nodes changed too
         changed = {uid for uid, _ in set(before[1]) ^ set(signature[1])}
-        now: dict[str, str | None] = {}  # changed slice uid -> its node now (absent: deleted)
-        for obj in req.slices:
-            uid = str(obj["metadata"].get("uid"))
-            if uid in changed:
-                now[uid] = (obj.get("spec") or {}).get("nodeName") or None
+        # changed slice uid -> its node now (absent: deleted)
+        now = {uid: node for uid, node in _slice_nodes(req.slices).items() if uid in changed}
         nodes = {self._slice_nodes.get(uid) for uid in changed} | set(now.values())
         if None in nodes or len(nodes) > REPLACE_NODES_MAX:
             return False  # a slice of no single node changed, or so many nodes that a rebuild is as cheap

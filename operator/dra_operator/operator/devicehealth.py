@@ -85,7 +85,7 @@ class DeviceHealthWatch:
         every = self._read is None or self._read[:2] != (state.epoch, slices_revision)
         claims: Iterable[Json]
         if every:
-            claims_revision = state.changes(CLAIMS, 1 << 62)[0]
+            claims_revision = state.revision
             claims = list(state.all(CLAIMS))
         else:
             assert self._read is not None

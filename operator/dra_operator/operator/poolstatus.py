@@ -98,7 +98,7 @@ class PoolStatus:
         kinds = (SLICES, CLAIMS)
         if self._read is None or self._read[0] != state.epoch:
             # Revisions taken before reading, so that a change while reading is read again next time.
-            self._read = (state.epoch, {kind: state.changes(kind, 1 << 62)[0] for kind in kinds})
+            self._read = (state.epoch, dict.fromkeys(kinds, state.revision))
             self.ledger = UsageLedger.of(
                 slice_devices(slice_models(state.all(SLICES))),
                 ((key_of(claim), claim_devices(claim)) for claim in state.all(CLAIMS)),

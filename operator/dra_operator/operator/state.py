@@ -227,6 +227,11 @@ class State:
         found.reverse()
         return self._revision, found
 
+    @property
+    def revision(self) -> int:
+        """The journal's revision now: a cursor taken here sees, through `changes`, every change after it."""
+        return self._revision
+
     def revision_of(self, kind: str) -> int:
         """The revision of the latest change of `kind` (0: none journaled)."""
         return next(reversed(self._changed[kind].values()), 0)

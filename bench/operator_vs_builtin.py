@@ -31,12 +31,13 @@ at once with no patch, for our scenario's creates, and shows its latency beside 
 under the same load (its calls add to that load, so that run's other figures are not comparable).
 
 Kubernetes' client rate limits (controller manager 20/s, scheduler 50/s) bound the built-in path at these
-sizes; `--client-qps N` raises both to N (burst 2N) to show the built-in path without them. `--cpu-hog N`
+sizes, and the operator's own (`--kube-api-qps`, 100/s by default) bounds ours; `--client-qps N` raises all
+three to N (burst 2N) to show both paths without them (`--operator-qps N` sets ours alone). `--cpu-hog N`
 runs N busy processes beside both scenarios, from the first setup to the last clean-up, so both meet the
 same load (a machine whose other tenants are busy).
 
     .venv/bin/python bench/operator_vs_builtin.py [--nodes 20] [--pods 100] [--clients 1] [--client-qps N]
-        [--cpu-hog N] [--noop-webhook] [--timeout 180]
+        [--operator-qps N] [--cpu-hog N] [--noop-webhook] [--timeout 180]
 """
 
 from __future__ import annotations
@@ -1004,6 +1005,12 @@ def wait_for_webhook(cp: ControlPlane, client: Client, namespace: str, webhook: 
     wait_until(called, timeout=30, message=f"the apiserver to call {webhook}")
 
 
+def operator_limits(args: argparse.Namespace) -> list[str]:
+    """The operator's client rate limit: lifted with both sides' under --client-qps, as they are."""
+    qps = args.operator_qps if args.operator_qps is not None else args.client_qps
+    return [] if qps is None else [f"--kube-api-qps={qps:g}", f"--kube-api-burst={max(1, int(2 * qps))}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1013,6 +1020,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for placement/cleanup")
     parser.add_argument("--clients", type=int, default=1, help="concurrent creating clients (default 1)")
     parser.add_argument("--workers", type=int, default=None, help="operator --workers (default: its own)")
+    parser.add_argument(
+        "--operator-qps",
+        type=float,
+        default=None,
+        help="operator --kube-api-qps, burst twice that (default: --client-qps if given, else its own)",
+    )
     parser.add_argument(
         "--client-qps",
         type=int,
@@ -1099,7 +1112,7 @@ def main() -> int:
         workers = [] if args.workers is None else [f"--workers={args.workers}"]
         operator = LocalOperator(
             cp.kubeconfig,
-            extra_args=["--lease-namespace=default", *workers],
+            extra_args=["--lease-namespace=default", *workers, *operator_limits(args)],
             log_file=Path(tmp) / "operator.log",
         ).start()
         try:
@@ -1126,6 +1139,8 @@ def main() -> int:
         else f"{args.client_qps}/{2 * args.client_qps} for both (--client-qps)"
     )
     print(f"client rate limits (qps/burst) of kube-controller-manager and kube-scheduler: {qps}")
+    limits = operator_limits(args)
+    print(f"dra-operator's client rate limit: {' '.join(limits) if limits else 'its defaults'}")
     if args.cpu_hog:
         print(f"{args.cpu_hog} busy process(es) ran beside both scenarios (--cpu-hog)")
     print(

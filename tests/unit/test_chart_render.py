@@ -554,11 +554,21 @@ def test_container_args_are_understood_by_the_cli(rendered: Rendered) -> None:
     assert parsed.webhook_port == values["webhook"]["port"]
     assert parsed.metrics_port == values["metrics"]["port"]
     assert parsed.log_level == rendered.values["logLevel"]
+    assert parsed.kube_api_qps == values["kubeApi"]["qps"]
+    assert parsed.kube_api_burst == values["kubeApi"]["burst"]  # None: the operator's own, twice the qps
     agent = rendered.maybe("DaemonSet", "agent")
     if agent is not None:
         parsed = parse_with_cli(agent["spec"]["template"]["spec"]["containers"][0]["args"])
         assert parsed.backend == rendered.values["agent"]["backend"]
         assert parsed.log_level == rendered.values["logLevel"]
+
+
+def test_the_client_rate_limit_reaches_the_operator(helm: Path) -> None:
+    values = {"operator": {"kubeApi": {"qps": 250.5, "burst": 40}}}
+    objects = template(release=RELEASE, namespace=NAMESPACE, values=values, helm=helm)
+    (operator,) = [o for o in objects if o["kind"] == "Deployment"]
+    parsed = parse_with_cli(operator["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert (parsed.kube_api_qps, parsed.kube_api_burst) == (250.5, 40)
 
 
 def hooks_of(rendered: Rendered, component: str) -> list[dict[str, Any]]:

@@ -42,6 +42,8 @@ REJECTED: list[tuple[dict[str, Any], list[str]]] = [
     ({"webhook": {"certManager": {"duration": "one year"}}}, ["duration"]),
     ({"metrics": {"serviceMonitor": {"interval": 30}}}, ["interval"]),
     ({"imagePullSecrets": ["regcred"]}, ["imagePullSecrets"]),
+    ({"operator": {"kubeApi": {"qps": -1}}}, ["qps"]),
+    ({"operator": {"kubeApi": {"burst": 0}}}, ["burst"]),
     ({"operator": {"extraEnv": [{"value": "no name"}]}}, ["name"]),
     # The templates' own checks, for what a schema cannot say.
     ({"agent": {"backend": "simulated"}}, ["agent.simulated.inventory"]),
@@ -69,6 +71,7 @@ ACCEPTED: list[dict[str, Any]] = [
     {"operator": {"replicas": 3, "podDisruptionBudget": {"minAvailable": "50%"}}},
     {"image": {"tag": "0.1.0@sha256:" + "ab" * 32}},
     {"operator": {"resources": {"limits": {"memory": "1Gi", "cpu": 2}}}},
+    {"operator": {"kubeApi": {"qps": 0}}},
     {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
     {"metrics": {"serviceMonitor": {"enabled": True, "interval": "1m30s"}}},
     {"agent": {"nvml": {"driverLibraryPath": "/usr/lib64"}, "driver": "gpu.example.com"}},

@@ -18,6 +18,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dra_operator import __version__
+from dra_operator.kube.ratelimit import TokenBucket
 from dra_operator.kube.rest import KubeError, NotLeading, ours, path_of, resource_of
 
 __all__ = [
@@ -82,6 +83,7 @@ class Kube:
         on_reachable: Callable[[bool], None] | None = None,
         timeout: float = 30.0,
         user_agent: str = USER_AGENT,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.api = api
         api.user_agent = user_agent
@@ -94,6 +96,8 @@ class Kube:
         # Lease while it was between two awaits (paused, starved), so no stale decision reaches the server.
         self.may_write = may_write
         self.on_reachable = on_reachable
+        # Every request waits here first, watches too (client-go's rate limiter does the same).
+        self.limiter = limiter
 
     async def request(
         self,
@@ -105,6 +109,8 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - handed to aiohttp, which enforces it
     ) -> Json:
+        if self.limiter is not None:
+            await self.limiter.wait()  # before the fence below: leadership may lapse while this waits
         if method != "GET":
             if self.may_write is not None and not self.may_write(path):
                 raise NotLeading(method, path)
@@ -145,6 +151,8 @@ class Kube:
         """The events of one watch request (`query` names the resourceVersion and the server's timeout), one
         parsed JSON object per line, until the server ends the stream. Raises KubeError for a refused request
         (410: the resourceVersion is too old) and for a connection lost or silent for `read_timeout` s."""
+        if self.limiter is not None:
+            await self.limiter.wait()
         try:
             response = await self.api.call_api(
                 path,

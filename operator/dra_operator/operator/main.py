@@ -21,6 +21,7 @@ from dra_operator.admission import configuration, names, tls
 from dra_operator.admission import webhook as admission
 from dra_operator.allocation.search import PLACEMENTS
 from dra_operator.kube.client import SELF_SUBJECT_REVIEWS, Kube, KubeError, NotLeading, load_configuration
+from dra_operator.kube.ratelimit import TokenBucket
 from dra_operator.operator import handlers, kopfpatch, leader, logs, metrics, periodic
 from dra_operator.operator.admitting import AdmissionFeed
 from dra_operator.operator.allocating import NVIDIA_DRIVER, Allocator
@@ -37,6 +38,10 @@ from dra_operator.operator.webhookprocess import AdmissionProcess, ChildOptions
 from dra_operator.tlsbuffers import size_read_buffers
 
 log = structlog.get_logger("dra_operator.operator")
+
+#: The client rate limit's defaults: kube-scheduler's are 50 / 100 for its one or two writes per Pod; the
+#: operator writes three to four per Pod (a claim, its status, the Pod's ungating, an event).
+KUBE_API_QPS = 100.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +129,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=WORKERS,
         help=f"Pods and claims handled at once (allocation stays serialized; default {WORKERS})",
+    )
+    parser.add_argument(
+        "--kube-api-qps",
+        type=float,
+        default=KUBE_API_QPS,
+        help="requests a second to the API server, after a burst of --kube-api-burst (the leader's Lease "
+        f"apart; 0: no limit; default {KUBE_API_QPS:g})",
+    )
+    parser.add_argument(
+        "--kube-api-burst",
+        type=int,
+        default=None,
+        help="requests sent at once before --kube-api-qps paces them (default: twice --kube-api-qps)",
     )
     parser.add_argument(
         "--pool-status-seconds",
@@ -240,6 +258,11 @@ async def run(args: argparse.Namespace) -> int:
         await api.close()
 
 
+def rate_limit(args: argparse.Namespace) -> TokenBucket:
+    burst = args.kube_api_burst if args.kube_api_burst is not None else max(1, int(2 * args.kube_api_qps))
+    return TokenBucket(args.kube_api_qps, burst, on_wait=metrics.RATE_LIMITED.inc)
+
+
 async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiClient) -> int:
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     elector: ElectionThread | None = None
@@ -264,6 +287,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         on_write=lambda verb, resource: metrics.WRITES.labels(verb, resource).inc(),
         may_write=may_write,
         on_reachable=on_reachable,
+        limiter=rate_limit(args),
     )
     state = State()
     recorder = Recorder(kube, host=socket.gethostname())
@@ -558,6 +582,9 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.kube_api_qps > 0 and args.kube_api_burst is not None and args.kube_api_burst < 1:
+        print(f"dra-operator run: --kube-api-burst {args.kube_api_burst}: at least 1", file=sys.stderr)
+        return 2
     logs.setup(args.log_level)
     size_read_buffers()
     if args.leader_election:

@@ -52,6 +52,11 @@ WAITING = Gauge("dra_operator_pods_waiting", "Pods still gated by the operator",
 WRITES = Counter(
     "dra_operator_api_writes", "API writes made by the operator", ["verb", "resource"], registry=REGISTRY
 )
+RATE_LIMITED = Counter(
+    "dra_operator_rate_limited_seconds",
+    "Seconds the operator's API requests waited for its client rate limit (--kube-api-qps), in all",
+    registry=REGISTRY,
+)
 RELEASES = Counter(
     "dra_operator_deallocations", "Claims deallocated after their last consumer left", registry=REGISTRY
 )

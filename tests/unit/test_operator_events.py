@@ -22,6 +22,14 @@ class Poster:
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "u1"}}
 
 
+async def drained(recorder: Recorder) -> None:
+    """Until the recorder has posted everything queued (the fake poster never blocks)."""
+    async with asyncio.timeout(5):
+        while recorder.queue.qsize():  # noqa: ASYNC110 - nothing to wait on but the recorder's task
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+
+
 def test_repeats_are_dropped_until_forgotten() -> None:
     async def scenario() -> list[tuple[str, Json]]:
         poster = Poster()
@@ -33,10 +41,7 @@ def test_repeats_are_dropped_until_forgotten() -> None:
         recorder.normal(POD, "Allocated", "on n1")
         recorder.forget("u1")
         recorder.normal(POD, "Allocated", "on n1")  # forgotten: posted again
-        async with asyncio.timeout(5):
-            while recorder.queue.qsize():  # noqa: ASYNC110 - the fake poster never blocks
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0)
+        await drained(recorder)
         await recorder.stop()
         return poster.posted
 
@@ -58,3 +63,31 @@ def test_repeats_are_dropped_until_forgotten() -> None:
         "uid": "u1",
         "resourceVersion": None,
     }
+
+
+def test_a_full_queue_drops_new_events_and_counts_them() -> None:
+    """Events are best effort: past the bound a new event is dropped (and counted), not queued without end;
+    a dropped message is not remembered as posted, so it is posted when it comes again."""
+    dropped: list[str] = []
+
+    async def scenario() -> list[tuple[str, Json]]:
+        poster = Poster()
+        recorder = Recorder(poster, host="h", max_queued=2, on_dropped=dropped.append)  # type: ignore[arg-type]
+        pods = [{**POD, "metadata": {**POD["metadata"], "uid": f"u{i}"}} for i in range(4)]
+        recorder.normal(pods[0], "Allocated", "on n1")
+        recorder.normal(pods[1], "Allocated", "on n1")
+        recorder.warning(pods[2], "AllocationFailed", "no node")  # the queue is full: dropped
+        recorder.start()
+        await drained(recorder)
+        recorder.warning(pods[2], "AllocationFailed", "no node")  # room again: posted this time
+        await drained(recorder)
+        await recorder.stop()
+        return poster.posted
+
+    posted = asyncio.run(scenario())
+    assert [(b["involvedObject"]["uid"], b["reason"]) for _, b in posted] == [
+        ("u0", "Allocated"),
+        ("u1", "Allocated"),
+        ("u2", "AllocationFailed"),
+    ]
+    assert dropped == ["Warning"]

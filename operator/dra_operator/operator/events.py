@@ -1,26 +1,38 @@
-"""Kubernetes Events on Pods and claims, posted in the background; a repeated message only once."""
+"""Kubernetes Events on Pods and claims, posted in the background; a repeated message only once.
+
+The queue is bounded, as client-go's event broadcaster's is: events are best effort, and a backlog that
+outgrows what the API server (or the client's rate limit) takes would otherwise grow without end. Past the
+bound a new event is dropped and counted (`dra_operator_events_dropped_total`)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dra_operator.kube.client import Kube, KubeError, path_of
 
 COMPONENT = "dra-operator"
+MAX_QUEUED = 1000  # client-go's broadcaster holds as many
 log = logging.getLogger(__name__)
 
 
 class Recorder:
     """Queues events and posts them one by one; the last message per (object uid, reason) is not repeated."""
 
-    def __init__(self, kube: Kube, host: str = "") -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        host: str = "",
+        max_queued: int = MAX_QUEUED,
+        on_dropped: Callable[[str], None] | None = None,
+    ) -> None:
         self.kube = kube
         self.host = host
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(max_queued)
+        self.on_dropped = on_dropped  # told the type of each event dropped for a full queue
         self._last: dict[str, dict[str, str]] = {}  # object uid -> reason -> last message posted
         self._task: asyncio.Task[None] | None = None
 
@@ -65,7 +77,12 @@ class Recorder:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.queue.put_nowait((namespace, event))
+        try:
+            self.queue.put_nowait((namespace, event))
+        except asyncio.QueueFull:
+            del last[reason]  # not posted: the same message may come again
+            if self.on_dropped is not None:
+                self.on_dropped(type_)
 
     def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
         self.record(obj, "Normal", reason, message)

@@ -54,7 +54,15 @@ WRITES = Counter(
 )
 RATE_LIMITED = Counter(
     "dra_operator_rate_limited_seconds",
-    "Seconds the operator's API requests waited for its client rate limit (--kube-api-qps), in all",
+    "Seconds the operator's API requests waited for its client rate limit (--kube-api-qps), in all, by "
+    "client (`placement`: everything but events; `events`: the event recorder's own)",
+    ["client"],
+    registry=REGISTRY,
+)
+EVENTS_DROPPED = Counter(
+    "dra_operator_events_dropped",
+    "Events not posted because the queue of events waiting to be posted was full, by type",
+    ["type"],
     registry=REGISTRY,
 )
 RELEASES = Counter(

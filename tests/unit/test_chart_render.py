@@ -555,7 +555,7 @@ def test_container_args_are_understood_by_the_cli(rendered: Rendered) -> None:
     assert parsed.metrics_port == values["metrics"]["port"]
     assert parsed.log_level == rendered.values["logLevel"]
     assert parsed.kube_api_qps == values["kubeApi"]["qps"]
-    assert parsed.kube_api_burst == values["kubeApi"]["burst"]  # None: the operator's own, twice the qps
+    assert parsed.kube_api_burst == values["kubeApi"]["burst"]
     agent = rendered.maybe("DaemonSet", "agent")
     if agent is not None:
         parsed = parse_with_cli(agent["spec"]["template"]["spec"]["containers"][0]["args"])

@@ -563,12 +563,14 @@ def test_container_args_are_understood_by_the_cli(rendered: Rendered) -> None:
         assert parsed.log_level == rendered.values["logLevel"]
 
 
-def test_the_client_rate_limit_reaches_the_operator(helm: Path) -> None:
-    values = {"operator": {"kubeApi": {"qps": 250.5, "burst": 40}}}
+@pytest.mark.parametrize("qps,burst", [(250.5, 40), (1_000_000, 2_000_000)])
+def test_the_client_rate_limit_reaches_the_operator(helm: Path, qps: float, burst: int) -> None:
+    """Large numbers too: Helm prints a YAML number over a million as 2e+06 unless told it is an integer."""
+    values = {"operator": {"kubeApi": {"qps": qps, "burst": burst}}}
     objects = template(release=RELEASE, namespace=NAMESPACE, values=values, helm=helm)
     (operator,) = [o for o in objects if o["kind"] == "Deployment"]
     parsed = parse_with_cli(operator["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert (parsed.kube_api_qps, parsed.kube_api_burst) == (250.5, 40)
+    assert (parsed.kube_api_qps, parsed.kube_api_burst) == (qps, burst)
 
 
 def hooks_of(rendered: Rendered, component: str) -> list[dict[str, Any]]:

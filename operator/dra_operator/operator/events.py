@@ -50,7 +50,8 @@ class Recorder:
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid", ""))
         last = self._last.setdefault(uid, {})
-        if last.get(reason) == message:
+        posted = last.get(reason)
+        if posted == message:
             return
         last[reason] = message
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -80,7 +81,11 @@ class Recorder:
         try:
             self.queue.put_nowait((namespace, event))
         except asyncio.QueueFull:
-            del last[reason]  # not posted: the same message may come again
+            # Not posted: the same message may come again, and the one posted before stays the last.
+            if posted is None:
+                del last[reason]
+            else:
+                last[reason] = posted
             if self.on_dropped is not None:
                 self.on_dropped(type_)
 

@@ -259,6 +259,10 @@ async def run(args: argparse.Namespace) -> int:
         await api.close()
 
 
+def count_write(verb: str, resource: str) -> None:
+    metrics.WRITES.labels(verb, resource).inc()
+
+
 def rate_limit(args: argparse.Namespace, client: str = "placement") -> TokenBucket:
     burst = args.kube_api_burst if args.kube_api_burst is not None else max(1, int(2 * args.kube_api_qps))
     return TokenBucket(args.kube_api_qps, burst, on_wait=metrics.RATE_LIMITED.labels(client).inc)
@@ -285,7 +289,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
 
     kube = Kube(
         api,
-        on_write=lambda verb, resource: metrics.WRITES.labels(verb, resource).inc(),
+        on_write=count_write,
         may_write=may_write,
         on_reachable=on_reachable,
         limiter=rate_limit(args),
@@ -294,7 +298,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
     # placement writes neither waits behind them nor holds them back until the burst is over.
     events_kube = Kube(
         api,
-        on_write=lambda verb, resource: metrics.WRITES.labels(verb, resource).inc(),
+        on_write=count_write,
         may_write=may_write,
         limiter=rate_limit(args, "events"),
     )
@@ -474,7 +478,7 @@ async def _run(args: argparse.Namespace, cfg: k8s.Configuration, api: k8s.ApiCli
         def make_elector() -> tuple[LeaseElector, Callable[[], Awaitable[None]]]:
             # On the election thread's loop: a client of its own (an aiohttp session belongs to one loop).
             lease_api = k8s.ApiClient(cfg)
-            lease_kube = Kube(lease_api, on_write=lambda verb, res: metrics.WRITES.labels(verb, res).inc())
+            lease_kube = Kube(lease_api, on_write=count_write)
             elector = LeaseElector(
                 lease_kube,
                 args.lease_namespace or args.operator_namespace or "default",

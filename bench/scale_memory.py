@@ -1,8 +1,8 @@
 """dra-operator's memory and failover at cluster scale (a benchmark, not a test).
 
-One embedded control plane (Kubernetes 1.36), N fake Nodes (no kubelet) with one ResourceSlice of 8 GPUs
-each, C ResourceClaims of users that no Pod uses yet (`pending` by the CRD's status default: no write), a
-DeviceClass and a ResourceClaimTemplate. Then:
+One embedded control plane (Kubernetes 1.36, or `--version`), N fake Nodes (no kubelet) with one ResourceSlice
+of 8 GPUs each, C ResourceClaims of users that no Pod uses yet (`pending` by the CRD's status default: no
+write), a DeviceClass and a ResourceClaimTemplate. Then:
 
 1. replica A starts with leader election: time until its caches are full and it leads; RSS (the sum over the
    operator and its admission process) and the pages they map counted once (`pages_once_mib`);
@@ -13,7 +13,7 @@ DeviceClass and a ResourceClaimTemplate. Then:
    the moment B had re-pointed the webhook at itself: the first decision of a new leader with full caches
    (issue 14 asks for 5 s at 5,000 nodes x 8 devices).
 
-    .venv/bin/python bench/scale_memory.py [--nodes 5000] [--claims 10000] [--pods 1000]
+    .venv/bin/python bench/scale_memory.py [--nodes 5000] [--claims 10000] [--pods 1000] [--version 1.30]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dra_operator.controlplane import ControlPlane, node_manifest, wait_until
+from dra_operator.controlplane import ControlPlane, build, node_manifest, wait_until
 from dra_operator.operator.local import LocalOperator
 from operator_vs_builtin import (
     OURS,
@@ -98,13 +98,30 @@ def main() -> int:
     parser.add_argument("--claims", type=int, default=10000, help="users' claims no Pod uses (default 10000)")
     parser.add_argument("--pods", type=int, default=1000, help="Pods of the burst (default 1000)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each stage")
+    parser.add_argument(
+        "--version",
+        default=build.K8S_VERSION,
+        help=f"the Kubernetes release to run (default {build.K8S_VERSION})",
+    )
     args = parser.parse_args()
     ns = OURS.namespace
     group = OURS.group_path
     figures: list[tuple[str, str]] = []
 
-    with ControlPlane() as cp, tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+    with ControlPlane(version=args.version) as cp, tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         client = Client(cp)
+        print(f"Kubernetes {cp.version}", flush=True)
+
+        def released_pod(name: str) -> Json:
+            """`pod(name)` as this release decodes it: 1.30 nests a claim's reference under `source:`."""
+            made = pod(name)
+            if cp.version.startswith("v1.30."):
+                made["spec"]["resourceClaims"] = [
+                    {"name": ref["name"], "source": {k: v for k, v in ref.items() if k != "name"}}
+                    for ref in made["spec"]["resourceClaims"]
+                ]
+            return made
+
         with stage(f"{args.nodes} Nodes and slices ({args.nodes * PER_NODE} devices), {args.claims} claims"):
             cp.kubectl("apply", "-f", str(Path(__file__).resolve().parent.parent / "crds"))
             cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
@@ -157,7 +174,9 @@ def main() -> int:
                 with stage(f"burst: {args.pods} Pods from 8 clients, placed by A"):
                     started = time.monotonic()
                     in_parallel(
-                        lambda i: cp.request("POST", f"/api/v1/namespaces/{ns}/pods", pod(f"p{i:05}")),
+                        lambda i: cp.request(
+                            "POST", f"/api/v1/namespaces/{ns}/pods", released_pod(f"p{i:05}")
+                        ),
                         args.pods,
                     )
                     wait_until(
@@ -197,7 +216,7 @@ def main() -> int:
                         timeout=args.timeout,
                         message="B leading with its webhook configured",
                     )
-                    cp.request("POST", f"/api/v1/namespaces/{ns}/pods", pod("after-failover"))
+                    cp.request("POST", f"/api/v1/namespaces/{ns}/pods", released_pod("after-failover"))
                     wait_until(
                         lambda: "after-failover" in watch.bound, timeout=args.timeout, message="the Pod bound"
                     )

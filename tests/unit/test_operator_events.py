@@ -1,4 +1,5 @@
-"""Events: posted in order in the background, the same message for the same object and reason only once."""
+"""Events: posted in the background a few at a time, the same message for the same object and reason only
+once."""
 
 from __future__ import annotations
 
@@ -91,3 +92,49 @@ def test_a_full_queue_drops_new_events_and_counts_them() -> None:
         ("u2", "AllocationFailed"),
     ]
     assert dropped == ["Warning"]
+
+
+class SlowPoster:
+    """A poster whose every create waits until `release` is set, counting the creates in flight."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.posted: list[str] = []
+
+    async def create(self, path: str, body: Json) -> Json:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await self.release.wait()
+        self.in_flight -= 1
+        self.posted.append(body["involvedObject"]["uid"])
+        return body
+
+
+def test_posters_at_a_time_and_no_more() -> None:
+    """While the API server is slow, `posters` events are in flight at once and the rest wait in the queue;
+    all are posted once it answers."""
+
+    async def scenario() -> SlowPoster:
+        poster = SlowPoster()
+        recorder = Recorder(poster, host="h", posters=3)  # type: ignore[arg-type]
+        recorder.start()
+        for index in range(7):
+            pod = {**POD, "metadata": {**POD["metadata"], "uid": f"u{index}"}}
+            recorder.normal(pod, "Allocated", "on n1")
+        async with asyncio.timeout(5):
+            while poster.in_flight < 3:  # noqa: ASYNC110 - the posters take their events in the background
+                await asyncio.sleep(0.01)
+            for _ in range(10):  # give a fourth poster, if there were one, the chance to start
+                await asyncio.sleep(0)
+            assert poster.in_flight == 3 and recorder.queue.qsize() == 4
+            poster.release.set()
+            while len(poster.posted) < 7:  # noqa: ASYNC110 - as above
+                await asyncio.sleep(0.01)
+        await recorder.stop()
+        return poster
+
+    poster = asyncio.run(scenario())
+    assert poster.most_in_flight == 3
+    assert sorted(poster.posted) == [f"u{index}" for index in range(7)]

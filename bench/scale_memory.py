@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dra_operator.controlplane import ControlPlane, build, node_manifest, wait_until
+from dra_operator.controlplane import ControlPlane, build, in_claim_form, node_manifest, wait_until
 from dra_operator.operator.local import LocalOperator
 from operator_vs_builtin import (
     OURS,
@@ -112,16 +112,6 @@ def main() -> int:
         client = Client(cp)
         print(f"Kubernetes {cp.version}", flush=True)
 
-        def released_pod(name: str) -> Json:
-            """`pod(name)` as this release decodes it: 1.30 nests a claim's reference under `source:`."""
-            made = pod(name)
-            if cp.version.startswith("v1.30."):
-                made["spec"]["resourceClaims"] = [
-                    {"name": ref["name"], "source": {k: v for k, v in ref.items() if k != "name"}}
-                    for ref in made["spec"]["resourceClaims"]
-                ]
-            return made
-
         with stage(f"{args.nodes} Nodes and slices ({args.nodes * PER_NODE} devices), {args.claims} claims"):
             cp.kubectl("apply", "-f", str(Path(__file__).resolve().parent.parent / "crds"))
             cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
@@ -175,7 +165,9 @@ def main() -> int:
                     started = time.monotonic()
                     in_parallel(
                         lambda i: cp.request(
-                            "POST", f"/api/v1/namespaces/{ns}/pods", released_pod(f"p{i:05}")
+                            "POST",
+                            f"/api/v1/namespaces/{ns}/pods",
+                            in_claim_form(pod(f"p{i:05}"), cp.release.minor),
                         ),
                         args.pods,
                     )
@@ -216,7 +208,11 @@ def main() -> int:
                         timeout=args.timeout,
                         message="B leading with its webhook configured",
                     )
-                    cp.request("POST", f"/api/v1/namespaces/{ns}/pods", released_pod("after-failover"))
+                    cp.request(
+                        "POST",
+                        f"/api/v1/namespaces/{ns}/pods",
+                        in_claim_form(pod("after-failover"), cp.release.minor),
+                    )
                     wait_until(
                         lambda: "after-failover" in watch.bound, timeout=args.timeout, message="the Pod bound"
                     )

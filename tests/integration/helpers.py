@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 from dra_operator import crds
-from dra_operator.api.pod import pod_spec_of
 from dra_operator.controlplane import ApiError, ControlPlane
 from dra_operator.operator.local import LocalOperator
 
@@ -96,21 +95,6 @@ def install_crds(kubectl: Kubectl) -> None:
     assert applied.returncode == 0, f"the apiserver refused crds/: {applied.stderr}"
     for crd in crds.generate().values():
         kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
-
-
-def in_claim_form(obj: Json, minor: int) -> Json:
-    """`obj` (a Pod, Job or other workload written with the flat claim fields of Kubernetes 1.31+) with its
-    `spec.resourceClaims` in the form the release `1.<minor>` decodes: under `source:` on 1.30."""
-    if minor > 30:
-        return obj
-    converted: Json = yaml.safe_load(yaml.safe_dump(obj))
-    spec = pod_spec_of(converted)
-    for index, ref in enumerate(spec.get("resourceClaims") or []):
-        source = {
-            key: ref.pop(key) for key in ("resourceClaimName", "resourceClaimTemplateName") if key in ref
-        }
-        spec["resourceClaims"][index] = {**ref, "source": source}
-    return converted
 
 
 @contextlib.contextmanager

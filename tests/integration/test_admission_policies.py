@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import in_claim_form
 from test_chart_install import (
     CHART,
     GPU_LABEL,
@@ -33,7 +32,14 @@ from test_chart_install import (
 )
 
 from dra_operator.admission import names
-from dra_operator.controlplane import ApiError, ControlPlane, gpu_slice_manifest, node_manifest, wait_until
+from dra_operator.controlplane import (
+    ApiError,
+    ControlPlane,
+    gpu_slice_manifest,
+    in_claim_form,
+    node_manifest,
+    wait_until,
+)
 from dra_operator.operator.local import LocalProcess, free_port, scrape_metrics
 from dra_operator.tools.helm import ensure_helm
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import test_crds_admission as crd_cases
 import yaml
-from helpers import get_or_none, in_claim_form, install_crds, operator_running
+from helpers import get_or_none, install_crds, operator_running
 from test_operator_e2e import Cluster, local_operator, pod, seed_walkthrough, slice_for, ungated
 
 from dra_operator.admission import names
@@ -31,6 +31,7 @@ from dra_operator.api.pod import ONE_OF_MESSAGE
 from dra_operator.controlplane import (
     ApiError,
     ControlPlane,
+    in_claim_form,
     node_manifest,
     wait_until,
 )

@@ -5,7 +5,12 @@ polling.py for waiting on conditions.
 """
 
 from dra_operator.controlplane.build import BINARIES, K8S_VERSION, BuildError, ensure_binaries
-from dra_operator.controlplane.fakes import gpu_slice_manifest, node_manifest, pod_succeeded_status
+from dra_operator.controlplane.fakes import (
+    gpu_slice_manifest,
+    in_claim_form,
+    node_manifest,
+    pod_succeeded_status,
+)
 from dra_operator.controlplane.launcher import ApiError, ControlPlane, ControlPlaneError
 from dra_operator.controlplane.polling import wait_until
 
@@ -18,6 +23,7 @@ __all__ = [
     "ControlPlaneError",
     "ensure_binaries",
     "gpu_slice_manifest",
+    "in_claim_form",
     "node_manifest",
     "pod_succeeded_status",
     "wait_until",

@@ -1,10 +1,13 @@
 """Stand-ins for real machines: Ready fake Node manifests (no kubelet), node-local GPU ResourceSlices (no node
-agent), and the pod status a kubelet sets."""
+agent), and the pod status a kubelet sets; and manifests put in the form an older release decodes."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
+
+from dra_operator.api.pod import pod_spec_of
 
 # Generous defaults (kwok uses similar ones) so capacity never limits scheduling unless a test asks it to.
 # `pods` matters most: a Node without allocatable pods fits no Pod at all ("Too many pods").
@@ -110,3 +113,18 @@ def pod_succeeded_status(pod: Mapping[str, Any]) -> dict[str, Any]:
             ],
         }
     }
+
+
+def in_claim_form(obj: dict[str, Any], minor: int) -> dict[str, Any]:
+    """`obj` (a Pod, Job or other workload written with the flat claim fields of Kubernetes 1.31+) with its
+    `spec.resourceClaims` in the form the release `1.<minor>` decodes: under `source:` on 1.30 (a copy)."""
+    if minor > 30:
+        return obj
+    converted = copy.deepcopy(obj)
+    spec = pod_spec_of(converted)
+    for index, ref in enumerate(spec.get("resourceClaims") or []):
+        source = {
+            key: ref.pop(key) for key in ("resourceClaimName", "resourceClaimTemplateName") if key in ref
+        }
+        spec["resourceClaims"][index] = {**ref, "source": source}
+    return converted

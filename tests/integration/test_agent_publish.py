@@ -4,6 +4,8 @@ withdraw, restart without duplicates, external edits repaired, and the slice gon
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -349,6 +351,84 @@ def test_xid_event_withdraws_the_device_without_waiting_for_the_interval(
             await asyncio.wait_for(task, timeout=10)
 
     run(kubeconfig, scenario)
+
+
+class _CountingCalls:
+    """Forwards to `target`, counting each call by method name (a watch request counted apart)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target, self.calls = target, collections.Counter[str]()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.target, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls["watch" if kwargs.get("watch") else name] += 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def test_a_watching_agent_asks_nothing_at_rest_and_repairs_hand_edits_at_once(
+    control_plane: ControlPlane, kubeconfig: str, node: dict[str, Any]
+) -> None:
+    """As `dra-operator agent` runs it: the publisher plans against its SliceView. Passes with nothing to
+    change make no request; a slice deleted or edited by hand comes back without the interval (1 h)."""
+    node_name = node["metadata"]["name"]
+    name = slice_name(node_name, DRIVER)
+
+    async def scenario(api: client.ApiClient) -> None:
+        publisher = SlicePublisher(api, node_name)
+        custom, core = _CountingCalls(publisher._custom), _CountingCalls(publisher._core)
+        publisher._custom, publisher._core = custom, core  # type: ignore[assignment]
+        agent = Agent(_FixedBackend(gpus(2)), node_name, publisher, driver=DRIVER, policy="withdraw",
+                      interval=3600)  # fmt: skip
+        view = publisher.watch(agent.wake.set)
+        tasks = [asyncio.create_task(view.run()), asyncio.create_task(agent.run())]
+        try:
+
+            async def published() -> dict[str, Any] | None:
+                found = get_slice(control_plane, name)
+                return found if found is not None and device_names(found) == ["gpu-0", "gpu-1"] else None
+
+            first = await eventually(published, 30, "first publication")
+
+            def viewed() -> list[str]:
+                return [i["metadata"]["name"] for i in view.items() or []]
+
+            await eventually(lambda: _true(name in viewed()), 30, "the view holds the slice")
+            custom.calls.clear()
+            core.calls.clear()
+            for _ in range(10):  # ten passes with nothing to change
+                done = agent.passes
+                agent.wake.set()
+                await eventually(lambda done=done: _true(agent.passes > done), 10, "a pass")
+            assert (dict(custom.calls), dict(core.calls)) == ({}, {})
+
+            control_plane.request("DELETE", f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}")
+            recreated = await eventually(published, 30, "the deleted slice back without the interval")
+            assert recreated["metadata"]["uid"] != first["metadata"]["uid"]
+
+            edited = dict(recreated)
+            edited["spec"] = {**recreated["spec"], "devices": recreated["spec"]["devices"][:1]}
+            control_plane.request("PUT", f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}", edited)
+            repaired = await eventually(published, 30, "the edit repaired without the interval")
+            assert repaired["metadata"]["uid"] == recreated["metadata"]["uid"]
+            assert custom.calls["create_cluster_custom_object"] == 1
+            assert custom.calls["replace_cluster_custom_object"] == 1
+            assert custom.calls["list_cluster_custom_object"] == 0  # planned against the view throughout
+        finally:
+            agent.stopping.set()
+            await asyncio.wait_for(tasks[1], timeout=10)
+            tasks[0].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tasks[0]
+
+    run(kubeconfig, scenario)
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def test_nvml_shaped_devices_are_accepted_by_the_crd(

@@ -279,7 +279,7 @@ def test_agent_may_publish_its_slices_and_nothing_of_the_operator(rendered: Rend
         return
     assert agent is not None
     rules = rules_of(rendered, agent["spec"]["template"]["spec"]["serviceAccountName"])
-    for verb in ("list", "create", "update", "delete"):
+    for verb in ("list", "watch", "create", "update", "delete"):
         assert allowed(rules, "resource.dra-operator.io", "resourceslices", verb)
     assert allowed(rules, "", "nodes", "get")
     assert not allowed(rules, "resource.dra-operator.io", "resourceclaims", "get")

@@ -2,13 +2,15 @@
 
     dra-operator agent --node NAME [--backend nvml|simulated] [--inventory FILE] [--driver NAME] [--print]
                        [--kubeconfig FILE] [--interval SECONDS] [--on-unhealthy withdraw|taint|evict]
+                       [--no-watch-slices]
     dra-operator agent --withdraw-all [--kubeconfig FILE]
 
 The node name defaults to $NODE_NAME (the chart sets it from the downward API, spec.nodeName). `--print`
 writes the ResourceSlices as YAML to stdout and exits without contacting an API server. Otherwise the agent
-publishes, then re-reads the devices every --interval seconds (and at once after an NVML critical-Xid event)
-and writes only what changed. Logs are structured (JSON lines on stderr). Problems that stop the agent (no
-NVML, no GPU, a bad inventory file, no node name) are one line on stderr and a non-zero exit, no traceback.
+publishes, then re-reads the devices every --interval seconds (and at once after an NVML critical-Xid event,
+or a change to its slices by someone else, which its watch brings) and writes only what changed. Logs are
+structured (JSON lines on stderr). Problems that stop the agent (no NVML, no GPU, a bad inventory file, no
+node name) are one line on stderr and a non-zero exit, no traceback.
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval", type=float, default=60.0, metavar="SECONDS", help="re-read period (default 60)"
+    )
+    parser.add_argument(
+        "--watch-slices",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep this node's slices by a watch, so a pass with nothing to change asks the API server "
+        "nothing and a hand edit is repaired at once (default); --no-watch-slices lists them each pass "
+        "instead, trading kube-apiserver's memory for one watch (about 70 KiB, bench/agent_sync.py) for a "
+        "list's CPU each pass",
     )
     parser.add_argument(
         "--on-unhealthy",
@@ -317,6 +328,12 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
     async with api:
         agent = Agent(backend, node, SlicePublisher(api, node), driver=args.driver, policy=args.on_unhealthy,
                       interval=args.interval)  # fmt: skip
+        view_task = None
+        if args.watch_slices:
+            # Someone else changed our slices (deleted or edited by hand, collected with a recreated Node):
+            # the next pass comes now, and repairs them.
+            view = agent.publisher.watch(agent.wake.set)
+            view_task = asyncio.create_task(view.run(), name="slice-view")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, agent.stopping.set)
@@ -363,6 +380,10 @@ async def serve(args: argparse.Namespace, backend: Backend, node: str) -> int:
         try:
             await agent.run()
         finally:
+            if view_task is not None:
+                view_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await view_task
             if plugin_stopping is not None:
                 plugin_stopping.set()  # the ListAndWatch streams end
             if plugin_task is not None:

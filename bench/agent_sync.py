@@ -37,17 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from dra_operator.agent.inventory import DeviceInfo, Inventory
-from dra_operator.agent.publisher import SlicePublisher
-from dra_operator.agent.slices import Create, node_selector, plan
+from dra_operator.agent.publisher import PLURAL, SlicePublisher
+from dra_operator.agent.slices import Create, node_selector, plan, slice_name
 from dra_operator.agent.sliceview import SliceView
 from dra_operator.api.group import GROUP, VERSION
 from dra_operator.controlplane import ControlPlane, node_manifest
 from operator_vs_builtin import cpu_seconds, memory_mib
 
 REPO = Path(__file__).resolve().parents[1]
-PLURAL = "resourceslices"
 SLICE_CRD = REPO / "crds" / "resource.dra-operator.io_resourceslices.yaml"
 GPUS = 8
 INTERVAL = 60.0  # the agent's default --interval
@@ -147,15 +147,17 @@ def go_metrics(plane: ControlPlane, collect: bool = False) -> dict[str, float]:
     if collect:
         plane.kubectl("get", "--raw", "/debug/pprof/heap?gc=1&debug=1", timeout=120)
     got = dict.fromkeys(GO_METRICS, 0.0)
-    for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        metric = line.split("{")[0].split(" ")[0]
-        if metric not in got:
-            continue
-        if metric == "apiserver_longrunning_requests" and not (
-            'resource="resourceslices"' in line and 'verb="WATCH"' in line
-        ):
-            continue
-        got[metric] += float(line.rsplit(" ", 1)[1])
+    page = plane.kubectl("get", "--raw", "/metrics").stdout
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name not in got:
+                continue
+            if sample.name == "apiserver_longrunning_requests" and (
+                sample.labels.get("resource"),
+                sample.labels.get("verb"),
+            ) != (PLURAL, "WATCH"):
+                continue
+            got[sample.name] += sample.value
     return got
 
 
@@ -167,7 +169,7 @@ async def watches(plane: ControlPlane, nodes: int, rest: float, writes: int) -> 
     configuration.connection_pool_maxsize = nodes + 16  # a watch holds its connection, as each agent's does
     async with client.ApiClient(configuration) as api:
         custom = client.CustomObjectsApi(api)
-        name = plan("node-0", "x", [inventory(0)], [])[0].name
+        name = slice_name("node-0", inventory(0).driver)
 
         async def write_cpu() -> float:
             """Median kube-apiserver CPU ms of `writes` replaces of node-0's slice (a label flipped)."""

@@ -384,7 +384,7 @@ def test_a_watching_agent_asks_nothing_at_rest_and_repairs_hand_edits_at_once(
         agent = Agent(_FixedBackend(gpus(2)), node_name, publisher, driver=DRIVER, policy="withdraw",
                       interval=3600)  # fmt: skip
         view = publisher.watch(agent.wake.set)
-        tasks = [asyncio.create_task(view.run()), asyncio.create_task(agent.run())]
+        view_task, agent_task = asyncio.create_task(view.run()), asyncio.create_task(agent.run())
         try:
 
             async def published() -> dict[str, Any] | None:
@@ -419,10 +419,10 @@ def test_a_watching_agent_asks_nothing_at_rest_and_repairs_hand_edits_at_once(
             assert custom.calls["list_cluster_custom_object"] == 0  # planned against the view throughout
         finally:
             agent.stopping.set()
-            await asyncio.wait_for(tasks[1], timeout=10)
-            tasks[0].cancel()
+            await asyncio.wait_for(agent_task, timeout=10)
+            view_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await tasks[0]
+                await view_task
 
     run(kubeconfig, scenario)
 

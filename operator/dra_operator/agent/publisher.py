@@ -152,8 +152,9 @@ class SlicePublisher:
         else:
             await self._delete(action)
 
-    def _written(self, answer: Any) -> None:
-        if self.view is not None and isinstance(answer, dict) and "metadata" in answer:
+    def _written(self, answer: dict[str, Any]) -> None:
+        """The server's answer to a create or replace: what the next pass plans against."""
+        if self.view is not None:
             self.view.record(answer)
 
     async def _delete(self, action: Delete) -> None:

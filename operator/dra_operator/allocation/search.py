@@ -15,9 +15,12 @@ Which node, among those with a solution, is the placement policy's choice (`Plac
   requests to the most (ties in name order), so small requests fill partly used nodes and whole nodes stay
   free for large ones;
 - "spread": from the most free candidates to the fewest, so load is spread across nodes.
-The ranking counts free candidates per request signature (cheap, cached), never runs the search on a node
-that cannot fit, and stops at the first node in that order with a solution. When a full scan is needed (see
-below) every node is searched anyway and the best-ranked node with a solution wins.
+The ranking counts free candidates per request signature, never runs the search on a node that cannot fit,
+and stops at the first node in that order with a solution. For a Pod whose requests share one signature (the
+common case) the snapshot keeps that ranking up to date as devices are taken and freed (`Snapshot.ranked`), so
+a decision does not count every node again: at 5,000 nodes that count was most of a decision's 8-13 ms.
+When a full scan is needed (see below) every node is searched anyway and the best-ranked node with a
+solution wins.
 
 Two things keep this fast without changing any outcome:
 - A subtree that failed for one device is not searched again for an equivalent later device (same selector
@@ -879,6 +882,15 @@ def allocate(
     order: Iterable[int]
     if placement == "first" or not needs:
         order = (p for p in candidates(start, blocked_too=full_scan) if fits(p))
+    elif len(needs) == 1 and not full_scan:
+        # One signature: the snapshot keeps the nodes ranked by its free count, best first.
+        [(signature, least)] = needs.items()
+        order = (
+            p
+            for p in snapshot.ranked(signature, least, most_first=placement == "spread")
+            if (allowed is None or snapshot.nodes[p].name in allowed)
+            and not (selectors and blocking(snapshot.nodes[p]))
+        )
     else:
         # One count per node and signature serves both the fit and the rank (the ranking visits every node).
         free: dict[int, int] = {}

@@ -2,7 +2,9 @@
 
 A snapshot is built once from the objects and then used incrementally: the operator allocates Pod after Pod
 and records each allocation (`record_allocation`), so the in-use set grows without a rebuild; `release` undoes
-one; `replace_node_slices` swaps in a node's republished slices. Per node, the visible pools follow
+one; `replace_node_slices` swaps in a node's republished slices. Per request signature the nodes are also
+kept ranked by their free candidates (`ranked`), so that binpack and spread find the best-ranked node without
+counting every node's devices for each decision. Per node, the visible pools follow
 Kubernetes' GatherPools (1.36): only the highest generation counts, a pool whose slice count differs from
 `resourceSliceCount` is incomplete, a pool with duplicate device names is invalid, pools are ordered by
 (driver, pool), slices by name, devices in slice order. Per request signature and node, the devices that the
@@ -11,7 +13,7 @@ search can ever pick are computed once (selector results come from the shared `S
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple
@@ -103,6 +105,36 @@ def toleration_key(tolerations: Iterable[DeviceToleration] | None) -> tuple[Tole
     return tuple(
         (t.key or "", t.operator or "Equal", t.value or "", t.effect or "") for t in tolerations or ()
     )
+
+
+@dataclass(slots=True)
+class _FreeRanks:
+    """One signature's free-candidate count per node position, and the positions grouped by that count."""
+
+    counts: list[int]
+    by_count: dict[int, set[int]]
+
+    @classmethod
+    def of(cls, counts: list[int]) -> _FreeRanks:
+        by_count: dict[int, set[int]] = {}
+        for position, count in enumerate(counts):
+            by_count.setdefault(count, set()).add(position)
+        return cls(counts, by_count)
+
+    def move(self, position: int, count: int) -> None:
+        old = self.counts[position]
+        if old == count:
+            return
+        group = self.by_count[old]
+        group.discard(position)
+        if not group:
+            del self.by_count[old]
+        self.by_count.setdefault(count, set()).add(position)
+        self.counts[position] = count
+
+
+#: `_node_of_id` values: a device no node sees (no live record), or one that several nodes may see.
+_NO_NODE, _SEVERAL_NODES = -2, -1
 
 
 @dataclass(slots=True)
@@ -273,6 +305,12 @@ class Snapshot:
         self._candidate_ids: dict[tuple[RequestSignature, str | None], Sequence[int]] = {}
         self._shared_candidates: set[tuple[RequestSignature, str | None]] = set()
         self._frontier: dict[RequestSignature, int] = {}
+        # Per signature, the nodes by free candidates (`ranked`); brought up to date lazily from the ids whose
+        # in-use count changed since, through the one node each id is visible from (None: not mapped yet).
+        self._ranks: dict[RequestSignature, _FreeRanks] = {}
+        self._touched: set[int] = set()
+        self._stale_nodes: set[int] = set()  # positions whose slices were replaced since
+        self._node_of_id: list[int] | None = None
         # Records of slices replaced since the build (replace_node_slices): kept, so indices stay valid.
         self._dead: set[int] = set()
         # Search steps taken so far (like Kubernetes' numAllocateOneInvocations), for tests and benchmarks.
@@ -431,6 +469,10 @@ class Snapshot:
             del self._candidate_ids[stale]
         self._shared_candidates = {k for k in self._shared_candidates if k[1] != node_name}
         self._frontier.clear()  # the node may have devices free now
+        if self._ranks:
+            self._stale_nodes.add(self.node_index[node_name])  # its candidates changed: count it again
+        if self._node_of_id is not None:
+            self._map_ids(self.records[first_new:])
         for signature, failed in list(self._sig_errors.items()):
             if failed:
                 del self._sig_errors[signature]  # perhaps only a replaced device failed: look again
@@ -466,6 +508,8 @@ class Snapshot:
                 continue
             self._in_use[index] += 1
             self._holders.setdefault(index, []).append(claim)
+            if self._ranks:
+                self._touched.add(index)
 
     def release(self, claim: ClaimKey) -> None:
         """Forget a claim's allocation: its devices become free again."""
@@ -486,6 +530,8 @@ class Snapshot:
                     self._shared_used.pop(index, None)
                 continue
             self._in_use[index] -= 1
+            if self._ranks:
+                self._touched.add(index)
             holders = self._holders.get(index, [])
             if claim in holders:
                 holders.remove(claim)
@@ -744,6 +790,69 @@ class Snapshot:
             start += 1
         self._frontier[signature] = start
         return start
+
+    def ranked(self, signature: RequestSignature, least: int, most_first: bool = False) -> Iterator[int]:
+        """Positions of the nodes with at least `least` free candidates for the signature: fewest first
+        (binpack), or most first (spread), ties in node order. Kept per signature and brought up to date
+        from the devices whose use changed since the last call, so a decision costs the nodes it changed,
+        not a count over every node. Not valid across a change to the in-use set while iterating."""
+        ranks = self._current_ranks(signature)
+        counts = sorted((c for c in ranks.by_count if c >= least), reverse=most_first)
+        for count in counts:
+            yield from sorted(ranks.by_count[count])
+
+    def _current_ranks(self, signature: RequestSignature) -> _FreeRanks:
+        if self._touched or self._stale_nodes:
+            self._bring_ranks_up_to_date()
+        ranks = self._ranks.get(signature)
+        if ranks is None:
+            ranks = _FreeRanks.of([self.free_candidates(signature, node) for node in self.nodes])
+            self._ranks[signature] = ranks
+        return ranks
+
+    def _bring_ranks_up_to_date(self) -> None:
+        """Count again the nodes whose slices were replaced and those that see a device whose use changed;
+        drop every ranking when such a device is visible from several nodes (a pool not local to one node):
+        the next call counts afresh."""
+        if self._node_of_id is None:
+            self._node_of_id = [_NO_NODE] * len(self._in_use)
+            self._map_ids(self.records)
+        node_of_id = self._node_of_id
+        positions = self._stale_nodes
+        for index in self._touched:
+            position = node_of_id[index] if index < len(node_of_id) else _NO_NODE
+            if position == _SEVERAL_NODES:
+                self._ranks.clear()
+                break
+            if position != _NO_NODE:
+                positions.add(position)
+        else:
+            nodes = self.nodes
+            for signature, ranks in self._ranks.items():
+                for position in positions:
+                    ranks.move(position, self.free_candidates(signature, nodes[position]))
+        self._touched.clear()
+        self._stale_nodes.clear()
+
+    def _map_ids(self, records: Iterable[DeviceRecord]) -> None:
+        """Record, per device id of these records, the position of the one node that sees it through a
+        node-local slice, or _SEVERAL_NODES (any other slice, or listed on two nodes); an id without a
+        live record stays _NO_NODE."""
+        found = self._node_of_id
+        assert found is not None
+        found.extend([_NO_NODE] * (len(self._in_use) - len(found)))
+        dead = self._dead
+        for record in records:
+            if record.index in dead:
+                continue
+            slice_ = record.slice
+            position = (
+                self.node_index.get(slice_.node_name, _SEVERAL_NODES)
+                if slice_.scope == SCOPE_NODE
+                else _SEVERAL_NODES
+            )
+            was = found[record.id_index]
+            found[record.id_index] = position if was in (_NO_NODE, position) else _SEVERAL_NODES
 
 
 def claim_key(claim: ResourceClaim) -> ClaimKey:

@@ -11,7 +11,7 @@ turn costs its own search, not a rebuild over every device. An object that fails
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,7 +54,7 @@ class AllocationRequest:
     classes: Sequence[Json]
     slices: Sequence[Json]
     nodes: Sequence[Json]  # every node
-    candidates: Sequence[str]  # names of the nodes the Pod's own constraints allow
+    candidates: Collection[str]  # names of the nodes the Pod's own constraints allow
     all_claims: Sequence[Json]  # every claim, for the devices in use (ignored when `state` is given)
     taint_rules: Sequence[Json] = ()  # every DeviceTaintRule
     # The operator's caches: the devices in use are then brought up to date from the claims changed since
@@ -160,7 +160,7 @@ class Allocator:
             snapshot,
             PodRef(meta["namespace"], meta["name"], meta.get("uid", "")),
             list(claims.values()),
-            list(req.candidates),
+            req.candidates,
             placement=self.placement,
         )
         if not isinstance(outcome, Allocation):

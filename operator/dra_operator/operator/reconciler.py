@@ -141,7 +141,7 @@ class Reconciler:
     # pass over every node and slice.
     # kind -> ((state epoch, the kind's revision), its objects in name order): see _static_inputs.
     _static: dict[str, tuple[tuple[int, int], list[Json]]] = field(default_factory=dict)
-    _candidates: dict[str, list[str]] = field(default_factory=dict)
+    _candidates: dict[str, frozenset[str]] = field(default_factory=dict)
     writes: ClaimWrites = field(init=False)
     releaser: Releaser = field(init=False)
 
@@ -763,7 +763,7 @@ class Reconciler:
             tried += 1
         return tried
 
-    def _candidate_nodes(self, pod: Json, nodes: list[Json]) -> list[str]:
+    def _candidate_nodes(self, pod: Json, nodes: list[Json]) -> frozenset[str]:
         """The nodes the Pod's own constraints allow, by name; Pods with the same constraints (a Job's, a
         Deployment's) share one pass over the nodes."""
         spec = pod.get("spec") or {}
@@ -779,9 +779,9 @@ class Reconciler:
         if found is None:
             if len(self._candidates) > 1024:
                 self._candidates.clear()
-            found = self._candidates[constraints] = [
+            found = self._candidates[constraints] = frozenset(
                 n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)
-            ]
+            )
         return found
 
     async def _withdraw(self, pod: Json, claims: Mapping[str, Json]) -> None:

@@ -789,6 +789,15 @@ def webhook_lines(ours: Result) -> list[str]:
     return lines
 
 
+def cpu_per_pod_line(r: Result) -> str:
+    used = {name: 1000 * s.on_cpu / r.pods for name, s in r.placing_scheduling.items()}
+    return (
+        f"CPU ms per Pod from {r.flavour.label}'s first create to its last Pod bound: "
+        + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items())
+        + f"; all {sum(used.values()):.1f}"
+    )
+
+
 def report_ours(ours: Result) -> str:
     """`--ours-only`: our scenario's own figures, no ratio (nothing ran beside it)."""
     lines = [
@@ -796,6 +805,7 @@ def report_ours(ours: Result) -> str:
         f"{ours.wall:.2f} s, {ours.pods / ours.wall:.1f} Pods/s, p50 {percentile(ours.latencies_ms, 50):.0f} "
         f"ms, p95 {percentile(ours.latencies_ms, 95):.0f} ms, writes/Pod {ours.writes_per_pod:.2f}, "
         f"clean-up {ours.cleanup:.2f} s",
+        cpu_per_pod_line(ours),
         "",
         *webhook_lines(ours),
         "",
@@ -872,13 +882,7 @@ def report(builtin: Result, ours: Result) -> str:
             for r in (builtin, ours)
         ),
     ]
-    for r in (builtin, ours):
-        used = {name: 1000 * s.on_cpu / r.pods for name, s in r.placing_scheduling.items()}
-        lines.append(
-            f"CPU ms per Pod from {r.flavour.label}'s first create to its last Pod bound: "
-            + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items())
-            + f"; all {sum(used.values()):.1f}"
-        )
+    lines += [cpu_per_pod_line(r) for r in (builtin, ours)]
     for r in (builtin, ours):
         lines.append(
             f"during {r.flavour.label}'s creates ({r.creating:.1f} s), CPU seconds / seconds runnable but "

@@ -806,8 +806,8 @@ def allocate(
             return Unallocatable(Explanation(pod.label, fatal=plan))
         plans.append(plan)
 
-    # A set given is used as it is: the operator keeps one per node constraint, and at 5,000 nodes a copy per
-    # decision was a tenth of it.
+    # A set given is used as it is: the operator keeps one per node constraint, and a copy would cost each
+    # decision a pass over every node.
     allowed = nodes if isinstance(nodes, (set, frozenset)) or nodes is None else set(nodes)
     selectors = [
         (_claim_label(c), c.status.allocation.node_selector)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from test_allocation import DRIVER, claim, device_class, exactly, gpus, node_slice
 
-from dra_operator.allocation import Allocation, PodRef, Snapshot, allocate
+from dra_operator.allocation import Allocation, Node, PodRef, Snapshot, allocate
 from dra_operator.allocation.snapshot import RequestSignature
 from dra_operator.api.resource import ResourceSlice
 
@@ -111,3 +111,23 @@ def test_a_pod_restricted_to_some_nodes_gets_the_best_ranked_of_those() -> None:
     assert isinstance(restricted, Allocation) and restricted.node_name == "n2"
     free = allocate(snapshot, POD, [claim("c", exactly("r"))], placement="binpack")
     assert isinstance(free, Allocation) and free.node_name == "n1"
+
+
+def test_devices_of_a_node_the_snapshot_does_not_know_leave_the_ranking_exact() -> None:
+    """A claim allocated on n3's devices (n3 has a slice but is not among the snapshot's nodes): taking and
+    freeing them changes no known node's count."""
+    slices = [node_slice(node, gpus("gpu-0", "gpu-1")) for node in ("n1", "n2", "n3")]
+    snapshot = Snapshot.build([device_class()], slices, nodes=[Node("n1"), Node("n2")])
+    wider = Snapshot.build([device_class()], slices)
+    elsewhere = allocate(wider, POD, [claim("elsewhere", exactly("r", count=2))], nodes=["n3"])
+    assert isinstance(elsewhere, Allocation) and elsewhere.node_name == "n3"
+    assert list(snapshot.ranked(GPU, 1)) == [0, 1]
+    elsewhere.commit(snapshot)
+    first = allocate(snapshot, POD, [claim("c", exactly("r"))], placement="binpack")
+    assert isinstance(first, Allocation) and first.node_name == "n1"
+    first.commit(snapshot)
+    for key in elsewhere.results:
+        snapshot.release(key)
+    for most_first in (False, True):
+        assert list(snapshot.ranked(GPU, 1, most_first)) == counted(snapshot, GPU, 1, most_first)
+    assert list(snapshot.ranked(GPU, 1)) == [0, 1]

@@ -840,7 +840,7 @@ class Snapshot:
     def _map_ids(self, records: Iterable[DeviceRecord]) -> None:
         """Record, per device id of these records, the position of the one node that sees it through a
         node-local slice, or _SEVERAL_NODES (any other slice, or listed on two nodes); an id without a
-        live record stays _NO_NODE."""
+        live record, or only on a node the snapshot does not know, stays _NO_NODE."""
         found = self._node_of_id
         assert found is not None
         found.extend([_NO_NODE] * (len(self._in_use) - len(found)))
@@ -850,10 +850,12 @@ class Snapshot:
                 continue
             slice_ = record.slice
             position = (
-                self.node_index.get(slice_.node_name, _SEVERAL_NODES)
+                self.node_index.get(slice_.node_name, _NO_NODE)
                 if slice_.scope == SCOPE_NODE
                 else _SEVERAL_NODES
             )
+            if position == _NO_NODE:
+                continue
             was = found[record.id_index]
             found[record.id_index] = position if was in (_NO_NODE, position) else _SEVERAL_NODES
 

@@ -5,13 +5,16 @@ caches (`Reconciler._request`) and the allocator's call (snapshot upkeep and sea
 template claim and the seed selector, at N nodes x 8 GPUs with C claims already allocated. Issue 14 asks for
 per-item cost flat from 200 to 2,000 Pods: the ratio column compares each row with the first.
 
+`--requests 2` gives each claim a second request, with a request selector of its own (a second signature): the
+binpack ranking then sums the two signatures' free devices per node.
+
 Then, at the largest size, the first decision after one node's slice changed (its agent republished it, a
 new generation), side by side: the kept snapshot swaps that node's slices in place (the default,
 `Allocator.replace_slices`) or is rebuilt, which also makes the search count every node's candidates again.
 Alternating, `--slice-changes` times each; the medians and their ratio are printed.
 
     .venv/bin/python bench/decision_cost.py [--nodes 500] [--claims 200,2000] [--decisions 200] [--profile]
-        [--slice-changes 10]
+        [--slice-changes 10] [--requests 1]
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def seed(name: str) -> Json:
 
 
 class Cluster:
-    def __init__(self, nodes: int, claims: int) -> None:
+    def __init__(self, nodes: int, claims: int, requests: int = 1) -> None:
         self.indexes: dict[str, dict[tuple[str, str], list[Json]]] = {name: {} for name in INDEXES}
         self.state = State()
         self.allocator = Allocator()
@@ -50,6 +53,12 @@ class Cluster:
         device_class["metadata"] |= {"uid": "class", "resourceVersion": "1"}
         self.put(CLASSES, device_class)
         self.template = seed("resourceclaimtemplate.yaml")
+        listed = self.template["spec"]["spec"]["devices"]["requests"]
+        for index in range(1, requests):
+            extra = copy.deepcopy(listed[0])
+            extra["name"] = f"more-{index}"
+            extra["exactly"]["selectors"].append({"cel": {"expression": f'device.driver != "other-{index}"'}})
+            listed.append(extra)
         for index in range(nodes):
             name = f"node-{index:05d}"
             self.put(NODES, {"metadata": {"name": name, "labels": {}}, "spec": {}})
@@ -138,13 +147,17 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="cProfile the decisions of the largest size")
     parser.add_argument("--slice-changes", type=int, default=10, help="slice changes timed each way")
+    parser.add_argument("--requests", type=int, default=1, help="requests per claim, each its own signature")
     args = parser.parse_args()
     sizes = [int(s) for s in args.claims.split(",")]
-    print(f"{args.nodes} nodes x 8 GPUs; {args.decisions} decisions per row, each then written")
+    print(
+        f"{args.nodes} nodes x 8 GPUs; {args.decisions} decisions per row, each then written; "
+        f"{args.requests} request(s) per claim"
+    )
     print(f"{'claims allocated':>17} {'ms/decision':>12} {'ratio':>7}")
     first = None
     for size in sizes:
-        cluster = Cluster(args.nodes, size)
+        cluster = Cluster(args.nodes, size, args.requests)
         profiler = cProfile.Profile() if args.profile and size == sizes[-1] else None
         if profiler:
             profiler.enable()

@@ -18,11 +18,14 @@ GPU = RequestSignature("gpu", (f'device.driver == "{DRIVER}"',), ())
 BIG = RequestSignature("gpu", (f'device.driver == "{DRIVER}"',), (f'device.attributes["{DRIVER}"].big == 1',))
 
 
-def counted(snapshot: Snapshot, signature: RequestSignature, least: int, most_first: bool) -> list[int]:
+def counted(snapshot: Snapshot, needs: dict[RequestSignature, int], most_first: bool = False) -> list[int]:
     """The ranking from a count over every node (what the search did for each decision before)."""
-    counts = [(snapshot.free_candidates(signature, node), p) for p, node in enumerate(snapshot.nodes)]
-    fitting = [(count, p) for count, p in counts if count >= least]
-    return [p for _, p in sorted(fitting, key=lambda cp: (-cp[0] if most_first else cp[0], cp[1]))]
+    fitting = []
+    for position, node in enumerate(snapshot.nodes):
+        free = {signature: snapshot.free_candidates(signature, node) for signature in needs}
+        if all(free[signature] >= needed for signature, needed in needs.items()):
+            fitting.append((sum(free.values()), position))
+    return [p for _, p in sorted(fitting, key=lambda vp: (-vp[0] if most_first else vp[0], vp[1]))]
 
 
 def shared_slice(devices: list[dict[str, Any]]) -> ResourceSlice:
@@ -56,11 +59,15 @@ def test_the_kept_ranking_matches_a_full_count_after_every_change(seed: int, wit
         action = rng.random()
         if action < 0.55 or not held:
             count = rng.choice([1, 1, 2, 3])
-            request = exactly("r", count=count)
+            requests = [exactly("r", count=count)]
             if rng.random() < 0.3:
-                request["exactly"]["selectors"] = [{"cel": {"expression": BIG.request_expressions[0]}}]
+                requests[0]["exactly"]["selectors"] = [{"cel": {"expression": BIG.request_expressions[0]}}]
+            if rng.random() < 0.3:  # a second signature: the ranking by the sum over both
+                big = exactly("big", count=rng.choice([1, 2]))
+                big["exactly"]["selectors"] = [{"cel": {"expression": BIG.request_expressions[0]}}]
+                requests.append(big)
             placement = rng.choice(["binpack", "spread"])
-            outcome = allocate(snapshot, POD, [claim(f"c{step}", request)], placement=placement)
+            outcome = allocate(snapshot, POD, [claim(f"c{step}", *requests)], placement=placement)
             if isinstance(outcome, Allocation):
                 outcome.commit(snapshot)
                 held.append(outcome)
@@ -72,11 +79,10 @@ def test_the_kept_ranking_matches_a_full_count_after_every_change(seed: int, wit
             # The node's agent republishes it with another device count.
             node = f"n{rng.randrange(12):02}"
             snapshot.replace_node_slices(node, [node_slice(node, devices(rng.choice([2, 4, 8])))])
-        for signature in (GPU, BIG):
-            for least in (1, 2, 3):
-                for most_first in (False, True):
-                    kept = list(snapshot.ranked(signature, least, most_first))
-                    assert kept == counted(snapshot, signature, least, most_first), (step, signature, least)
+        for needs in ({GPU: 1}, {GPU: 2}, {GPU: 3}, {BIG: 1}, {BIG: 2}, {GPU: 1, BIG: 1}, {GPU: 2, BIG: 1}):
+            for most_first in (False, True):
+                kept = list(snapshot.ranked(needs, most_first))
+                assert kept == counted(snapshot, needs, most_first), (step, needs, most_first)
 
 
 def test_binpack_and_spread_follow_the_ranking_as_devices_are_released() -> None:
@@ -121,7 +127,7 @@ def test_devices_of_a_node_the_snapshot_does_not_know_leave_the_ranking_exact() 
     wider = Snapshot.build([device_class()], slices)
     elsewhere = allocate(wider, POD, [claim("elsewhere", exactly("r", count=2))], nodes=["n3"])
     assert isinstance(elsewhere, Allocation) and elsewhere.node_name == "n3"
-    assert list(snapshot.ranked(GPU, 1)) == [0, 1]
+    assert list(snapshot.ranked({GPU: 1})) == [0, 1]
     elsewhere.commit(snapshot)
     first = allocate(snapshot, POD, [claim("c", exactly("r"))], placement="binpack")
     assert isinstance(first, Allocation) and first.node_name == "n1"
@@ -129,5 +135,5 @@ def test_devices_of_a_node_the_snapshot_does_not_know_leave_the_ranking_exact() 
     for key in elsewhere.results:
         snapshot.release(key)
     for most_first in (False, True):
-        assert list(snapshot.ranked(GPU, 1, most_first)) == counted(snapshot, GPU, 1, most_first)
-    assert list(snapshot.ranked(GPU, 1)) == [0, 1]
+        assert list(snapshot.ranked({GPU: 1}, most_first)) == counted(snapshot, {GPU: 1}, most_first)
+    assert list(snapshot.ranked({GPU: 1})) == [0, 1]

@@ -884,23 +884,20 @@ def allocate(
     order: Iterable[int]
     if placement == "first" or not needs:
         order = (p for p in candidates(start, blocked_too=full_scan) if fits(p))
-    elif len(needs) == 1 and not full_scan:
-        # One signature: the snapshot keeps the nodes ranked by its free count, best first.
-        [(signature, least)] = needs.items()
+    elif not full_scan:
+        # The snapshot keeps the nodes ranked by free candidates for these needs, best first.
         order = (
             p
-            for p in snapshot.ranked(signature, least, most_first=placement == "spread")
+            for p in snapshot.ranked(needs, most_first=placement == "spread")
             if (allowed is None or snapshot.nodes[p].name in allowed)
             and not (selectors and blocking(snapshot.nodes[p]))
         )
     else:
-        # One count per node and signature serves both the fit and the rank (the ranking visits every node).
+        # A full scan searches every node anyway: rank them all by their sum of free candidates.
         free: dict[int, int] = {}
-        for position in candidates(start, blocked_too=full_scan):
+        for position in candidates(start, blocked_too=True):
             node = snapshot.nodes[position]
-            counts = [(snapshot.free_candidates(sig, node), n) for sig, n in needs.items()]
-            if full_scan or all(count >= n for count, n in counts):
-                free[position] = sum(count for count, _ in counts)
+            free[position] = sum(snapshot.free_candidates(sig, node) for sig in needs)
         order = sorted(
             free, key=(lambda p: (free[p], p)) if placement == "binpack" else (lambda p: (-free[p], p))
         )

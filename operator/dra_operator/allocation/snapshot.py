@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from dra_operator.allocation.capacity import fits as capacity_fits
 from dra_operator.allocation.nodes import Node, selector_matches
@@ -109,7 +109,7 @@ def toleration_key(tolerations: Iterable[DeviceToleration] | None) -> tuple[Tole
 
 @dataclass(slots=True)
 class _FreeRanks:
-    """One signature's free-candidate count per node position, and the positions grouped by that count."""
+    """One ranking's value per node position (see `RankKey`), and the positions grouped by that value."""
 
     counts: list[int]
     by_count: dict[int, set[int]]
@@ -132,6 +132,13 @@ class _FreeRanks:
         self.by_count.setdefault(count, set()).add(position)
         self.counts[position] = count
 
+
+RankKey: TypeAlias = RequestSignature | tuple[tuple[RequestSignature, int], ...]
+"""What a ranking ranks nodes by: one signature's free candidates, or for several signatures with the count
+each needs, the sum of their free candidates where every one has enough, else -1 (the node does not fit)."""
+
+#: How many rankings a snapshot keeps up to date (the oldest goes first): each costs its upkeep per decision.
+MAX_RANKINGS = 64
 
 #: `_node_of_id` values: a device no node sees (no live record), or one that several nodes may see.
 _NO_NODE, _SEVERAL_NODES = -2, -1
@@ -307,7 +314,7 @@ class Snapshot:
         self._frontier: dict[RequestSignature, int] = {}
         # Per signature, the nodes by free candidates (`ranked`); brought up to date lazily from the ids whose
         # in-use count changed since, through the one node each id is visible from (None: not mapped yet).
-        self._ranks: dict[RequestSignature, _FreeRanks] = {}
+        self._ranks: dict[RankKey, _FreeRanks] = {}
         self._touched: set[int] = set()
         self._stale_nodes: set[int] = set()  # positions whose slices were replaced since
         self._node_of_id: list[int] | None = None
@@ -791,26 +798,45 @@ class Snapshot:
         self._frontier[signature] = start
         return start
 
-    def ranked(self, signature: RequestSignature, least: int, most_first: bool = False) -> Iterator[int]:
-        """Positions of the nodes with at least `least` free candidates for the signature: fewest first
-        (binpack), or most first (spread), ties in node order. Kept per signature and brought up to date
-        from the devices whose use changed since the last call, so a decision costs the nodes it changed,
-        not a count over every node. Not valid across a change to the in-use set while iterating."""
-        ranks = self._current_ranks(signature)
-        counts = sorted((c for c in ranks.by_count if c >= least), reverse=most_first)
-        for count in counts:
-            group = ranks.by_count[count]
+    def ranked(self, needs: Mapping[RequestSignature, int], most_first: bool = False) -> Iterator[int]:
+        """Positions of the nodes with enough free candidates for each signature (the count it needs), by
+        their sum: fewest first (binpack), or most first (spread), ties in node order. Kept per signature (or
+        per set of needs, for several) and brought up to date from the devices whose use changed since the
+        last call, so a decision costs the nodes it changed, not a count over every node. Not valid across
+        a change to the in-use set while iterating."""
+        key: RankKey
+        if len(needs) == 1:
+            [(key, floor)] = needs.items()
+        else:
+            key, floor = tuple(needs.items()), 0
+        ranks = self._current_ranks(key)
+        values = sorted((v for v in ranks.by_count if v >= floor), reverse=most_first)
+        for value in values:
+            group = ranks.by_count[value]
             best = min(group)  # most decisions stop here: no sort of a group of thousands of empty nodes
             yield best
             yield from sorted(p for p in group if p != best)
 
-    def _current_ranks(self, signature: RequestSignature) -> _FreeRanks:
+    def _rank_value(self, key: RankKey, node: Node) -> int:
+        if isinstance(key, RequestSignature):
+            return self.free_candidates(key, node)
+        total = 0
+        for signature, needed in key:
+            free = self.free_candidates(signature, node)
+            if free < needed:
+                return -1
+            total += free
+        return total
+
+    def _current_ranks(self, key: RankKey) -> _FreeRanks:
         if self._touched or self._stale_nodes:
             self._bring_ranks_up_to_date()
-        ranks = self._ranks.get(signature)
+        ranks = self._ranks.get(key)
         if ranks is None:
-            ranks = _FreeRanks.of([self.free_candidates(signature, node) for node in self.nodes])
-            self._ranks[signature] = ranks
+            if len(self._ranks) >= MAX_RANKINGS:
+                del self._ranks[next(iter(self._ranks))]
+            ranks = _FreeRanks.of([self._rank_value(key, node) for node in self.nodes])
+            self._ranks[key] = ranks
         return ranks
 
     def _bring_ranks_up_to_date(self) -> None:
@@ -831,9 +857,9 @@ class Snapshot:
                 positions.add(position)
         else:
             nodes = self.nodes
-            for signature, ranks in self._ranks.items():
+            for key, ranks in self._ranks.items():
                 for position in positions:
-                    ranks.move(position, self.free_candidates(signature, nodes[position]))
+                    ranks.move(position, self._rank_value(key, nodes[position]))
         self._touched.clear()
         self._stale_nodes.clear()
 

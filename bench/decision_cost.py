@@ -5,8 +5,8 @@ caches (`Reconciler._request`) and the allocator's call (snapshot upkeep and sea
 template claim and the seed selector, at N nodes x 8 GPUs with C claims already allocated. Issue 14 asks for
 per-item cost flat from 200 to 2,000 Pods: the ratio column compares each row with the first.
 
-`--requests N` gives each claim N requests, each with a request selector of its own (N signatures): the binpack
-ranking then sums the signatures' free devices per node.
+`--requests N` gives each claim N requests, each with a request selector of its own (N signatures): the
+binpack ranking then sums the signatures' free devices per node.
 
 Then, at the largest size, the first decision after one node's slice changed (its agent republished it, a
 new generation), side by side: the kept snapshot swaps that node's slices in place (the default,

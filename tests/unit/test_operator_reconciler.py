@@ -887,3 +887,23 @@ def test_a_new_leaders_look_at_every_claim_waits_behind_pods() -> None:
     taken = asyncio.run(order())
     assert taken[:2] == [("pod", NS, "new"), ("claim", NS, "event")]
     assert sorted(taken[2:]) == [("claim", NS, f"c{i}") for i in range(3)]
+
+
+def test_the_candidate_nodes_kept_per_node_constraint_are_bounded_by_the_names_they_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each Pod's node constraint selects all four nodes: the sets kept hold at most the budget of names in
+    all, and every answer is still right."""
+    from dra_operator.operator import reconciler as module
+
+    monkeypatch.setattr(module, "CANDIDATE_NAMES_KEPT", 10)
+    labels = {f"l{i}": "x" for i in range(8)}
+    nodes = [{"metadata": {"name": f"n{i}", "labels": labels}} for i in range(4)]
+    w = World()
+    for i in range(8):
+        pod = {"metadata": {"name": f"p{i}", "namespace": NS}, "spec": {"nodeSelector": {f"l{i}": "x"}}}
+        assert w.reconciler._candidate_nodes(pod, nodes) == {"n0", "n1", "n2", "n3"}
+        kept = w.reconciler._candidates
+        assert sum(len(names) for names in kept.values()) == w.reconciler._candidate_names <= 10
+    miss = {"metadata": {"name": "m", "namespace": NS}, "spec": {"nodeSelector": {"other": "y"}}}
+    assert w.reconciler._candidate_nodes(miss, nodes) == frozenset()

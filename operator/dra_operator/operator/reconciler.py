@@ -99,6 +99,9 @@ WAITING_EVERY = 1.0
 #: Seconds between looks at a node whose device plugin is busy with another Pod (a watch event on that Pod
 #: usually comes first).
 DELIVERY_RECHECK = 2.0
+#: How many node names the candidate nodes per node constraint may hold in all (each set's names count): about
+#: 20 MiB of sets, 40 constraints that each allow 5,000 nodes, or thousands that allow a few.
+CANDIDATE_NAMES_KEPT = 200_000
 #: Failed preconditions in a row retried at once (a fresh read fixes them) before they back off too.
 IMMEDIATE_RETRIES = 3
 
@@ -141,7 +144,10 @@ class Reconciler:
     # pass over every node and slice.
     # kind -> ((state epoch, the kind's revision), its objects in name order): see _static_inputs.
     _static: dict[str, tuple[tuple[int, int], list[Json]]] = field(default_factory=dict)
+    # Sets, which the search uses as they are (a list copied per decision cost it a pass over every node), but
+    # at 5,000 names half a MiB each: the cache is bounded by the names it holds, not by its entries.
     _candidates: dict[str, frozenset[str]] = field(default_factory=dict)
+    _candidate_names: int = 0
     writes: ClaimWrites = field(init=False)
     releaser: Releaser = field(init=False)
 
@@ -729,6 +735,7 @@ class Reconciler:
                 held = self._static[kind] = (key, list(self.state.all(kind, ordered=True)))
                 if kind == NODES:
                     self._candidates.clear()
+                    self._candidate_names = 0
             inputs[kind] = held[1]
         return inputs
 
@@ -777,11 +784,12 @@ class Reconciler:
         )
         found = self._candidates.get(constraints)
         if found is None:
-            if len(self._candidates) > 1024:
+            found = frozenset(n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n))
+            if len(self._candidates) >= 1024 or self._candidate_names + len(found) > CANDIDATE_NAMES_KEPT:
                 self._candidates.clear()
-            found = self._candidates[constraints] = frozenset(
-                n["metadata"]["name"] for n in nodes if pod_fits_node(pod, n)
-            )
+                self._candidate_names = 0
+            self._candidates[constraints] = found
+            self._candidate_names += len(found)
         return found
 
     async def _withdraw(self, pod: Json, claims: Mapping[str, Json]) -> None:

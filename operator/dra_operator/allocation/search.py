@@ -16,9 +16,10 @@ Which node, among those with a solution, is the placement policy's choice (`Plac
   free for large ones;
 - "spread": from the most free candidates to the fewest, so load is spread across nodes.
 The ranking counts free candidates per request signature, never runs the search on a node that cannot fit,
-and stops at the first node in that order with a solution. For a Pod whose requests share one signature (the
-common case) the snapshot keeps that ranking up to date as devices are taken and freed (`Snapshot.ranked`), so
-a decision does not count every node again: at 5,000 nodes that count was most of a decision's 8-13 ms.
+and stops at the first node in that order with a solution. The snapshot keeps that ranking up to date as
+devices are taken and freed (`Snapshot.ranked`; one per signature, or per set of signatures with the counts a
+Pod needs), so a decision does not count every node again: at 5,000 nodes that count was most of a
+decision's 8-16 ms.
 When a full scan is needed (see below) every node is searched anyway and the best-ranked node with a
 solution wins.
 
